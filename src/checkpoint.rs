@@ -1,0 +1,226 @@
+//! The one place that saves and loads a run directory.
+//!
+//! A run directory holds a self-describing checkpoint:
+//!
+//! | file                    | what                                                        |
+//! |-------------------------|-------------------------------------------------------------|
+//! | `config.json`           | format version, model config, training config              |
+//! | `tokenizer.json`        | the tokenizer, loadable by Python's `tokenizers`           |
+//! | `model.safetensors`     | weights, named by struct path (`blocks.0.attn.qkv.weight`) |
+//! | `optimizer.safetensors` | AdamW moments `m.<param>`, `v.<param>`                     |
+//! | `state.json`            | step, RNG position, timings                                |
+//! | `metrics.jsonl`         | one record per evaluation (appended, not part of a commit) |
+//!
+//! Saving is a small write-ahead commit, so a crash at any moment leaves a whole checkpoint:
+//! every file is first written to `<name>.tmp` and synced; then the marker `.commit` is created
+//! atomically (the commit point); then each `.tmp` is renamed over its final name, and the marker
+//! is removed. A writer that opens the directory later finishes an interrupted commit (marker
+//! present: rename the remaining `.tmp` files) or discards a half-written one (no marker). Each
+//! rename is atomic, so a reader never sees a partly written file.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RunConfig, FORMAT_VERSION};
+use crate::model::Gpt;
+use crate::params::Params;
+use crate::tokenizer::Tok;
+
+pub const CONFIG: &str = "config.json";
+pub const TOKENIZER: &str = "tokenizer.json";
+pub const MODEL: &str = "model.safetensors";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+pub const STATE: &str = "state.json";
+pub const METRICS: &str = "metrics.jsonl";
+const COMMIT_MARKER: &str = ".commit";
+
+/// Files of one commit, in the order they are renamed into place: what inference needs first.
+const COMMIT_FILES: [&str; 5] = [CONFIG, TOKENIZER, MODEL, OPTIMIZER, STATE];
+
+/// Training progress saved with a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Seed of the batch-sampling RNG.
+    pub rng_seed: u64,
+    /// Position of the batch-sampling RNG in its stream (a decimal u128): restoring it replays
+    /// exactly the batches an uninterrupted run would have drawn.
+    pub rng_word_pos: String,
+    /// Training tokens processed so far.
+    pub tokens_seen: u64,
+    /// Wall-clock seconds spent training so far (all sessions).
+    pub elapsed_secs: f64,
+    /// Last validation cross-entropy (nats/token), if evaluated.
+    pub val_ce: Option<f64>,
+}
+
+/// What a forward-only user (score, generate, inspect) needs from a run directory.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: RunConfig,
+    pub tokenizer: Tok,
+    pub model: Gpt,
+}
+
+/// Everything needed to continue training.
+#[derive(Debug)]
+pub struct Resumable {
+    pub config: RunConfig,
+    pub tokenizer: Tok,
+    pub params: Params,
+    pub model: Gpt,
+    pub optimizer_state: HashMap<String, Tensor>,
+    pub state: TrainState,
+}
+
+/// Whether `dir` holds a checkpoint (possibly one whose commit must be finished).
+pub fn exists(dir: &Path) -> bool {
+    dir.join(CONFIG).exists() || dir.join(COMMIT_MARKER).exists()
+}
+
+fn tmp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.tmp"))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Serialise named tensors to safetensors bytes (sorted by name, so the bytes are reproducible).
+pub fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let contiguous: Vec<(String, Tensor)> =
+        named.into_iter().map(|(n, t)| Ok((n.clone(), t.contiguous()?))).collect::<Result<_>>()?;
+    safetensors::serialize(contiguous.iter().map(|(n, t)| (n.as_str(), t)), None)
+        .map_err(|e| anyhow!("serialising tensors: {e}"))
+}
+
+/// Finish or discard an interrupted commit in `dir` (see the module docs).
+pub fn recover(dir: &Path) -> Result<()> {
+    let marker = dir.join(COMMIT_MARKER);
+    if marker.exists() {
+        for name in COMMIT_FILES {
+            let tmp = tmp_path(dir, name);
+            if tmp.exists() {
+                fs::rename(&tmp, dir.join(name)).with_context(|| format!("finishing the interrupted save of {}", tmp.display()))?;
+            }
+        }
+        sync_dir(dir)?;
+        fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    } else {
+        for name in COMMIT_FILES.iter().copied().chain([COMMIT_MARKER]) {
+            let _ = fs::remove_file(tmp_path(dir, name)); // half-written leftovers of a save that never committed
+        }
+    }
+    Ok(())
+}
+
+/// Save a whole checkpoint into `dir` atomically (see the module docs).
+pub fn save(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimizer: HashMap<String, Tensor>, state: &TrainState) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating run directory {}", dir.display()))?;
+    recover(dir)?;
+    let contents: [(&str, Vec<u8>); 5] = [
+        (CONFIG, serde_json::to_vec_pretty(config)?),
+        (TOKENIZER, tok.to_json()?.into_bytes()),
+        (MODEL, safetensors_bytes(&params.tensors())?),
+        (OPTIMIZER, safetensors_bytes(&optimizer)?),
+        (STATE, serde_json::to_vec_pretty(state)?),
+    ];
+    for (name, bytes) in &contents {
+        write_synced(&tmp_path(dir, name), bytes)?;
+    }
+    // The commit point: once the marker exists, every .tmp file is whole and will be renamed.
+    let marker_tmp = tmp_path(dir, COMMIT_MARKER);
+    write_synced(&marker_tmp, format!("step {}\n", state.step).as_bytes())?;
+    fs::rename(&marker_tmp, dir.join(COMMIT_MARKER)).context("committing the checkpoint")?;
+    sync_dir(dir)?;
+    recover(dir)
+}
+
+fn read_config(dir: &Path) -> Result<RunConfig> {
+    let path = dir.join(CONFIG);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let version = value.get("format_version").and_then(|v| v.as_u64());
+    match version {
+        None => bail!("{} has no format_version: it is not a thermoformer checkpoint", path.display()),
+        Some(v) if v > FORMAT_VERSION as u64 => bail!(
+            "{} has format version {v}, newer than this build's {FORMAT_VERSION}; HINT: upgrade thermoformer to load it",
+            path.display()
+        ),
+        Some(_) => {}
+    }
+    let config: RunConfig = serde_json::from_value(value).with_context(|| format!("reading {}", path.display()))?;
+    config.model.validate().with_context(|| format!("invalid model config in {}", path.display()))?;
+    Ok(config)
+}
+
+fn read_tensors(path: &Path, dev: &Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    candle_core::safetensors::load_buffer(&bytes, dev)
+        .map_err(|e| anyhow!("{} is not a valid safetensors file ({e}); it may be truncated or corrupted", path.display()))
+}
+
+fn check_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("checkpoint directory {} does not exist (train one with `thermoformer train --out {}`)", dir.display(), dir.display());
+    }
+    Ok(())
+}
+
+fn read_tokenizer(dir: &Path, config: &RunConfig) -> Result<Tok> {
+    let tok = Tok::load(&dir.join(TOKENIZER))?;
+    if tok.vocab_size() != config.model.vocab_size {
+        bail!(
+            "{} has {} tokens but the model in {} expects {}: the files come from different runs",
+            dir.join(TOKENIZER).display(),
+            tok.vocab_size(),
+            dir.display(),
+            config.model.vocab_size
+        );
+    }
+    Ok(tok)
+}
+
+/// Load a run directory for forward-only use.
+pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
+    check_dir(dir)?;
+    let config = read_config(dir)?;
+    let tokenizer = read_tokenizer(dir, &config)?;
+    let tensors = read_tensors(&dir.join(MODEL), dev)?;
+    let model = Params::model_from_tensors(&config.model, tensors, dev)
+        .with_context(|| format!("loading weights from {}", dir.join(MODEL).display()))?;
+    Ok(Loaded { config, tokenizer, model })
+}
+
+/// Load a run directory to continue training it (finishing an interrupted save first).
+pub fn load_resumable(dir: &Path, dev: &Device) -> Result<Resumable> {
+    check_dir(dir)?;
+    recover(dir)?;
+    let config = read_config(dir)?;
+    let tokenizer = read_tokenizer(dir, &config)?;
+    let tensors = read_tensors(&dir.join(MODEL), dev)?;
+    let (params, model) = Params::from_tensors(&config.model, tensors, dev)
+        .with_context(|| format!("loading weights from {}", dir.join(MODEL).display()))?;
+    let optimizer_state = read_tensors(&dir.join(OPTIMIZER), dev)?;
+    let state_path = dir.join(STATE);
+    let state_text = fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    let state: TrainState = serde_json::from_str(&state_text).with_context(|| format!("parsing {}", state_path.display()))?;
+    Ok(Resumable { config, tokenizer, params, model, optimizer_state, state })
+}

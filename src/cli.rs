@@ -1,0 +1,223 @@
+//! Command-line interface: one `Args` struct per subcommand (clap derive; the `///` docs are the
+//! `--help` text) and [`run`], which dispatches to the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{TokenizerKind, TrainOptions};
+use crate::train::{self, TrainRequest};
+
+/// Train tiny decoder-only transformers and read them like a statistical physicist.
+///
+/// Attention is a Boltzmann distribution per head (alpha_ij = exp(beta_h s_ij) / Z_i with
+/// beta_h = 1/T_h), and the language model is a Boltzmann distribution over sequences
+/// (E = -ln p, in nats).
+#[derive(Debug, Parser)]
+#[command(name = "thermoformer", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model on a text corpus and save a checkpoint directory.
+    ///
+    /// With no flags: nanoGPT's CPU recipe (char tokenizer, 4 layers x 4 heads x 128 wide,
+    /// context 64, batch 12, 2000 steps) on data/tinyshakespeare.txt into checkpoints/shakespeare.
+    Train(TrainArgs),
+}
+
+/// Tokenizer choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenizerArg {
+    /// One token per distinct character of the corpus.
+    Char,
+    /// Byte-level BPE trained on the corpus (size set by --vocab-size).
+    Bpe,
+}
+
+impl From<TokenizerArg> for TokenizerKind {
+    fn from(t: TokenizerArg) -> Self {
+        match t {
+            TokenizerArg::Char => TokenizerKind::Char,
+            TokenizerArg::Bpe => TokenizerKind::Bpe,
+        }
+    }
+}
+
+/// Options of `thermoformer train`. Unset options come from --config, else the defaults shown
+/// (on --resume, from the checkpoint).
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Text corpus (UTF-8) [default: data/tinyshakespeare.txt].
+    #[arg(long, value_name = "FILE")]
+    pub corpus: Option<PathBuf>,
+    /// Run directory for the checkpoint, metrics.jsonl and the final sample.
+    #[arg(long, value_name = "DIR", default_value = "checkpoints/shakespeare")]
+    pub out: PathBuf,
+    /// TOML or JSON file of options, keys as the flags in snake_case (e.g. `d_model = 128`);
+    /// flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Continue the checkpoint in --out: weights, AdamW moments, step, schedule and data RNG are
+    /// restored. --steps may be raised; options that change the model may not.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace a checkpoint already in --out instead of refusing.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Total optimizer steps [default: 2000].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Sequences per step [default: 12].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Context length in tokens, BOS included [default: 64].
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Transformer blocks [default: 4].
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Attention heads per block; must divide --d-model [default: 4].
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Width of the residual stream [default: 128].
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Peak learning rate after warmup [default: 1e-3].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Final learning rate of the cosine decay [default: 1e-4].
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Linear warmup steps [default: 100].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// AdamW beta1 [default: 0.9].
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// AdamW beta2 [default: 0.99].
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// Decoupled weight decay on matrices (not on LayerNorm gains or temperatures) [default: 0.1].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm to this; 0 disables [default: 1.0].
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Label smoothing eps in [0, 1): loss = (1-eps) CE + eps mean_v(-ln p_v) [default: 0].
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Attention temperature T of every head, T > 0; 1 is standard attention [default: 1].
+    #[arg(long)]
+    pub attn_temperature: Option<f64>,
+    /// Train each head's ln beta = -ln T as a parameter (starting from --attn-temperature).
+    #[arg(long)]
+    pub learn_temperature: bool,
+    /// Tokenizer [default: char].
+    #[arg(long, value_enum)]
+    pub tokenizer: Option<TokenizerArg>,
+    /// Vocabulary size for --tokenizer bpe, BOS included [default: 512].
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
+    /// Seed for initialisation and batch sampling [default: 1337].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Evaluate on the validation split and checkpoint every N steps [default: 250].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Batches of validation windows per evaluation [default: 40].
+    #[arg(long)]
+    pub eval_batches: Option<usize>,
+    /// Fraction of the corpus (its tail) held out for validation [default: 0.1].
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Tokens sampled (temperature 0.8) and printed when training ends; 0 for none [default: 300].
+    #[arg(long)]
+    pub sample_tokens: Option<usize>,
+    /// Print the final report as one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not draw the progress bar (evaluation lines still go to stderr).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl TrainArgs {
+    /// The options set by flags.
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            corpus: self.corpus.clone(),
+            steps: self.steps,
+            batch_size: self.batch_size,
+            context: self.context,
+            layers: self.layers,
+            heads: self.heads,
+            d_model: self.d_model,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            label_smoothing: self.label_smoothing,
+            attn_temperature: self.attn_temperature,
+            learn_temperature: self.learn_temperature.then_some(true),
+            tokenizer: self.tokenizer.map(Into::into),
+            vocab_size: self.vocab_size,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            eval_batches: self.eval_batches,
+            val_fraction: self.val_fraction,
+            sample_tokens: self.sample_tokens,
+        }
+    }
+}
+
+/// `thermoformer train`: train, checkpoint, print a report and a sample.
+pub fn run_train(args: &TrainArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => TrainOptions::from_file(path)?,
+        None => TrainOptions::default(),
+    };
+    let request = TrainRequest {
+        options: file.overlay(&args.options()),
+        out: args.out.clone(),
+        resume: args.resume,
+        overwrite: args.overwrite,
+        progress: !args.no_progress,
+    };
+    let report = train::train(&request, &Device::Cpu)?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        if let Some(sample) = &report.sample {
+            writeln!(stdout, "--- sample (temperature 0.8) ---\n{sample}\n-------------------------------")?;
+        }
+        writeln!(
+            stdout,
+            "trained {} parameters to step {}: val CE {:.4} nats/token, {:.0} tokens/s, {:.1} s; checkpoint in {}",
+            report.params,
+            report.steps,
+            report.val_ce,
+            report.tokens_per_sec,
+            report.wall_secs,
+            report.out.display()
+        )?;
+    }
+    Ok(())
+}
+
+/// Dispatch a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Train(args) => run_train(args),
+    }
+}

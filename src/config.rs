@@ -1,0 +1,391 @@
+//! Typed configuration: the model's shape ([`ModelConfig`]), how it is trained ([`TrainConfig`]),
+//! and the two saved together as a run's `config.json` ([`RunConfig`]).
+//!
+//! Training options are resolved in three layers: built-in defaults, then an optional `--config`
+//! file (TOML or JSON, the same keys as the flags in snake_case), then the flags themselves
+//! ([`TrainOptions`] holds the last two layers, every field optional).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::UsageError;
+
+/// Version of the checkpoint layout. Bump it when a change would make old run directories load
+/// wrongly; loaders refuse a newer version with a hint to upgrade.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How positions enter the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// A learned absolute position embedding added to the token embedding (GPT-2).
+    Learned,
+}
+
+/// Which tokenizer a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// One token per distinct character of the corpus.
+    Char,
+    /// Byte-level BPE trained on the corpus.
+    Bpe,
+}
+
+/// The architecture: everything needed to rebuild the network from its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Number of token ids, `<|bos|>` included.
+    pub vocab_size: usize,
+    /// Longest input the model sees, in tokens (BOS included): the length of the position table.
+    pub context: usize,
+    /// Number of transformer blocks.
+    pub n_layer: usize,
+    /// Attention heads per block.
+    pub n_head: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Position encoding.
+    pub positions: Positions,
+    /// Initial attention temperature T of every head (1 is standard attention).
+    pub attn_temperature: f64,
+    /// Whether each head's ln beta is a trained parameter.
+    pub learn_temperature: bool,
+}
+
+impl ModelConfig {
+    /// nanoGPT's CPU recipe shape (4 layers, 4 heads, 128 wide, context 64), for a given vocabulary.
+    pub fn nano_cpu(vocab_size: usize) -> Self {
+        Self {
+            vocab_size,
+            context: 64,
+            n_layer: 4,
+            n_head: 4,
+            d_model: 128,
+            positions: Positions::Learned,
+            attn_temperature: 1.0,
+            learn_temperature: false,
+        }
+    }
+
+    /// A very small model for tests.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self { context: 16, n_layer: 2, n_head: 2, d_model: 16, ..Self::nano_cpu(vocab_size) }
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_head
+    }
+
+    /// Check every invariant the model relies on; the message names the offending option.
+    pub fn validate(&self) -> Result<()> {
+        let usage = |msg: String| -> Result<()> { Err(UsageError(msg).into()) };
+        if self.n_layer == 0 {
+            return usage("--layers must be at least 1".into());
+        }
+        if self.n_head == 0 {
+            return usage("--heads must be at least 1".into());
+        }
+        if self.d_model == 0 || self.d_model % self.n_head != 0 {
+            return usage(format!(
+                "--heads {} does not divide --d-model {}: each head needs an equal share of the width",
+                self.n_head, self.d_model
+            ));
+        }
+        if self.context < 2 {
+            return usage(format!("--context must be at least 2 (BOS + one token), got {}", self.context));
+        }
+        if !(self.attn_temperature.is_finite() && self.attn_temperature > 0.0) {
+            return usage(format!("--attn-temperature must be a finite number > 0, got {}", self.attn_temperature));
+        }
+        if self.vocab_size < 2 {
+            bail!("the vocabulary has {} tokens; a language model needs at least 2", self.vocab_size);
+        }
+        Ok(())
+    }
+}
+
+/// How a run is trained. Every field has a default ([`TrainConfig::default`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Text corpus, UTF-8.
+    pub corpus: PathBuf,
+    /// Optimizer steps in total (a resumed run continues up to this number).
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Peak learning rate, reached at the end of warmup.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    /// Linear warmup steps.
+    pub warmup: usize,
+    /// AdamW first-moment decay.
+    pub beta1: f64,
+    /// AdamW second-moment decay.
+    pub beta2: f64,
+    /// AdamW epsilon in the denominator.
+    pub adam_eps: f64,
+    /// Decoupled weight decay, applied to matrices (embeddings and linear weights) only.
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (0 disables clipping).
+    pub grad_clip: f64,
+    /// Label smoothing eps in [0, 1): mix of the one-hot target with the uniform distribution.
+    pub label_smoothing: f64,
+    /// Seed for initialisation and batch sampling.
+    pub seed: u64,
+    /// Evaluate (and checkpoint) every this many steps.
+    pub eval_every: usize,
+    /// Batches of validation windows per evaluation (a fixed set, the same at every evaluation).
+    pub eval_batches: usize,
+    /// Fraction of the corpus held out for validation (the tail).
+    pub val_fraction: f64,
+    /// Tokenizer kind.
+    pub tokenizer: TokenizerKind,
+    /// Target vocabulary size for `--tokenizer bpe` (BOS included).
+    pub bpe_vocab_size: usize,
+    /// Standard deviation of the normal initialisation of matrices (GPT-2: 0.02).
+    pub init_std: f64,
+    /// Characters of text sampled at the end of training (0: none).
+    pub sample_tokens: usize,
+}
+
+impl Default for TrainConfig {
+    /// The defaults train nanoGPT's CPU recipe on the shipped corpus.
+    fn default() -> Self {
+        Self {
+            corpus: PathBuf::from("data/tinyshakespeare.txt"),
+            steps: 2000,
+            batch_size: 12,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup: 100,
+            beta1: 0.9,
+            beta2: 0.99,
+            adam_eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            label_smoothing: 0.0,
+            seed: 1337,
+            eval_every: 250,
+            eval_batches: 40,
+            val_fraction: 0.1,
+            tokenizer: TokenizerKind::Char,
+            bpe_vocab_size: 512,
+            init_std: 0.02,
+            sample_tokens: 300,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Check the ranges of every option; the message names the flag.
+    pub fn validate(&self) -> Result<()> {
+        let usage = |msg: String| -> Result<()> { Err(UsageError(msg).into()) };
+        if self.steps == 0 {
+            return usage("--steps must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return usage("--batch-size must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return usage(format!("--lr must be a finite number > 0, got {}", self.lr));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return usage(format!("--min-lr must lie in [0, --lr = {}], got {}", self.lr, self.min_lr));
+        }
+        for (flag, b) in [("--beta1", self.beta1), ("--beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return usage(format!("{flag} must lie in [0, 1), got {b}"));
+            }
+        }
+        if !(self.adam_eps.is_finite() && self.adam_eps > 0.0) {
+            return usage(format!("adam_eps must be > 0, got {}", self.adam_eps));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return usage(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return usage(format!("--grad-clip must be >= 0 (0 disables it), got {}", self.grad_clip));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return usage(format!("--label-smoothing must lie in [0, 1), got {}", self.label_smoothing));
+        }
+        if self.eval_every == 0 {
+            return usage("--eval-every must be at least 1".into());
+        }
+        if self.eval_batches == 0 {
+            return usage("--eval-batches must be at least 1".into());
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            return usage(format!("--val-fraction must lie in (0, 1), got {}", self.val_fraction));
+        }
+        if !(self.init_std.is_finite() && self.init_std > 0.0) {
+            return usage(format!("init_std must be > 0, got {}", self.init_std));
+        }
+        if self.tokenizer == TokenizerKind::Bpe && self.bpe_vocab_size < 258 {
+            return usage(format!(
+                "--vocab-size must be at least 258 for byte-level BPE (256 bytes + BOS + one merge), got {}",
+                self.bpe_vocab_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What `config.json` in a run directory holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Checkpoint layout version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// The architecture.
+    pub model: ModelConfig,
+    /// How it was (or is being) trained.
+    pub train: TrainConfig,
+}
+
+/// Training options as given in a `--config` file or on the command line: every field optional,
+/// later layers override earlier ones ([`TrainOptions::apply`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOptions {
+    pub corpus: Option<PathBuf>,
+    pub steps: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub context: Option<usize>,
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    pub d_model: Option<usize>,
+    pub lr: Option<f64>,
+    pub min_lr: Option<f64>,
+    pub warmup: Option<usize>,
+    pub beta1: Option<f64>,
+    pub beta2: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub grad_clip: Option<f64>,
+    pub label_smoothing: Option<f64>,
+    pub attn_temperature: Option<f64>,
+    pub learn_temperature: Option<bool>,
+    pub tokenizer: Option<TokenizerKind>,
+    pub vocab_size: Option<usize>,
+    pub seed: Option<u64>,
+    pub eval_every: Option<usize>,
+    pub eval_batches: Option<usize>,
+    pub val_fraction: Option<f64>,
+    pub sample_tokens: Option<usize>,
+}
+
+macro_rules! overlay {
+    ($dst:ident, $src:ident; $($field:ident),* $(,)?) => {
+        $( if $src.$field.is_some() { $dst.$field = $src.$field.clone(); } )*
+    };
+}
+
+impl TrainOptions {
+    /// Read a TOML (by extension `.toml`) or JSON file of options.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+        let parsed = if is_toml {
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}", e.message()))
+        } else {
+            serde_json::from_str(&text).map_err(anyhow::Error::from)
+        };
+        parsed.map_err(|e| UsageError(format!("config file {}: {e:#}", path.display())).into())
+    }
+
+    /// Options of `self`, overridden by those set in `other`.
+    pub fn overlay(mut self, other: &TrainOptions) -> Self {
+        overlay!(self, other; corpus, steps, batch_size, context, layers, heads, d_model, lr, min_lr, warmup,
+            beta1, beta2, weight_decay, grad_clip, label_smoothing, attn_temperature, learn_temperature,
+            tokenizer, vocab_size, seed, eval_every, eval_batches, val_fraction, sample_tokens);
+        self
+    }
+
+    /// The training configuration: defaults with these options applied.
+    pub fn train_config(&self) -> TrainConfig {
+        self.apply_to(&TrainConfig::default())
+    }
+
+    /// `base` with the options set here applied on top.
+    pub fn apply_to(&self, base: &TrainConfig) -> TrainConfig {
+        let d = base.clone();
+        TrainConfig {
+            corpus: self.corpus.clone().unwrap_or(d.corpus),
+            steps: self.steps.unwrap_or(d.steps),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            lr: self.lr.unwrap_or(d.lr),
+            min_lr: self.min_lr.unwrap_or(d.min_lr),
+            warmup: self.warmup.unwrap_or(d.warmup),
+            beta1: self.beta1.unwrap_or(d.beta1),
+            beta2: self.beta2.unwrap_or(d.beta2),
+            adam_eps: d.adam_eps,
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            grad_clip: self.grad_clip.unwrap_or(d.grad_clip),
+            label_smoothing: self.label_smoothing.unwrap_or(d.label_smoothing),
+            seed: self.seed.unwrap_or(d.seed),
+            eval_every: self.eval_every.unwrap_or(d.eval_every),
+            eval_batches: self.eval_batches.unwrap_or(d.eval_batches),
+            val_fraction: self.val_fraction.unwrap_or(d.val_fraction),
+            tokenizer: self.tokenizer.unwrap_or(d.tokenizer),
+            bpe_vocab_size: self.vocab_size.unwrap_or(d.bpe_vocab_size),
+            init_std: d.init_std,
+            sample_tokens: self.sample_tokens.unwrap_or(d.sample_tokens),
+        }
+    }
+
+    /// On `--resume`, options that would change the model, its tokenizer, the split or the seed
+    /// must agree with the checkpoint: name the first one that does not.
+    pub fn check_resumable(&self, run: &RunConfig) -> Result<()> {
+        let (m, t) = (&run.model, &run.train);
+        let mismatch = |flag: &str, given: String, saved: String| -> Result<()> {
+            Err(UsageError(format!(
+                "{flag} {given} does not match the checkpoint's {saved}; a resumed run keeps its model, tokenizer, split and seed"
+            ))
+            .into())
+        };
+        macro_rules! same {
+            ($opt:expr, $saved:expr, $flag:literal) => {
+                if let Some(v) = $opt {
+                    if v != $saved {
+                        return mismatch($flag, format!("{:?}", v), format!("{:?}", $saved));
+                    }
+                }
+            };
+        }
+        same!(self.context, m.context, "--context");
+        same!(self.layers, m.n_layer, "--layers");
+        same!(self.heads, m.n_head, "--heads");
+        same!(self.d_model, m.d_model, "--d-model");
+        same!(self.attn_temperature, m.attn_temperature, "--attn-temperature");
+        same!(self.learn_temperature, m.learn_temperature, "--learn-temperature");
+        same!(self.tokenizer, t.tokenizer, "--tokenizer");
+        if t.tokenizer == TokenizerKind::Bpe {
+            same!(self.vocab_size, t.bpe_vocab_size, "--vocab-size");
+        }
+        same!(self.seed, t.seed, "--seed");
+        same!(self.val_fraction, t.val_fraction, "--val-fraction");
+        Ok(())
+    }
+
+    /// The model configuration for a tokenizer of `vocab_size` tokens.
+    pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
+        let d = ModelConfig::nano_cpu(vocab_size);
+        ModelConfig {
+            vocab_size,
+            context: self.context.unwrap_or(d.context),
+            n_layer: self.layers.unwrap_or(d.n_layer),
+            n_head: self.heads.unwrap_or(d.n_head),
+            d_model: self.d_model.unwrap_or(d.d_model),
+            positions: d.positions,
+            attn_temperature: self.attn_temperature.unwrap_or(d.attn_temperature),
+            learn_temperature: self.learn_temperature.unwrap_or(d.learn_temperature),
+        }
+    }
+}

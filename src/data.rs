@@ -1,0 +1,83 @@
+//! Corpus -> tokens -> train/val split -> batches of windows.
+//!
+//! A training window is `BOS` followed by `context - 1` corpus tokens, and its targets are the next
+//! `context` tokens: the model always learns (and later scores) sequences that start with BOS,
+//! so the first token of a window is predicted from BOS alone.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::tokenizer::Tok;
+
+/// Read a UTF-8 corpus; missing, unreadable, non-UTF-8 and empty files are errors that name the file.
+pub fn read_corpus(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading corpus {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("corpus {} is not UTF-8 text (bad byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
+    if text.trim().is_empty() {
+        bail!("corpus {} is empty", path.display());
+    }
+    Ok(text)
+}
+
+/// The tokenized corpus, split into a training head and a validation tail.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
+}
+
+impl Splits {
+    /// Tokenize `text` and hold out the last `val_fraction` of its tokens. Each split must hold at
+    /// least `context + 1` tokens so that one full window fits.
+    pub fn new(text: &str, tok: &Tok, val_fraction: f64, context: usize, name: &str) -> Result<Self> {
+        let tokens = tok.encode(text).with_context(|| format!("tokenizing corpus {name}"))?;
+        let n_val = ((tokens.len() as f64) * val_fraction).round() as usize;
+        let n_train = tokens.len() - n_val;
+        let need = context + 1;
+        if n_train < need || n_val < need {
+            bail!(
+                "corpus {name} is too short: {} tokens give a {n_train}-token training split and a {n_val}-token validation split, \
+                 each needs at least context + 1 = {need}; use a longer corpus or a smaller --context",
+                tokens.len()
+            );
+        }
+        let val = tokens[n_train..].to_vec();
+        let mut train = tokens;
+        train.truncate(n_train);
+        Ok(Self { train, val })
+    }
+}
+
+/// One batch: inputs `(B, T)` starting with BOS and targets `(B, T)`, both u32.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub inputs: Tensor,
+    pub targets: Tensor,
+}
+
+/// Build a batch from window start offsets into `tokens`.
+pub fn batch_at(tokens: &[u32], starts: &[usize], context: usize, bos: u32, dev: &Device) -> Result<Batch> {
+    let b = starts.len();
+    let mut inputs = Vec::with_capacity(b * context);
+    let mut targets = Vec::with_capacity(b * context);
+    for &i in starts {
+        inputs.push(bos);
+        inputs.extend_from_slice(&tokens[i..i + context - 1]);
+        targets.extend_from_slice(&tokens[i..i + context]);
+    }
+    Ok(Batch {
+        inputs: Tensor::from_vec(inputs, (b, context), dev)?,
+        targets: Tensor::from_vec(targets, (b, context), dev)?,
+    })
+}
+
+/// Draw `batch_size` uniformly random window starts.
+pub fn random_starts(rng: &mut ChaCha8Rng, n_tokens: usize, context: usize, batch_size: usize) -> Vec<usize> {
+    let hi = n_tokens - context; // inclusive upper bound of a start
+    (0..batch_size).map(|_| rng.random_range(0..=hi)).collect()
+}

@@ -1,0 +1,25 @@
+//! The one error type the CLI treats specially: a usage error (a flag out of range, options that
+//! contradict each other) exits with status 2 like clap's own parse errors; everything else exits 1.
+
+use std::fmt;
+
+/// An error in how the tool was invoked, as opposed to a failure while running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Exit status for an error chain: 2 if any link is a [`UsageError`], else 1.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|e| e.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
+}

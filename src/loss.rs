@@ -1,0 +1,39 @@
+//! Cross-entropy with label smoothing: the maximum-entropy objective with a finite-temperature
+//! correction of the targets.
+//!
+//! With eps in [0, 1) the target distribution is (1 - eps) * onehot(y) + eps * uniform, so
+//!
+//!   loss = (1 - eps) * (-ln p_y) + eps * mean_v(-ln p_v)
+//!
+//! averaged over positions (PyTorch's `cross_entropy(..., label_smoothing=eps)`).
+
+use candle_core::{Result, Tensor, D};
+
+/// The training loss and the plain (unsmoothed) cross-entropy, both scalars in nats per token.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// What is minimised: the smoothed loss (equal to `ce` when eps = 0).
+    pub loss: Tensor,
+    /// Plain cross-entropy -ln p(target), averaged: comparable with any other trainer.
+    pub ce: Tensor,
+}
+
+/// Loss of `logits` `(N, V)` against `targets` `(N,)` (u32) with label smoothing `eps`.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Result<Loss> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (N, V)
+    let nll = log_p.gather(&targets.unsqueeze(1)?, 1)?.neg()?; // (N, 1)
+    let ce = nll.mean_all()?;
+    let loss = if eps > 0.0 {
+        let uniform = log_p.mean(D::Minus1)?.neg()?.mean_all()?; // mean over tokens and vocabulary of -ln p
+        ((&ce * (1.0 - eps))? + (uniform * eps)?)?
+    } else {
+        ce.clone()
+    };
+    Ok(Loss { loss, ce })
+}
+
+/// Per-token energies -ln p(target) `(N,)` of `logits` `(N, V)`: forward-only scoring.
+pub fn token_energies(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (N, V)
+    log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg() // (N,)
+}

@@ -1,0 +1,300 @@
+//! A GPT-style decoder-only transformer whose attention is a Boltzmann distribution per head.
+//!
+//! Token embedding + learned positions, `n_layer` pre-LayerNorm blocks of causal multi-head
+//! self-attention and a GELU MLP, a final LayerNorm, and an LM head tied to the token embedding.
+//! Linear layers and LayerNorms have no bias (as nanoGPT with `bias=False`).
+//!
+//! Attention of head h at query i over keys j <= i:
+//!
+//!   s_ij = q_i . k_j / sqrt(d_head)          (the score; E_ij = -s_ij is the energy)
+//!   alpha_ij = exp(beta_h s_ij) / Z_i,  Z_i = sum_{j<=i} exp(beta_h s_ij),  beta_h = 1 / T_h
+//!
+//! T_h = 1 for every head is standard attention. `ln beta_h` is stored per layer as the tensor
+//! `blocks.L.attn.log_beta` (shape `(n_head,)`) and is trained when `learn_temperature` is set.
+//!
+//! `forward` is the training path. `forward_with_stats` is a separate forward-only path that also
+//! returns, per layer, the attention weights, ln Z and the energies.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+
+use crate::config::{ModelConfig, Positions};
+
+/// LayerNorm without bias, written out of differentiable primitives (candle's fused layer norm has
+/// no backward pass).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub const EPS: f64 = 1e-5;
+
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        Ok(Self { weight, eps: Self::EPS })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?; // (..., 1)
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?; // biased variance, as torch
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)
+    }
+}
+
+/// A bias-free linear layer initialised N(0, std).
+fn linear(d_in: usize, d_out: usize, std: f64, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((d_out, d_in), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+    Ok(Linear::new(weight, None))
+}
+
+/// Standard deviation of the residual-branch output projections: GPT-2 scales them by
+/// 1/sqrt(2 n_layer) so that the residual stream's variance does not grow with depth.
+fn residual_std(cfg: &ModelConfig, init_std: f64) -> f64 {
+    init_std / (2.0 * cfg.n_layer as f64).sqrt()
+}
+
+/// Position-wise feed-forward network: d -> 4d -> GELU -> d.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc: Linear,
+    proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(cfg: &ModelConfig, init_std: f64, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let fc = linear(d, 4 * d, init_std, vb.pp("fc"))?;
+        let proj = linear(4 * d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
+        Ok(Self { fc, proj })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(&self.fc.forward(x)?.gelu_erf()?) // exact (erf) GELU, as torch's default
+    }
+}
+
+/// Per-head Boltzmann statistics of one attention layer, for a batch of sequences.
+#[derive(Debug, Clone)]
+pub struct AttnStats {
+    /// Attention weights alpha_ij, `(B, H, T, T)`; zero above the diagonal.
+    pub alpha: Tensor,
+    /// ln Z_i of every query, `(B, H, T)`.
+    pub ln_z: Tensor,
+    /// Energies E_ij = -s_ij = -q_i.k_j/sqrt(d_head), `(B, H, T, T)`; +inf above the diagonal
+    /// (keys a query may not see).
+    pub energy: Tensor,
+    /// Inverse temperature of every head, `(H,)`.
+    pub beta: Tensor,
+}
+
+/// Causal multi-head self-attention with a per-head inverse temperature.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    /// ln beta_h, `(H,)`.
+    log_beta: Tensor,
+    n_head: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn new(cfg: &ModelConfig, init_std: f64, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let qkv = linear(d, 3 * d, init_std, vb.pp("qkv"))?;
+        let proj = linear(d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
+        let log_beta = vb.get_with_hints(cfg.n_head, "log_beta", Init::Const(-cfg.attn_temperature.ln()))?;
+        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim() })
+    }
+
+    /// The temperature T_h = 1/beta_h of every head.
+    pub fn temperatures(&self) -> Result<Vec<f64>> {
+        Ok(self.log_beta.to_dtype(DType::F64)?.to_vec1::<f64>()?.into_iter().map(|lb| (-lb).exp()).collect())
+    }
+
+    /// Replace every head's temperature (forward-only use: the new values are constants).
+    pub fn set_temperatures(&mut self, temps: &[f64]) -> Result<()> {
+        if temps.len() != self.n_head || temps.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
+            candle_core::bail!("need {} finite positive temperatures, got {temps:?}", self.n_head)
+        }
+        let log_beta: Vec<f32> = temps.iter().map(|t| -(t.ln()) as f32).collect();
+        self.log_beta = Tensor::from_vec(log_beta, self.n_head, self.log_beta.device())?;
+        Ok(())
+    }
+
+    /// Queries, keys and values, each `(B, H, T, D)`.
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.n_head, self.head_dim))?; // (B, T, 3, H, D)
+        let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, T, D)
+        Ok((part(0)?, part(1)?, part(2)?))
+    }
+
+    /// Merge heads and project back to the residual stream: `(B, H, T, D)` -> `(B, T, C)`.
+    fn merge(&self, y: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = y.dims4()?;
+        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?; // (B, T, C)
+        self.proj.forward(&y)
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x)?;
+        // beta_h / sqrt(d) folded into q: cheaper than scaling the (T, T) scores, same numbers.
+        let scale = (self.log_beta.exp()? / (self.head_dim as f64).sqrt())?.reshape((1, self.n_head, 1, 1))?;
+        let q = q.broadcast_mul(&scale)?;
+        let logits = q.matmul(&k.t()?)?.broadcast_add(mask)?; // beta_h s_ij, -inf above the diagonal: (B, H, T, T)
+        let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?; // (B, H, T, T)
+        self.merge(&alpha.matmul(&v)?) // (B, H, T, D) -> (B, T, C)
+    }
+
+    /// Forward pass that also returns alpha, ln Z and E for every head (not for training).
+    fn forward_with_stats(&self, x: &Tensor, mask: &Tensor) -> Result<(Tensor, AttnStats)> {
+        let (q, k, v) = self.qkv(x)?;
+        let beta = self.log_beta.exp()?; // (H,)
+        let s = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?; // s_ij, -inf masked: (B, H, T, T)
+        let bs = s.broadcast_mul(&beta.reshape((1, self.n_head, 1, 1))?)?; // beta_h s_ij
+        let max = bs.max_keepdim(D::Minus1)?; // (B, H, T, 1), finite: the diagonal is always allowed
+        let ln_z = (bs.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (B, H, T, 1)
+        let alpha = bs.broadcast_sub(&ln_z)?.exp()?; // (B, H, T, T)
+        let y = self.merge(&alpha.matmul(&v)?)?;
+        let stats = AttnStats { alpha, ln_z: ln_z.squeeze(D::Minus1)?, energy: s.neg()?, beta };
+        Ok((y, stats))
+    }
+}
+
+/// One pre-LayerNorm transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    pub fn new(cfg: &ModelConfig, init_std: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            ln1: LayerNorm::new(cfg.d_model, vb.pp("ln1"))?,
+            attn: Attention::new(cfg, init_std, vb.pp("attn"))?,
+            ln2: LayerNorm::new(cfg.d_model, vb.pp("ln2"))?,
+            mlp: Mlp::new(cfg, init_std, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        // Attention is the only layer that mixes information across positions.
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        &x + self.mlp.forward(&self.ln2.forward(&x)?)?
+    }
+
+    fn forward_with_stats(&self, x: &Tensor, mask: &Tensor) -> Result<(Tensor, AttnStats)> {
+        let (a, stats) = self.attn.forward_with_stats(&self.ln1.forward(x)?, mask)?;
+        let x = (x + a)?;
+        let x = (&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?;
+        Ok((x, stats))
+    }
+}
+
+/// The whole language model.
+#[derive(Debug, Clone)]
+pub struct Gpt {
+    tok_emb: Embedding,
+    pos_emb: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    cfg: ModelConfig,
+}
+
+impl Gpt {
+    /// Build the model, taking (or, with an initialising backend, creating) every tensor from `vb`.
+    /// `init_std` is the standard deviation of the normal init of matrices (GPT-2: 0.02).
+    pub fn new(cfg: &ModelConfig, init_std: f64, vb: VarBuilder) -> Result<Self> {
+        let normal = Init::Randn { mean: 0.0, stdev: init_std };
+        let tok = vb.pp("tok_emb").get_with_hints((cfg.vocab_size, cfg.d_model), "weight", normal)?;
+        let pos_emb = match cfg.positions {
+            Positions::Learned => vb.pp("pos_emb").get_with_hints((cfg.context, cfg.d_model), "weight", normal)?,
+        };
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::new(cfg, init_std, vb.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(cfg.d_model, vb.pp("ln_f"))?;
+        Ok(Self { tok_emb: Embedding::new(tok, cfg.d_model), pos_emb, blocks, ln_f, cfg: cfg.clone() })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.pos_emb.device()
+    }
+
+    /// Additive causal mask `(T, T)`: 0 where key j <= query i, -inf above the diagonal.
+    fn causal_mask(t: usize, dev: &Device) -> Result<Tensor> {
+        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+        Tensor::from_vec(mask, (t, t), dev)
+    }
+
+    /// Token + position embeddings of `ids` `(B, T)` -> `(B, T, C)`, with the causal mask.
+    fn embed(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, t) = ids.dims2()?;
+        if t > self.cfg.context {
+            candle_core::bail!("input of {t} tokens is longer than the model's context of {}", self.cfg.context)
+        }
+        let x = self.tok_emb.forward(ids)?.broadcast_add(&self.pos_emb.narrow(0, 0, t)?)?; // (B, T, C)
+        Ok((x, Self::causal_mask(t, ids.device())?))
+    }
+
+    /// Tied LM head: `(B, T, C)` -> logits `(B, T, V)`.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let x = self.ln_f.forward(x)?.reshape((b * t, c))?; // (B*T, C)
+        x.matmul(&self.tok_emb.embeddings().t()?)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
+    }
+
+    /// Logits `(B, T, V)` of the next token at every position of `ids` `(B, T)`, T <= context.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (mut x, mask) = self.embed(ids)?;
+        for block in &self.blocks {
+            x = block.forward(&x, &mask)?;
+        }
+        self.head(&x)
+    }
+
+    /// Logits and every layer's attention statistics. Forward-only: call it on a model whose
+    /// weights are plain tensors (loaded, or [`crate::params::Params::detached_model`]).
+    pub fn forward_with_stats(&self, ids: &Tensor) -> Result<(Tensor, Vec<AttnStats>)> {
+        let (mut x, mask) = self.embed(ids)?;
+        let mut stats = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (y, s) = block.forward_with_stats(&x, &mask)?;
+            x = y;
+            stats.push(s);
+        }
+        Ok((self.head(&x)?, stats))
+    }
+
+    /// T_h of every head, `[layer][head]`.
+    pub fn temperatures(&self) -> Result<Vec<Vec<f64>>> {
+        self.blocks.iter().map(|b| b.attn.temperatures()).collect()
+    }
+
+    /// Override head temperatures for forward-only use, `[layer][head]`.
+    pub fn set_temperatures(&mut self, temps: &[Vec<f64>]) -> Result<()> {
+        if temps.len() != self.blocks.len() {
+            candle_core::bail!("need temperatures for {} layers, got {}", self.blocks.len(), temps.len())
+        }
+        for (block, t) in self.blocks.iter_mut().zip(temps) {
+            block.attn.set_temperatures(t)?;
+        }
+        Ok(())
+    }
+}

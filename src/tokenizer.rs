@@ -1,0 +1,170 @@
+//! Text <-> token ids through the `tokenizers` crate, with a `<|bos|>` token in every vocabulary.
+//!
+//! Two kinds: `char` (one token per distinct character of the corpus, a BPE model with no merges
+//! and a `Fuse` decoder) and `bpe` (byte-level BPE trained on the corpus). Both serialise to a
+//! standard `tokenizer.json` that Python's `tokenizers` loads unchanged. Every sequence the model
+//! sees starts with BOS, so even the first real token has a conditional probability.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokenizers::decoders::byte_level::ByteLevel;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::models::bpe::{BpeTrainerBuilder, Vocab, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::config::TokenizerKind;
+
+/// The beginning-of-sequence token, present in every vocabulary.
+pub const BOS: &str = "<|bos|>";
+
+/// A tokenizer with its BOS id and, for the char kind, the set of known characters.
+#[derive(Clone)]
+pub struct Tok {
+    inner: Tokenizer,
+    kind: TokenizerKind,
+    bos: u32,
+    /// Characters the char tokenizer knows (None for byte-level BPE, which encodes any text).
+    chars: Option<HashSet<char>>,
+}
+
+impl std::fmt::Debug for Tok {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tok").field("kind", &self.kind).field("vocab_size", &self.vocab_size()).finish()
+    }
+}
+
+impl Tok {
+    /// A character tokenizer over the distinct characters of `text` (sorted, ids 0..n), BOS = n.
+    pub fn train_char(text: &str) -> Result<Self> {
+        let chars: BTreeSet<char> = text.chars().collect();
+        if chars.is_empty() {
+            bail!("cannot build a character vocabulary from empty text");
+        }
+        let mut vocab: Vocab = chars.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
+        vocab.insert(BOS.to_string(), chars.len() as u32);
+        let model = BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .map_err(|e| anyhow!("building the char tokenizer: {e}"))?;
+        let mut inner = Tokenizer::new(model);
+        inner.with_decoder(Some(Fuse::new()));
+        inner.add_special_tokens(&[AddedToken::from(BOS, true)]);
+        Self::from_tokenizer(inner)
+    }
+
+    /// Byte-level BPE with `vocab_size` tokens (BOS and the 256 byte tokens included), trained on `text`.
+    pub fn train_bpe(text: &str, vocab_size: usize) -> Result<Self> {
+        let mut inner = Tokenizer::new(BPE::default());
+        let byte_level = ByteLevel::new(false, true, true);
+        inner.with_pre_tokenizer(Some(byte_level));
+        inner.with_decoder(Some(byte_level));
+        let alphabet: std::collections::HashSet<char> = ByteLevel::alphabet().into_iter().collect();
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(BOS, true)])
+            .initial_alphabet(alphabet)
+            .build()
+            .into();
+        // Lines keep their newline so that merges across "\n" boundaries are learned as in the text.
+        inner
+            .train(&mut trainer, text.split_inclusive('\n'))
+            .map_err(|e| anyhow!("training the BPE tokenizer: {e}"))?;
+        Self::from_tokenizer(inner)
+    }
+
+    /// Build the tokenizer a training run asks for.
+    pub fn train(kind: TokenizerKind, text: &str, bpe_vocab_size: usize) -> Result<Self> {
+        match kind {
+            TokenizerKind::Char => Self::train_char(text),
+            TokenizerKind::Bpe => Self::train_bpe(text, bpe_vocab_size),
+        }
+    }
+
+    /// Load a `tokenizer.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let json = std::fs::read_to_string(path).with_context(|| format!("reading tokenizer {}", path.display()))?;
+        Self::from_json(&json).with_context(|| format!("parsing tokenizer {}", path.display()))
+    }
+
+    /// Parse the JSON of a `tokenizer.json`.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let inner: Tokenizer = json.parse().map_err(|e| anyhow!("{e}"))?;
+        Self::from_tokenizer(inner)
+    }
+
+    fn from_tokenizer(inner: Tokenizer) -> Result<Self> {
+        let bos = inner.token_to_id(BOS).ok_or_else(|| anyhow!("the tokenizer has no {BOS} token"))?;
+        let is_byte_level = matches!(inner.get_pre_tokenizer(), Some(tokenizers::PreTokenizerWrapper::ByteLevel(_)));
+        let (kind, chars) = if is_byte_level {
+            (TokenizerKind::Bpe, None)
+        } else {
+            let chars = inner
+                .get_vocab(false)
+                .keys()
+                .filter(|t| t.as_str() != BOS)
+                .filter_map(|t| {
+                    let mut it = t.chars();
+                    match (it.next(), it.next()) {
+                        (Some(c), None) => Some(c),
+                        _ => None,
+                    }
+                })
+                .collect();
+            (TokenizerKind::Char, Some(chars))
+        };
+        Ok(Self { inner, kind, bos, chars })
+    }
+
+    /// The standard `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(|e| anyhow!("serialising the tokenizer: {e}"))
+    }
+
+    /// Which kind of tokenizer this is.
+    pub fn kind(&self) -> TokenizerKind {
+        self.kind
+    }
+
+    /// Number of token ids, BOS included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The BOS id.
+    pub fn bos(&self) -> u32 {
+        self.bos
+    }
+
+    /// Token ids of `text` (no BOS). A character the char tokenizer never saw is an error naming it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(chars) = &self.chars {
+            if let Some((pos, c)) = text.char_indices().find(|(_, c)| !chars.contains(c)) {
+                bail!("character {c:?} (U+{:04X}) at byte {pos} is not in the char tokenizer's vocabulary", c as u32);
+            }
+        }
+        let enc = self.inner.encode_fast(text, false).map_err(|e| anyhow!("tokenizing text: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// BOS followed by the token ids of `text`.
+    pub fn encode_with_bos(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = vec![self.bos];
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
+    /// Text of `ids`, BOS dropped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| anyhow!("decoding tokens: {e}"))
+    }
+
+    /// The string of one token id (its raw vocabulary entry).
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}

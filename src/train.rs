@@ -1,0 +1,343 @@
+//! The training loop: warmup + cosine schedule, AdamW, gradient clipping, periodic evaluation on
+//! a fixed set of validation windows, `metrics.jsonl`, atomic checkpoints and exact resume.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::{RunConfig, TrainConfig, TrainOptions, FORMAT_VERSION};
+use crate::data::{self, Batch, Splits};
+use crate::error::UsageError;
+use crate::generate::{self, SampleOptions};
+use crate::loss;
+use crate::model::Gpt;
+use crate::optim::{self, AdamW, AdamWConfig};
+use crate::params::Params;
+use crate::tokenizer::Tok;
+
+/// Independent streams of the run's seeded RNG, one per purpose, so that e.g. changing the number
+/// of evaluation windows never changes the training batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RngStream {
+    Batches = 0,
+    Init = 1,
+    Eval = 2,
+    Sample = 3,
+}
+
+/// A seeded RNG on one stream.
+pub fn rng(seed: u64, stream: RngStream) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream as u64);
+    rng
+}
+
+/// What to train and where.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    /// Options from `--config` and flags (unset ones take the defaults, or the checkpoint's on resume).
+    pub options: TrainOptions,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Continue the checkpoint in `out`.
+    pub resume: bool,
+    /// Replace a checkpoint already in `out`.
+    pub overwrite: bool,
+    /// Draw a progress bar on stderr (it is hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// One record of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Mean training loss (smoothed, what is minimised) over the steps since the last record.
+    pub train_loss: Option<f64>,
+    /// Validation cross-entropy, nats/token, unsmoothed.
+    pub val_ce: f64,
+    /// Validation loss with the run's label smoothing.
+    pub val_loss: f64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Training throughput since the last record (target tokens per second).
+    pub tokens_per_sec: Option<f64>,
+    /// Wall-clock seconds of training so far.
+    pub elapsed_secs: f64,
+}
+
+/// The outcome of a training run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub out: PathBuf,
+    pub steps: usize,
+    pub params: usize,
+    pub val_ce: f64,
+    pub train_loss: Option<f64>,
+    /// Seconds spent in this session (evaluation and checkpoints included).
+    pub wall_secs: f64,
+    /// Training tokens per second in this session (steps only).
+    pub tokens_per_sec: f64,
+    pub sample: Option<String>,
+}
+
+/// Fixed validation windows: the same at every evaluation, so the curve is not sampling noise.
+fn eval_batches(splits: &Splits, cfg: &TrainConfig, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
+    let mut rng = rng(cfg.seed, RngStream::Eval);
+    (0..cfg.eval_batches)
+        .map(|_| {
+            let starts = data::random_starts(&mut rng, splits.val.len(), context, cfg.batch_size);
+            data::batch_at(&splits.val, &starts, context, bos, dev)
+        })
+        .collect()
+}
+
+/// Mean (cross-entropy, smoothed loss) of `model` over `batches`, forward-only.
+pub fn evaluate(model: &Gpt, batches: &[Batch], label_smoothing: f64) -> Result<(f64, f64)> {
+    let (mut ce, mut smoothed) = (0.0, 0.0);
+    for batch in batches {
+        let logits = model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
+        let l = loss::cross_entropy(&logits, &batch.targets.flatten_all()?, label_smoothing)?;
+        ce += l.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        smoothed += l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    let n = batches.len() as f64;
+    Ok((ce / n, smoothed / n))
+}
+
+/// Keep only the records of `metrics.jsonl` up to `step` (after a resume, later ones were never
+/// checkpointed and will be redone).
+fn truncate_metrics(dir: &Path, step: usize) -> Result<()> {
+    let path = dir.join(checkpoint::METRICS);
+    let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&path, kept).with_context(|| format!("rewriting {}", path.display()))
+}
+
+fn append_metrics(dir: &Path, m: &Metrics) -> Result<()> {
+    let path = dir.join(checkpoint::METRICS);
+    let mut f = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Everything the loop needs, from a fresh start or a checkpoint.
+struct Setup {
+    run: RunConfig,
+    tok: Tok,
+    params: Params,
+    model: Gpt,
+    optimizer: AdamW,
+    state: TrainState,
+    batch_rng: ChaCha8Rng,
+    resumed: bool,
+}
+
+fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
+    if checkpoint::exists(&req.out) && !req.overwrite {
+        return Err(UsageError(format!(
+            "{} already holds a checkpoint; pass --resume to continue it or --overwrite to start again",
+            req.out.display()
+        ))
+        .into());
+    }
+    let train = req.options.train_config();
+    train.validate()?;
+    req.options.model_config(2).validate()?; // shape errors before the (slow) tokenizer training
+    let text = data::read_corpus(&train.corpus)?;
+    let tok = Tok::train(train.tokenizer, &text, train.bpe_vocab_size)?;
+    let model_cfg = req.options.model_config(tok.vocab_size());
+    model_cfg.validate()?;
+    let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
+    let optimizer = AdamW::new(params.trainable(), adamw_config(&train))?;
+    let batch_rng = rng(train.seed, RngStream::Batches);
+    let state = TrainState {
+        step: 0,
+        rng_seed: train.seed,
+        rng_word_pos: batch_rng.get_word_pos().to_string(),
+        tokens_seen: 0,
+        elapsed_secs: 0.0,
+        val_ce: None,
+    };
+    if req.overwrite {
+        let _ = fs::remove_file(req.out.join(checkpoint::METRICS));
+    }
+    let run = RunConfig { format_version: FORMAT_VERSION, model: model_cfg, train };
+    Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, resumed: false })
+}
+
+fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
+    if !checkpoint::exists(&req.out) {
+        return Err(UsageError(format!("--resume: {} holds no checkpoint to continue", req.out.display())).into());
+    }
+    let saved = checkpoint::load_resumable(&req.out, dev)?;
+    req.options.check_resumable(&saved.config)?;
+    let train = req.options.apply_to(&saved.config.train);
+    train.validate()?;
+    let optimizer = AdamW::restore(saved.params.trainable(), adamw_config(&train), saved.state.step as u64, &saved.optimizer_state)
+        .with_context(|| format!("restoring the optimizer from {}", req.out.join(checkpoint::OPTIMIZER).display()))?;
+    let mut batch_rng = rng(saved.state.rng_seed, RngStream::Batches);
+    let pos: u128 = saved.state.rng_word_pos.parse().context("state.json: rng_word_pos is not a number")?;
+    batch_rng.set_word_pos(pos);
+    truncate_metrics(&req.out, saved.state.step)?;
+    let run = RunConfig { format_version: FORMAT_VERSION, model: saved.config.model, train };
+    Ok(Setup { run, tok: saved.tokenizer, params: saved.params, model: saved.model, optimizer, state: saved.state, batch_rng, resumed: true })
+}
+
+fn adamw_config(t: &TrainConfig) -> AdamWConfig {
+    AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.adam_eps, weight_decay: t.weight_decay }
+}
+
+fn progress_bar(req: &TrainRequest, total: usize, done: usize) -> ProgressBar {
+    let pb = ProgressBar::new(total as u64);
+    if !req.progress {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>5}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid progress template")
+            .progress_chars("=> "),
+    );
+    pb.set_position(done as u64);
+    pb.reset_eta();
+    pb
+}
+
+/// Train (or continue training) a model and checkpoint it into `req.out`.
+pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
+    let session_start = Instant::now();
+    let mut s = if req.resume { resumed(req, dev)? } else { fresh(req, dev)? };
+    let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
+    let text = data::read_corpus(&cfg.corpus)?;
+    let splits = Splits::new(&text, &s.tok, cfg.val_fraction, context, &cfg.corpus.display().to_string())?;
+    let evals = eval_batches(&splits, &cfg, context, bos, dev)?;
+    fs::create_dir_all(&req.out).with_context(|| format!("creating run directory {}", req.out.display()))?;
+
+    let pb = progress_bar(req, cfg.steps, s.state.step);
+    let log = |line: String| pb.suspend(|| eprintln!("{line}"));
+    log(format!(
+        "{} {} parameters, {} layers x {} heads x {} wide, context {}, vocab {} ({:?}); {} train / {} val tokens",
+        if s.resumed { format!("resuming {} at step {}:", req.out.display(), s.state.step) } else { "training".to_string() },
+        s.params.count(),
+        s.run.model.n_layer,
+        s.run.model.n_head,
+        s.run.model.d_model,
+        context,
+        s.tok.vocab_size(),
+        s.tok.kind(),
+        splits.train.len(),
+        splits.val.len(),
+    ));
+
+    let checkpoint_now = |s: &mut Setup, train_loss: Option<f64>, lr: f64, tok_s: Option<f64>, elapsed: f64| -> Result<f64> {
+        let eval_model = s.params.detached_model(&s.run.model)?;
+        let (val_ce, val_loss) = evaluate(&eval_model, &evals, cfg.label_smoothing)?;
+        s.state.val_ce = Some(val_ce);
+        s.state.elapsed_secs = elapsed;
+        s.state.rng_word_pos = s.batch_rng.get_word_pos().to_string();
+        let m = Metrics { step: s.state.step, train_loss, val_ce, val_loss, lr, tokens_per_sec: tok_s, elapsed_secs: elapsed };
+        append_metrics(&req.out, &m)?;
+        checkpoint::save(&req.out, &s.run, &s.tok, &s.params, s.optimizer.state_tensors(), &s.state)?;
+        log(format!(
+            "step {:>5}: train loss {}, val CE {val_ce:.4} nats/token, lr {lr:.2e}{}",
+            s.state.step,
+            train_loss.map_or("   -  ".into(), |l| format!("{l:.4}")),
+            tok_s.map_or(String::new(), |t| format!(", {t:.0} tok/s")),
+        ));
+        Ok(val_ce)
+    };
+
+    let elapsed_before = s.state.elapsed_secs;
+    let mut last_val = s.state.val_ce;
+    if !s.resumed {
+        last_val = Some(checkpoint_now(&mut s, None, 0.0, None, 0.0)?);
+    }
+
+    let tokens_per_step = (cfg.batch_size * context) as u64;
+    let loop_start = Instant::now();
+    let (mut step_secs, mut session_tokens) = (0f64, 0u64);
+    let (mut window_loss, mut window_steps, mut window_secs) = (0f64, 0usize, 0f64);
+    let mut last_train_loss = None;
+    while s.state.step < cfg.steps {
+        let t0 = Instant::now();
+        let lr = optim::lr_at(s.state.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
+        let starts = data::random_starts(&mut s.batch_rng, splits.train.len(), context, cfg.batch_size);
+        let batch = data::batch_at(&splits.train, &starts, context, bos, dev)?;
+        let logits = s.model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
+        let l = loss::cross_entropy(&logits, &batch.targets.flatten_all()?, cfg.label_smoothing)?;
+        let loss_value = l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_value.is_finite() {
+            bail!(
+                "training diverged at step {}: the loss is {loss_value}; the last good checkpoint in {} is kept (try a lower --lr)",
+                s.state.step + 1,
+                req.out.display()
+            );
+        }
+        let grads = l.loss.backward()?;
+        let norm = optim::grad_norm(s.params.trainable(), &grads)?;
+        if !norm.is_finite() {
+            bail!(
+                "training diverged at step {}: the gradient norm is {norm}; the last good checkpoint in {} is kept (try a lower --lr)",
+                s.state.step + 1,
+                req.out.display()
+            );
+        }
+        s.optimizer.step(&grads, lr, optim::clip_scale(norm, cfg.grad_clip))?;
+        s.state.step += 1;
+        s.state.tokens_seen += tokens_per_step;
+        session_tokens += tokens_per_step;
+        let dt = t0.elapsed().as_secs_f64();
+        step_secs += dt;
+        window_secs += dt;
+        window_loss += loss_value;
+        window_steps += 1;
+
+        let tok_s = (window_steps as u64 * tokens_per_step) as f64 / window_secs;
+        pb.set_position(s.state.step as u64);
+        pb.set_message(format!(
+            "loss {loss_value:.4} | val {} | {tok_s:.0} tok/s",
+            last_val.map_or("-".to_string(), |v| format!("{v:.4}"))
+        ));
+
+        if s.state.step % cfg.eval_every == 0 || s.state.step == cfg.steps {
+            let mean_loss = window_loss / window_steps as f64;
+            last_train_loss = Some(mean_loss);
+            let elapsed = elapsed_before + loop_start.elapsed().as_secs_f64();
+            last_val = Some(checkpoint_now(&mut s, Some(mean_loss), lr, Some(tok_s), elapsed)?);
+            (window_loss, window_steps, window_secs) = (0.0, 0, 0.0);
+        }
+    }
+    pb.finish_and_clear();
+
+    let sample = if cfg.sample_tokens > 0 {
+        let model = s.params.detached_model(&s.run.model)?;
+        let mut sample_rng = rng(cfg.seed, RngStream::Sample);
+        let opts = SampleOptions { temperature: 0.8, top_k: None };
+        let ids = generate::sample(&model, &[bos], cfg.sample_tokens, opts, &mut sample_rng, dev)?;
+        Some(s.tok.decode(&ids)?)
+    } else {
+        None
+    };
+    Ok(TrainReport {
+        out: req.out.clone(),
+        steps: s.state.step,
+        params: s.params.count(),
+        val_ce: last_val.unwrap_or(f64::NAN),
+        train_loss: last_train_loss,
+        wall_secs: session_start.elapsed().as_secs_f64(),
+        tokens_per_sec: if step_secs > 0.0 { session_tokens as f64 / step_secs } else { 0.0 },
+        sample,
+    })
+}
