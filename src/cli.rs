@@ -17,7 +17,7 @@ use crate::train::{self, TrainRequest};
 /// beta_h = 1/T_h), and the language model is a Boltzmann distribution over sequences
 /// (E = -ln p, in nats).
 #[derive(Debug, Parser)]
-#[command(name = "thermoformer", version, about, long_about)]
+#[command(name = "thermoformer", version, about, long_about, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -53,6 +53,7 @@ impl From<TokenizerArg> for TokenizerKind {
 /// Options of `thermoformer train`. Unset options come from --config, else the defaults shown
 /// (on --resume, from the checkpoint).
 #[derive(Debug, clap::Args)]
+#[command(args_override_self = true)]
 pub struct TrainArgs {
     /// Text corpus (UTF-8) [default: data/tinyshakespeare.txt].
     #[arg(long, value_name = "FILE")]
@@ -140,6 +141,10 @@ pub struct TrainArgs {
     /// Tokens sampled (temperature 0.8) and printed when training ends; 0 for none [default: 300].
     #[arg(long)]
     pub sample_tokens: Option<usize>,
+    /// End this session after step N (checkpointed there), keeping the learning-rate schedule of
+    /// --steps; continue later with --resume.
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
     /// Print the final report as one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -192,6 +197,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         resume: args.resume,
         overwrite: args.overwrite,
         progress: !args.no_progress,
+        stop_after: args.stop_after,
     };
     let report = train::train(&request, &Device::Cpu)?;
     let mut stdout = std::io::stdout().lock();

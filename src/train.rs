@@ -30,8 +30,7 @@ use crate::tokenizer::Tok;
 pub enum RngStream {
     Batches = 0,
     Init = 1,
-    Eval = 2,
-    Sample = 3,
+    Sample = 2,
 }
 
 /// A seeded RNG on one stream.
@@ -54,6 +53,9 @@ pub struct TrainRequest {
     pub overwrite: bool,
     /// Draw a progress bar on stderr (it is hidden anyway when stderr is not a terminal).
     pub progress: bool,
+    /// End this session after this step (checkpointed there) while keeping the schedule of the
+    /// full `steps`; `--resume` continues from it.
+    pub stop_after: Option<usize>,
 }
 
 /// One record of `metrics.jsonl`.
@@ -63,9 +65,12 @@ pub struct Metrics {
     pub step: usize,
     /// Mean training loss (smoothed, what is minimised) over the steps since the last record.
     pub train_loss: Option<f64>,
-    /// Validation cross-entropy, nats/token, unsmoothed.
+    /// Validation cross-entropy, nats/token, unsmoothed, of the tokens predicted with at least one
+    /// token of context (comparable with trainers that have no BOS, such as nanoGPT).
     pub val_ce: f64,
-    /// Validation loss with the run's label smoothing.
+    /// Validation cross-entropy of every position, the first (predicted from BOS alone) included.
+    pub val_ce_bos: f64,
+    /// Validation loss with the run's label smoothing (every position).
     pub val_loss: f64,
     /// Learning rate of the last step.
     pub lr: f64,
@@ -90,28 +95,43 @@ pub struct TrainReport {
     pub sample: Option<String>,
 }
 
-/// Fixed validation windows: the same at every evaluation, so the curve is not sampling noise.
+/// Fixed validation windows, evenly spaced over the validation split: the same at every
+/// evaluation, so the curve is not sampling noise.
 fn eval_batches(splits: &Splits, cfg: &TrainConfig, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
-    let mut rng = rng(cfg.seed, RngStream::Eval);
-    (0..cfg.eval_batches)
-        .map(|_| {
-            let starts = data::random_starts(&mut rng, splits.val.len(), context, cfg.batch_size);
-            data::batch_at(&splits.val, &starts, context, bos, dev)
-        })
-        .collect()
+    let n = cfg.eval_batches * cfg.batch_size;
+    let last = splits.val.len() - context; // last possible window start
+    let starts: Vec<usize> = (0..n).map(|k| if n == 1 { 0 } else { k * last / (n - 1) }).collect();
+    starts.chunks(cfg.batch_size).map(|chunk| data::batch_at(&splits.val, chunk, context, bos, dev)).collect()
 }
 
-/// Mean (cross-entropy, smoothed loss) of `model` over `batches`, forward-only.
-pub fn evaluate(model: &Gpt, batches: &[Batch], label_smoothing: f64) -> Result<(f64, f64)> {
-    let (mut ce, mut smoothed) = (0.0, 0.0);
+/// Validation figures of one evaluation, nats per token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Eval {
+    /// Cross-entropy of the tokens predicted with at least one real token of context (every
+    /// position but the first): the protocol of trainers without BOS (nanoGPT), so comparable.
+    pub ce: f64,
+    /// Cross-entropy of every position, the first (predicted from BOS alone) included: the mean
+    /// energy per token that scoring a window as BOS + tokens gives.
+    pub ce_bos: f64,
+    /// The training objective (label-smoothed) over every position.
+    pub loss: f64,
+}
+
+/// Evaluate `model` on `batches`, forward-only.
+pub fn evaluate(model: &Gpt, batches: &[Batch], label_smoothing: f64) -> Result<Eval> {
+    let (mut with_context, mut all, mut smoothed, mut n_ctx, mut n_all) = (0f64, 0f64, 0f64, 0usize, 0usize);
     for batch in batches {
+        let (b, t) = batch.targets.dims2()?;
         let logits = model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
-        let l = loss::cross_entropy(&logits, &batch.targets.flatten_all()?, label_smoothing)?;
-        ce += l.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        smoothed += l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let targets = batch.targets.flatten_all()?;
+        let energies = loss::token_energies(&logits, &targets)?.reshape((b, t))?; // (B, T)
+        all += energies.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        with_context += energies.narrow(1, 1, t - 1)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        (n_all, n_ctx) = (n_all + b * t, n_ctx + b * (t - 1));
+        let l = loss::cross_entropy(&logits, &targets, label_smoothing)?;
+        smoothed += l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * (b * t) as f64;
     }
-    let n = batches.len() as f64;
-    Ok((ce / n, smoothed / n))
+    Ok(Eval { ce: with_context / n_ctx as f64, ce_bos: all / n_all as f64, loss: smoothed / n_all as f64 })
 }
 
 /// Keep only the records of `metrics.jsonl` up to `step` (after a resume, later ones were never
@@ -243,17 +263,28 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
 
     let checkpoint_now = |s: &mut Setup, train_loss: Option<f64>, lr: f64, tok_s: Option<f64>, elapsed: f64| -> Result<f64> {
         let eval_model = s.params.detached_model(&s.run.model)?;
-        let (val_ce, val_loss) = evaluate(&eval_model, &evals, cfg.label_smoothing)?;
+        let ev = evaluate(&eval_model, &evals, cfg.label_smoothing)?;
+        let val_ce = ev.ce;
         s.state.val_ce = Some(val_ce);
         s.state.elapsed_secs = elapsed;
         s.state.rng_word_pos = s.batch_rng.get_word_pos().to_string();
-        let m = Metrics { step: s.state.step, train_loss, val_ce, val_loss, lr, tokens_per_sec: tok_s, elapsed_secs: elapsed };
+        let m = Metrics {
+            step: s.state.step,
+            train_loss,
+            val_ce,
+            val_ce_bos: ev.ce_bos,
+            val_loss: ev.loss,
+            lr,
+            tokens_per_sec: tok_s,
+            elapsed_secs: elapsed,
+        };
         append_metrics(&req.out, &m)?;
         checkpoint::save(&req.out, &s.run, &s.tok, &s.params, s.optimizer.state_tensors(), &s.state)?;
         log(format!(
-            "step {:>5}: train loss {}, val CE {val_ce:.4} nats/token, lr {lr:.2e}{}",
+            "step {:>5}: train loss {}, val CE {val_ce:.4} (with the BOS-only first token {:.4}) nats/token, lr {lr:.2e}{}",
             s.state.step,
             train_loss.map_or("   -  ".into(), |l| format!("{l:.4}")),
+            ev.ce_bos,
             tok_s.map_or(String::new(), |t| format!(", {t:.0} tok/s")),
         ));
         Ok(val_ce)
@@ -270,7 +301,8 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let (mut step_secs, mut session_tokens) = (0f64, 0u64);
     let (mut window_loss, mut window_steps, mut window_secs) = (0f64, 0usize, 0f64);
     let mut last_train_loss = None;
-    while s.state.step < cfg.steps {
+    let stop_at = req.stop_after.map_or(cfg.steps, |n| n.min(cfg.steps));
+    while s.state.step < stop_at {
         let t0 = Instant::now();
         let lr = optim::lr_at(s.state.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
         let starts = data::random_starts(&mut s.batch_rng, splits.train.len(), context, cfg.batch_size);
@@ -311,7 +343,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
             last_val.map_or("-".to_string(), |v| format!("{v:.4}"))
         ));
 
-        if s.state.step % cfg.eval_every == 0 || s.state.step == cfg.steps {
+        if s.state.step % cfg.eval_every == 0 || s.state.step == stop_at {
             let mean_loss = window_loss / window_steps as f64;
             last_train_loss = Some(mean_loss);
             let elapsed = elapsed_before + loop_start.elapsed().as_secs_f64();

@@ -1,0 +1,131 @@
+//! The real binary: bad input gets one clear error line and a non-zero exit, never a panic.
+
+mod common;
+
+use common::{assert_clean_error, run, small_corpus, tiny_train_flags};
+
+fn with(base: Vec<&str>, extra: &[&str]) -> Vec<String> {
+    base.into_iter().chain(extra.iter().copied()).map(String::from).collect()
+}
+
+fn run_owned(args: &[String]) -> std::process::Output {
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn missing_empty_short_and_binary_corpora_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+
+    let missing = tmp.path().join("nope.txt");
+    assert_clean_error(&run(&tiny_train_flags(missing.to_str().unwrap(), out_s)), 1, "reading corpus");
+
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    assert_clean_error(&run(&tiny_train_flags(empty.to_str().unwrap(), out_s)), 1, "is empty");
+
+    let short = tmp.path().join("short.txt");
+    std::fs::write(&short, "To be, or not to be, that is the question.\n").unwrap();
+    assert_clean_error(&run(&tiny_train_flags(short.to_str().unwrap(), out_s)), 1, "too short");
+
+    let binary = tmp.path().join("binary.txt");
+    std::fs::write(&binary, [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
+    assert_clean_error(&run(&tiny_train_flags(binary.to_str().unwrap(), out_s)), 1, "not UTF-8");
+    assert!(!out.join("config.json").exists(), "nothing is written for bad input");
+}
+
+#[test]
+fn out_of_range_options_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path(), 20_000);
+    let (c, o) = (corpus.to_str().unwrap(), tmp.path().join("run"));
+    let o = o.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--heads", "3"], "does not divide --d-model"),
+        (&["--label-smoothing", "1.0"], "--label-smoothing"),
+        (&["--label-smoothing=-0.1"], "--label-smoothing"),
+        (&["--attn-temperature", "0"], "--attn-temperature"),
+        (&["--attn-temperature=-2"], "--attn-temperature"),
+        (&["--steps", "0"], "--steps"),
+        (&["--batch-size", "0"], "--batch-size"),
+        (&["--lr", "0"], "--lr"),
+        (&["--val-fraction", "1.5"], "--val-fraction"),
+        (&["--tokenizer", "bpe", "--vocab-size", "100"], "--vocab-size"),
+    ];
+    for (extra, needle) in cases {
+        let args = with(tiny_train_flags(c, o), extra);
+        assert_clean_error(&run_owned(&args), 2, needle);
+    }
+}
+
+#[test]
+fn nonsense_flags_and_values_are_rejected_by_the_parser() {
+    for args in [&["train", "--bogus"][..], &["train", "--steps", "many"], &["train", "--tokenizer", "words"], &["fly"]] {
+        let out = run(args);
+        let (code, stderr) = common::status_and_stderr(&out);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error:") && !stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn help_documents_every_train_flag() {
+    let out = run(&["train", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in ["--corpus", "--out", "--steps", "--batch-size", "--context", "--layers", "--heads", "--d-model", "--lr",
+        "--min-lr", "--warmup", "--beta2", "--weight-decay", "--grad-clip", "--label-smoothing", "--attn-temperature",
+        "--learn-temperature", "--tokenizer", "--vocab-size", "--seed", "--eval-every", "--val-fraction", "--resume",
+        "--config", "--json"]
+    {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+    }
+}
+
+#[test]
+fn resume_and_overwrite_protect_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path(), 20_000);
+    let out = tmp.path().join("run");
+    let (c, o) = (corpus.to_str().unwrap(), out.to_str().unwrap());
+
+    let nothing = run_owned(&with(tiny_train_flags(c, o), &["--resume"]));
+    assert_clean_error(&nothing, 2, "holds no checkpoint");
+
+    let first = run(&tiny_train_flags(c, o));
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let saved = std::fs::read(out.join("model.safetensors")).unwrap();
+
+    assert_clean_error(&run(&tiny_train_flags(c, o)), 2, "already holds a checkpoint");
+    assert_clean_error(&run_owned(&with(tiny_train_flags(c, o), &["--resume", "--layers", "2"])), 2, "--layers 2 does not match");
+    assert_clean_error(&run_owned(&with(tiny_train_flags(c, o), &["--resume", "--tokenizer", "bpe"])), 2, "--tokenizer");
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), saved, "a refused run leaves the checkpoint alone");
+
+    // A tokenizer from another run: the vocabulary no longer matches the model.
+    let other = tmp.path().join("other");
+    std::fs::write(tmp.path().join("abc.txt"), "abcabcabc\n".repeat(500)).unwrap();
+    let abc = tmp.path().join("abc.txt");
+    let made = run(&tiny_train_flags(abc.to_str().unwrap(), other.to_str().unwrap()));
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    std::fs::copy(other.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+    assert_clean_error(&run_owned(&with(tiny_train_flags(c, o), &["--resume", "--steps", "6"])), 1, "different runs");
+
+    // Resume continues with --steps raised; --json reports the step.
+    let fresh = tmp.path().join("fresh");
+    let f = fresh.to_str().unwrap();
+    assert!(run(&tiny_train_flags(c, f)).status.success());
+    let more = run_owned(&with(tiny_train_flags(c, f), &["--resume", "--steps", "6", "--json"]));
+    assert!(more.status.success(), "{}", String::from_utf8_lossy(&more.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&more.stdout).unwrap();
+    assert_eq!(report["steps"], 6);
+}
+
+#[test]
+fn a_bad_config_file_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "steps = \"lots\"\n").unwrap();
+    assert_clean_error(&run(&["train", "--config", cfg.to_str().unwrap()]), 2, "bad.toml");
+    assert_clean_error(&run(&["train", "--config", "/nonexistent/x.toml"]), 1, "reading config file");
+}

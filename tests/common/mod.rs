@@ -1,0 +1,82 @@
+//! Shared helpers for the integration tests: the real binary, small corpora, tiny models.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use thermoformer::params::Params;
+use thermoformer::{Gpt, ModelConfig, Tok};
+
+/// The shipped corpus.
+pub fn shipped_corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt")
+}
+
+/// The first `chars` characters of the shipped corpus.
+pub fn corpus_text(chars: usize) -> String {
+    let text = std::fs::read_to_string(shipped_corpus()).expect("shipped corpus is readable");
+    text.chars().take(chars).collect()
+}
+
+/// Write the first `chars` characters of the shipped corpus into `dir` and return its path.
+pub fn small_corpus(dir: &Path, chars: usize) -> PathBuf {
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, corpus_text(chars)).expect("writing the test corpus");
+    path
+}
+
+/// Run the real binary with `args`.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thermoformer")).args(args).output().expect("running thermoformer")
+}
+
+/// Flags for a training run that takes well under a second.
+pub fn tiny_train_flags<'a>(corpus: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--corpus", corpus, "--out", out, "--steps", "4", "--layers", "1", "--heads", "2", "--d-model", "16",
+        "--context", "16", "--batch-size", "4", "--eval-every", "2", "--eval-batches", "2", "--sample-tokens", "0",
+        "--no-progress",
+    ]
+}
+
+/// Exit code and stderr of a finished process.
+pub fn status_and_stderr(out: &Output) -> (i32, String) {
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Assert that a command failed cleanly: the expected exit code, a single `error:` line that
+/// contains `needle`, and no panic.
+pub fn assert_clean_error(out: &Output, code: i32, needle: &str) {
+    let (status, stderr) = status_and_stderr(out);
+    assert!(!stderr.contains("panicked"), "panic instead of an error:\n{stderr}");
+    assert_eq!(status, code, "exit code; stderr:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got:\n{stderr}");
+    assert!(errors[0].contains(needle), "error line {:?} does not mention {needle:?}", errors[0]);
+}
+
+/// A char tokenizer over a slice of the corpus and a freshly initialised tiny model.
+pub fn tiny_model(learn_temperature: bool) -> (Tok, ModelConfig, Params, Gpt) {
+    let tok = Tok::train_char(&corpus_text(5000)).expect("char tokenizer");
+    let cfg = ModelConfig { learn_temperature, ..ModelConfig::tiny(tok.vocab_size()) };
+    let (params, model) = Params::init(&cfg, 0.02, 7, &Device::Cpu).expect("init");
+    (tok, cfg, params, model)
+}
+
+/// A deterministic pseudo-random batch of ids `(b, t)` below `vocab`, starting with `bos`.
+pub fn random_ids(b: usize, t: usize, vocab: usize, bos: u32, seed: u64) -> Tensor {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|i| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            if i % t == 0 { bos } else { ((x >> 33) % vocab as u64) as u32 }
+        })
+        .collect();
+    Tensor::from_vec(ids, (b, t), &Device::Cpu).expect("ids tensor")
+}
+
+/// Flatten a tensor to a Vec<f32>.
+pub fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("to_vec")
+}

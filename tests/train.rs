@@ -1,0 +1,127 @@
+//! End-to-end training through the library: the loss goes down, metrics and checkpoints are
+//! written, a resumed run continues exactly where an uninterrupted one would be.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::Device;
+use thermoformer::checkpoint;
+use thermoformer::train::{self, Metrics, TrainRequest};
+use thermoformer::TrainOptions;
+
+fn options(corpus: &Path, steps: usize) -> TrainOptions {
+    TrainOptions {
+        corpus: Some(corpus.to_path_buf()),
+        steps: Some(steps),
+        batch_size: Some(8),
+        context: Some(32),
+        layers: Some(2),
+        heads: Some(2),
+        d_model: Some(32),
+        warmup: Some(10),
+        lr: Some(3e-3),
+        eval_every: Some(20),
+        eval_batches: Some(4),
+        sample_tokens: Some(0),
+        ..TrainOptions::default()
+    }
+}
+
+fn request(options: TrainOptions, out: &Path, resume: bool) -> TrainRequest {
+    TrainRequest { options, out: out.to_path_buf(), resume, overwrite: false, progress: false, stop_after: None }
+}
+
+fn metrics(dir: &Path) -> Vec<Metrics> {
+    std::fs::read_to_string(dir.join(checkpoint::METRICS))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_short_run_lowers_the_loss_and_writes_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 40_000);
+    let out = tmp.path().join("run");
+    let opts = TrainOptions { eval_every: Some(50), ..options(&corpus, 150) };
+    let report = train::train(&request(opts, &out, false), &Device::Cpu).unwrap();
+    assert_eq!(report.steps, 150);
+    let m = metrics(&out);
+    assert_eq!(m.iter().map(|r| r.step).collect::<Vec<_>>(), vec![0, 50, 100, 150]);
+    let (first, last) = (m[0].val_ce, m[3].val_ce);
+    assert!((first - (66f64).ln()).abs() < 0.5, "an untrained model is near uniform: {first}");
+    assert!(last < first - 1.2, "val CE went from {first} to {last}");
+    assert!(m[3].train_loss.unwrap() < m[1].train_loss.unwrap());
+    assert!(m[3].val_ce_bos > m[3].val_ce, "the first token, predicted from BOS alone, costs more than the rest");
+    assert!(m[1..].iter().all(|r| r.tokens_per_sec.unwrap() > 0.0 && r.lr > 0.0));
+    for f in [checkpoint::CONFIG, checkpoint::TOKENIZER, checkpoint::MODEL, checkpoint::OPTIMIZER, checkpoint::STATE] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let loaded = checkpoint::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(loaded.config.train.steps, 150);
+}
+
+#[test]
+fn label_smoothing_and_learned_temperature_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 40_000);
+    let out = tmp.path().join("run");
+    let opts = TrainOptions { label_smoothing: Some(0.1), learn_temperature: Some(true), attn_temperature: Some(2.0), ..options(&corpus, 150) };
+    train::train(&request(opts, &out, false), &Device::Cpu).unwrap();
+    let m = metrics(&out);
+    let last = m.last().unwrap();
+    assert!(last.val_ce < m[0].val_ce - 1.0, "smoothed training lowers the plain CE: {:?}", m);
+    assert!(last.val_loss > last.val_ce_bos, "the smoothed loss is above the CE over the same positions");
+    let temps = checkpoint::load(&out, &Device::Cpu).unwrap().model.temperatures().unwrap();
+    assert!(temps.iter().flatten().any(|&t| (t - 2.0).abs() > 1e-4), "learned temperatures moved from 2: {temps:?}");
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 40_000);
+    let straight = tmp.path().join("straight");
+    let halves = tmp.path().join("halves");
+    train::train(&request(options(&corpus, 40), &straight, false), &Device::Cpu).unwrap();
+
+    let mut first = request(options(&corpus, 40), &halves, false);
+    first.stop_after = Some(20);
+    assert_eq!(train::train(&first, &Device::Cpu).unwrap().steps, 20);
+    assert_eq!(checkpoint::load_resumable(&halves, &Device::Cpu).unwrap().state.step, 20);
+    let report = train::train(&request(TrainOptions::default(), &halves, true), &Device::Cpu).unwrap();
+    assert_eq!(report.steps, 40);
+
+    let weights = |dir: &Path| std::fs::read(dir.join(checkpoint::MODEL)).unwrap();
+    assert!(weights(&straight) == weights(&halves), "resumed weights differ from the uninterrupted run");
+    let moments = |dir: &Path| std::fs::read(dir.join(checkpoint::OPTIMIZER)).unwrap();
+    assert!(moments(&straight) == moments(&halves), "resumed AdamW moments differ");
+    let losses = |dir: &Path| metrics(dir).iter().map(|m| (m.step, m.train_loss, m.val_ce)).collect::<Vec<_>>();
+    assert_eq!(losses(&straight), losses(&halves));
+}
+
+#[test]
+fn config_file_is_overridden_by_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = tmp.path().join("run.toml");
+    std::fs::write(&toml, "steps = 7\nd_model = 48\nlabel_smoothing = 0.05\ntokenizer = \"bpe\"\n").unwrap();
+    let file = TrainOptions::from_file(&toml).unwrap();
+    let flags = TrainOptions { steps: Some(9), ..TrainOptions::default() };
+    let merged = file.overlay(&flags);
+    let train = merged.train_config();
+    assert_eq!(train.steps, 9, "the flag wins");
+    assert_eq!(train.label_smoothing, 0.05, "the file fills what the flags leave unset");
+    assert_eq!(train.tokenizer, thermoformer::TokenizerKind::Bpe);
+    assert_eq!(merged.model_config(70).d_model, 48);
+    assert_eq!(train.batch_size, 12, "defaults fill the rest");
+
+    let json = tmp.path().join("run.json");
+    std::fs::write(&json, r#"{"steps": 5, "heads": 8}"#).unwrap();
+    let from_json = TrainOptions::from_file(&json).unwrap();
+    assert_eq!((from_json.steps, from_json.heads), (Some(5), Some(8)));
+
+    std::fs::write(&json, r#"{"stpes": 5}"#).unwrap();
+    let err = format!("{:#}", TrainOptions::from_file(&json).unwrap_err());
+    assert!(err.contains("stpes"), "an unknown key is named: {err}");
+}
