@@ -72,6 +72,9 @@ pub struct Metrics {
     pub val_ce_bos: f64,
     /// Validation loss with the run's label smoothing (every position).
     pub val_loss: f64,
+    /// Validation tokens evaluated: a fixed subset at intermediate steps, the whole validation
+    /// split at the last step of a session.
+    pub val_tokens: usize,
     /// Learning rate of the last step.
     pub lr: f64,
     /// Training throughput since the last record (target tokens per second).
@@ -95,13 +98,16 @@ pub struct TrainReport {
     pub sample: Option<String>,
 }
 
-/// Fixed validation windows, evenly spaced over the validation split: the same at every
-/// evaluation, so the curve is not sampling noise.
-fn eval_batches(splits: &Splits, cfg: &TrainConfig, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
-    let n = cfg.eval_batches * cfg.batch_size;
-    let last = splits.val.len() - context; // last possible window start
-    let starts: Vec<usize> = (0..n).map(|k| if n == 1 { 0 } else { k * last / (n - 1) }).collect();
-    starts.chunks(cfg.batch_size).map(|chunk| data::batch_at(&splits.val, chunk, context, bos, dev)).collect()
+/// Validation windows: the validation split tiled by non-overlapping windows (each token is a
+/// target once), or, when `max_windows` is smaller, that many tiles evenly spaced over it. The
+/// same windows at every evaluation, so the curve is not sampling noise.
+fn eval_batches(splits: &Splits, max_windows: Option<usize>, batch_size: usize, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
+    let tiles: Vec<usize> = (0..=splits.val.len() - context).step_by(context).collect();
+    let starts: Vec<usize> = match max_windows {
+        Some(n) if n < tiles.len() => (0..n).map(|k| tiles[k * tiles.len() / n]).collect(),
+        _ => tiles,
+    };
+    starts.chunks(batch_size).map(|chunk| data::batch_at(&splits.val, chunk, context, bos, dev)).collect()
 }
 
 /// Validation figures of one evaluation, nats per token.
@@ -242,7 +248,9 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
     let text = data::read_corpus(&cfg.corpus)?;
     let splits = Splits::new(&text, &s.tok, cfg.val_fraction, context, &cfg.corpus.display().to_string())?;
-    let evals = eval_batches(&splits, &cfg, context, bos, dev)?;
+    let evals = eval_batches(&splits, Some(cfg.eval_batches * cfg.batch_size), cfg.batch_size, context, bos, dev)?;
+    // The last evaluation of a run covers the whole validation split.
+    let full_eval = eval_batches(&splits, None, cfg.batch_size, context, bos, dev)?;
     fs::create_dir_all(&req.out).with_context(|| format!("creating run directory {}", req.out.display()))?;
 
     let pb = progress_bar(req, cfg.steps, s.state.step);
@@ -261,9 +269,10 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         splits.val.len(),
     ));
 
-    let checkpoint_now = |s: &mut Setup, train_loss: Option<f64>, lr: f64, tok_s: Option<f64>, elapsed: f64| -> Result<f64> {
+    let checkpoint_now = |s: &mut Setup, train_loss: Option<f64>, lr: f64, tok_s: Option<f64>, elapsed: f64, last: bool| -> Result<f64> {
         let eval_model = s.params.detached_model(&s.run.model)?;
-        let ev = evaluate(&eval_model, &evals, cfg.label_smoothing)?;
+        let batches = if last { &full_eval } else { &evals };
+        let ev = evaluate(&eval_model, batches, cfg.label_smoothing)?;
         let val_ce = ev.ce;
         s.state.val_ce = Some(val_ce);
         s.state.elapsed_secs = elapsed;
@@ -274,6 +283,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
             val_ce,
             val_ce_bos: ev.ce_bos,
             val_loss: ev.loss,
+            val_tokens: batches.iter().map(|b| b.targets.elem_count()).sum(),
             lr,
             tokens_per_sec: tok_s,
             elapsed_secs: elapsed,
@@ -293,7 +303,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let elapsed_before = s.state.elapsed_secs;
     let mut last_val = s.state.val_ce;
     if !s.resumed {
-        last_val = Some(checkpoint_now(&mut s, None, 0.0, None, 0.0)?);
+        last_val = Some(checkpoint_now(&mut s, None, 0.0, None, 0.0, false)?);
     }
 
     let tokens_per_step = (cfg.batch_size * context) as u64;
@@ -347,7 +357,8 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
             let mean_loss = window_loss / window_steps as f64;
             last_train_loss = Some(mean_loss);
             let elapsed = elapsed_before + loop_start.elapsed().as_secs_f64();
-            last_val = Some(checkpoint_now(&mut s, Some(mean_loss), lr, Some(tok_s), elapsed)?);
+            let last = s.state.step == stop_at;
+            last_val = Some(checkpoint_now(&mut s, Some(mean_loss), lr, Some(tok_s), elapsed, last)?);
             (window_loss, window_steps, window_secs) = (0.0, 0, 0.0);
         }
     }
