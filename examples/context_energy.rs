@@ -55,7 +55,7 @@ fn main() -> Result<()> {
     println!("{:>8}  {:>7}  {:.4}", context - 1, context - 1, mean[context - 1]);
     let all = mean.iter().sum::<f64>() / context as f64;
     let without_first = mean[1..].iter().sum::<f64>() / (context - 1) as f64;
-    println!("mean over all positions (val CE as logged):        {all:.4} nats/token");
-    println!("mean without the BOS-only position (nanoGPT-like): {without_first:.4} nats/token");
+    println!("mean over all positions (val_ce_bos):                 {all:.4} nats/token");
+    println!("mean without the BOS-only position (val_ce, nanoGPT): {without_first:.4} nats/token");
     Ok(())
 }

@@ -59,6 +59,14 @@ pub struct TrainState {
     pub elapsed_secs: f64,
     /// Last validation cross-entropy (nats/token), if evaluated.
     pub val_ce: Option<f64>,
+    /// FNV-1a hash of the corpus text the run trains on (hex): a resume on changed text is refused.
+    pub corpus_hash: String,
+}
+
+/// FNV-1a 64-bit hash of `text`, hex: a cheap fingerprint of the training corpus.
+pub fn corpus_hash(text: &str) -> String {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("{h:016x}")
 }
 
 /// What a forward-only user (score, generate, inspect) needs from a run directory.
@@ -144,6 +152,7 @@ pub fn save(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimize
     for (name, bytes) in &contents {
         write_synced(&tmp_path(dir, name), bytes)?;
     }
+    sync_dir(dir)?; // the .tmp entries are durable before the marker can be
     // The commit point: once the marker exists, every .tmp file is whole and will be renamed.
     let marker_tmp = tmp_path(dir, COMMIT_MARKER);
     write_synced(&marker_tmp, format!("step {}\n", state.step).as_bytes())?;
@@ -152,9 +161,21 @@ pub fn save(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimize
     recover(dir)
 }
 
+/// Bytes of `name` as committed: during an interrupted or ongoing commit (marker present) the
+/// `.tmp` file if it is still there, else the file itself.
+fn read_committed(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    if dir.join(COMMIT_MARKER).exists() {
+        if let Ok(bytes) = fs::read(tmp_path(dir, name)) {
+            return Ok(bytes);
+        }
+    }
+    fs::read(&path).with_context(|| format!("reading {}", path.display()))
+}
+
 fn read_config(dir: &Path) -> Result<RunConfig> {
     let path = dir.join(CONFIG);
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(read_committed(dir, CONFIG)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     let version = value.get("format_version").and_then(|v| v.as_u64());
@@ -167,12 +188,14 @@ fn read_config(dir: &Path) -> Result<RunConfig> {
         Some(_) => {}
     }
     let config: RunConfig = serde_json::from_value(value).with_context(|| format!("reading {}", path.display()))?;
-    config.model.validate().with_context(|| format!("invalid model config in {}", path.display()))?;
+    // A bad config in a checkpoint is a broken file, not a usage error: report it as such.
+    config.model.validate().map_err(|e| anyhow!("invalid model config in {}: {e}", path.display()))?;
     Ok(config)
 }
 
-fn read_tensors(path: &Path, dev: &Device) -> Result<HashMap<String, Tensor>> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_tensors(dir: &Path, name: &str, dev: &Device) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join(name);
+    let bytes = read_committed(dir, name)?;
     candle_core::safetensors::load_buffer(&bytes, dev)
         .map_err(|e| anyhow!("{} is not a valid safetensors file ({e}); it may be truncated or corrupted", path.display()))
 }
@@ -185,7 +208,9 @@ fn check_dir(dir: &Path) -> Result<()> {
 }
 
 fn read_tokenizer(dir: &Path, config: &RunConfig) -> Result<Tok> {
-    let tok = Tok::load(&dir.join(TOKENIZER))?;
+    let path = dir.join(TOKENIZER);
+    let json = String::from_utf8(read_committed(dir, TOKENIZER)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))?;
+    let tok = Tok::from_json(&json).with_context(|| format!("parsing tokenizer {}", path.display()))?;
     if tok.vocab_size() != config.model.vocab_size {
         bail!(
             "{} has {} tokens but the model in {} expects {}: the files come from different runs",
@@ -203,7 +228,7 @@ pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
     check_dir(dir)?;
     let config = read_config(dir)?;
     let tokenizer = read_tokenizer(dir, &config)?;
-    let tensors = read_tensors(&dir.join(MODEL), dev)?;
+    let tensors = read_tensors(dir, MODEL, dev)?;
     let model = Params::model_from_tensors(&config.model, tensors, dev)
         .with_context(|| format!("loading weights from {}", dir.join(MODEL).display()))?;
     Ok(Loaded { config, tokenizer, model })
@@ -215,10 +240,10 @@ pub fn load_resumable(dir: &Path, dev: &Device) -> Result<Resumable> {
     recover(dir)?;
     let config = read_config(dir)?;
     let tokenizer = read_tokenizer(dir, &config)?;
-    let tensors = read_tensors(&dir.join(MODEL), dev)?;
+    let tensors = read_tensors(dir, MODEL, dev)?;
     let (params, model) = Params::from_tensors(&config.model, tensors, dev)
         .with_context(|| format!("loading weights from {}", dir.join(MODEL).display()))?;
-    let optimizer_state = read_tensors(&dir.join(OPTIMIZER), dev)?;
+    let optimizer_state = read_tensors(dir, OPTIMIZER, dev)?;
     let state_path = dir.join(STATE);
     let state_text = fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
     let state: TrainState = serde_json::from_str(&state_text).with_context(|| format!("parsing {}", state_path.display()))?;

@@ -27,8 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Train a model on a text corpus and save a checkpoint directory.
     ///
-    /// With no flags: nanoGPT's CPU recipe (char tokenizer, 4 layers x 4 heads x 128 wide,
-    /// context 64, batch 12, 2000 steps) on data/tinyshakespeare.txt into checkpoints/shakespeare.
+    /// With no flags: nanoGPT's CPU recipe shape (char tokenizer, 4 layers x 4 heads x 128 wide,
+    /// context 64, batch 12, lr 1e-3 -> 1e-4) for 5000 steps on data/tinyshakespeare.txt into
+    /// checkpoints/shakespeare; `--steps 2000` is the recipe itself.
     Train(TrainArgs),
 }
 
@@ -58,7 +59,7 @@ pub struct TrainArgs {
     /// Text corpus (UTF-8) [default: data/tinyshakespeare.txt].
     #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
-    /// Run directory for the checkpoint, metrics.jsonl and the final sample.
+    /// Run directory for the checkpoint and metrics.jsonl.
     #[arg(long, value_name = "DIR", default_value = "checkpoints/shakespeare")]
     pub out: PathBuf,
     /// TOML or JSON file of options, keys as the flags in snake_case (e.g. `d_model = 128`);
@@ -72,7 +73,7 @@ pub struct TrainArgs {
     /// Replace a checkpoint already in --out instead of refusing.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Total optimizer steps [default: 2000].
+    /// Total optimizer steps [default: 5000].
     #[arg(long)]
     pub steps: Option<usize>,
     /// Sequences per step [default: 12].
@@ -129,7 +130,7 @@ pub struct TrainArgs {
     /// Seed for initialisation and batch sampling [default: 1337].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Evaluate on the validation split and checkpoint every N steps [default: 250].
+    /// Evaluate on the validation split and checkpoint every N steps [default: 500].
     #[arg(long)]
     pub eval_every: Option<usize>,
     /// Batches of validation windows per evaluation [default: 40].

@@ -102,6 +102,20 @@ impl ModelConfig {
         if !(self.attn_temperature.is_finite() && self.attn_temperature > 0.0) {
             return usage(format!("--attn-temperature must be a finite number > 0, got {}", self.attn_temperature));
         }
+        // Refuse shapes that cannot fit in memory before any allocation is attempted.
+        const MAX_PARAMS: usize = 2_000_000_000;
+        let params = (self.vocab_size.saturating_add(self.context))
+            .saturating_mul(self.d_model)
+            .saturating_add(self.n_layer.saturating_mul(self.d_model.saturating_mul(self.d_model).saturating_mul(12)));
+        if params > MAX_PARAMS {
+            return usage(format!(
+                "this shape has about {params} parameters (vocab {} x d_model {}, {} layers, context {}); the limit is {MAX_PARAMS}",
+                self.vocab_size, self.d_model, self.n_layer, self.context
+            ));
+        }
+        if self.context > 1 << 16 {
+            return usage(format!("--context must be at most 65536, got {}", self.context));
+        }
         if self.vocab_size < 2 {
             bail!("the vocabulary has {} tokens; a language model needs at least 2", self.vocab_size);
         }
@@ -151,16 +165,17 @@ pub struct TrainConfig {
     pub bpe_vocab_size: usize,
     /// Standard deviation of the normal initialisation of matrices (GPT-2: 0.02).
     pub init_std: f64,
-    /// Characters of text sampled at the end of training (0: none).
+    /// Tokens sampled and printed at the end of training (0: none).
     pub sample_tokens: usize,
 }
 
 impl Default for TrainConfig {
-    /// The defaults train nanoGPT's CPU recipe on the shipped corpus.
+    /// The defaults train nanoGPT's CPU recipe shape on the shipped corpus, 2.5 times longer than
+    /// the recipe's 2000 steps: about 7 minutes on 2 cores, for clearly better text.
     fn default() -> Self {
         Self {
             corpus: PathBuf::from("data/tinyshakespeare.txt"),
-            steps: 2000,
+            steps: 5000,
             batch_size: 12,
             lr: 1e-3,
             min_lr: 1e-4,
@@ -172,7 +187,7 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             label_smoothing: 0.0,
             seed: 1337,
-            eval_every: 250,
+            eval_every: 500,
             eval_batches: 40,
             val_fraction: 0.1,
             tokenizer: TokenizerKind::Char,
@@ -370,6 +385,7 @@ impl TrainOptions {
             same!(self.vocab_size, t.bpe_vocab_size, "--vocab-size");
         }
         same!(self.seed, t.seed, "--seed");
+        same!(self.corpus.as_ref(), &t.corpus, "--corpus");
         same!(self.val_fraction, t.val_fraction, "--val-fraction");
         Ok(())
     }

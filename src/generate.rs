@@ -44,6 +44,9 @@ pub fn sample_token(logits: &[f32], opts: SampleOptions, rng: &mut ChaCha8Rng) -
 /// Continue `prompt` (token ids, BOS first) by `n` sampled tokens, recomputing the full (cropped)
 /// context each step. Returns only the new ids.
 pub fn sample(model: &Gpt, prompt: &[u32], n: usize, opts: SampleOptions, rng: &mut ChaCha8Rng, dev: &Device) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        anyhow::bail!("sampling needs a prompt of at least one token (BOS)");
+    }
     let context = model.config().context;
     let mut ids = prompt.to_vec();
     let mut new = Vec::with_capacity(n);

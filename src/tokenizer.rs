@@ -97,7 +97,9 @@ impl Tok {
         Self::from_tokenizer(inner)
     }
 
-    fn from_tokenizer(inner: Tokenizer) -> Result<Self> {
+    fn from_tokenizer(mut inner: Tokenizer) -> Result<Self> {
+        // A literal "<|bos|>" in text is text, not the BOS token: only `encode_with_bos` adds BOS.
+        inner.set_encode_special_tokens(true);
         let bos = inner.token_to_id(BOS).ok_or_else(|| anyhow!("the tokenizer has no {BOS} token"))?;
         let is_byte_level = matches!(inner.get_pre_tokenizer(), Some(tokenizers::PreTokenizerWrapper::ByteLevel(_)));
         let (kind, chars) = if is_byte_level {

@@ -168,6 +168,7 @@ struct Setup {
     optimizer: AdamW,
     state: TrainState,
     batch_rng: ChaCha8Rng,
+    splits: Splits,
     resumed: bool,
 }
 
@@ -186,6 +187,8 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     let tok = Tok::train(train.tokenizer, &text, train.bpe_vocab_size)?;
     let model_cfg = req.options.model_config(tok.vocab_size());
     model_cfg.validate()?;
+    // The corpus must fit the context before any memory goes to the model.
+    let splits = Splits::new(&text, &tok, train.val_fraction, model_cfg.context, &train.corpus.display().to_string())?;
     let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
     let optimizer = AdamW::new(params.trainable(), adamw_config(&train))?;
     let batch_rng = rng(train.seed, RngStream::Batches);
@@ -196,12 +199,10 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
         tokens_seen: 0,
         elapsed_secs: 0.0,
         val_ce: None,
+        corpus_hash: checkpoint::corpus_hash(&text),
     };
-    if req.overwrite {
-        let _ = fs::remove_file(req.out.join(checkpoint::METRICS));
-    }
     let run = RunConfig { format_version: FORMAT_VERSION, model: model_cfg, train };
-    Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, resumed: false })
+    Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, splits, resumed: false })
 }
 
 fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
@@ -212,14 +213,42 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     req.options.check_resumable(&saved.config)?;
     let train = req.options.apply_to(&saved.config.train);
     train.validate()?;
-    let optimizer = AdamW::restore(saved.params.trainable(), adamw_config(&train), saved.state.step as u64, &saved.optimizer_state)
+    let done = saved.state.step;
+    if done >= train.steps || req.stop_after.is_some_and(|n| n <= done) {
+        return Err(UsageError(format!(
+            "--resume: {} is already at step {done}; raise --steps (now {}) or --stop-after to train further",
+            req.out.display(),
+            train.steps
+        ))
+        .into());
+    }
+    let text = data::read_corpus(&train.corpus)?;
+    if checkpoint::corpus_hash(&text) != saved.state.corpus_hash {
+        bail!(
+            "--resume: corpus {} is not the text {} was trained on (its content changed); resume on the same text",
+            train.corpus.display(),
+            req.out.display()
+        );
+    }
+    let splits = Splits::new(&text, &saved.tokenizer, train.val_fraction, saved.config.model.context, &train.corpus.display().to_string())?;
+    let optimizer = AdamW::restore(saved.params.trainable(), adamw_config(&train), done as u64, &saved.optimizer_state)
         .with_context(|| format!("restoring the optimizer from {}", req.out.join(checkpoint::OPTIMIZER).display()))?;
     let mut batch_rng = rng(saved.state.rng_seed, RngStream::Batches);
     let pos: u128 = saved.state.rng_word_pos.parse().context("state.json: rng_word_pos is not a number")?;
     batch_rng.set_word_pos(pos);
-    truncate_metrics(&req.out, saved.state.step)?;
+    truncate_metrics(&req.out, done)?;
     let run = RunConfig { format_version: FORMAT_VERSION, model: saved.config.model, train };
-    Ok(Setup { run, tok: saved.tokenizer, params: saved.params, model: saved.model, optimizer, state: saved.state, batch_rng, resumed: true })
+    Ok(Setup {
+        run,
+        tok: saved.tokenizer,
+        params: saved.params,
+        model: saved.model,
+        optimizer,
+        state: saved.state,
+        batch_rng,
+        splits,
+        resumed: true,
+    })
 }
 
 fn adamw_config(t: &TrainConfig) -> AdamWConfig {
@@ -246,8 +275,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let session_start = Instant::now();
     let mut s = if req.resume { resumed(req, dev)? } else { fresh(req, dev)? };
     let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
-    let text = data::read_corpus(&cfg.corpus)?;
-    let splits = Splits::new(&text, &s.tok, cfg.val_fraction, context, &cfg.corpus.display().to_string())?;
+    let splits = std::mem::replace(&mut s.splits, Splits { train: Vec::new(), val: Vec::new() });
     let evals = eval_batches(&splits, Some(cfg.eval_batches * cfg.batch_size), cfg.batch_size, context, bos, dev)?;
     // The last evaluation of a run covers the whole validation split.
     let full_eval = eval_batches(&splits, None, cfg.batch_size, context, bos, dev)?;
@@ -303,6 +331,8 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let elapsed_before = s.state.elapsed_secs;
     let mut last_val = s.state.val_ce;
     if !s.resumed {
+        // A fresh run starts a fresh metrics file (after every input check has passed).
+        let _ = fs::remove_file(req.out.join(checkpoint::METRICS));
         last_val = Some(checkpoint_now(&mut s, None, 0.0, None, 0.0, false)?);
     }
 

@@ -10,7 +10,15 @@ use thermoformer::config::{RunConfig, TrainConfig, FORMAT_VERSION};
 use thermoformer::optim::{AdamW, AdamWConfig};
 
 fn state(step: usize) -> TrainState {
-    TrainState { step, rng_seed: 1, rng_word_pos: "0".into(), tokens_seen: 0, elapsed_secs: 0.0, val_ce: None }
+    TrainState {
+        step,
+        rng_seed: 1,
+        rng_word_pos: "0".into(),
+        tokens_seen: 0,
+        elapsed_secs: 0.0,
+        val_ce: None,
+        corpus_hash: checkpoint::corpus_hash("text"),
+    }
 }
 
 fn save_tiny(dir: &std::path::Path) -> (thermoformer::Gpt, thermoformer::Tok) {

@@ -77,7 +77,7 @@ fn help_documents_every_train_flag() {
     for flag in ["--corpus", "--out", "--steps", "--batch-size", "--context", "--layers", "--heads", "--d-model", "--lr",
         "--min-lr", "--warmup", "--beta2", "--weight-decay", "--grad-clip", "--label-smoothing", "--attn-temperature",
         "--learn-temperature", "--tokenizer", "--vocab-size", "--seed", "--eval-every", "--val-fraction", "--resume",
-        "--config", "--json"]
+        "--config", "--json", "--beta1", "--overwrite", "--stop-after", "--eval-batches", "--sample-tokens", "--no-progress"]
     {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
@@ -119,6 +119,17 @@ fn resume_and_overwrite_protect_the_checkpoint() {
     assert!(more.status.success(), "{}", String::from_utf8_lossy(&more.stderr));
     let report: serde_json::Value = serde_json::from_slice(&more.stdout).unwrap();
     assert_eq!(report["steps"], 6);
+
+    // Nothing left to do, a changed corpus: refused. --overwrite starts again.
+    assert_clean_error(&run_owned(&with(tiny_train_flags(c, f), &["--resume", "--steps", "6"])), 2, "already at step 6");
+    let mut text = std::fs::read_to_string(&corpus).unwrap();
+    text.push_str("\nAn edited line.\n");
+    std::fs::write(&corpus, text).unwrap();
+    assert_clean_error(&run_owned(&with(tiny_train_flags(c, f), &["--resume", "--steps", "8"])), 1, "not the text");
+    let again = run_owned(&with(tiny_train_flags(c, f), &["--overwrite", "--json"]));
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let metrics = std::fs::read_to_string(fresh.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "an overwritten run starts a fresh metrics file (steps 0, 2, 4)");
 }
 
 #[test]

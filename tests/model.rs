@@ -102,6 +102,28 @@ fn thermodynamic_identity_holds_per_row() {
 }
 
 #[test]
+fn training_forward_and_stats_forward_agree_at_any_temperature() {
+    let (tok, cfg, _, mut model) = tiny_model(false);
+    let temps = vec![vec![0.5, 2.0]; cfg.n_layer];
+    model.set_temperatures(&temps).unwrap();
+    assert_eq!(model.temperatures().unwrap().iter().flatten().map(|t| (t * 1e6).round()).collect::<Vec<_>>(), vec![500000.0, 2000000.0, 500000.0, 2000000.0]);
+    let ids = random_ids(2, cfg.context, cfg.vocab_size, tok.bos(), 8);
+    let plain = flat(&model.forward(&ids).unwrap());
+    let (logits, stats) = model.forward_with_stats(&ids).unwrap();
+    let with_stats = flat(&logits);
+    let max_diff = plain.iter().zip(&with_stats).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-5, "the two paths disagree by {max_diff}");
+    for s in &stats {
+        let beta = flat(&s.beta);
+        assert!((beta[0] - 2.0).abs() < 1e-5 && (beta[1] - 0.5).abs() < 1e-5, "beta = 1/T, got {beta:?}");
+    }
+    // And the temperature really acts: T = 1 gives other logits.
+    model.set_temperatures(&vec![vec![1.0, 1.0]; cfg.n_layer]).unwrap();
+    let standard = flat(&model.forward(&ids).unwrap());
+    assert!(standard.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-4));
+}
+
+#[test]
 fn temperature_is_read_back_and_learned_beta_is_a_parameter() {
     let (_, cfg, params, model) = tiny_model(true);
     assert!(model.temperatures().unwrap().iter().flatten().all(|&t| (t - 1.0).abs() < 1e-6));

@@ -56,3 +56,11 @@ fn json_round_trip_preserves_the_tokenizer() {
         assert!(v["added_tokens"].as_array().unwrap().iter().any(|t| t["content"] == BOS && t["special"] == true));
     }
 }
+
+#[test]
+fn literal_bos_text_is_text_not_the_bos_token() {
+    let tok = Tok::train_bpe(&common::corpus_text(20_000), 280).unwrap();
+    let ids = tok.encode("say <|bos|> aloud").unwrap();
+    assert!(!ids.contains(&tok.bos()), "only encode_with_bos adds BOS");
+    assert_eq!(tok.decode(&ids).unwrap(), "say <|bos|> aloud");
+}
