@@ -16,12 +16,14 @@ pub struct Loss {
     pub loss: Tensor,
     /// Plain cross-entropy -ln p(target), averaged: comparable with any other trainer.
     pub ce: Tensor,
+    /// Per-token energies -ln p(target), `(N,)`.
+    pub energies: Tensor,
 }
 
 /// Loss of `logits` `(N, V)` against `targets` `(N,)` (u32) with label smoothing `eps`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Result<Loss> {
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (N, V)
-    let nll = log_p.gather(&targets.unsqueeze(1)?, 1)?.neg()?; // (N, 1)
+    let nll = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?; // (N,)
     let ce = nll.mean_all()?;
     let loss = if eps > 0.0 {
         let uniform = log_p.mean(D::Minus1)?.neg()?.mean_all()?; // mean over tokens and vocabulary of -ln p
@@ -29,7 +31,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Result<Loss
     } else {
         ce.clone()
     };
-    Ok(Loss { loss, ce })
+    Ok(Loss { loss, ce, energies: nll })
 }
 
 /// Per-token energies -ln p(target) `(N,)` of `logits` `(N, V)`: forward-only scoring.

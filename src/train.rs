@@ -130,11 +130,11 @@ pub fn evaluate(model: &Gpt, batches: &[Batch], label_smoothing: f64) -> Result<
         let (b, t) = batch.targets.dims2()?;
         let logits = model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
         let targets = batch.targets.flatten_all()?;
-        let energies = loss::token_energies(&logits, &targets)?.reshape((b, t))?; // (B, T)
+        let l = loss::cross_entropy(&logits, &targets, label_smoothing)?;
+        let energies = l.energies.reshape((b, t))?; // (B, T)
         all += energies.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         with_context += energies.narrow(1, 1, t - 1)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         (n_all, n_ctx) = (n_all + b * t, n_ctx + b * (t - 1));
-        let l = loss::cross_entropy(&logits, &targets, label_smoothing)?;
         smoothed += l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * (b * t) as f64;
     }
     Ok(Eval { ce: with_context / n_ctx as f64, ce_bos: all / n_all as f64, loss: smoothed / n_all as f64 })
