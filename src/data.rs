@@ -81,3 +81,18 @@ pub fn random_starts(rng: &mut ChaCha8Rng, n_tokens: usize, context: usize, batc
     let hi = n_tokens - context; // inclusive upper bound of a start
     (0..batch_size).map(|_| rng.random_range(0..=hi)).collect()
 }
+
+/// Windows tiling `tokens` without overlap (each token is a target once), or, when `max_windows`
+/// is smaller, that many tiles evenly spaced over it, in batches. Deterministic: the validation
+/// curve and the temperature sweep see the same windows every time.
+pub fn tiled_batches(tokens: &[u32], max_windows: Option<usize>, batch_size: usize, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
+    if tokens.len() < context {
+        bail!("{} tokens cannot fill one window of the context ({context})", tokens.len());
+    }
+    let tiles: Vec<usize> = (0..=tokens.len() - context).step_by(context).collect();
+    let starts: Vec<usize> = match max_windows {
+        Some(n) if n < tiles.len() => (0..n).map(|k| tiles[k * tiles.len() / n]).collect(),
+        _ => tiles,
+    };
+    starts.chunks(batch_size).map(|chunk| batch_at(tokens, chunk, context, bos, dev)).collect()
+}

@@ -1,12 +1,19 @@
 //! Boltzmann sampling from the language model: the next token is drawn from
-//! p_T(x | ctx) = p(x | ctx)^(1/T) / Z_T, i.e. softmax(logits / T); T = 0 is greedy.
+//! p_T(x | ctx) = p(x | ctx)^(1/T) / Z_T, i.e. softmax(logits / T), optionally restricted to the k
+//! most probable tokens (top-k) and then to the smallest set holding probability p (top-p);
+//! T = 0 is greedy (argmax). BOS, the start-of-sequence marker, is never sampled.
+//!
+//! Generation runs on a KV cache, so each new token costs one position's forward pass. The model
+//! has learned positions, so when the cache is full the window restarts as BOS + the last
+//! 3/4 of the context (one forward pass over that window), the layout the model was trained on.
 
-use anyhow::Result;
-use candle_core::{DType, Device, IndexOp, Tensor};
+use anyhow::{bail, Result};
+use candle_core::{DType, IndexOp, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::Gpt;
+use crate::model::{Gpt, KvCache};
+use crate::thermo;
 
 /// Sampling options.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,49 +22,202 @@ pub struct SampleOptions {
     pub temperature: f64,
     /// Keep only the k most probable tokens (None: all).
     pub top_k: Option<usize>,
+    /// Keep the smallest set of most probable tokens whose probability reaches p, in (0, 1]
+    /// (None: all).
+    pub top_p: Option<f64>,
+}
+
+impl SampleOptions {
+    pub fn with_temperature(temperature: f64) -> Self {
+        Self { temperature, top_k: None, top_p: None }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!("the sampling temperature must be finite and >= 0 (0 is greedy), got {}", self.temperature);
+        }
+        if self.top_k == Some(0) {
+            bail!("--top-k must be at least 1");
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                bail!("--top-p must be in (0, 1], got {p}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn argmax(logits: &[f32]) -> usize {
+    logits.iter().enumerate().fold(0, |best, (i, &l)| if l > logits[best] { i } else { best })
+}
+
+/// The distribution a token is drawn from: (token id, probability) pairs, most probable first.
+/// Greedy (T = 0) is the one-point distribution on the argmax.
+pub fn sampling_distribution(logits: &[f32], opts: SampleOptions) -> Vec<(usize, f64)> {
+    if opts.temperature <= 0.0 {
+        return vec![(argmax(logits), 1.0)];
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if let Some(k) = opts.top_k {
+        order.truncate(k.max(1));
+    }
+    let max = logits[order[0]] as f64;
+    let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / opts.temperature).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut dist: Vec<(usize, f64)> = order.into_iter().zip(weights.into_iter().map(|w| w / total)).collect();
+    dist.retain(|&(_, q)| q > 0.0); // tokens masked with -inf logits
+    if let Some(p) = opts.top_p {
+        let mut mass = 0.0;
+        let keep = dist
+            .iter()
+            .position(|&(_, q)| {
+                mass += q;
+                mass >= p
+            })
+            .map_or(dist.len(), |i| i + 1);
+        dist.truncate(keep);
+        let kept: f64 = dist.iter().map(|&(_, q)| q).sum();
+        dist.iter_mut().for_each(|(_, q)| *q /= kept);
+    }
+    dist
 }
 
 /// Draw a token id from `logits` (one row of raw logits).
 pub fn sample_token(logits: &[f32], opts: SampleOptions, rng: &mut ChaCha8Rng) -> usize {
-    let argmax = || logits.iter().enumerate().fold(0, |best, (i, &l)| if l > logits[best] { i } else { best });
-    if opts.temperature <= 0.0 {
-        return argmax();
-    }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    if let Some(k) = opts.top_k.filter(|&k| k > 0 && k < logits.len()) {
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        order.truncate(k);
-    }
-    let max = order.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max) as f64;
-    let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / opts.temperature).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    let mut u = rng.random::<f64>() * total;
-    for (&i, w) in order.iter().zip(&weights) {
-        if u < *w {
-            return i;
-        }
-        u -= w;
-    }
-    *order.last().unwrap_or(&0)
+    draw(&sampling_distribution(logits, opts), rng)
 }
 
-/// Continue `prompt` (token ids, BOS first) by `n` sampled tokens, recomputing the full (cropped)
-/// context each step. Returns only the new ids.
-pub fn sample(model: &Gpt, prompt: &[u32], n: usize, opts: SampleOptions, rng: &mut ChaCha8Rng, dev: &Device) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        anyhow::bail!("sampling needs a prompt of at least one token (BOS)");
+fn draw(dist: &[(usize, f64)], rng: &mut ChaCha8Rng) -> usize {
+    if dist.len() == 1 {
+        return dist[0].0;
     }
-    let context = model.config().context;
-    let mut ids = prompt.to_vec();
-    let mut new = Vec::with_capacity(n);
-    for _ in 0..n {
-        let window = &ids[ids.len().saturating_sub(context)..];
-        let input = Tensor::new(window, dev)?.unsqueeze(0)?; // (1, T)
-        let logits = model.forward(&input)?; // (1, T, V)
-        let last = logits.i((0, window.len() - 1))?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let next = sample_token(&last, opts, rng) as u32;
-        ids.push(next);
-        new.push(next);
+    let mut u = rng.random::<f64>();
+    for &(i, q) in dist {
+        if u < q {
+            return i;
+        }
+        u -= q;
     }
-    Ok(new)
+    dist.last().map_or(0, |&(i, _)| i)
+}
+
+/// What a generation produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The new token ids.
+    pub ids: Vec<u32>,
+    /// -ln p(x_t | context) of each new token under the plain model (T = 1), nats.
+    pub energies: Vec<f64>,
+    /// Entropy of each sampling distribution (after temperature, top-k and top-p), nats.
+    pub entropies: Vec<f64>,
+}
+
+impl Generation {
+    /// Energy of the continuation, nats.
+    pub fn energy(&self) -> f64 {
+        self.energies.iter().fold(0.0, |a, e| a + e)
+    }
+
+    /// Mean entropy of the sampling distributions (0 for no tokens).
+    pub fn mean_entropy(&self) -> f64 {
+        if self.entropies.is_empty() { 0.0 } else { self.entropies.iter().sum::<f64>() / self.entropies.len() as f64 }
+    }
+}
+
+/// Sample from a model with a KV cache.
+pub struct Generator<'a> {
+    model: &'a Gpt,
+    bos: u32,
+    cache: KvCache,
+    /// Every token so far, BOS first.
+    ids: Vec<u32>,
+    /// Logits of the next token.
+    next: Vec<f32>,
+}
+
+impl<'a> Generator<'a> {
+    /// Start from `prompt` (token ids, BOS not included; may be empty).
+    pub fn new(model: &'a Gpt, bos: u32, prompt: &[u32]) -> Result<Self> {
+        let mut ids = vec![bos];
+        ids.extend_from_slice(prompt);
+        let mut g = Self { model, bos, cache: KvCache::new(), ids, next: Vec::new() };
+        g.refill()?;
+        Ok(g)
+    }
+
+    /// Rebuild the cache from BOS + the most recent tokens that fit, and compute the next logits.
+    fn refill(&mut self) -> Result<()> {
+        let context = self.model.config().context;
+        let keep = if self.ids.len() <= context { self.ids.len() - 1 } else { (3 * context / 4).max(1).min(context - 1) };
+        let mut window = vec![self.bos];
+        window.extend_from_slice(&self.ids[self.ids.len() - keep..]);
+        self.cache = KvCache::new();
+        let input = Tensor::new(window.as_slice(), self.model.device())?.unsqueeze(0)?; // (1, T)
+        let logits = self.model.forward_cached(&input, &mut self.cache)?; // (1, T, V)
+        self.next = logits.i((0, window.len() - 1))?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(())
+    }
+
+    /// Raw logits of the next token.
+    pub fn logits(&self) -> &[f32] {
+        &self.next
+    }
+
+    /// Every token so far, BOS first.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Append `id` and compute the logits that follow it.
+    pub fn push(&mut self, id: u32) -> Result<()> {
+        self.ids.push(id);
+        if self.cache.len() >= self.model.config().context {
+            return self.refill();
+        }
+        let input = Tensor::new(&[id], self.model.device())?.unsqueeze(0)?; // (1, 1)
+        let logits = self.model.forward_cached(&input, &mut self.cache)?; // (1, 1, V)
+        self.next = logits.i((0, 0))?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(())
+    }
+
+    /// Sample `n` tokens, calling `on_token` with each as soon as it is drawn.
+    pub fn generate(
+        &mut self,
+        n: usize,
+        opts: SampleOptions,
+        rng: &mut ChaCha8Rng,
+        mut on_token: impl FnMut(u32) -> Result<()>,
+    ) -> Result<Generation> {
+        opts.validate()?;
+        let mut out = Generation { ids: Vec::with_capacity(n), energies: Vec::with_capacity(n), entropies: Vec::with_capacity(n) };
+        for _ in 0..n {
+            // BOS marks the start of a sequence and is never text: it is not sampled.
+            let mut logits = self.next.clone();
+            if let Some(l) = logits.get_mut(self.bos as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+            let dist = sampling_distribution(&logits, opts);
+            let id = draw(&dist, rng);
+            out.entropies.push(thermo::entropy(&dist.iter().map(|&(_, q)| q).collect::<Vec<_>>()));
+            out.energies.push(energy_of(&self.next, id));
+            out.ids.push(id as u32);
+            on_token(id as u32)?;
+            self.push(id as u32)?;
+        }
+        Ok(out)
+    }
+}
+
+/// -ln softmax(logits)[id].
+fn energy_of(logits: &[f32], id: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    lse - logits[id] as f64
+}
+
+/// Continue `prompt` (token ids, BOS not included) by `n` sampled tokens; the new ids.
+pub fn sample(model: &Gpt, bos: u32, prompt: &[u32], n: usize, opts: SampleOptions, rng: &mut ChaCha8Rng) -> Result<Vec<u32>> {
+    Ok(Generator::new(model, bos, prompt)?.generate(n, opts, rng, |_| Ok(()))?.ids)
 }

@@ -11,10 +11,14 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod generate;
+pub mod inspect;
 pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod plot;
+pub mod score;
+pub mod thermo;
 pub mod tokenizer;
 pub mod train;
 

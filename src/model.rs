@@ -147,12 +147,33 @@ impl Attention {
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x)?;
-        // beta_h / sqrt(d) folded into q: cheaper than scaling the (T, T) scores, same numbers.
+        self.attend(&q, &k, &v, Some(mask))
+    }
+
+    /// Boltzmann-weighted values: q `(B, H, Tq, D)` against k, v `(B, H, Tk, D)`, with an additive
+    /// mask `(Tq, Tk)` (None: every key is allowed) -> `(B, Tq, C)`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        // beta_h / sqrt(d) folded into q: cheaper than scaling the (Tq, Tk) scores, same numbers.
         let scale = (self.log_beta.exp()? / (self.head_dim as f64).sqrt())?.reshape((1, self.n_head, 1, 1))?;
         let q = q.broadcast_mul(&scale)?;
-        let logits = q.matmul(&k.t()?)?.broadcast_add(mask)?; // beta_h s_ij, -inf above the diagonal: (B, H, T, T)
-        let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?; // (B, H, T, T)
-        self.merge(&alpha.matmul(&v)?) // (B, H, T, D) -> (B, T, C)
+        let mut logits = q.matmul(&k.t()?)?; // beta_h s_ij: (B, H, Tq, Tk)
+        if let Some(mask) = mask {
+            logits = logits.broadcast_add(mask)?; // -inf where a key is in the future
+        }
+        let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?; // (B, H, Tq, Tk)
+        self.merge(&alpha.matmul(&v.contiguous()?)?) // (B, H, Tq, D) -> (B, Tq, C)
+    }
+
+    /// Forward pass for new positions only, appending their keys and values to `cache`.
+    fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x)?; // (B, H, Tnew, D)
+        let (k, v) = match cache.take() {
+            Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?), // (B, H, Tpast+Tnew, D)
+            None => (k, v),
+        };
+        let y = self.attend(&q, &k, &v, mask)?;
+        *cache = Some((k, v));
+        Ok(y)
     }
 
     /// Forward pass that also returns alpha, ln Z and E for every head (not for training).
@@ -192,6 +213,11 @@ impl Block {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         // Attention is the only layer that mixes information across positions.
         let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        &x + self.mlp.forward(&self.ln2.forward(&x)?)?
+    }
+
+    fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
+        let x = (x + self.attn.forward_cached(&self.ln1.forward(x)?, mask, cache)?)?;
         &x + self.mlp.forward(&self.ln2.forward(&x)?)?
     }
 
@@ -282,6 +308,35 @@ impl Gpt {
         Ok((self.head(&x)?, stats))
     }
 
+    /// Logits `(B, Tnew, V)` for `ids` `(B, Tnew)` that continue the sequence whose keys and
+    /// values are in `cache`, which grows by Tnew. The result equals the last Tnew rows of
+    /// [`Gpt::forward`] on the whole sequence. Forward-only.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let past = cache.len;
+        if past + t > self.cfg.context {
+            candle_core::bail!("{} cached + {t} new tokens exceed the model's context of {}", past, self.cfg.context)
+        }
+        if cache.layers.len() != self.blocks.len() {
+            cache.layers = vec![None; self.blocks.len()];
+        }
+        let mut x = self.tok_emb.forward(ids)?.broadcast_add(&self.pos_emb.narrow(0, past, t)?)?; // (B, Tnew, C)
+        // New query i (absolute position past + i) may see keys 0..=past + i; one new token sees all.
+        let mask = if t > 1 {
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| (0..past + t).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+                .collect();
+            Some(Tensor::from_vec(m, (t, past + t), ids.device())?)
+        } else {
+            None
+        };
+        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward_cached(&x, mask.as_ref(), kv)?;
+        }
+        cache.len = past + t;
+        self.head(&x)
+    }
+
     /// T_h of every head, `[layer][head]`.
     pub fn temperatures(&self) -> Result<Vec<Vec<f64>>> {
         self.blocks.iter().map(|b| b.attn.temperatures()).collect()
@@ -296,5 +351,80 @@ impl Gpt {
             block.attn.set_temperatures(t)?;
         }
         Ok(())
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer: each `(B, H, T, D)`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One head's temperature override, `L.H=T` on the command line (layer L, head H, 0-based).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeadTemperature {
+    pub layer: usize,
+    pub head: usize,
+    pub temperature: f64,
+}
+
+impl std::str::FromStr for HeadTemperature {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("expected LAYER.HEAD=T (e.g. 0.1=0.5), got {s:?}");
+        let (lh, t) = s.split_once('=').ok_or_else(bad)?;
+        let (l, h) = lh.split_once('.').ok_or_else(bad)?;
+        let layer = l.trim().parse().map_err(|_| bad())?;
+        let head = h.trim().parse().map_err(|_| bad())?;
+        let temperature: f64 = t.trim().parse().map_err(|_| bad())?;
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(format!("head temperature must be finite and > 0, got {s:?}"));
+        }
+        Ok(Self { layer, head, temperature })
+    }
+}
+
+impl Gpt {
+    /// Set every head to `all` (if given), then apply the per-head overrides. Forward-only use.
+    pub fn override_temperatures(&mut self, all: Option<f64>, heads: &[HeadTemperature]) -> Result<()> {
+        let mut temps = self.temperatures()?;
+        if let Some(t) = all {
+            if !(t.is_finite() && t > 0.0) {
+                candle_core::bail!("attention temperature must be finite and > 0, got {t}")
+            }
+            temps.iter_mut().flatten().for_each(|x| *x = t);
+        }
+        for o in heads {
+            let (n_layer, n_head) = (self.cfg.n_layer, self.cfg.n_head);
+            let slot = temps.get_mut(o.layer).and_then(|l| l.get_mut(o.head)).ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "head temperature {}.{}={} names no head: the model has layers 0..{} and heads 0..{}",
+                    o.layer,
+                    o.head,
+                    o.temperature,
+                    n_layer - 1,
+                    n_head - 1
+                ))
+            })?;
+            *slot = o.temperature;
+        }
+        self.set_temperatures(&temps)
     }
 }

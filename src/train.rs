@@ -17,6 +17,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::{RunConfig, TrainConfig, TrainOptions, FORMAT_VERSION};
 use crate::data::{self, Batch, Splits};
 use crate::error::UsageError;
+use crate::plot;
 use crate::generate::{self, SampleOptions};
 use crate::loss;
 use crate::model::Gpt;
@@ -98,18 +99,6 @@ pub struct TrainReport {
     pub sample: Option<String>,
 }
 
-/// Validation windows: the validation split tiled by non-overlapping windows (each token is a
-/// target once), or, when `max_windows` is smaller, that many tiles evenly spaced over it. The
-/// same windows at every evaluation, so the curve is not sampling noise.
-fn eval_batches(splits: &Splits, max_windows: Option<usize>, batch_size: usize, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
-    let tiles: Vec<usize> = (0..=splits.val.len() - context).step_by(context).collect();
-    let starts: Vec<usize> = match max_windows {
-        Some(n) if n < tiles.len() => (0..n).map(|k| tiles[k * tiles.len() / n]).collect(),
-        _ => tiles,
-    };
-    starts.chunks(batch_size).map(|chunk| data::batch_at(&splits.val, chunk, context, bos, dev)).collect()
-}
-
 /// Validation figures of one evaluation, nats per token.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Eval {
@@ -152,6 +141,31 @@ fn truncate_metrics(dir: &Path, step: usize) -> Result<()> {
         .collect();
     fs::write(&path, kept).with_context(|| format!("rewriting {}", path.display()))
 }
+
+/// Draw `curves.png` (train loss and val CE against step) from the run's `metrics.jsonl`.
+pub fn write_curves(dir: &Path) -> Result<()> {
+    let path = dir.join(checkpoint::METRICS);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let records: Vec<Metrics> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let train: Vec<(f64, f64)> = records.iter().filter_map(|m| Some((m.step as f64, m.train_loss?))).collect();
+    let val: Vec<(f64, f64)> = records.iter().map(|m| (m.step as f64, m.val_ce)).collect();
+    plot::line_panels(
+        &dir.join(CURVES),
+        "step",
+        false,
+        &[(
+            "training curves",
+            "nats/token",
+            vec![
+                plot::Series { name: "train loss (mean since last eval)", points: train },
+                plot::Series { name: "val CE", points: val },
+            ],
+        )],
+    )
+}
+
+/// File name of the training curves picture in a run directory.
+pub const CURVES: &str = "curves.png";
 
 fn append_metrics(dir: &Path, m: &Metrics) -> Result<()> {
     let path = dir.join(checkpoint::METRICS);
@@ -276,9 +290,9 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let mut s = if req.resume { resumed(req, dev)? } else { fresh(req, dev)? };
     let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
     let splits = std::mem::replace(&mut s.splits, Splits { train: Vec::new(), val: Vec::new() });
-    let evals = eval_batches(&splits, Some(cfg.eval_batches * cfg.batch_size), cfg.batch_size, context, bos, dev)?;
+    let evals = data::tiled_batches(&splits.val, Some(cfg.eval_batches * cfg.batch_size), cfg.batch_size, context, bos, dev)?;
     // The last evaluation of a run covers the whole validation split.
-    let full_eval = eval_batches(&splits, None, cfg.batch_size, context, bos, dev)?;
+    let full_eval = data::tiled_batches(&splits.val, None, cfg.batch_size, context, bos, dev)?;
     fs::create_dir_all(&req.out).with_context(|| format!("creating run directory {}", req.out.display()))?;
 
     let pb = progress_bar(req, cfg.steps, s.state.step);
@@ -393,12 +407,15 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         }
     }
     pb.finish_and_clear();
+    if let Err(e) = write_curves(&req.out) {
+        eprintln!("warning: could not draw the training curves: {e:#}");
+    }
 
     let sample = if cfg.sample_tokens > 0 {
         let model = s.params.detached_model(&s.run.model)?;
         let mut sample_rng = rng(cfg.seed, RngStream::Sample);
-        let opts = SampleOptions { temperature: 0.8, top_k: None };
-        let ids = generate::sample(&model, &[bos], cfg.sample_tokens, opts, &mut sample_rng, dev)?;
+        let opts = SampleOptions::with_temperature(0.8);
+        let ids = generate::sample(&model, bos, &[], cfg.sample_tokens, opts, &mut sample_rng)?;
         Some(s.tok.decode(&ids)?)
     } else {
         None

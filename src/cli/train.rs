@@ -1,37 +1,14 @@
-//! Command-line interface: one `Args` struct per subcommand (clap derive; the `///` docs are the
-//! `--help` text) and [`run`], which dispatches to the library.
+//! `thermoformer train`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use candle_core::Device;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::ValueEnum;
 
 use crate::config::{TokenizerKind, TrainOptions};
 use crate::train::{self, TrainRequest};
-
-/// Train tiny decoder-only transformers and read them like a statistical physicist.
-///
-/// Attention is a Boltzmann distribution per head (alpha_ij = exp(beta_h s_ij) / Z_i with
-/// beta_h = 1/T_h), and the language model is a Boltzmann distribution over sequences
-/// (E = -ln p, in nats).
-#[derive(Debug, Parser)]
-#[command(name = "thermoformer", version, about, long_about, args_override_self = true)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Train a model on a text corpus and save a checkpoint directory.
-    ///
-    /// With no flags: nanoGPT's CPU recipe shape (char tokenizer, 4 layers x 4 heads x 128 wide,
-    /// context 64, batch 12, lr 1e-3 -> 1e-4) for 5000 steps on data/tinyshakespeare.txt into
-    /// checkpoints/shakespeare; `--steps 2000` is the recipe itself.
-    Train(TrainArgs),
-}
 
 /// Tokenizer choice on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,7 +31,7 @@ impl From<TokenizerArg> for TokenizerKind {
 /// Options of `thermoformer train`. Unset options come from --config, else the defaults shown
 /// (on --resume, from the checkpoint).
 #[derive(Debug, clap::Args)]
-#[command(args_override_self = true)]
+#[command(args_override_self = true, allow_negative_numbers = true)]
 pub struct TrainArgs {
     /// Text corpus (UTF-8) [default: data/tinyshakespeare.txt].
     #[arg(long, value_name = "FILE")]
@@ -222,9 +199,3 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Dispatch a parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
-    match &cli.command {
-        Command::Train(args) => run_train(args),
-    }
-}

@@ -1,0 +1,109 @@
+//! Command-line interface: one module per subcommand, each an `Args` struct (clap derive; the `///`
+//! docs are the `--help` text) and a `run_*` function that calls the library and formats its
+//! results. [`run`] dispatches.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+
+use crate::checkpoint::{self, Loaded};
+use crate::error::UsageError;
+use crate::model::HeadTemperature;
+
+mod generate;
+mod inspect;
+mod score;
+mod train;
+
+pub use generate::GenerateArgs;
+pub use inspect::InspectArgs;
+pub use score::ScoreArgs;
+pub use train::{TokenizerArg, TrainArgs};
+
+/// Train tiny decoder-only transformers and read them like a statistical physicist.
+///
+/// Attention is a Boltzmann distribution per head (alpha_ij = exp(beta_h s_ij) / Z_i with
+/// beta_h = 1/T_h), and the language model is a Boltzmann distribution over sequences
+/// (E = -ln p, in nats).
+#[derive(Debug, Parser)]
+#[command(name = "thermoformer", version, about, long_about, args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model on a text corpus and save a checkpoint directory.
+    ///
+    /// With no flags: nanoGPT's CPU recipe shape (char tokenizer, 4 layers x 4 heads x 128 wide,
+    /// context 64, batch 12, lr 1e-3 -> 1e-4) for 5000 steps on data/tinyshakespeare.txt into
+    /// checkpoints/shakespeare; `--steps 2000` is the recipe itself.
+    Train(TrainArgs),
+    /// Score sequence energies E = -ln p(BOS + tokens), in nats, one line at a time.
+    ///
+    /// For each line: energy E, tokens, energy_per_token, perplexity = exp(E/tokens) and
+    /// bits = E/ln 2; --per-token adds each token's surprisal.
+    Score(ScoreArgs),
+    /// Sample text (Boltzmann sampling at --temperature), streamed to stdout as it is drawn.
+    Generate(GenerateArgs),
+    /// Read every attention head as a heat bath: T, entropy, ln Z, <E>, heat capacity; attention
+    /// maps; a sweep of the attention temperature.
+    Inspect(InspectArgs),
+}
+
+/// Which checkpoint to load and how to override its attention temperatures for this run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Run directory written by `thermoformer train`.
+    #[arg(long, value_name = "DIR", default_value = "checkpoints/shakespeare")]
+    pub checkpoint: PathBuf,
+    /// Set every head's attention temperature T (> 0) for this run only; the checkpoint is not
+    /// changed.
+    #[arg(long, value_name = "T")]
+    pub attn_temperature: Option<f64>,
+    /// Set one head's attention temperature for this run only, as LAYER.HEAD=T (0-based, e.g.
+    /// 0.2=0.5); repeatable, applied after --attn-temperature.
+    #[arg(long, value_name = "L.H=T")]
+    pub head_temperature: Vec<HeadTemperature>,
+}
+
+impl ModelArgs {
+    /// Load the checkpoint and apply the temperature overrides.
+    pub fn load(&self) -> Result<Loaded> {
+        if let Some(t) = self.attn_temperature {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(UsageError(format!("--attn-temperature must be finite and > 0, got {t}")).into());
+            }
+        }
+        let mut loaded = checkpoint::load(&self.checkpoint, &Device::Cpu)?;
+        if self.attn_temperature.is_some() || !self.head_temperature.is_empty() {
+            loaded
+                .model
+                .override_temperatures(self.attn_temperature, &self.head_temperature)
+                .map_err(|e| UsageError(e.to_string()))?;
+        }
+        Ok(loaded)
+    }
+}
+
+/// A usage error unless `t` is finite and > 0.
+pub(crate) fn positive(flag: &str, t: f64) -> Result<()> {
+    if t.is_finite() && t > 0.0 {
+        Ok(())
+    } else {
+        Err(UsageError(format!("{flag} must be finite and > 0, got {t}")).into())
+    }
+}
+
+/// Dispatch a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Train(args) => train::run_train(args),
+        Command::Score(args) => score::run_score(args),
+        Command::Generate(args) => generate::run_generate(args),
+        Command::Inspect(args) => inspect::run_inspect(args),
+    }
+}

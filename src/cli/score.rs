@@ -1,0 +1,228 @@
+//! `thermoformer score`: sequence energies as a table, JSON lines or CSV.
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use serde::Serialize;
+
+use super::{positive, ModelArgs};
+use crate::error::UsageError;
+use crate::inspect::token_label;
+use crate::score::{self, ScoreOptions, Scored};
+use crate::tokenizer::Tok;
+
+/// Output format of `score`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScoreFormat {
+    /// Aligned columns with a totals row.
+    Table,
+    /// One JSON object per input line.
+    Jsonl,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// Options of `thermoformer score`.
+#[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
+pub struct ScoreArgs {
+    /// Text file to score line by line, or - for stdin.
+    #[arg(value_name = "FILE|-", conflicts_with = "text")]
+    pub input: Option<String>,
+    /// Score this one string instead of a file.
+    #[arg(long)]
+    pub text: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Score under the tempered model p_T(x|ctx) = p(x|ctx)^(1/T) / Z_T(ctx), normalised at every
+    /// step; 1 is the plain model.
+    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Add each token and its energy (surprisal -ln p, nats). In jsonl: `token_energies`, a list of
+    /// {"token", "energy"}; in csv: one row per token (line,position,token,energy) instead of one
+    /// per line; in the table: an indented row per token.
+    #[arg(long)]
+    pub per_token: bool,
+    /// Output format. jsonl objects have exactly the fields energy, tokens, energy_per_token,
+    /// perplexity, bits (and token_energies with --per-token); an empty line has 0 tokens, energy 0
+    /// and null per-token figures.
+    #[arg(long, value_enum, default_value_t = ScoreFormat::Table)]
+    pub format: ScoreFormat,
+    /// Lines longer than the context are scored with a sliding window: each window is BOS + up to
+    /// context-1 tokens, windows start STRIDE tokens apart, and every token is scored once, in the
+    /// first window that reaches it, so it sees at least context-STRIDE tokens of context
+    /// (1 <= STRIDE <= context; smaller is slower and sees more) [default: context/2].
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+#[derive(Serialize)]
+struct TokenEnergy {
+    token: String,
+    energy: f64,
+}
+
+#[derive(Serialize)]
+struct Record {
+    energy: f64,
+    tokens: usize,
+    energy_per_token: Option<f64>,
+    perplexity: Option<f64>,
+    bits: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_energies: Option<Vec<TokenEnergy>>,
+}
+
+fn read_lines(args: &ScoreArgs) -> Result<Vec<String>> {
+    let text = match (&args.text, args.input.as_deref()) {
+        (Some(t), _) => return Ok(vec![t.clone()]),
+        (None, Some("-")) => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading stdin (is it UTF-8 text?)")?;
+            if s.is_empty() {
+                anyhow::bail!("stdin is empty: nothing to score");
+            }
+            s
+        }
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            if bytes.is_empty() {
+                anyhow::bail!("{path} is empty: nothing to score");
+            }
+            String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{path} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))?
+        }
+        (None, None) => return Err(UsageError("give a FILE to score, - for stdin, or --text \"...\"".into()).into()),
+    };
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// `thermoformer score`.
+pub fn run_score(args: &ScoreArgs) -> Result<()> {
+    positive("--temperature", args.temperature)?;
+    if args.batch_size == 0 {
+        return Err(UsageError("--batch-size must be at least 1".into()).into());
+    }
+    let lines = read_lines(args)?;
+    let loaded = args.model.load()?;
+    let context = loaded.model.config().context;
+    if let Some(s) = args.stride {
+        if s == 0 || s > context {
+            return Err(UsageError(format!("--stride must be in 1..={context} (the model's context), got {s}")).into());
+        }
+    }
+    let tok = &loaded.tokenizer;
+    let seqs = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| tok.encode(l).with_context(|| format!("line {}", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    let opts = ScoreOptions { temperature: args.temperature, stride: args.stride, batch_size: args.batch_size };
+    let scored = score::score_ids(&loaded.model, &seqs, tok.bos(), &opts)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match args.format {
+        ScoreFormat::Jsonl => {
+            for s in &scored {
+                writeln!(out, "{}", serde_json::to_string(&record(s, tok, args.per_token))?)?;
+            }
+        }
+        ScoreFormat::Csv => write_csv(&mut out, &scored, tok, args.per_token)?,
+        ScoreFormat::Table => write_table(&mut out, &lines, &scored, tok, args.per_token)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn token_energies(s: &Scored, tok: &Tok) -> Vec<TokenEnergy> {
+    s.ids.iter().zip(&s.energies).map(|(&id, &e)| TokenEnergy { token: token_text(tok, id), energy: e }).collect()
+}
+
+/// A token's own text (not escaped) for machine-readable output.
+fn token_text(tok: &Tok, id: u32) -> String {
+    match tok.decode(&[id]) {
+        Ok(s) if !s.contains('\u{FFFD}') => s,
+        _ => tok.token_str(id).unwrap_or_default(),
+    }
+}
+
+fn record(s: &Scored, tok: &Tok, per_token: bool) -> Record {
+    Record {
+        energy: s.energy(),
+        tokens: s.tokens(),
+        energy_per_token: s.energy_per_token(),
+        perplexity: s.perplexity(),
+        bits: s.bits(),
+        token_energies: per_token.then(|| token_energies(s, tok)),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or(String::new(), |v| format!("{v}"))
+}
+
+fn write_csv(out: &mut impl Write, scored: &[Scored], tok: &Tok, per_token: bool) -> Result<()> {
+    if per_token {
+        writeln!(out, "line,position,token,energy")?;
+        for (i, s) in scored.iter().enumerate() {
+            for (p, (&id, e)) in s.ids.iter().zip(&s.energies).enumerate() {
+                writeln!(out, "{},{},{},{e}", i + 1, p, csv_field(&token_text(tok, id)))?;
+            }
+        }
+    } else {
+        writeln!(out, "line,tokens,energy,energy_per_token,perplexity,bits")?;
+        for (i, s) in scored.iter().enumerate() {
+            writeln!(out, "{},{},{},{},{},{}", i + 1, s.tokens(), s.energy(), opt(s.energy_per_token()), opt(s.perplexity()), s.bits())?;
+        }
+    }
+    Ok(())
+}
+
+fn write_table(out: &mut impl Write, lines: &[String], scored: &[Scored], tok: &Tok, per_token: bool) -> Result<()> {
+    let f = |x: Option<f64>, w: usize| x.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.4}"));
+    writeln!(out, "{:>6} {:>7} {:>12} {:>9} {:>10} {:>12}  text", "line", "tokens", "energy", "E/token", "perplexity", "bits")?;
+    for (i, (s, line)) in scored.iter().zip(lines).enumerate() {
+        let shown: String = line.chars().take(48).collect();
+        let ellipsis = if line.chars().count() > 48 { "..." } else { "" };
+        writeln!(
+            out,
+            "{:>6} {:>7} {:>12.4} {} {} {:>12.4}  {shown}{ellipsis}",
+            i + 1,
+            s.tokens(),
+            s.energy(),
+            f(s.energy_per_token(), 9),
+            f(s.perplexity(), 10),
+            s.bits()
+        )?;
+        if per_token {
+            for (&id, e) in s.ids.iter().zip(&s.energies) {
+                writeln!(out, "{:>14} {:>12.4}  {}", "", e, token_label(tok, id))?;
+            }
+        }
+    }
+    let tokens: usize = scored.iter().map(Scored::tokens).sum();
+    let energy: f64 = scored.iter().map(Scored::energy).sum();
+    let per = (tokens > 0).then(|| energy / tokens as f64);
+    writeln!(
+        out,
+        "{:>6} {:>7} {:>12.4} {} {} {:>12.4}  ({} lines)",
+        "total",
+        tokens,
+        energy,
+        f(per, 9),
+        f(per.map(f64::exp), 10),
+        energy / std::f64::consts::LN_2,
+        scored.len()
+    )?;
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! PNG pictures: attention maps, temperature sweeps and training curves (plotters, bitmap
+//! backend, with the shipped DejaVu Sans Mono font so no system font is needed).
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{anyhow, bail, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::FontTransform;
+
+const FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
+const FONT: &str = "sans-serif";
+
+fn ensure_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is compiled in and known to parse, so this cannot fail at run time.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES);
+    });
+}
+
+fn draw_err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("drawing {}: {e}", path.display())
+}
+
+/// White (0) to dark blue (1), the "Blues" ramp.
+fn blues(x: f64) -> RGBColor {
+    let x = x.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * x).round() as u8;
+    RGBColor(lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
+}
+
+/// One titled attention map per (layer, head): `alpha[layer][head][query][key]`, `tokens` the
+/// labels of the positions, `titles[layer][head]` each panel's title.
+pub fn attention_grid(path: &Path, tokens: &[String], alpha: &[Vec<Vec<Vec<f64>>>], titles: &[Vec<String>]) -> Result<()> {
+    ensure_font();
+    let n = tokens.len();
+    let (layers, heads) = (alpha.len(), alpha.first().map_or(0, Vec::len));
+    if n == 0 || layers == 0 || heads == 0 {
+        bail!("nothing to draw: {n} tokens, {layers} layers, {heads} heads");
+    }
+    let cell = if n <= 16 { 24 } else if n <= 40 { 14 } else { 10 };
+    let label_px = 12 + 7 * tokens.iter().map(|t| t.chars().count()).max().unwrap_or(1).min(8) as u32;
+    let (title_px, pad) = (34u32, 12u32);
+    let panel_w = label_px + n as u32 * cell + pad;
+    let panel_h = title_px + n as u32 * cell + label_px + pad;
+    let root = BitMapBackend::new(path, (panel_w * heads as u32, panel_h * layers as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err(path))?;
+    let panels = root.split_evenly((layers, heads));
+    for (k, panel) in panels.iter().enumerate() {
+        let (l, h) = (k / heads, k % heads);
+        draw_attention_panel(panel, tokens, &alpha[l][h], &titles[l][h], cell as i32, label_px as i32, title_px as i32)
+            .map_err(draw_err(path))?;
+    }
+    root.present().map_err(draw_err(path))?;
+    Ok(())
+}
+
+fn draw_attention_panel(
+    area: &DrawingArea<BitMapBackend, Shift>,
+    tokens: &[String],
+    alpha: &[Vec<f64>],
+    title: &str,
+    cell: i32,
+    label_px: i32,
+    title_px: i32,
+) -> std::result::Result<(), DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>> {
+    let n = tokens.len() as i32;
+    let (x0, y0) = (label_px, title_px);
+    let title_font = (FONT, 14).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Top));
+    area.draw(&Text::new(title.to_string(), (4, 6), title_font))?;
+    for (i, row) in alpha.iter().enumerate() {
+        for (j, &a) in row.iter().enumerate() {
+            let color = if j > i { RGBColor(225, 225, 225) } else { blues(a) };
+            let (x, y) = (x0 + j as i32 * cell, y0 + i as i32 * cell);
+            area.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], color.filled()))?;
+        }
+    }
+    let font_px = (cell - 2).clamp(9, 14);
+    let row_font = (FONT, font_px).into_font().color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
+    let col_font =
+        (FONT, font_px).into_font().transform(FontTransform::Rotate90).color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, t) in tokens.iter().enumerate() {
+        let label: String = t.chars().take(8).collect();
+        let mid = i as i32 * cell + cell / 2;
+        area.draw(&Text::new(label.clone(), (x0 - 4, y0 + mid), row_font.clone()))?; // queries, down the left
+        area.draw(&Text::new(label, (x0 + mid, y0 + n * cell + 4), col_font.clone()))?; // keys, along the bottom
+    }
+    Ok(())
+}
+
+/// A named line of (x, y) points.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A short label for an axis value: 0.125, 2, 1.5e-3.
+fn tick(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e5) {
+        format!("{v:.1e}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Draw panels side by side, each with its own y axis: `(title, y label, series)`. With `log_x`
+/// the x axis is logarithmic (drawn as log2 x, labelled with x).
+pub fn line_panels(path: &Path, x_label: &str, log_x: bool, panels: &[(&str, &str, Vec<Series>)]) -> Result<()> {
+    ensure_font();
+    let fx = |x: f64| if log_x { x.log2() } else { x };
+    let xs: Vec<f64> = panels.iter().flat_map(|p| p.2.iter().flat_map(|s| s.points.iter().map(|p| fx(p.0)))).collect();
+    if xs.is_empty() || xs.iter().any(|x| !x.is_finite()) {
+        bail!("nothing to draw in {} (no points, or x <= 0 on a log axis)", path.display());
+    }
+    let root = BitMapBackend::new(path, (640 * panels.len() as u32, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err(path))?;
+    let areas = root.split_evenly((1, panels.len()));
+    let palette = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+    let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let pad = if hi > lo { 0.04 * (hi - lo) } else { 1.0 };
+    let (x_lo, x_hi) = (lo - pad, hi + pad);
+    for (area, (title, y_label, series)) in areas.iter().zip(panels) {
+        let ys: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|y| y.is_finite()).collect();
+        let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+        let (lo, hi) = if ys.is_empty() { (0.0, 1.0) } else { (lo, hi) };
+        let margin = if hi > lo { 0.06 * (hi - lo) } else { 0.5 };
+        let mut chart = ChartBuilder::on(area)
+            .caption(*title, (FONT, 18))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x_lo..x_hi, (lo - margin)..(hi + margin))
+            .map_err(draw_err(path))?;
+        let x_fmt = |x: &f64| tick(if log_x { x.exp2() } else { *x });
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(*y_label)
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&|y: &f64| tick(*y))
+            .light_line_style(RGBColor(242, 242, 242))
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(draw_err(path))?;
+        for (k, s) in series.iter().enumerate() {
+            let color = palette[k % palette.len()];
+            let pts: Vec<(f64, f64)> = s.points.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (fx(x), y)).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(draw_err(path))?
+                .label(s.name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            if pts.len() <= 40 {
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw_err(path))?;
+            }
+        }
+        // Put the legend in whichever upper corner the lines leave free.
+        let crowded = |left: bool| {
+            let pts = series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (fx(x), y)));
+            pts.filter(|&(x, y)| {
+                let fx = (x - x_lo) / (x_hi - x_lo);
+                (if left { fx < 0.4 } else { fx > 0.6 }) && y > hi - 0.3 * (hi - lo)
+            })
+            .count()
+        };
+        let corner = if crowded(false) > crowded(true) { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::UpperRight };
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(corner)
+            .draw()
+            .map_err(draw_err(path))?;
+    }
+    root.present().map_err(draw_err(path))?;
+    Ok(())
+}

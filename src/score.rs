@@ -1,0 +1,144 @@
+//! Sequence energies: the language model as a Boltzmann distribution over sequences.
+//!
+//! A sequence x_1..x_n is scored as BOS + tokens, E = -sum_t ln p_T(x_t | BOS, x_<t) in nats, so
+//! p(seq) = exp(-E) and the sum of exp(-E) over all sequences of a fixed length is 1. At
+//! temperature T the per-step distribution is p_T(x | ctx) = p(x | ctx)^(1/T) / Z_T(ctx), i.e.
+//! softmax(logits / T), normalised at every step.
+//!
+//! Sequences longer than the context are scored with a sliding window: every window is BOS + a
+//! run of tokens (the layout the model was trained on), consecutive windows start `stride` tokens
+//! apart, and each token is scored once, in the first window that reaches it, so after the first
+//! window every token has at least `context - stride` tokens of context.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, D};
+
+use crate::model::Gpt;
+
+/// How to score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreOptions {
+    /// Temperature of the per-step distribution; 1 is the plain model.
+    pub temperature: f64,
+    /// Tokens between the starts of consecutive windows of a long sequence, in 1..=context
+    /// (None: half the context).
+    pub stride: Option<usize>,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for ScoreOptions {
+    fn default() -> Self {
+        Self { temperature: 1.0, stride: None, batch_size: 32 }
+    }
+}
+
+/// The default stride: half the context (at least 1).
+pub fn default_stride(context: usize) -> usize {
+    (context / 2).max(1)
+}
+
+/// One window over a sequence's tokens t: the input is BOS + t[start..end-1] and position j
+/// predicts t[start + j]; only targets from `score_from` on are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: usize,
+    pub end: usize,
+    pub score_from: usize,
+}
+
+/// Windows covering a sequence of `n` tokens, each target scored exactly once.
+pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
+    let mut out = Vec::new();
+    let (mut start, mut covered) = (0, 0);
+    while covered < n {
+        let end = (start + context).min(n);
+        out.push(Window { start, end, score_from: covered });
+        covered = end;
+        // The next window is full-length and starts at most `stride` later.
+        start = (start + stride).min(n.saturating_sub(context));
+    }
+    out
+}
+
+/// A scored sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// Token ids, BOS not included.
+    pub ids: Vec<u32>,
+    /// -ln p_T(x_t | context) of every token, nats.
+    pub energies: Vec<f64>,
+}
+
+impl Scored {
+    /// Sequence energy E = -ln p(seq), nats.
+    pub fn energy(&self) -> f64 {
+        self.energies.iter().fold(0.0, |a, e| a + e) // not sum(): an empty f64 sum is -0.0
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// E / tokens (None for an empty sequence).
+    pub fn energy_per_token(&self) -> Option<f64> {
+        (!self.ids.is_empty()).then(|| self.energy() / self.tokens() as f64)
+    }
+
+    /// exp(E / tokens) (None for an empty sequence).
+    pub fn perplexity(&self) -> Option<f64> {
+        self.energy_per_token().map(f64::exp)
+    }
+
+    /// E in bits.
+    pub fn bits(&self) -> f64 {
+        self.energy() / std::f64::consts::LN_2
+    }
+}
+
+/// Score token sequences (BOS not included; it is prepended) with `model`.
+pub fn score_ids(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions) -> Result<Vec<Scored>> {
+    let context = model.config().context;
+    let stride = opts.stride.unwrap_or_else(|| default_stride(context));
+    if !(opts.temperature.is_finite() && opts.temperature > 0.0) {
+        bail!("the scoring temperature must be finite and > 0, got {}", opts.temperature);
+    }
+    if stride == 0 || stride > context {
+        bail!("the stride must be in 1..={context} (the context), got {stride}");
+    }
+    if opts.batch_size == 0 {
+        bail!("the batch size must be at least 1");
+    }
+    let mut out: Vec<Scored> = seqs.iter().map(|ids| Scored { ids: ids.clone(), energies: vec![0.0; ids.len()] }).collect();
+    let mut jobs: Vec<(usize, Window)> =
+        seqs.iter().enumerate().flat_map(|(s, ids)| windows(ids.len(), context, stride).into_iter().map(move |w| (s, w))).collect();
+    // Longest first, so each batch pads little.
+    jobs.sort_by_key(|(_, w)| std::cmp::Reverse(w.end - w.start));
+    let dev = model.device();
+    for chunk in jobs.chunks(opts.batch_size) {
+        let t = chunk.iter().map(|(_, w)| w.end - w.start).max().unwrap_or(1);
+        let (mut inputs, mut targets) = (Vec::with_capacity(chunk.len() * t), Vec::with_capacity(chunk.len() * t));
+        for (s, w) in chunk {
+            let ids = &seqs[*s];
+            let len = w.end - w.start;
+            inputs.push(bos);
+            inputs.extend_from_slice(&ids[w.start..w.end - 1]);
+            targets.extend_from_slice(&ids[w.start..w.end]);
+            // Right padding: causal attention keeps it out of the real positions.
+            inputs.extend(std::iter::repeat_n(bos, t - len));
+            targets.extend(std::iter::repeat_n(0, t - len));
+        }
+        let b = chunk.len();
+        let inputs = Tensor::from_vec(inputs, (b, t), dev)?;
+        let targets = Tensor::from_vec(targets, (b, t, 1), dev)?;
+        let logits = (model.forward(&inputs)? / opts.temperature)?; // (B, T, V)
+        let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?; // (B, T, V)
+        let energies = log_p.gather(&targets, 2)?.squeeze(2)?.neg()?.to_dtype(DType::F64)?.to_vec2::<f64>()?; // (B, T)
+        for ((s, w), row) in chunk.iter().zip(energies) {
+            for pos in w.score_from..w.end {
+                out[*s].energies[pos] = row[pos - w.start];
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,127 @@
+//! Sampling: greedy is argmax, top-k and top-p restrict the support, the KV cache reproduces the
+//! full forward pass, a seed fixes the text.
+
+mod common;
+
+use candle_core::{Device, IndexOp, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use thermoformer::generate::{self, Generator, SampleOptions};
+use thermoformer::model::KvCache;
+use thermoformer::params::Params;
+use thermoformer::{Gpt, ModelConfig, Tok};
+
+fn model() -> (Tok, Gpt) {
+    let tok = Tok::train_char(&common::corpus_text(5000)).unwrap();
+    let cfg = ModelConfig::tiny(tok.vocab_size());
+    let (_, model) = Params::init(&cfg, 0.4, 5, &Device::Cpu).unwrap();
+    (tok, model)
+}
+
+fn last_logits(model: &Gpt, ids: &[u32]) -> Vec<f32> {
+    let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    model.forward(&input).unwrap().i((0, ids.len() - 1)).unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn kv_cache_gives_the_logits_of_the_full_forward_pass() {
+    let (tok, model) = model();
+    let context = model.config().context;
+    let ids: Vec<u32> = std::iter::once(tok.bos()).chain((0..context as u32 - 1).map(|i| (i * 7 + 3) % 40)).collect();
+    // Prime with a chunk of 5, then one token at a time up to the full context.
+    let mut cache = KvCache::new();
+    let chunk = model.forward_cached(&Tensor::new(&ids[..5], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap();
+    let full = model.forward(&Tensor::new(&ids[..5], &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap();
+    assert!(max_diff(&common::flat(&chunk), &common::flat(&full)) < 1e-4);
+    for t in 5..ids.len() {
+        let step = model.forward_cached(&Tensor::new(&ids[t..t + 1], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap();
+        let d = max_diff(&common::flat(&step), &last_logits(&model, &ids[..=t]));
+        assert!(d < 1e-4, "position {t}: {d}");
+    }
+    assert_eq!(cache.len(), context);
+    let over = model.forward_cached(&Tensor::new(&[1u32], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache);
+    assert!(over.is_err(), "a full cache refuses more tokens");
+}
+
+#[test]
+fn generator_past_the_context_matches_a_recompute_of_its_window() {
+    let (tok, model) = model();
+    let context = model.config().context;
+    let mut g = Generator::new(&model, tok.bos(), &[1, 2, 3]).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for step in 0..3 * context {
+        let id = generate::sample_token(g.logits(), SampleOptions::with_temperature(1.0), &mut rng) as u32;
+        g.push(id).unwrap();
+        let all = g.ids();
+        if all.len() <= context {
+            let d = max_diff(g.logits(), &last_logits(&model, all));
+            assert!(d < 1e-4, "step {step}: {d}");
+        }
+    }
+    // Some window of BOS + recent tokens explains the current logits exactly.
+    let all = g.ids().to_vec();
+    let found = (1..context).any(|k| {
+        let mut w = vec![tok.bos()];
+        w.extend_from_slice(&all[all.len() - k..]);
+        max_diff(g.logits(), &last_logits(&model, &w)) < 1e-4
+    });
+    assert!(found, "the cached logits equal a recompute of BOS + the recent tokens");
+}
+
+#[test]
+fn greedy_picks_the_argmax_at_every_step() {
+    let (tok, model) = model();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut g = Generator::new(&model, tok.bos(), &[5]).unwrap();
+    let out = g.generate(12, SampleOptions::with_temperature(0.0), &mut rng, |_| Ok(())).unwrap();
+    let mut ids = vec![tok.bos(), 5];
+    for &id in &out.ids {
+        let logits = last_logits(&model, &ids);
+        // BOS is never sampled: the argmax over the other tokens.
+        let argmax = (0..logits.len()).filter(|&i| i != tok.bos() as usize).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+        assert_eq!(id as usize, argmax);
+        ids.push(id);
+    }
+    assert!(out.entropies.iter().all(|&h| h == 0.0), "greedy draws from a point mass");
+}
+
+#[test]
+fn top_k_and_top_p_restrict_the_support() {
+    let logits: Vec<f32> = (0..50).map(|i| ((i * 37 % 50) as f32) * 0.13 - 2.0).collect();
+    let mut order: Vec<usize> = (0..50).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let top5: Vec<usize> = order[..5].to_vec();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let opts = SampleOptions { temperature: 2.0, top_k: Some(5), top_p: None };
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        let id = generate::sample_token(&logits, opts, &mut rng);
+        assert!(top5.contains(&id), "top-k emitted {id}, outside {top5:?}");
+        seen.insert(id);
+    }
+    assert_eq!(seen.len(), 5, "at T = 2 all five are drawn");
+
+    let opts = SampleOptions { temperature: 1.0, top_k: None, top_p: Some(0.6) };
+    let dist = generate::sampling_distribution(&logits, opts);
+    let full = generate::sampling_distribution(&logits, SampleOptions::with_temperature(1.0));
+    let kept_mass: f64 = full[..dist.len()].iter().map(|d| d.1).sum();
+    let without_last: f64 = full[..dist.len() - 1].iter().map(|d| d.1).sum();
+    assert!(kept_mass >= 0.6 && without_last < 0.6, "the smallest prefix reaching p");
+    assert!((dist.iter().map(|d| d.1).sum::<f64>() - 1.0).abs() < 1e-12);
+    assert_eq!(dist.iter().map(|d| d.0).collect::<Vec<_>>(), order[..dist.len()].to_vec());
+}
+
+#[test]
+fn the_same_seed_gives_the_same_tokens() {
+    let (tok, model) = model();
+    let run = |seed| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        generate::sample(&model, tok.bos(), &[3, 4], 40, SampleOptions::with_temperature(1.0), &mut rng).unwrap()
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+}

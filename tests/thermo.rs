@@ -1,0 +1,107 @@
+//! The physics of attention heads: entropy, ln Z, mean energy and heat capacity of Boltzmann rows.
+
+mod common;
+
+use candle_core::Device;
+use thermoformer::model::HeadTemperature;
+use thermoformer::thermo::{self, RowStats};
+
+fn energies(n: usize, seed: u64) -> Vec<f64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 / (1u64 << 53) as f64) * 6.0 - 3.0
+        })
+        .collect()
+}
+
+#[test]
+fn entropy_rises_strictly_with_temperature_and_heat_capacity_is_non_negative() {
+    for seed in 0..50 {
+        let e = energies(2 + (seed as usize % 30), seed);
+        let temps = [0.05, 0.1, 0.3, 0.7, 1.0, 1.5, 3.0, 10.0, 100.0];
+        let stats: Vec<RowStats> = temps.iter().map(|t| RowStats::from_energies(&e, 1.0 / t)).collect();
+        for w in stats.windows(2) {
+            assert!(w[1].entropy > w[0].entropy, "seed {seed}: H must rise with T: {w:?}");
+        }
+        for (s, t) in stats.iter().zip(temps) {
+            assert!(s.heat_capacity >= 0.0);
+            let identity = s.mean_energy / t + s.ln_z;
+            assert!((s.entropy - identity).abs() < 1e-9, "H = beta<E> + ln Z");
+        }
+    }
+}
+
+#[test]
+fn temperature_limits_are_ground_state_and_uniform() {
+    let e = energies(17, 3);
+    let cold = RowStats::from_energies(&e, 1e4);
+    assert!(cold.entropy < 1e-6, "T -> 0: H -> 0, got {}", cold.entropy);
+    let e_min = e.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!((cold.mean_energy - e_min).abs() < 1e-6, "T -> 0: <E> -> ground state");
+    let hot = RowStats::from_energies(&e, 1e-6);
+    assert!((hot.entropy - (17f64).ln()).abs() < 1e-6, "T -> inf: H -> ln n, got {}", hot.entropy);
+    let one = RowStats::from_energies(&[0.7], 1.0);
+    assert_eq!((one.entropy, one.heat_capacity), (0.0, 0.0));
+}
+
+#[test]
+fn heat_capacity_is_the_slope_of_entropy_in_log_temperature() {
+    let e = energies(9, 8);
+    let (t, dt) = (0.8f64, 1e-5);
+    let h = |t: f64| RowStats::from_energies(&e, 1.0 / t).entropy;
+    let slope = (h(t * (1.0 + dt)) - h(t * (1.0 - dt))) / ((1.0 + dt).ln() - (1.0 - dt).ln());
+    let c = RowStats::from_energies(&e, 1.0 / t).heat_capacity;
+    assert!((slope - c).abs() < 1e-6 * c.max(1.0), "dH/dlnT = {slope}, C = {c}");
+}
+
+#[test]
+fn model_rows_obey_the_identity_and_the_temperature_limits() {
+    let (_, cfg, _, _) = common::tiny_model(false);
+    // A large init gives scores of order one and more, so the temperature limits are visible.
+    let (_, mut model) = thermoformer::params::Params::init(&cfg, 0.5, 3, &Device::Cpu).unwrap();
+    let ids = common::random_ids(2, cfg.context, cfg.vocab_size - 1, 0, 4);
+    let summary = |model: &thermoformer::Gpt| {
+        let (_, stats) = model.forward_with_stats(&ids).unwrap();
+        (thermo::head_summaries(&stats).unwrap(), stats)
+    };
+    let (heads, stats) = summary(&model);
+    for h in &heads {
+        assert!(h.identity_residual < 1e-4, "layer {} head {}: |H - beta<E> - ln Z| = {}", h.layer, h.head, h.identity_residual);
+        assert!(h.heat_capacity >= 0.0);
+    }
+    // Rows computed independently from the model's energies agree with the model's own alpha.
+    let rows = thermo::head_rows(&stats[0]).unwrap();
+    let e = stats[0].energy.to_device(&Device::Cpu).unwrap().to_dtype(candle_core::DType::F64).unwrap();
+    let e = e.flatten_to(1).unwrap().to_vec3::<f64>().unwrap(); // (B*H, T, T): e[0] is sequence 0, head 0
+    let t = cfg.context;
+    for i in [1, 5, t - 1] {
+        let from_energies = RowStats::from_energies(&e[0][i][..=i], rows[0].beta);
+        let (keys, measured) = rows[0].rows[i];
+        assert_eq!(keys, i + 1);
+        assert!((from_energies.entropy - measured.entropy).abs() < 1e-4);
+        assert!((from_energies.ln_z - measured.ln_z).abs() < 1e-4);
+    }
+    // Layer 0's scores do not depend on temperatures, so its entropy rises with T.
+    let mut last = -1.0;
+    for temp in [0.01, 0.3, 1.0, 3.0, 1e4] {
+        model.override_temperatures(Some(temp), &[]).unwrap();
+        let (heads, _) = summary(&model);
+        let h0 = heads[0].entropy;
+        assert!(h0 > last, "T = {temp}: {h0} after {last}");
+        last = h0;
+        if temp == 1e4 {
+            assert!((heads[0].normalized_entropy - 1.0).abs() < 1e-3, "uniform rows: {}", heads[0].normalized_entropy);
+        }
+        if temp == 0.01 {
+            assert!(heads[0].normalized_entropy < 0.2, "near one-hot rows: {}", heads[0].normalized_entropy);
+        }
+    }
+    // A per-head override changes that head only.
+    model.override_temperatures(Some(1.0), &[HeadTemperature { layer: 0, head: 1, temperature: 0.25 }]).unwrap();
+    let temps = model.temperatures().unwrap();
+    assert!((temps[0][0] - 1.0).abs() < 1e-6 && (temps[0][1] - 0.25).abs() < 1e-6, "{temps:?}");
+    assert!(temps[1].iter().all(|t| (t - 1.0).abs() < 1e-6));
+    assert!(model.override_temperatures(None, &[HeadTemperature { layer: 9, head: 0, temperature: 1.0 }]).is_err());
+}
