@@ -126,6 +126,11 @@ impl Generation {
     }
 }
 
+/// Tokens kept (after BOS) when the window restarts: 3/4 of the context, leaving room to grow.
+pub fn restart_keep(context: usize) -> usize {
+    (3 * context / 4).min(context.saturating_sub(2)).max(1)
+}
+
 /// Sample from a model with a KV cache.
 pub struct Generator<'a> {
     model: &'a Gpt,
@@ -150,7 +155,7 @@ impl<'a> Generator<'a> {
     /// Rebuild the cache from BOS + the most recent tokens that fit, and compute the next logits.
     fn refill(&mut self) -> Result<()> {
         let context = self.model.config().context;
-        let keep = if self.ids.len() <= context { self.ids.len() - 1 } else { (3 * context / 4).max(1).min(context - 1) };
+        let keep = if self.ids.len() <= context { self.ids.len() - 1 } else { restart_keep(context) };
         let mut window = vec![self.bos];
         window.extend_from_slice(&self.ids[self.ids.len() - keep..]);
         self.cache = KvCache::new();

@@ -13,6 +13,10 @@ use plotters::style::FontTransform;
 const FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
 const FONT: &str = "sans-serif";
 
+/// Longest text (BOS included) [`attention_grid`] draws: beyond it the maps are unreadable and
+/// the image huge.
+pub const MAX_MAP_TOKENS: usize = 256;
+
 fn ensure_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -41,10 +45,13 @@ pub fn attention_grid(path: &Path, tokens: &[String], alpha: &[Vec<Vec<Vec<f64>>
     if n == 0 || layers == 0 || heads == 0 {
         bail!("nothing to draw: {n} tokens, {layers} layers, {heads} heads");
     }
-    let cell = if n <= 16 { 24 } else if n <= 40 { 14 } else { 10 };
+    if n > MAX_MAP_TOKENS {
+        bail!("attention maps are drawn for at most {MAX_MAP_TOKENS} positions, the text has {n}; shorten it");
+    }
+    let cell = if n <= 16 { 24 } else if n <= 40 { 14 } else if n <= 80 { 10 } else { 6 };
     let label_px = 12 + 7 * tokens.iter().map(|t| t.chars().count()).max().unwrap_or(1).min(8) as u32;
     let (title_px, pad) = (34u32, 12u32);
-    let panel_w = label_px + n as u32 * cell + pad;
+    let panel_w = (label_px + n as u32 * cell + pad).max(260); // room for the title
     let panel_h = title_px + n as u32 * cell + label_px + pad;
     let root = BitMapBackend::new(path, (panel_w * heads as u32, panel_h * layers as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err(path))?;

@@ -49,6 +49,7 @@ pub struct Window {
 
 /// Windows covering a sequence of `n` tokens, each target scored exactly once.
 pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
+    assert!(stride >= 1 && context >= 1, "windows need a stride and a context of at least 1");
     let mut out = Vec::new();
     let (mut start, mut covered) = (0, 0);
     while covered < n {

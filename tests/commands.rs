@@ -97,6 +97,13 @@ fn score_slides_a_window_over_long_lines() {
     let strided = json_lines(&ok(&["score", "--text", &long, "--checkpoint", ck, "--format", "jsonl", "--stride", "1"]));
     // Different strides see different contexts but score every token once.
     assert_eq!(strided[0]["tokens"], r[0]["tokens"]);
+    // The first window (context 16: BOS + 15 tokens, 16 targets) scores as the prefix alone does.
+    let prefix: String = long.chars().take(16).collect();
+    let p = json_lines(&ok(&["score", "--text", &prefix, "--checkpoint", ck, "--format", "jsonl", "--per-token"]));
+    for (a, b) in p[0]["token_energies"].as_array().unwrap().iter().zip(r[0]["token_energies"].as_array().unwrap()) {
+        assert!((a["energy"].as_f64().unwrap() - b["energy"].as_f64().unwrap()).abs() < 1e-5);
+    }
+    assert_ne!(strided[0]["energy"], r[0]["energy"], "stride 1 gives later tokens more context");
     assert_clean_error(&run(&["score", "--text", &long, "--checkpoint", ck, "--stride", "0"]), 2, "--stride");
 }
 

@@ -37,7 +37,11 @@ fn kv_cache_gives_the_logits_of_the_full_forward_pass() {
     let chunk = model.forward_cached(&Tensor::new(&ids[..5], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap();
     let full = model.forward(&Tensor::new(&ids[..5], &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap();
     assert!(max_diff(&common::flat(&chunk), &common::flat(&full)) < 1e-4);
-    for t in 5..ids.len() {
+    // A chunk of 4 on top of the cache (the rectangular mask), then one token at a time.
+    let chunk = model.forward_cached(&Tensor::new(&ids[5..9], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap();
+    let full = model.forward(&Tensor::new(&ids[..9], &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap();
+    assert!(max_diff(&common::flat(&chunk), &common::flat(&full.narrow(1, 5, 4).unwrap())) < 1e-4);
+    for t in 9..ids.len() {
         let step = model.forward_cached(&Tensor::new(&ids[t..t + 1], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap();
         let d = max_diff(&common::flat(&step), &last_logits(&model, &ids[..=t]));
         assert!(d < 1e-4, "position {t}: {d}");
@@ -53,23 +57,26 @@ fn generator_past_the_context_matches_a_recompute_of_its_window() {
     let context = model.config().context;
     let mut g = Generator::new(&model, tok.bos(), &[1, 2, 3]).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
+    // The window is BOS + the last `w` tokens: it grows to the context, then restarts from
+    // BOS + the last restart_keep(context) tokens.
+    let mut w = 3;
+    let mut restarts = 0;
     for step in 0..3 * context {
         let id = generate::sample_token(g.logits(), SampleOptions::with_temperature(1.0), &mut rng) as u32;
         g.push(id).unwrap();
-        let all = g.ids();
-        if all.len() <= context {
-            let d = max_diff(g.logits(), &last_logits(&model, all));
-            assert!(d < 1e-4, "step {step}: {d}");
+        if w + 1 == context {
+            w = generate::restart_keep(context);
+            restarts += 1;
+        } else {
+            w += 1;
         }
+        let all = g.ids();
+        let mut window = vec![tok.bos()];
+        window.extend_from_slice(&all[all.len() - w..]);
+        let d = max_diff(g.logits(), &last_logits(&model, &window));
+        assert!(d < 1e-4, "step {step}: window of {w} tokens, {d}");
     }
-    // Some window of BOS + recent tokens explains the current logits exactly.
-    let all = g.ids().to_vec();
-    let found = (1..context).any(|k| {
-        let mut w = vec![tok.bos()];
-        w.extend_from_slice(&all[all.len() - k..]);
-        max_diff(g.logits(), &last_logits(&model, &w)) < 1e-4
-    });
-    assert!(found, "the cached logits equal a recompute of BOS + the recent tokens");
+    assert!(restarts >= 2);
 }
 
 #[test]

@@ -32,7 +32,10 @@ fn exp_minus_energy_sums_to_one_over_all_two_token_sequences() {
     assert!((mass - 1.0).abs() < 1e-4, "T = 1: {mass}");
     let mass = two_token_mass(&model, tok.bos(), 0.5);
     assert!((mass - 1.0).abs() < 1e-4, "T = 0.5: {mass}");
+    let before = score::score_ids(&model, &[vec![3, 4]], tok.bos(), &ScoreOptions::default()).unwrap();
     model.override_temperatures(None, &[HeadTemperature { layer: 1, head: 0, temperature: 0.2 }]).unwrap();
+    let after = score::score_ids(&model, &[vec![3, 4]], tok.bos(), &ScoreOptions::default()).unwrap();
+    assert!((before[0].energy() - after[0].energy()).abs() > 1e-4, "the override changes the model");
     let mass = two_token_mass(&model, tok.bos(), 1.0);
     assert!((mass - 1.0).abs() < 1e-4, "head 1.0 at T = 0.2: {mass}");
 }

@@ -26,7 +26,8 @@ pub struct GenerateArgs {
     /// distribution, 0 is greedy (always the most probable token).
     #[arg(long, value_name = "T", default_value_t = 1.0)]
     pub temperature: f64,
-    /// Sample only among the K most probable tokens.
+    /// Sample only among the K most probable tokens. BOS (the start-of-sequence marker) is never
+    /// sampled, so these are the K most probable tokens other than BOS.
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
     /// Nucleus sampling: only among the most probable tokens whose probabilities (after
@@ -36,8 +37,11 @@ pub struct GenerateArgs {
     /// Random seed; the same seed, checkpoint and flags give the same text.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// After the text, print to stderr the continuation's energy -ln p under the model (T = 1),
-    /// in nats, the mean entropy of the sampling distributions, and tokens/s.
+    /// After the text, print to stderr the continuation's energy -ln p under the model (T = 1,
+    /// normalised over the whole vocabulary, BOS included), in nats, the mean entropy of the
+    /// sampling distributions, and tokens/s. Past the context each token is conditioned on the
+    /// generator's window (BOS + the last 3/4 context, growing), so long continuations can differ
+    /// slightly from what `score` gives with its stride.
     #[arg(long)]
     pub show_energy: bool,
     #[command(flatten)]
@@ -62,7 +66,7 @@ pub fn run_generate(args: &GenerateArgs) -> Result<()> {
     let generation = generator.generate(args.tokens, opts, &mut rng, |id| {
         pending.push(id);
         let text = tok.decode(&pending)?;
-        if !text.ends_with('\u{FFFD}') || pending.len() >= 4 {
+        if !text.ends_with('\u{FFFD}') || pending.len() >= 16 {
             write!(out, "{text}")?;
             out.flush()?;
             pending.clear();

@@ -40,10 +40,10 @@ pub struct InspectArgs {
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',', conflicts_with_all = ["text", "attn_temperature", "head_temperature"])]
     pub sweep: Option<Vec<f64>>,
     /// Corpus for --sweep [default: the checkpoint's training corpus]; split as in training.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "sweep")]
     pub corpus: Option<PathBuf>,
     /// Validation windows (BOS + context-1 tokens, evenly spaced over the split) for --sweep.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, requires = "sweep")]
     pub windows: usize,
     /// Write a PNG: with --text, a grid of attention maps (layers x heads, tokens on the axes, T
     /// and H in each title); with --sweep, energy per token and entropy against T (log axis).
@@ -65,8 +65,11 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
         if args.windows == 0 {
             return Err(UsageError("--windows must be at least 1".into()).into());
         }
+        let mut temps = temps.clone();
+        temps.sort_by(f64::total_cmp);
+        temps.dedup();
         let loaded = args.model.load()?;
-        return run_sweep(args, &loaded, temps);
+        return run_sweep(args, &loaded, &temps);
     }
     let text = args.text.as_deref().unwrap_or_default();
     let loaded = args.model.load()?;
@@ -103,12 +106,13 @@ fn write_heads(out: &mut impl Write, r: &TextInspection) -> Result<()> {
     for h in &r.heads {
         writeln!(
             out,
-            "{:>5} {:>4} {:>8.4} {:>8.4} {:>8.4} {:>8.3} {:>9.4} {:>9.4} {:>8.4} {:>9.1e}",
+            "{:>5} {:>4} {:>8.4} {:>8.4} {:>8} {:>8.3} {:>9.4} {:>9.4} {:>8.4} {:>9.1e}",
             h.layer,
             h.head,
             h.temperature,
             h.entropy,
-            h.normalized_entropy,
+            // undefined when no query has two keys (an empty text)
+            if h.normalized_entropy.is_finite() { format!("{:.4}", h.normalized_entropy) } else { "-".into() },
             h.effective_keys,
             h.ln_z,
             h.mean_energy,

@@ -51,8 +51,10 @@ pub struct ScoreArgs {
     pub format: ScoreFormat,
     /// Lines longer than the context are scored with a sliding window: each window is BOS + up to
     /// context-1 tokens, windows start STRIDE tokens apart, and every token is scored once, in the
-    /// first window that reaches it, so it sees at least context-STRIDE tokens of context
-    /// (1 <= STRIDE <= context; smaller is slower and sees more) [default: context/2].
+    /// first window that reaches it. Tokens of the first window see everything before them; every
+    /// later token sees at least context-STRIDE tokens. 1 <= STRIDE <= context: 1 gives every token
+    /// the full context at the cost of one window per token; the default halves the cost per token
+    /// and keeps at least half the context [default: context/2].
     #[arg(long)]
     pub stride: Option<usize>,
     /// Windows per forward pass.
