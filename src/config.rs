@@ -90,7 +90,7 @@ impl ModelConfig {
         if self.n_head == 0 {
             return usage("--heads must be at least 1".into());
         }
-        if self.d_model == 0 || self.d_model % self.n_head != 0 {
+        if self.d_model == 0 || !self.d_model.is_multiple_of(self.n_head) {
             return usage(format!(
                 "--heads {} does not divide --d-model {}: each head needs an equal share of the width",
                 self.n_head, self.d_model

@@ -21,17 +21,20 @@ use crate::model::Gpt;
 /// Where a [`Collector`] takes tensors from.
 enum Source {
     /// Fresh initialisation from the `Init` hints, with a seeded RNG (candle's CPU RNG cannot be seeded).
-    Init(Mutex<ChaCha8Rng>),
+    Init(Box<Mutex<ChaCha8Rng>>),
     /// Named tensors, e.g. from `model.safetensors`.
     Tensors(HashMap<String, Tensor>),
 }
+
+/// Every tensor handed out: name, value, and the `Var` behind it when trainable.
+type Made = Arc<Mutex<Vec<(String, Tensor, Option<Var>)>>>;
 
 /// A `VarBuilder` backend that hands out tensors and records every one it handed out in `made`.
 struct Collector {
     source: Source,
     /// Which names become trainable `Var`s (the rest are constants).
     trainable: Box<dyn Fn(&str) -> bool + Send + Sync>,
-    made: Arc<Mutex<Vec<(String, Tensor, Option<Var>)>>>,
+    made: Made,
 }
 
 impl Collector {
@@ -141,7 +144,7 @@ impl Params {
     pub fn init(cfg: &ModelConfig, init_std: f64, seed: u64, dev: &Device) -> Result<(Self, Gpt)> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(crate::train::RngStream::Init as u64);
-        Self::build(cfg, init_std, Source::Init(Mutex::new(rng)), Box::new(is_trainable(cfg)), dev)
+        Self::build(cfg, init_std, Source::Init(Box::new(Mutex::new(rng))), Box::new(is_trainable(cfg)), dev)
     }
 
     /// Trainable parameters from saved tensors (resuming a run). Missing, extra or misshapen

@@ -166,6 +166,9 @@ pub fn line_panels(path: &Path, x_label: &str, log_x: bool, panels: &[(&str, &st
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw_err(path))?;
             }
         }
+        if series.len() < 2 {
+            continue; // the panel's title names its one line
+        }
         // Put the legend in whichever upper corner the lines leave free.
         let crowded = |left: bool| {
             let pts = series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (fx(x), y)));

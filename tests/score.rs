@@ -72,7 +72,7 @@ fn a_line_scores_the_same_alone_and_in_a_padded_batch() {
     let v = (tok.vocab_size() - 1) as u32;
     let line = random_seq(11, v, 1);
     let others = [random_seq(3, v, 2), random_seq(16, v, 3), random_seq(0, v, 4), random_seq(40, v, 5)];
-    let alone = score::score_ids(&model, &[line.clone()], tok.bos(), &ScoreOptions::default()).unwrap();
+    let alone = score::score_ids(&model, std::slice::from_ref(&line), tok.bos(), &ScoreOptions::default()).unwrap();
     let mut batch = others.to_vec();
     batch.insert(2, line);
     for batch_size in [1, 2, 32] {
@@ -113,12 +113,12 @@ fn sliding_window_matches_full_context_and_direct_forward_passes() {
     let v = (tok.vocab_size() - 1) as u32;
     // Lines that fit: any stride gives the single full-context window.
     let fits = random_seq(context, v, 9);
-    let a = score::score_ids(&model, &[fits.clone()], tok.bos(), &ScoreOptions { stride: Some(1), ..Default::default() }).unwrap();
+    let a = score::score_ids(&model, std::slice::from_ref(&fits), tok.bos(), &ScoreOptions { stride: Some(1), ..Default::default() }).unwrap();
     let b = score::score_ids(&model, &[fits], tok.bos(), &ScoreOptions { stride: Some(context), ..Default::default() }).unwrap();
     assert_eq!(a, b);
     // A long line with stride 1: token t is predicted from BOS + the context-1 tokens before it.
     let long = random_seq(3 * context + 5, v, 10);
-    let s = score::score_ids(&model, &[long.clone()], tok.bos(), &ScoreOptions { stride: Some(1), ..Default::default() }).unwrap();
+    let s = score::score_ids(&model, std::slice::from_ref(&long), tok.bos(), &ScoreOptions { stride: Some(1), ..Default::default() }).unwrap();
     for t in [context, context + 1, 2 * context + 3, long.len() - 1] {
         let mut input = vec![tok.bos()];
         input.extend_from_slice(&long[t + 1 - context..t]);
