@@ -200,6 +200,12 @@ fn read_tensors(dir: &Path, name: &str, dev: &Device) -> Result<HashMap<String, 
         .map_err(|e| anyhow!("{} is not a valid safetensors file ({e}); it may be truncated or corrupted", path.display()))
 }
 
+/// The weights of a run directory, by name.
+pub fn read_model_tensors(dir: &Path, dev: &Device) -> Result<HashMap<String, Tensor>> {
+    check_dir(dir)?;
+    read_tensors(dir, MODEL, dev)
+}
+
 fn check_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         bail!("checkpoint directory {} does not exist (train one with `thermoformer train --out {}`)", dir.display(), dir.display());

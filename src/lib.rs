@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod generate;
+pub mod golden;
 pub mod inspect;
 pub mod loss;
 pub mod model;

@@ -126,7 +126,7 @@ impl Attention {
             candle_core::bail!("need {} finite positive temperatures, got {temps:?}", self.n_head)
         }
         let log_beta: Vec<f32> = temps.iter().map(|t| -(t.ln()) as f32).collect();
-        self.log_beta = Tensor::from_vec(log_beta, self.n_head, self.log_beta.device())?;
+        self.log_beta = Tensor::from_vec(log_beta, self.n_head, self.log_beta.device())?.to_dtype(self.log_beta.dtype())?;
         Ok(())
     }
 
@@ -263,10 +263,10 @@ impl Gpt {
         self.pos_emb.device()
     }
 
-    /// Additive causal mask `(T, T)`: 0 where key j <= query i, -inf above the diagonal.
-    fn causal_mask(t: usize, dev: &Device) -> Result<Tensor> {
+    /// Additive causal mask `(T, T)` in `dtype`: 0 where key j <= query i, -inf above the diagonal.
+    fn causal_mask(t: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
         let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-        Tensor::from_vec(mask, (t, t), dev)
+        Tensor::from_vec(mask, (t, t), dev)?.to_dtype(dtype)
     }
 
     /// Token + position embeddings of `ids` `(B, T)` -> `(B, T, C)`, with the causal mask.
@@ -276,7 +276,8 @@ impl Gpt {
             candle_core::bail!("input of {t} tokens is longer than the model's context of {}", self.cfg.context)
         }
         let x = self.tok_emb.forward(ids)?.broadcast_add(&self.pos_emb.narrow(0, 0, t)?)?; // (B, T, C)
-        Ok((x, Self::causal_mask(t, ids.device())?))
+        let mask = Self::causal_mask(t, x.dtype(), ids.device())?;
+        Ok((x, mask))
     }
 
     /// Tied LM head: `(B, T, C)` -> logits `(B, T, V)`.
@@ -326,7 +327,7 @@ impl Gpt {
             let m: Vec<f32> = (0..t)
                 .flat_map(|i| (0..past + t).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
                 .collect();
-            Some(Tensor::from_vec(m, (t, past + t), ids.device())?)
+            Some(Tensor::from_vec(m, (t, past + t), ids.device())?.to_dtype(x.dtype())?)
         } else {
             None
         };

@@ -109,7 +109,14 @@ fn is_trainable(cfg: &ModelConfig) -> impl Fn(&str) -> bool + Send + Sync + 'sta
 }
 
 impl Params {
-    fn build(cfg: &ModelConfig, init_std: f64, source: Source, trainable: Box<dyn Fn(&str) -> bool + Send + Sync>, dev: &Device) -> Result<(Self, Gpt)> {
+    fn build(
+        cfg: &ModelConfig,
+        init_std: f64,
+        source: Source,
+        trainable: Box<dyn Fn(&str) -> bool + Send + Sync>,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Self, Gpt)> {
         let check_unused = match &source {
             Source::Tensors(map) => Some(map.keys().cloned().collect::<Vec<_>>()),
             Source::Init(_) => None,
@@ -117,7 +124,7 @@ impl Params {
         let made = Arc::new(Mutex::new(Vec::new()));
         let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
             Box::new(Collector { source, trainable, made: made.clone() });
-        let vb = VarBuilder::from_backend(backend, DType::F32, dev.clone());
+        let vb = VarBuilder::from_backend(backend, dtype, dev.clone());
         let model = Gpt::new(cfg, init_std, vb)?;
         let mut made = std::mem::take(&mut *made.lock().expect("collector poisoned"));
         if let Some(names) = check_unused {
@@ -144,18 +151,23 @@ impl Params {
     pub fn init(cfg: &ModelConfig, init_std: f64, seed: u64, dev: &Device) -> Result<(Self, Gpt)> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(crate::train::RngStream::Init as u64);
-        Self::build(cfg, init_std, Source::Init(Box::new(Mutex::new(rng))), Box::new(is_trainable(cfg)), dev)
+        Self::build(cfg, init_std, Source::Init(Box::new(Mutex::new(rng))), Box::new(is_trainable(cfg)), DType::F32, dev)
     }
 
     /// Trainable parameters from saved tensors (resuming a run). Missing, extra or misshapen
     /// tensors are errors.
     pub fn from_tensors(cfg: &ModelConfig, tensors: HashMap<String, Tensor>, dev: &Device) -> Result<(Self, Gpt)> {
-        Self::build(cfg, 0.02, Source::Tensors(tensors), Box::new(is_trainable(cfg)), dev)
+        Self::from_tensors_as(cfg, tensors, DType::F32, dev)
+    }
+
+    /// [`Params::from_tensors`] in another dtype (F64 for gradient checks).
+    pub fn from_tensors_as(cfg: &ModelConfig, tensors: HashMap<String, Tensor>, dtype: DType, dev: &Device) -> Result<(Self, Gpt)> {
+        Self::build(cfg, 0.02, Source::Tensors(tensors), Box::new(is_trainable(cfg)), dtype, dev)
     }
 
     /// A forward-only model (plain tensors, no autodiff graph) from saved tensors.
     pub fn model_from_tensors(cfg: &ModelConfig, tensors: HashMap<String, Tensor>, dev: &Device) -> Result<Gpt> {
-        Ok(Self::build(cfg, 0.02, Source::Tensors(tensors), Box::new(|_: &str| false), dev)?.1)
+        Ok(Self::build(cfg, 0.02, Source::Tensors(tensors), Box::new(|_: &str| false), DType::F32, dev)?.1)
     }
 
     /// The trainable parameters, sorted by name.
