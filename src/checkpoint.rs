@@ -118,6 +118,16 @@ pub fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
         .map_err(|e| anyhow!("serialising tensors: {e}"))
 }
 
+/// Fault injection for the crash tests: with `THERMOFORMER_CRASH_AT=<point>` in the environment
+/// the process exits on the spot (no cleanup, like a kill) when a save reaches that point:
+/// `tmp-written` (every .tmp file synced, no marker yet), `committed` (marker in place, nothing
+/// renamed) or `renaming` (the first file renamed).
+fn crash_point(point: &str) {
+    if std::env::var_os("THERMOFORMER_CRASH_AT").is_some_and(|v| v == point) {
+        std::process::exit(86);
+    }
+}
+
 /// Finish or discard an interrupted commit in `dir` (see the module docs).
 pub fn recover(dir: &Path) -> Result<()> {
     let marker = dir.join(COMMIT_MARKER);
@@ -126,6 +136,7 @@ pub fn recover(dir: &Path) -> Result<()> {
             let tmp = tmp_path(dir, name);
             if tmp.exists() {
                 fs::rename(&tmp, dir.join(name)).with_context(|| format!("finishing the interrupted save of {}", tmp.display()))?;
+                crash_point("renaming");
             }
         }
         sync_dir(dir)?;
@@ -153,11 +164,13 @@ pub fn save(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimize
         write_synced(&tmp_path(dir, name), bytes)?;
     }
     sync_dir(dir)?; // the .tmp entries are durable before the marker can be
+    crash_point("tmp-written");
     // The commit point: once the marker exists, every .tmp file is whole and will be renamed.
     let marker_tmp = tmp_path(dir, COMMIT_MARKER);
     write_synced(&marker_tmp, format!("step {}\n", state.step).as_bytes())?;
     fs::rename(&marker_tmp, dir.join(COMMIT_MARKER)).context("committing the checkpoint")?;
     sync_dir(dir)?;
+    crash_point("committed");
     recover(dir)
 }
 

@@ -1,0 +1,174 @@
+//! Bad input of every kind gets one clear error line and the right exit code (2 for usage
+//! errors, 1 for the rest), never a panic.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use common::{assert_clean_error, run, small_corpus, tiny_train_flags};
+use thermoformer::checkpoint;
+
+fn trained(dir: &Path) -> PathBuf {
+    let corpus = small_corpus(dir, 4000);
+    let out = dir.join("run");
+    let o = run(&tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// A copy of the run directory `src` in `dst`.
+fn copy_run(src: &Path, dst: &Path) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst.to_path_buf()
+}
+
+#[test]
+fn every_numeric_flag_out_of_range_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = trained(tmp.path());
+    let ck = run_dir.to_str().unwrap();
+    let corpus = small_corpus(tmp.path(), 4000);
+    let c = corpus.to_str().unwrap();
+    let o = tmp.path().join("other");
+    let o = o.to_str().unwrap();
+    let train: &[(&[&str], &str)] = &[
+        (&["--layers", "0"], "--layers"),
+        (&["--heads", "0"], "--heads"),
+        (&["--d-model", "0"], "--d-model"),
+        (&["--context", "1"], "--context"),
+        (&["--context", "100000"], "--context"),
+        (&["--d-model", "4096", "--layers", "100000"], "parameters"),
+        (&["--min-lr", "2"], "--min-lr"),
+        (&["--lr", "NaN"], "--lr"),
+        (&["--beta1", "1"], "--beta1"),
+        (&["--beta2", "1.5"], "--beta2"),
+        (&["--weight-decay", "-1"], "--weight-decay"),
+        (&["--grad-clip", "-1"], "--grad-clip"),
+        (&["--eval-every", "0"], "--eval-every"),
+        (&["--eval-batches", "0"], "--eval-batches"),
+        (&["--val-fraction", "0"], "--val-fraction"),
+        (&["--attn-temperature", "inf"], "--attn-temperature"),
+        (&["--steps", "-3"], "--steps"),
+    ];
+    for (extra, needle) in train {
+        let mut args = tiny_train_flags(c, o);
+        args.extend_from_slice(extra);
+        assert_clean_error(&run(&args), 2, needle);
+    }
+    let use_ck = |args: &[&str]| -> Vec<String> { args.iter().map(|s| s.to_string()).chain(["--checkpoint".into(), ck.into()]).collect() };
+    let others: &[(&[&str], &str)] = &[
+        (&["score", "--text", "a", "--temperature", "0"], "--temperature"),
+        (&["score", "--text", "a", "--temperature", "-1"], "--temperature"),
+        (&["score", "--text", "a", "--temperature", "inf"], "--temperature"),
+        (&["score", "--text", "a", "--stride", "0"], "--stride"),
+        (&["score", "--text", "a", "--stride", "17"], "--stride"),
+        (&["score", "--text", "a", "--batch-size", "0"], "--batch-size"),
+        (&["score", "--text", "a", "--attn-temperature", "0"], "--attn-temperature"),
+        (&["score", "--text", "a", "--head-temperature", "0.0=0"], "head temperature"),
+        (&["score", "--text", "a", "--head-temperature", "0.5=1"], "names no head"),
+        (&["generate", "--temperature", "-0.5"], "temperature"),
+        (&["generate", "--top-p", "0"], "--top-p"),
+        (&["generate", "--top-p", "1.01"], "--top-p"),
+        (&["generate", "--top-k", "0"], "--top-k"),
+        (&["generate", "--tokens", "-1"], "--tokens"),
+        (&["inspect", "--sweep", "0"], "--sweep"),
+        (&["inspect", "--sweep", "1", "--windows", "0"], "--windows"),
+        (&["inspect", "--text", "a", "--attn-temperature", "-1"], "--attn-temperature"),
+    ];
+    for (args, needle) in others {
+        let args = use_ck(args);
+        assert_clean_error(&run(&args.iter().map(String::as_str).collect::<Vec<_>>()), 2, needle);
+    }
+    println!("{} out-of-range flags tried", train.len() + others.len());
+}
+
+#[test]
+fn broken_checkpoints_are_named_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = trained(tmp.path());
+    let score = |dir: &Path| run(&["score", "--text", "First", "--checkpoint", dir.to_str().unwrap()]);
+    let mut tried = 0;
+    let mut case = |name: &str, needle: &str, break_it: &dyn Fn(&Path)| {
+        let dir = copy_run(&good, &tmp.path().join(name));
+        break_it(&dir);
+        assert_clean_error(&score(&dir), 1, needle);
+        tried += 1;
+    };
+    case("no-dir", "does not exist", &|d| std::fs::remove_dir_all(d).unwrap());
+    case("no-model", "model.safetensors", &|d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
+    case("no-tokenizer", "tokenizer.json", &|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    case("no-config", "config.json", &|d| std::fs::remove_file(d.join("config.json")).unwrap());
+    case("truncated", "model.safetensors", &|d| {
+        let p = d.join("model.safetensors");
+        let b = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &b[..b.len() - 100]).unwrap();
+    });
+    case("garbage", "model.safetensors", &|d| std::fs::write(d.join("model.safetensors"), [0x5a; 4096]).unwrap());
+    case("flipped-header", "model.safetensors", &|d| {
+        let p = d.join("model.safetensors");
+        let mut b = std::fs::read(&p).unwrap();
+        b[20] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    });
+    case("wrong-shape", "ln_f.weight", &|d| {
+        let mut t: HashMap<String, Tensor> = checkpoint::read_model_tensors(d, &Device::Cpu).unwrap();
+        t.insert("ln_f.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+        std::fs::write(d.join("model.safetensors"), checkpoint::safetensors_bytes(&t).unwrap()).unwrap();
+    });
+    case("missing-tensor", "ln_f.weight", &|d| {
+        let mut t: HashMap<String, Tensor> = checkpoint::read_model_tensors(d, &Device::Cpu).unwrap();
+        t.remove("ln_f.weight");
+        std::fs::write(d.join("model.safetensors"), checkpoint::safetensors_bytes(&t).unwrap()).unwrap();
+    });
+    case("newer-format", "newer", &|d| {
+        let p = d.join("config.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["format_version"] = serde_json::json!(99);
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    });
+    case("bad-json", "config.json", &|d| std::fs::write(d.join("config.json"), "{ not json").unwrap());
+    case("other-tokenizer", "tokenizer", &|d| {
+        let tok = thermoformer::Tok::train_char("abc def\n").unwrap();
+        std::fs::write(d.join("tokenizer.json"), tok.to_json().unwrap()).unwrap();
+    });
+    case("garbage-tokenizer", "tokenizer.json", &|d| std::fs::write(d.join("tokenizer.json"), "[1, 2").unwrap());
+    println!("{tried} broken checkpoints tried");
+}
+
+#[test]
+fn bad_text_is_named_and_long_text_is_fine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = trained(tmp.path());
+    let ck = ck.to_str().unwrap();
+    let binary = tmp.path().join("binary.txt");
+    std::fs::write(&binary, b"First\n\xff\xfe Citizen\n").unwrap();
+    assert_clean_error(&run(&["score", binary.to_str().unwrap(), "--checkpoint", ck]), 1, "not UTF-8");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_thermoformer"))
+        .args(["score", "-", "--checkpoint", ck])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"abc\xc3\x28\n").unwrap();
+    drop(child.stdin.take());
+    assert_clean_error(&child.wait_with_output().unwrap(), 1, "stdin");
+    assert_clean_error(&run(&["score", "--text", "naïve \u{1F600}", "--checkpoint", ck]), 1, "U+00EF");
+    assert_clean_error(&run(&["generate", "--prompt", "\u{1F600}", "--checkpoint", ck]), 1, "U+1F600");
+    // A very long line: 100,000 characters, scored with the sliding window.
+    let long = common::corpus_text(4000).replace('\n', " ").repeat(25);
+    let file = tmp.path().join("long.txt");
+    std::fs::write(&file, &long).unwrap();
+    let o = run(&["score", file.to_str().unwrap(), "--checkpoint", ck, "--format", "jsonl"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tokens"].as_u64().unwrap() as usize, long.chars().count());
+    assert!(v["energy_per_token"].as_f64().unwrap().is_finite());
+    assert_clean_error(&run(&["inspect", "--text", &long[..2000], "--checkpoint", ck]), 1, "longer than the model's context");
+}

@@ -1,0 +1,131 @@
+//! Faults: SIGKILL at random moments (many of them inside checkpoint writes), crashes injected at
+//! each stage of the commit, and divergence. After every one the run directory holds a checkpoint
+//! that loads and scores, and `--resume` carries on.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use thermoformer::checkpoint;
+
+fn train_args<'a>(corpus: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--corpus", corpus, "--out", out, "--steps", steps, "--layers", "1", "--heads", "2", "--d-model", "16",
+        "--context", "16", "--batch-size", "4", "--eval-every", "1", "--eval-batches", "1", "--sample-tokens", "0",
+        "--no-progress",
+    ]
+}
+
+fn spawn(args: &[&str], crash_at: Option<&str>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thermoformer"));
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(point) = crash_at {
+        cmd.env("THERMOFORMER_CRASH_AT", point);
+    }
+    cmd.spawn().expect("starting thermoformer")
+}
+
+/// The run directory holds a whole checkpoint: it scores, and it loads for resuming. Its step.
+fn assert_usable(dir: &Path, what: &str) -> usize {
+    let o = common::run(&["score", "--text", "First Citizen", "--checkpoint", dir.to_str().unwrap(), "--format", "jsonl"]);
+    assert!(o.status.success(), "{what}: score failed: {}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(e["energy"].as_f64().unwrap().is_finite());
+    checkpoint::load_resumable(dir, &Device::Cpu).unwrap_or_else(|e| panic!("{what}: {e:#}")).state.step
+}
+
+fn leftovers(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        name.ends_with(".tmp") || name == ".commit"
+    })
+}
+
+#[test]
+fn sigkill_at_random_moments_never_loses_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 6000);
+    let out = tmp.path().join("run");
+    let (corpus_s, out_s) = (corpus.to_str().unwrap(), out.to_str().unwrap());
+    // A run that never finishes by itself, checkpointing at every step.
+    let mut child = spawn(&train_args(corpus_s, out_s, "1000000"), None);
+    let start = Instant::now();
+    while !out.join("state.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no first checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+    let (mut kills, mut mid_write, mut last_step) = (0, 0, 0);
+    let resume: Vec<&str> = train_args(corpus_s, out_s, "1000000").into_iter().chain(["--resume"]).collect();
+    for k in 0..24 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..400)));
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("kill {k}: the run ended by itself ({status}): {err}");
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        if leftovers(&out) {
+            mid_write += 1;
+        }
+        let step = assert_usable(&out, &format!("after kill {k}"));
+        assert!(step >= last_step, "kill {k}: the checkpoint went back from step {last_step} to {step}");
+        last_step = step;
+        child = spawn(&resume, None);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // And a last resume runs to its end cleanly.
+    let target = (assert_usable(&out, "before the final resume") + 2).to_string();
+    let mut finish = train_args(corpus_s, out_s, "1000000");
+    finish.extend(["--resume", "--stop-after", &target]);
+    let o = common::run(&finish);
+    assert!(o.status.success(), "final resume: {}", String::from_utf8_lossy(&o.stderr));
+    println!("{kills} SIGKILLs survived out of {kills}; {mid_write} landed inside a checkpoint write; last step {last_step}");
+    assert!(last_step > 0, "training made progress between kills");
+}
+
+#[test]
+fn a_crash_at_every_stage_of_a_commit_is_recovered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 6000);
+    for (point, committed) in [("tmp-written", false), ("committed", true), ("renaming", true)] {
+        let out = tmp.path().join(point);
+        let (corpus_s, out_s) = (corpus.to_str().unwrap(), out.to_str().unwrap());
+        let mut first = train_args(corpus_s, out_s, "10");
+        first.extend(["--stop-after", "2"]);
+        assert!(common::run(&first).status.success());
+        let mut resume = train_args(corpus_s, out_s, "10");
+        resume.push("--resume");
+        let status = spawn(&resume, Some(point)).wait().unwrap();
+        assert_eq!(status.code(), Some(86), "{point}: the injected crash happened");
+        assert!(leftovers(&out), "{point}: the crash left a commit in progress");
+        let step = assert_usable(&out, point);
+        assert_eq!(step, if committed { 3 } else { 2 }, "{point}: a committed save survives, an uncommitted one is dropped");
+        let o = common::run(&resume);
+        assert!(o.status.success(), "{point}: resume after the crash: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(assert_usable(&out, point), 10);
+        assert!(!leftovers(&out));
+    }
+}
+
+#[test]
+fn divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 6000);
+    let out = tmp.path().join("run");
+    let mut args = train_args(corpus.to_str().unwrap(), out.to_str().unwrap(), "20");
+    args.extend(["--lr", "1e30", "--warmup", "0", "--eval-every", "5"]);
+    let o = common::run(&args);
+    common::assert_clean_error(&o, 1, "training diverged at step");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("NaN") || stderr.contains("inf"), "the cause is named: {stderr}");
+    assert_eq!(assert_usable(&out, "after divergence"), 0, "the step-0 checkpoint is intact");
+}
