@@ -138,8 +138,9 @@ pub struct Generator<'a> {
     cache: KvCache,
     /// Every token so far, BOS first.
     ids: Vec<u32>,
-    /// Logits of the next token.
+    /// Logits of the next token (stale after the last token of a generation until asked for).
     next: Vec<f32>,
+    stale: bool,
 }
 
 impl<'a> Generator<'a> {
@@ -147,7 +148,7 @@ impl<'a> Generator<'a> {
     pub fn new(model: &'a Gpt, bos: u32, prompt: &[u32]) -> Result<Self> {
         let mut ids = vec![bos];
         ids.extend_from_slice(prompt);
-        let mut g = Self { model, bos, cache: KvCache::new(), ids, next: Vec::new() };
+        let mut g = Self { model, bos, cache: KvCache::new(), ids, next: Vec::new(), stale: false };
         g.refill()?;
         Ok(g)
     }
@@ -166,8 +167,25 @@ impl<'a> Generator<'a> {
     }
 
     /// Raw logits of the next token.
-    pub fn logits(&self) -> &[f32] {
-        &self.next
+    pub fn logits(&mut self) -> Result<&[f32]> {
+        self.refresh()?;
+        Ok(&self.next)
+    }
+
+    /// Run the forward pass of the last token if it has not been run yet.
+    fn refresh(&mut self) -> Result<()> {
+        if !self.stale {
+            return Ok(());
+        }
+        self.stale = false;
+        let id = *self.ids.last().expect("BOS at least");
+        if self.cache.len() >= self.model.config().context {
+            return self.refill();
+        }
+        let input = Tensor::new(&[id], self.model.device())?.unsqueeze(0)?; // (1, 1)
+        let logits = self.model.forward_cached(&input, &mut self.cache)?; // (1, 1, V)
+        self.next = logits.i((0, 0))?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(())
     }
 
     /// Every token so far, BOS first.
@@ -175,15 +193,11 @@ impl<'a> Generator<'a> {
         &self.ids
     }
 
-    /// Append `id` and compute the logits that follow it.
+    /// Append `id`; the logits that follow it are computed when next needed.
     pub fn push(&mut self, id: u32) -> Result<()> {
+        self.refresh()?;
         self.ids.push(id);
-        if self.cache.len() >= self.model.config().context {
-            return self.refill();
-        }
-        let input = Tensor::new(&[id], self.model.device())?.unsqueeze(0)?; // (1, 1)
-        let logits = self.model.forward_cached(&input, &mut self.cache)?; // (1, 1, V)
-        self.next = logits.i((0, 0))?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        self.stale = true;
         Ok(())
     }
 
@@ -199,14 +213,14 @@ impl<'a> Generator<'a> {
         let mut out = Generation { ids: Vec::with_capacity(n), energies: Vec::with_capacity(n), entropies: Vec::with_capacity(n) };
         for _ in 0..n {
             // BOS marks the start of a sequence and is never text: it is not sampled.
-            let mut logits = self.next.clone();
+            let mut logits = self.logits()?.to_vec();
             if let Some(l) = logits.get_mut(self.bos as usize) {
                 *l = f32::NEG_INFINITY;
             }
             let dist = sampling_distribution(&logits, opts);
             let id = draw(&dist, rng);
             out.entropies.push(thermo::entropy(&dist.iter().map(|&(_, q)| q).collect::<Vec<_>>()));
-            out.energies.push(energy_of(&self.next, id));
+            out.energies.push(energy_of(&self.next, id)); // self.next is fresh: logits() above
             out.ids.push(id as u32);
             on_token(id as u32)?;
             self.push(id as u32)?;

@@ -5,6 +5,7 @@
 //! [`optim`] -> [`checkpoint`]; and checkpoint -> forward-only users. Nothing below [`cli`] knows
 //! about clap, and nothing in [`model`] knows about files.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

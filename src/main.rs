@@ -1,5 +1,8 @@
 use clap::Parser;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = thermoformer::cli::Cli::parse();
     if let Err(err) = thermoformer::cli::run(cli) {

@@ -173,6 +173,37 @@ fn append_metrics(dir: &Path, m: &Metrics) -> Result<()> {
     writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A non-finite loss or gradient: the step was not applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diverged(pub String);
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Diverged {}
+
+/// One optimizer step on `batch`: forward, label-smoothed loss, backward, global-norm clipping
+/// and AdamW at `lr`. Returns the loss; a non-finite loss or gradient norm is a [`Diverged`] error
+/// and leaves the parameters untouched.
+pub fn train_step(model: &Gpt, params: &Params, optimizer: &mut AdamW, batch: &Batch, label_smoothing: f64, lr: f64, grad_clip: f64) -> Result<f64> {
+    let logits = model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
+    let l = loss::cross_entropy(&logits, &batch.targets.flatten_all()?, label_smoothing)?;
+    let loss_value = l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !loss_value.is_finite() {
+        return Err(Diverged(format!("the loss is {loss_value}")).into());
+    }
+    let grads = l.loss.backward()?;
+    let norm = optim::grad_norm(params.trainable(), &grads)?;
+    if !norm.is_finite() {
+        return Err(Diverged(format!("the gradient norm is {norm}")).into());
+    }
+    optimizer.step(&grads, lr, optim::clip_scale(norm, grad_clip))?;
+    Ok(loss_value)
+}
+
 /// Everything the loop needs, from a fresh start or a checkpoint.
 struct Setup {
     run: RunConfig,
@@ -361,26 +392,15 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         let lr = optim::lr_at(s.state.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
         let starts = data::random_starts(&mut s.batch_rng, splits.train.len(), context, cfg.batch_size);
         let batch = data::batch_at(&splits.train, &starts, context, bos, dev)?;
-        let logits = s.model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
-        let l = loss::cross_entropy(&logits, &batch.targets.flatten_all()?, cfg.label_smoothing)?;
-        let loss_value = l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !loss_value.is_finite() {
-            bail!(
-                "training diverged at step {}: the loss is {loss_value}; the last good checkpoint in {} is kept (try a lower --lr)",
+        let loss_value = match train_step(&s.model, &s.params, &mut s.optimizer, &batch, cfg.label_smoothing, lr, cfg.grad_clip) {
+            Ok(l) => l,
+            Err(e) if e.is::<Diverged>() => bail!(
+                "training diverged at step {}: {e}; the last good checkpoint in {} is kept (try a lower --lr)",
                 s.state.step + 1,
                 req.out.display()
-            );
-        }
-        let grads = l.loss.backward()?;
-        let norm = optim::grad_norm(s.params.trainable(), &grads)?;
-        if !norm.is_finite() {
-            bail!(
-                "training diverged at step {}: the gradient norm is {norm}; the last good checkpoint in {} is kept (try a lower --lr)",
-                s.state.step + 1,
-                req.out.display()
-            );
-        }
-        s.optimizer.step(&grads, lr, optim::clip_scale(norm, cfg.grad_clip))?;
+            ),
+            Err(e) => return Err(e),
+        };
         s.state.step += 1;
         s.state.tokens_seen += tokens_per_step;
         session_tokens += tokens_per_step;

@@ -12,11 +12,13 @@ use crate::checkpoint::{self, Loaded};
 use crate::error::UsageError;
 use crate::model::HeadTemperature;
 
+mod bench;
 mod generate;
 mod inspect;
 mod score;
 mod train;
 
+pub use bench::BenchArgs;
 pub use generate::GenerateArgs;
 pub use inspect::InspectArgs;
 pub use score::ScoreArgs;
@@ -53,6 +55,9 @@ pub enum Command {
     /// Read every attention head as a heat bath: T, entropy, ln Z, <E>, heat capacity; attention
     /// maps; a sweep of the attention temperature.
     Inspect(InspectArgs),
+    /// Measure training, scoring and generation speed (ms/iter, tokens/s, MFU, peak RSS) on named
+    /// shapes; `scripts/bench_torch.py` runs the same shapes in PyTorch side by side.
+    Bench(BenchArgs),
 }
 
 /// Which checkpoint to load and how to override its attention temperatures for this run.
@@ -106,5 +111,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => score::run_score(args),
         Command::Generate(args) => generate::run_generate(args),
         Command::Inspect(args) => inspect::run_inspect(args),
+        Command::Bench(args) => bench::run_bench(args),
     }
 }

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Run thermoformer's benchmark shapes in PyTorch and print both side by side, with ratios.
+
+    .venv/bin/python scripts/bench_torch.py [--shape small,large] [--work train,score,generate] [--iters N]
+
+The PyTorch model is the architecture of scripts/crosscheck_torch.py as a float32 nn.Module (pre-LN,
+bias-free LayerNorm and Linear, exact GELU, tied head, a per-head inverse temperature), trained
+with torch.optim.AdamW (decay on matrices only) and gradient clipping, as thermoformer trains.
+Thermoformer's figures come from `target/release/thermoformer bench --json` with the same flags
+(built first with `cargo build --release`). Both use 2 threads unless --threads says otherwise.
+"""
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SHAPES = {  # must match src/bench.rs
+    "small": dict(n_layer=4, n_head=4, d_model=128, context=64, batch=12, vocab=66),
+    "large": dict(n_layer=6, n_head=6, d_model=384, context=256, batch=64, vocab=66),
+}
+SCORE_BATCH, PROMPT = 32, 16
+
+
+class Block(nn.Module):
+    def __init__(self, d, h):
+        super().__init__()
+        self.h = h
+        self.ln1, self.ln2 = nn.LayerNorm(d, bias=False), nn.LayerNorm(d, bias=False)
+        self.qkv, self.proj = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.fc, self.out = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
+        self.log_beta = nn.Parameter(torch.zeros(h))
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        D = C // self.h
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=-1)
+        q, k, v = (t.view(B, T, self.h, D).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+            cache[:] = [k, v]
+        q = q * (self.log_beta.exp() / math.sqrt(D)).view(1, self.h, 1, 1)  # beta_h folded into q
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=1.0)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class Gpt(nn.Module):
+    def __init__(self, s):
+        super().__init__()
+        self.tok = nn.Embedding(s["vocab"], s["d_model"])
+        self.pos = nn.Embedding(s["context"], s["d_model"])
+        self.blocks = nn.ModuleList(Block(s["d_model"], s["n_head"]) for _ in range(s["n_layer"]))
+        self.ln_f = nn.LayerNorm(s["d_model"], bias=False)
+        for n, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * s["n_layer"]) if n.endswith(("proj.weight", "out.weight")) else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, ids, caches=None, start=0):
+        x = self.tok(ids) + self.pos(torch.arange(start, start + ids.shape[1]))
+        for i, b in enumerate(self.blocks):
+            x = b(x, None if caches is None else caches[i])
+        return self.ln_f(x) @ self.tok.weight.T
+
+
+def timed(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def bench(shape, work, iters):
+    s = SHAPES[shape]
+    torch.manual_seed(0)
+    model = Gpt(s)
+    V, T = s["vocab"], s["context"]
+    if work == "train":
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        rest = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                lr=1e-4, betas=(0.9, 0.99), eps=1e-8)
+        B = s["batch"]
+
+        def step():
+            x, y = torch.randint(0, V - 1, (B, T)), torch.randint(0, V - 1, (B, T))
+            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        secs, tokens = timed(step, 2, iters), B * T
+    elif work == "score":
+        model.eval()
+        x, y = torch.randint(0, V - 1, (SCORE_BATCH, T)), torch.randint(0, V - 1, (SCORE_BATCH, T))
+
+        def score():
+            with torch.inference_mode():
+                F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none").view(SCORE_BATCH, T).sum(1)
+        secs, tokens = timed(score, 2, iters), SCORE_BATCH * T
+    else:
+        model.eval()
+        prompt = torch.randint(0, V - 1, (1, PROMPT))
+        n_new = T - PROMPT
+
+        def generate():
+            with torch.inference_mode():
+                caches = [[] for _ in model.blocks]
+                logits = model(prompt, caches, 0)[:, -1]
+                for i in range(n_new):
+                    nxt = torch.multinomial(F.softmax(logits, -1), 1)
+                    if i + 1 < n_new:
+                        logits = model(nxt, caches, PROMPT + i)[:, -1]
+        secs, tokens = timed(generate, 1, iters), n_new
+    return dict(ms_per_iter=secs * 1e3, tokens_per_sec=tokens / secs,
+                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="small")
+    ap.add_argument("--work", default="train,score,generate")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--thermoformer", default="target/release/thermoformer")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    cmd = [a.thermoformer, "bench", "--shape", a.shape, "--work", a.work, "--iters", str(a.iters), "--json"]
+    ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                     env={"RAYON_NUM_THREADS": str(a.threads)}).stdout)
+    print(f"torch {torch.__version__}, {a.threads} threads; thermoformer matmul ceiling "
+          f"{ours['matmul_ceiling_gflops']:.0f} GFLOP/s")
+    print(f"{'shape':<6} {'work':<9} {'thermoformer ms':>16} {'pytorch ms':>11} {'tok/s ratio':>12} "
+          f"{'RSS MiB (tf/pt)':>16}")
+    for r in ours["results"]:
+        pt = bench(r["shape"], r["work"], a.iters)
+        ratio = r["tokens_per_sec"] / pt["tokens_per_sec"]
+        print(f"{r['shape']:<6} {r['work']:<9} {r['ms_per_iter']:>16.2f} {pt['ms_per_iter']:>11.2f} {ratio:>11.2f}x "
+              f"{r['peak_rss_mib']:>8.0f}/{pt['peak_rss_mib']:<7.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+//! Benchmarks of the hot paths on named shapes: training steps, batched scoring, KV-cached
+//! generation. Random weights and tokens (speed does not depend on them); times are medians over
+//! the measured iterations after warm-up. `scripts/bench_torch.py` runs the same shapes in PyTorch.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::config::ModelConfig;
+use crate::data::Batch;
+use crate::generate::{Generator, SampleOptions};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::params::Params;
+use crate::score::{self, ScoreOptions};
+use crate::train;
+
+/// A model and batch shape.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Shape {
+    pub name: &'static str,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub d_model: usize,
+    /// Positions per sequence (BOS included).
+    pub context: usize,
+    /// Sequences per training step or scoring batch.
+    pub batch: usize,
+    pub vocab: usize,
+}
+
+/// nanoGPT's CPU recipe: 4 layers x 4 heads x 128, context 64, batch 12, Tiny Shakespeare's 65
+/// characters (+ BOS).
+pub const SMALL: Shape = Shape { name: "small", n_layer: 4, n_head: 4, d_model: 128, context: 64, batch: 12, vocab: 66 };
+/// The larger shape: 6 layers x 6 heads x 384, context 256, batch 64.
+pub const LARGE: Shape = Shape { name: "large", n_layer: 6, n_head: 6, d_model: 384, context: 256, batch: 64, vocab: 66 };
+/// Batch of the scoring benchmark (32 sequences of the shape's context).
+pub const SCORE_BATCH: usize = 32;
+/// Prompt of the generation benchmark, BOS included; new tokens then fill the context.
+pub const PROMPT: usize = 16;
+
+pub fn shape(name: &str) -> Result<Shape> {
+    match name {
+        "small" => Ok(SMALL),
+        "large" => Ok(LARGE),
+        _ => bail!("unknown shape {name:?}: small or large"),
+    }
+}
+
+impl Shape {
+    pub fn config(&self) -> ModelConfig {
+        ModelConfig {
+            vocab_size: self.vocab,
+            context: self.context,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            d_model: self.d_model,
+            ..ModelConfig::nano_cpu(self.vocab)
+        }
+    }
+
+    /// Parameters without the position embedding (nanoGPT's N for its FLOP estimate).
+    fn flop_params(&self) -> f64 {
+        let d = self.d_model as f64;
+        self.vocab as f64 * d + self.n_layer as f64 * (12.0 * d * d + 2.0 * d) + d
+    }
+
+    /// Training FLOPs per token, nanoGPT's estimate: 6N + 12 L d T (forward + backward).
+    pub fn train_flops_per_token(&self) -> f64 {
+        6.0 * self.flop_params() + 12.0 * self.n_layer as f64 * self.d_model as f64 * self.context as f64
+    }
+}
+
+/// One measured workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub shape: &'static str,
+    pub work: &'static str,
+    /// Median milliseconds per iteration (a training step, a scoring batch, a whole generation).
+    pub ms_per_iter: f64,
+    /// Tokens per second (new tokens only for generation).
+    pub tokens_per_sec: f64,
+    /// Achieved GFLOP/s (nanoGPT's estimate; forward-only work counts a third of training's).
+    pub gflops: f64,
+    /// gflops / the measured matmul ceiling.
+    pub mfu: f64,
+    /// Peak resident set of the process so far, MiB (None off Linux).
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process, MiB (Linux: VmHWM).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Time `f` `iters` times after `warmup` untimed calls; the median in seconds.
+fn time(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut ts = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        ts.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(ts))
+}
+
+/// The matmul ceiling: GFLOP/s of a 1024 x 1024 x 1024 f32 matmul (median of 5).
+pub fn matmul_ceiling(dev: &Device) -> Result<f64> {
+    let n = 1024;
+    let a = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let secs = time(1, 5, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (n * n * n) as f64 / secs / 1e9)
+}
+
+fn random_ids(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.random_range(0..vocab as u32 - 1)).collect()
+}
+
+fn measurement(shape: &Shape, work: &'static str, secs: f64, tokens: usize, flops: f64, ceiling: f64) -> Measurement {
+    let gflops = flops / secs / 1e9;
+    Measurement {
+        shape: shape.name,
+        work,
+        ms_per_iter: secs * 1e3,
+        tokens_per_sec: tokens as f64 / secs,
+        gflops,
+        mfu: gflops / ceiling,
+        peak_rss_mib: peak_rss_mib(),
+    }
+}
+
+/// Training steps (forward, loss, backward, clipping, AdamW) on random batches.
+pub fn bench_train(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
+    let cfg = shape.config();
+    let (params, model) = Params::init(&cfg, 0.02, 1, dev)?;
+    let mut opt = AdamW::new(params.trainable(), AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 })?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (b, t) = (shape.batch, shape.context);
+    let secs = time(2, iters, || {
+        let batch = Batch {
+            inputs: Tensor::from_vec(random_ids(&mut rng, b * t, shape.vocab), (b, t), dev)?,
+            targets: Tensor::from_vec(random_ids(&mut rng, b * t, shape.vocab), (b, t), dev)?,
+        };
+        train::train_step(&model, &params, &mut opt, &batch, 0.0, 1e-4, 1.0)?;
+        Ok(())
+    })?;
+    Ok(measurement(shape, "train", secs, b * t, shape.train_flops_per_token() * (b * t) as f64, ceiling))
+}
+
+/// Scoring: energies of SCORE_BATCH sequences filling the context, one forward pass.
+pub fn bench_score(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
+    let cfg = shape.config();
+    let model = Params::model_from_tensors(&cfg, Params::init(&cfg, 0.02, 1, dev)?.0.tensors(), dev)?; // forward-only
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let seqs: Vec<Vec<u32>> = (0..SCORE_BATCH).map(|_| random_ids(&mut rng, shape.context, shape.vocab)).collect();
+    let opts = ScoreOptions { batch_size: SCORE_BATCH, ..ScoreOptions::default() };
+    let bos = shape.vocab as u32 - 1;
+    let secs = time(2, iters, || {
+        score::score_ids(&model, &seqs, bos, &opts)?;
+        Ok(())
+    })?;
+    let tokens = SCORE_BATCH * shape.context;
+    Ok(measurement(shape, "score", secs, tokens, shape.train_flops_per_token() / 3.0 * tokens as f64, ceiling))
+}
+
+/// Generation on the KV cache: batch 1, a PROMPT-token prompt, then new tokens until the context
+/// is full; tokens/s of the new tokens.
+pub fn bench_generate(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
+    let cfg = shape.config();
+    let model = Params::model_from_tensors(&cfg, Params::init(&cfg, 0.02, 1, dev)?.0.tensors(), dev)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let prompt = random_ids(&mut rng, PROMPT - 1, shape.vocab);
+    let bos = shape.vocab as u32 - 1;
+    let n_new = shape.context - PROMPT;
+    let secs = time(1, iters, || {
+        let mut g = Generator::new(&model, bos, &prompt)?;
+        g.generate(n_new, SampleOptions::with_temperature(1.0), &mut rng, |_| Ok(()))?;
+        Ok(())
+    })?;
+    Ok(measurement(shape, "generate", secs, n_new, shape.train_flops_per_token() / 3.0 * n_new as f64, ceiling))
+}

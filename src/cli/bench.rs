@@ -1,0 +1,78 @@
+//! `thermoformer bench`: speed of training, scoring and generation on named shapes.
+
+use std::io::Write;
+
+use anyhow::Result;
+use candle_core::Device;
+
+use crate::bench::{self, Measurement};
+use crate::error::UsageError;
+
+/// Options of `thermoformer bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Shapes to run: small (nanoGPT's CPU recipe: 4 layers x 4 heads x 128, context 64, batch 12)
+    /// and/or large (6 x 6 x 384, context 256, batch 64; slow on 2 cores).
+    #[arg(long, value_delimiter = ',', default_value = "small")]
+    pub shape: Vec<String>,
+    /// Workloads: train (forward, backward, AdamW), score (32 sequences filling the context, one
+    /// forward pass) and generate (KV cache, batch 1, a 16-token prompt, then new tokens until the
+    /// context is full).
+    #[arg(long, value_delimiter = ',', default_value = "train,score,generate")]
+    pub work: Vec<String>,
+    /// Measured iterations per workload (after warm-up); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Print one JSON object (the ceiling and every measurement) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `thermoformer bench`.
+pub fn run_bench(args: &BenchArgs) -> Result<()> {
+    if args.iters == 0 {
+        return Err(UsageError("--iters must be at least 1".into()).into());
+    }
+    let shapes = args.shape.iter().map(|s| bench::shape(s).map_err(|e| UsageError(e.to_string()).into())).collect::<Result<Vec<_>>>()?;
+    for w in &args.work {
+        if !["train", "score", "generate"].contains(&w.as_str()) {
+            return Err(UsageError(format!("unknown --work {w:?}: train, score or generate")).into());
+        }
+    }
+    let dev = Device::Cpu;
+    let ceiling = bench::matmul_ceiling(&dev)?;
+    let mut out = std::io::stdout().lock();
+    if !args.json {
+        writeln!(out, "matmul ceiling (1024^3 f32, candle): {ceiling:.1} GFLOP/s")?;
+        writeln!(out, "{:<6} {:<9} {:>11} {:>11} {:>9} {:>6} {:>10}", "shape", "work", "ms/iter", "tokens/s", "GFLOP/s", "MFU", "peak MiB")?;
+    }
+    let mut results: Vec<Measurement> = Vec::new();
+    for shape in &shapes {
+        for w in &args.work {
+            let m = match w.as_str() {
+                "train" => bench::bench_train(shape, args.iters, ceiling, &dev)?,
+                "score" => bench::bench_score(shape, args.iters, ceiling, &dev)?,
+                _ => bench::bench_generate(shape, args.iters, ceiling, &dev)?,
+            };
+            if !args.json {
+                writeln!(
+                    out,
+                    "{:<6} {:<9} {:>11.2} {:>11.0} {:>9.1} {:>5.1}% {:>10}",
+                    m.shape,
+                    m.work,
+                    m.ms_per_iter,
+                    m.tokens_per_sec,
+                    m.gflops,
+                    100.0 * m.mfu,
+                    m.peak_rss_mib.map_or("-".into(), |r| format!("{r:.0}"))
+                )?;
+                out.flush()?;
+            }
+            results.push(m);
+        }
+    }
+    if args.json {
+        writeln!(out, "{}", serde_json::json!({ "matmul_ceiling_gflops": ceiling, "results": results }))?;
+    }
+    Ok(())
+}
