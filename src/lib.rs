@@ -27,3 +27,14 @@ pub mod train;
 pub use config::{ModelConfig, RunConfig, TokenizerKind, TrainConfig, TrainOptions};
 pub use model::Gpt;
 pub use tokenizer::Tok;
+
+/// Fix the thread count candle uses, once. candle asks for it on every tensor operation and,
+/// unless `RAYON_NUM_THREADS` is set, works it out afresh from /proc each time, which costs more
+/// than the operation itself for small tensors (4x in KV-cached generation). Call this at the
+/// start of `main`, before any other thread exists.
+pub fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

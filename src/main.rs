@@ -4,6 +4,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    thermoformer::pin_thread_count();
     let cli = thermoformer::cli::Cli::parse();
     if let Err(err) = thermoformer::cli::run(cli) {
         if thermoformer::error::is_broken_pipe(&err) {
