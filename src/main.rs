@@ -1,5 +1,11 @@
 use clap::Parser;
 
+// The BLAS libraries behind candle's mkl / accelerate features must be linked by the binary.
+#[cfg(feature = "accelerate")]
+extern crate accelerate_src;
+#[cfg(feature = "mkl")]
+extern crate intel_mkl_src;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -172,3 +172,13 @@ fn bad_text_is_named_and_long_text_is_fine() {
     assert!(v["energy_per_token"].as_f64().unwrap().is_finite());
     assert_clean_error(&run(&["inspect", "--text", &long[..2000], "--checkpoint", ck]), 1, "longer than the model's context");
 }
+
+#[test]
+fn an_accelerator_this_build_lacks_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = trained(tmp.path());
+    if cfg!(not(feature = "cuda")) {
+        assert_clean_error(&run(&["score", "--text", "a", "--checkpoint", ck.to_str().unwrap(), "--device", "cuda"]), 1, "--features cuda");
+    }
+    assert_clean_error(&run(&["bench", "--device", "tpu"]), 2, "tpu");
+}

@@ -3,7 +3,6 @@
 use std::io::Write;
 
 use anyhow::Result;
-use candle_core::Device;
 
 use crate::bench::{self, Measurement};
 use crate::error::UsageError;
@@ -23,6 +22,9 @@ pub struct BenchArgs {
     /// Measured iterations per workload (after warm-up); the median is reported.
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
+    /// Device to run on.
+    #[arg(long, value_enum, default_value_t = super::DeviceArg::Cpu)]
+    pub device: super::DeviceArg,
     /// Print one JSON object (the ceiling and every measurement) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -39,7 +41,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
             return Err(UsageError(format!("unknown --work {w:?}: train, score or generate")).into());
         }
     }
-    let dev = Device::Cpu;
+    let dev = args.device.device()?;
     let ceiling = bench::matmul_ceiling(&dev)?;
     let mut out = std::io::stdout().lock();
     if !args.json {

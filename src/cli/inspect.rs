@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use clap::ValueEnum;
 
 use super::{positive, ModelArgs};
@@ -129,7 +128,7 @@ fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
     let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
     let name = corpus.display().to_string();
     let splits = Splits::new(&text, &loaded.tokenizer, loaded.config.train.val_fraction, context, &name)?;
-    let batches = data::tiled_batches(&splits.val, Some(args.windows), 16, context, bos, &Device::Cpu)?;
+    let batches = data::tiled_batches(&splits.val, Some(args.windows), 16, context, bos, loaded.model.device())?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
     let points = inspect::sweep(&loaded.model, &batches, temps)?;
     let mut out = std::io::stdout().lock();

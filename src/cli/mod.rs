@@ -60,6 +60,33 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
+/// Where tensors live. Accelerators need the crate built with their feature (`--features cuda`
+/// or `--features metal`); the CPU build needs nothing beyond crates.io.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU (with `--features mkl` or `accelerate`, through those BLAS libraries).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (`--features cuda`).
+    Cuda,
+    /// The Apple GPU (`--features metal`).
+    Metal,
+}
+
+impl DeviceArg {
+    /// The candle device, or a clear error when this build or machine does not have it.
+    pub fn device(self) -> Result<Device> {
+        let unavailable = |name: &str, feature: &str, e: candle_core::Error| {
+            anyhow::anyhow!("--device {name} is not available ({e}); build with `cargo build --release --features {feature}` on a machine that has one")
+        };
+        match self {
+            DeviceArg::Cpu => Ok(Device::Cpu),
+            DeviceArg::Cuda => Device::new_cuda(0).map_err(|e| unavailable("cuda", "cuda", e)),
+            DeviceArg::Metal => Device::new_metal(0).map_err(|e| unavailable("metal", "metal", e)),
+        }
+    }
+}
+
 /// Which checkpoint to load and how to override its attention temperatures for this run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
@@ -74,6 +101,9 @@ pub struct ModelArgs {
     /// 0.2=0.5); repeatable, applied after --attn-temperature.
     #[arg(long, value_name = "L.H=T")]
     pub head_temperature: Vec<HeadTemperature>,
+    /// Device to run on.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
 }
 
 impl ModelArgs {
@@ -84,7 +114,7 @@ impl ModelArgs {
                 return Err(UsageError(format!("--attn-temperature must be finite and > 0, got {t}")).into());
             }
         }
-        let mut loaded = checkpoint::load(&self.checkpoint, &Device::Cpu)?;
+        let mut loaded = checkpoint::load(&self.checkpoint, &self.device.device()?)?;
         if self.attn_temperature.is_some() || !self.head_temperature.is_empty() {
             loaded
                 .model

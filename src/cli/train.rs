@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::Device;
 use clap::ValueEnum;
 
 use crate::config::{TokenizerKind, TrainOptions};
@@ -129,6 +128,9 @@ pub struct TrainArgs {
     /// Do not draw the progress bar (evaluation lines still go to stderr).
     #[arg(long)]
     pub no_progress: bool,
+    /// Device to train on.
+    #[arg(long, value_enum, default_value_t = super::DeviceArg::Cpu)]
+    pub device: super::DeviceArg,
 }
 
 impl TrainArgs {
@@ -177,7 +179,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         progress: !args.no_progress,
         stop_after: args.stop_after,
     };
-    let report = train::train(&request, &Device::Cpu)?;
+    let report = train::train(&request, &args.device.device()?)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
