@@ -28,11 +28,8 @@ pub fn token_label(tok: &Tok, id: u32) -> String {
     if id == tok.bos() {
         return "<bos>".into();
     }
-    let s = match tok.decode(&[id]) {
-        Ok(s) if !s.contains('\u{FFFD}') => s,
-        _ => tok.token_str(id).unwrap_or_else(|| format!("#{id}")),
-    };
-    s.chars()
+    tok.token_text(id)
+        .chars()
         .map(|c| match c {
             '\n' => "\\n".to_string(),
             '\t' => "\\t".to_string(),

@@ -11,8 +11,9 @@
 //! window every token has at least `context - stride` tokens of context.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
+use crate::loss;
 use crate::model::Gpt;
 
 /// How to score.
@@ -131,10 +132,9 @@ pub fn score_ids(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions) 
         }
         let b = chunk.len();
         let inputs = Tensor::from_vec(inputs, (b, t), dev)?;
-        let targets = Tensor::from_vec(targets, (b, t, 1), dev)?;
-        let logits = (model.forward(&inputs)? / opts.temperature)?; // (B, T, V)
-        let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?; // (B, T, V)
-        let energies = log_p.gather(&targets, 2)?.squeeze(2)?.neg()?.to_dtype(DType::F64)?.to_vec2::<f64>()?; // (B, T)
+        let targets = Tensor::from_vec(targets, b * t, dev)?;
+        let logits = (model.forward(&inputs)? / opts.temperature)?.flatten_to(1)?; // (B*T, V), tempered
+        let energies = loss::token_energies(&logits, &targets)?.reshape((b, t))?.to_dtype(DType::F64)?.to_vec2::<f64>()?; // (B, T)
         for ((s, w), row) in chunk.iter().zip(energies) {
             for pos in w.score_from..w.end {
                 out[*s].energies[pos] = row[pos - w.start];

@@ -169,4 +169,13 @@ impl Tok {
     pub fn token_str(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+
+    /// The text of one token; a byte-level token that is not whole UTF-8 on its own falls back to
+    /// its vocabulary symbol.
+    pub fn token_text(&self, id: u32) -> String {
+        match self.decode(&[id]) {
+            Ok(s) if !s.contains('\u{FFFD}') => s,
+            _ => self.token_str(id).unwrap_or_else(|| format!("#{id}")),
+        }
+    }
 }

@@ -7,16 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::{assert_clean_error, run, small_corpus, tiny_train_flags};
+use common::{assert_clean_error, run, small_corpus, tiny_train_flags, trained};
 use thermoformer::checkpoint;
-
-fn trained(dir: &Path) -> PathBuf {
-    let corpus = small_corpus(dir, 4000);
-    let out = dir.join("run");
-    let o = run(&tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
 
 /// A copy of the run directory `src` in `dst`.
 fn copy_run(src: &Path, dst: &Path) -> PathBuf {

@@ -3,19 +3,10 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{assert_clean_error, run, small_corpus, tiny_train_flags};
-
-/// Train a tiny run into `dir/run` and return its path.
-fn trained(dir: &Path) -> PathBuf {
-    let corpus = small_corpus(dir, 4000);
-    let out = dir.join("run");
-    let o = run(&tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap()));
-    assert!(o.status.success(), "training failed: {}", String::from_utf8_lossy(&o.stderr));
-    out
-}
+use common::{assert_clean_error, run, trained};
 
 fn ok(args: &[&str]) -> String {
     let o = run(args);

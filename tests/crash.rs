@@ -13,12 +13,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thermoformer::checkpoint;
 
+/// The tiny run, `steps` long, checkpointing at every step (later flags override earlier ones).
 fn train_args<'a>(corpus: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
-    vec![
-        "train", "--corpus", corpus, "--out", out, "--steps", steps, "--layers", "1", "--heads", "2", "--d-model", "16",
-        "--context", "16", "--batch-size", "4", "--eval-every", "1", "--eval-batches", "1", "--sample-tokens", "0",
-        "--no-progress",
-    ]
+    let mut args = common::tiny_train_flags(corpus, out);
+    args.extend(["--steps", steps, "--eval-every", "1", "--eval-batches", "1"]);
+    args
 }
 
 fn spawn(args: &[&str], crash_at: Option<&str>) -> Child {

@@ -33,10 +33,7 @@ fn checkpoint() -> &'static str {
     static DIR: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
     &DIR.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let corpus = common::small_corpus(tmp.path(), 4000);
-        let out = tmp.path().join("run").to_str().unwrap().to_string();
-        let o = common::run(&common::tiny_train_flags(corpus.to_str().unwrap(), &out));
-        assert!(o.status.success());
+        let out = common::trained(tmp.path()).to_str().unwrap().to_string();
         (tmp, out)
     })
     .1

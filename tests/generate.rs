@@ -73,7 +73,7 @@ fn generator_past_the_context_matches_a_recompute_of_its_window() {
         let all = g.ids();
         let mut window = vec![tok.bos()];
         window.extend_from_slice(&all[all.len() - w..]);
-        let d = max_diff(&g.logits().unwrap().to_vec(), &last_logits(&model, &window));
+        let d = max_diff(g.logits().unwrap(), &last_logits(&model, &window));
         assert!(d < 1e-4, "step {step}: window of {w} tokens, {d}");
     }
     assert!(restarts >= 2);

@@ -110,9 +110,7 @@ impl ModelArgs {
     /// Load the checkpoint and apply the temperature overrides.
     pub fn load(&self) -> Result<Loaded> {
         if let Some(t) = self.attn_temperature {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(UsageError(format!("--attn-temperature must be finite and > 0, got {t}")).into());
-            }
+            positive("--attn-temperature", t)?;
         }
         let mut loaded = checkpoint::load(&self.checkpoint, &self.device.device()?)?;
         if self.attn_temperature.is_some() || !self.head_temperature.is_empty() {

@@ -139,15 +139,7 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
 }
 
 fn token_energies(s: &Scored, tok: &Tok) -> Vec<TokenEnergy> {
-    s.ids.iter().zip(&s.energies).map(|(&id, &e)| TokenEnergy { token: token_text(tok, id), energy: e }).collect()
-}
-
-/// A token's own text (not escaped) for machine-readable output.
-fn token_text(tok: &Tok, id: u32) -> String {
-    match tok.decode(&[id]) {
-        Ok(s) if !s.contains('\u{FFFD}') => s,
-        _ => tok.token_str(id).unwrap_or_default(),
-    }
+    s.ids.iter().zip(&s.energies).map(|(&id, &e)| TokenEnergy { token: tok.token_text(id), energy: e }).collect()
 }
 
 fn record(s: &Scored, tok: &Tok, per_token: bool) -> Record {
@@ -178,7 +170,7 @@ fn write_csv(out: &mut impl Write, scored: &[Scored], tok: &Tok, per_token: bool
         writeln!(out, "line,position,token,energy")?;
         for (i, s) in scored.iter().enumerate() {
             for (p, (&id, e)) in s.ids.iter().zip(&s.energies).enumerate() {
-                writeln!(out, "{},{},{},{e}", i + 1, p, csv_field(&token_text(tok, id)))?;
+                writeln!(out, "{},{},{},{e}", i + 1, p, csv_field(&tok.token_text(id)))?;
             }
         }
     } else {

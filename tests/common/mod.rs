@@ -80,3 +80,12 @@ pub fn random_ids(b: usize, t: usize, vocab: usize, bos: u32, seed: u64) -> Tens
 pub fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("to_vec")
 }
+
+/// Train a tiny run on 4000 characters of the corpus into `dir/run` through the binary; its path.
+pub fn trained(dir: &Path) -> PathBuf {
+    let corpus = small_corpus(dir, 4000);
+    let out = dir.join("run");
+    let o = run(&tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap()));
+    assert!(o.status.success(), "training failed: {}", String::from_utf8_lossy(&o.stderr));
+    out
+}
