@@ -14,6 +14,7 @@ pub mod error;
 pub mod generate;
 pub mod golden;
 pub mod inspect;
+pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod optim;

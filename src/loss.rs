@@ -9,6 +9,8 @@
 
 use candle_core::{Result, Tensor, D};
 
+use crate::kernels::{self, Kernels};
+
 /// The training loss and the plain (unsmoothed) cross-entropy, both scalars in nats per token.
 #[derive(Debug, Clone)]
 pub struct Loss {
@@ -20,8 +22,22 @@ pub struct Loss {
     pub energies: Tensor,
 }
 
-/// Loss of `logits` `(N, V)` against `targets` `(N,)` (u32) with label smoothing `eps`.
+/// Loss of `logits` `(N, V)` against `targets` `(N,)` (u32) with label smoothing `eps`, with
+/// the process's default [`Kernels`].
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Result<Loss> {
+    cross_entropy_with(logits, targets, eps, Kernels::from_env())
+}
+
+/// [`cross_entropy`] with a chosen implementation: the fused kernel (one pass over the logits
+/// each way) or the composition below, the reference.
+pub fn cross_entropy_with(logits: &Tensor, targets: &Tensor, eps: f64, kernels: Kernels) -> Result<Loss> {
+    if kernels.fused_for(logits) {
+        let rows = kernels::cross_entropy::cross_entropy_rows(logits, targets, eps)?; // (N, 2)
+        let energies = rows.narrow(1, 1, 1)?.squeeze(1)?; // (N,)
+        let ce = energies.mean_all()?;
+        let loss = if eps > 0.0 { rows.narrow(1, 0, 1)?.mean_all()? } else { ce.clone() };
+        return Ok(Loss { loss, ce, energies });
+    }
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (N, V)
     let nll = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?; // (N,)
     let ce = nll.mean_all()?;

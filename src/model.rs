@@ -14,11 +14,16 @@
 //!
 //! `forward` is the training path. `forward_with_stats` is a separate forward-only path that also
 //! returns, per layer, the attention weights, ln Z and the energies.
+//!
+//! Attention and LayerNorm are written here as compositions of candle primitives: the readable
+//! reference. For f32 on the CPU, `forward` runs the same functions as the fused kernels of
+//! [`crate::kernels`] unless [`Gpt::set_kernels`] asks for [`Kernels::Composed`].
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
 use crate::config::{ModelConfig, Positions};
+use crate::kernels::{self, Kernels};
 
 /// LayerNorm without bias, written out of differentiable primitives (candle's fused layer norm has
 /// no backward pass).
@@ -26,6 +31,7 @@ use crate::config::{ModelConfig, Positions};
 pub struct LayerNorm {
     weight: Tensor,
     eps: f64,
+    kernels: Kernels,
 }
 
 impl LayerNorm {
@@ -33,12 +39,15 @@ impl LayerNorm {
 
     pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
-        Ok(Self { weight, eps: Self::EPS })
+        Ok(Self { weight, eps: Self::EPS, kernels: Kernels::from_env() })
     }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kernels.fused_for(x) {
+            return kernels::layer_norm::layer_norm(x, &self.weight, self.eps);
+        }
         let mean = x.mean_keepdim(D::Minus1)?; // (..., 1)
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?; // biased variance, as torch
@@ -104,6 +113,7 @@ pub struct Attention {
     log_beta: Tensor,
     n_head: usize,
     head_dim: usize,
+    kernels: Kernels,
 }
 
 impl Attention {
@@ -112,7 +122,7 @@ impl Attention {
         let qkv = linear(d, 3 * d, init_std, vb.pp("qkv"))?;
         let proj = linear(d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
         let log_beta = vb.get_with_hints(cfg.n_head, "log_beta", Init::Const(-cfg.attn_temperature.ln()))?;
-        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim() })
+        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim(), kernels: Kernels::from_env() })
     }
 
     /// The temperature T_h = 1/beta_h of every head.
@@ -145,7 +155,17 @@ impl Attention {
         self.proj.forward(&y)
     }
 
+    /// beta_h / sqrt(d_head), `(H,)`: the factor folded into the queries.
+    fn query_scale(&self) -> Result<Tensor> {
+        self.log_beta.exp()? / (self.head_dim as f64).sqrt()
+    }
+
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        if self.kernels.fused_for(x) {
+            // The same function in one op, from the fused projection to the merged heads.
+            let y = kernels::attention::causal_attention(&self.qkv.forward(x)?, &self.query_scale()?, self.n_head)?; // (B, T, C)
+            return self.proj.forward(&y);
+        }
         let (q, k, v) = self.qkv(x)?;
         self.attend(&q, &k, &v, Some(mask))
     }
@@ -154,7 +174,7 @@ impl Attention {
     /// mask `(Tq, Tk)` (None: every key is allowed) -> `(B, Tq, C)`.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         // beta_h / sqrt(d) folded into q: cheaper than scaling the (Tq, Tk) scores, same numbers.
-        let scale = (self.log_beta.exp()? / (self.head_dim as f64).sqrt())?.reshape((1, self.n_head, 1, 1))?;
+        let scale = self.query_scale()?.reshape((1, self.n_head, 1, 1))?;
         let q = q.broadcast_mul(&scale)?;
         let mut logits = q.matmul(&k.t()?)?; // beta_h s_ij: (B, H, Tq, Tk)
         if let Some(mask) = mask {
@@ -257,6 +277,21 @@ impl Gpt {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The implementation `forward` uses: [`Kernels::from_env`] unless set.
+    pub fn kernels(&self) -> Kernels {
+        self.ln_f.kernels
+    }
+
+    /// Choose the fused kernels or the composed reference for every layer.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.ln_f.kernels = kernels;
+        for b in &mut self.blocks {
+            b.ln1.kernels = kernels;
+            b.ln2.kernels = kernels;
+            b.attn.kernels = kernels;
+        }
     }
 
     pub fn device(&self) -> &Device {

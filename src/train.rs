@@ -190,7 +190,7 @@ impl std::error::Error for Diverged {}
 /// and leaves the parameters untouched.
 pub fn train_step(model: &Gpt, params: &Params, optimizer: &mut AdamW, batch: &Batch, label_smoothing: f64, lr: f64, grad_clip: f64) -> Result<f64> {
     let logits = model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
-    let l = loss::cross_entropy(&logits, &batch.targets.flatten_all()?, label_smoothing)?;
+    let l = loss::cross_entropy_with(&logits, &batch.targets.flatten_all()?, label_smoothing, model.kernels())?;
     let loss_value = l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !loss_value.is_finite() {
         return Err(Diverged(format!("the loss is {loss_value}")).into());

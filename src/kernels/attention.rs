@@ -1,0 +1,219 @@
+//! Fused causal attention with a per-head inverse temperature.
+//!
+//! Input: the fused projection `qkv` `(B, T, 3C)` laid out `[q | k | v]`, each part `(H, D)` per
+//! position, and the per-head factor `scale` `(H,)` = beta_h / sqrt(D). Output: the heads merged
+//! back, `(B, T, C)`, ready for the output projection. Per batch row and head, with q'_i =
+//! scale_h q_i:
+//!
+//!   alpha_ij = exp(q'_i . k_j) / Z_i over j <= i,   y_i = sum_j alpha_ij v_j
+//!
+//! which is [`crate::model`]'s composed attention. The (T, T) weights live only in per-thread
+//! scratch: backward recomputes them from q and k and never keeps more than one head's worth.
+//! Gradients: with dA = dY V^T and dS_ij = alpha_ij (dA_ij - sum_j' alpha_ij' dA_ij'),
+//! dq'_i = sum_j dS_ij k_j, dk_j = sum_i dS_ij q'_i, dv_j = sum_i alpha_ij dy_i; then
+//! dq_i = scale_h dq'_i and d scale_h = sum_i dq'_i . q_i.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::{f32_slice, matmul, parallel_for, simd, SendPtr};
+
+/// Merged-head Boltzmann attention of `qkv` `(B, T, 3C)` with `scale` `(H,)` -> `(B, T, C)`.
+pub fn causal_attention(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (_, _, c3) = qkv.dims3()?;
+    if c3 % (3 * n_head) != 0 || scale.dims1()? != n_head {
+        candle_core::bail!("causal_attention: qkv width {c3} and scale {:?} do not fit {n_head} heads", scale.shape())
+    }
+    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { n_head })
+}
+
+thread_local! {
+    /// Per-thread scratch: one head's scaled queries, weights and their gradients.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+/// Shape of one call: batch, positions, heads, head size.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    h: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(shape: &Shape, n_head: usize) -> Result<Self> {
+        let (b, t, c3) = shape.dims3()?;
+        Ok(Dims { b, t, h: n_head, d: c3 / 3 / n_head })
+    }
+
+    fn c(&self) -> usize {
+        self.h * self.d
+    }
+
+    /// Offset of head `h`'s query in batch row `b` of qkv (keys at + C, values at + 2C).
+    fn q_at(&self, b: usize, h: usize) -> usize {
+        b * self.t * 3 * self.c() + h * self.d
+    }
+
+    /// Offset of head `h` in batch row `b` of the merged output.
+    fn y_at(&self, b: usize, h: usize) -> usize {
+        b * self.t * self.c() + h * self.d
+    }
+}
+
+/// Scaled queries `qs (T, D)` of one head and its weights `a (T, T)`: alpha, zero above the
+/// diagonal.
+///
+/// # Safety
+/// `qkv` must be the whole `(B, T, 3C)` buffer of `dims`.
+unsafe fn weights(qkv: &[f32], dims: Dims, q0: usize, scale: f32, qs: &mut [f32], a: &mut [f32]) {
+    let Dims { t, d, .. } = dims;
+    let rs = 3 * dims.c();
+    for i in 0..t {
+        let q = &qkv[q0 + i * rs..q0 + i * rs + d];
+        for (dst, &v) in qs[i * d..(i + 1) * d].iter_mut().zip(q) {
+            *dst = scale * v;
+        }
+    }
+    // beta_h s_ij = q'_i . k_j: (T, D) x (D, T)
+    matmul(t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(q0 + dims.c()), (1, rs));
+    for i in 0..t {
+        simd::softmax_row(&mut a[i * t..(i + 1) * t], i + 1);
+    }
+}
+
+struct CausalAttention {
+    n_head: usize,
+}
+
+impl CustomOp2 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(s1, l1, self.name())?;
+        let scale = f32_slice(s2, l2, self.name())?;
+        let dims = Dims::of(l1.shape(), self.n_head)?;
+        let Dims { b, t, h, d } = dims;
+        let mut y = vec![0f32; b * t * dims.c()];
+        let out = SendPtr::new(&mut y);
+        parallel_for(b * h, |bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let q0 = dims.q_at(bi, hi);
+            with_scratch(t * d + t * t, |scratch| {
+                let (qs, a) = scratch.split_at_mut(t * d);
+                // SAFETY: offsets come from dims, which describe qkv and y; each (b, h) writes
+                // only its own D columns of y.
+                unsafe {
+                    weights(qkv, dims, q0, scale[hi], qs, a);
+                    // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
+                    matmul(t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + 2 * dims.c()), (3 * dims.c(), 1));
+                }
+            })
+        });
+        Ok((CpuStorage::F32(y), Shape::from((b, t, dims.c()))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, scale: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, t, c3) = qkv.dims3()?;
+        let grads = qkv.apply_op3_no_bwd(scale, &grad.contiguous()?, &CausalAttentionBackward { n_head: self.n_head })?;
+        let d_qkv = grads.narrow(0, 0, b * t * c3)?.reshape((b, t, c3))?;
+        let d_scale = grads.narrow(0, b * t * c3, self.n_head)?;
+        Ok((Some(d_qkv), Some(d_scale)))
+    }
+}
+
+/// Gradients of [`CausalAttention`]: (qkv, scale, dy) -> [d qkv (B*T*3C) | d scale (H)], flat.
+struct CausalAttentionBackward {
+    n_head: usize,
+}
+
+impl CustomOp3 for CausalAttentionBackward {
+    fn name(&self) -> &'static str {
+        "causal-attention-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(s1, l1, self.name())?;
+        let scale = f32_slice(s2, l2, self.name())?;
+        let dy = f32_slice(s3, l3, self.name())?;
+        let dims = Dims::of(l1.shape(), self.n_head)?;
+        let Dims { b, t, h, d } = dims;
+        let c = dims.c();
+        let mut out = vec![0f32; qkv.len() + h]; // d qkv, then d scale
+        let mut partial = vec![0f32; b * h]; // d scale per (b, h)
+        let ptr = SendPtr::new(&mut out);
+        let partial_ptr = SendPtr::new(&mut partial);
+        parallel_for(b * h, |bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let q0 = dims.q_at(bi, hi);
+            let y0 = dims.y_at(bi, hi);
+            with_scratch(2 * t * d + 2 * t * t, |scratch| {
+                let (qs, rest) = scratch.split_at_mut(t * d);
+                let (dq, rest) = rest.split_at_mut(t * d);
+                let (a, da) = rest.split_at_mut(t * t);
+                // SAFETY: as in the forward pass; each (b, h) writes only its own columns of
+                // d qkv and its own d scale slot.
+                unsafe {
+                    weights(qkv, dims, q0, scale[hi], qs, a);
+                    let dq_kv = ptr.get().add(q0);
+                    let (rs, dy0) = (3 * c, dy.as_ptr().add(y0));
+                    // dv = A^T dY: (T, T)^T x (T, D)
+                    matmul(t, d, t, dq_kv.add(2 * c), (rs, 1), a.as_ptr(), (1, t), dy0, (c, 1));
+                    // dA = dY V^T: (T, D) x (D, T)
+                    matmul(t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(q0 + 2 * c), (1, rs));
+                    for i in 0..t {
+                        softmax_backward_row(&a[i * t..(i + 1) * t], &mut da[i * t..(i + 1) * t], i + 1);
+                    }
+                    // dq' = dS K: (T, T) x (T, D)
+                    matmul(t, d, t, dq.as_mut_ptr(), (d, 1), da.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + c), (rs, 1));
+                    // dk = dS^T q': (T, T)^T x (T, D)
+                    matmul(t, d, t, dq_kv.add(c), (rs, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
+                    // dq = scale dq', d scale = sum dq' . q
+                    let mut d_scale = 0f64;
+                    for i in 0..t {
+                        let g = &dq[i * d..(i + 1) * d];
+                        let q = &qkv[q0 + i * rs..q0 + i * rs + d];
+                        d_scale += simd::dot(g, q) as f64;
+                        let dst = ptr.slice(q0 + i * rs, d);
+                        for (o, &gv) in dst.iter_mut().zip(g) {
+                            *o = scale[hi] * gv;
+                        }
+                    }
+                    partial_ptr.slice(bh, 1)[0] = d_scale as f32;
+                }
+            })
+        });
+        // Sum d scale over the batch: (B, H) -> (H,).
+        for (i, v) in partial.iter().enumerate() {
+            out[qkv.len() + i % h] += v;
+        }
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+simd::dispatch! {
+    /// Softmax backward of one row over its first `n` entries: da_j <- a_j (da_j - a . da),
+    /// zero beyond.
+    fn softmax_backward_row(a: &[f32], da: &mut [f32], n: usize) {
+        let r = simd::dot(&a[..n], &da[..n]);
+        for (g, &p) in da[..n].iter_mut().zip(&a[..n]) {
+            *g = p * (*g - r);
+        }
+        da[n..].fill(0.0);
+    }
+}

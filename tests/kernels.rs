@@ -1,0 +1,159 @@
+//! The fused kernels against the composed reference they replace: forward values and every
+//! parameter's gradient agree to 1e-5 relative in f32, on shapes that exercise the vector
+//! remainders (context and widths that are not multiples of 16) and learned temperatures.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use thermoformer::kernels::{self, Kernels};
+use thermoformer::loss;
+use thermoformer::params::Params;
+use thermoformer::ModelConfig;
+
+mod common;
+
+/// Largest |a - b| relative to the largest |b|.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (common::flat(a), common::flat(b));
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn randn(shape: &[usize], std: f64, seed: u64) -> Tensor {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let normal = Normal::new(0.0, std).unwrap();
+    let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng) as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Generic weights: larger than the init so attention is far from uniform, and temperatures
+/// away from 1.
+fn weights(cfg: &ModelConfig) -> HashMap<String, Tensor> {
+    let (params, _) = Params::init(cfg, 0.2, 3, &Device::Cpu).unwrap();
+    let mut tensors = params.tensors();
+    let mut names: Vec<String> = tensors.keys().cloned().collect();
+    names.sort();
+    for (k, name) in names.iter().enumerate() {
+        let t = tensors.get_mut(name).unwrap();
+        if name.ends_with("log_beta") || name.contains("ln") {
+            *t = (&*t + randn(t.dims(), 0.4, k as u64)).unwrap();
+        }
+    }
+    tensors
+}
+
+fn compare_model(cfg: &ModelConfig, batch: usize, eps: f64) {
+    let tensors = weights(cfg);
+    let (b, t) = (batch, cfg.context);
+    let ids = common::random_ids(b, t, cfg.vocab_size - 1, cfg.vocab_size as u32 - 1, 5);
+    let targets = common::random_ids(b, t, cfg.vocab_size - 1, 0, 6).flatten_all().unwrap();
+    // Fused f32, composed f32 (the reference), and composed f64 (to judge the reference's own
+    // round-off where a gradient is a sum of many cancelling terms, as d ln beta is).
+    let mut out = Vec::new();
+    for (k, dtype) in [(Kernels::Fused, DType::F32), (Kernels::Composed, DType::F32), (Kernels::Composed, DType::F64)] {
+        let (params, mut model) = Params::from_tensors_as(cfg, tensors.clone(), dtype, &Device::Cpu).unwrap();
+        model.set_kernels(k);
+        let logits = model.forward(&ids).unwrap().flatten_to(1).unwrap();
+        let l = loss::cross_entropy_with(&logits, &targets, eps, k).unwrap();
+        let grads = l.loss.backward().unwrap();
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let mut named = vec![("logits".to_string(), f32s(&logits)), ("loss".into(), f32s(&l.loss)), ("ce".into(), f32s(&l.ce)), ("energies".into(), f32s(&l.energies))];
+        for p in params.trainable() {
+            let g = grads.get(p.var.as_tensor()).unwrap_or_else(|| panic!("{k:?}: no gradient for {}", p.name));
+            named.push((p.name.clone(), f32s(g)));
+        }
+        out.push(named);
+    }
+    let (fused, composed, exact) = (&out[0], &out[1], &out[2]);
+    assert_eq!(fused.len(), composed.len());
+    for ((name, f), ((_, c), (_, e))) in fused.iter().zip(composed.iter().zip(exact)) {
+        let d = rel_diff(f, c);
+        // Within 1e-5 of the reference, or, where the f32 reference itself is that far from the
+        // f64 value, no further from the f64 value than the reference is.
+        let reference_error = rel_diff(c, e);
+        let fused_error = rel_diff(f, e);
+        assert!(
+            d < 1e-5 || fused_error <= 2.0 * reference_error,
+            "eps {eps}: {name}: fused differs from composed by {d:.2e} (relative); from f64 by {fused_error:.2e}, composed from f64 by {reference_error:.2e}"
+        );
+        if name.contains('.') {
+            assert!(common::flat(f).iter().any(|v| *v != 0.0), "{name} gets a gradient");
+        }
+    }
+    assert!(fused.iter().any(|(n, _)| n.ends_with("log_beta")), "temperatures are checked");
+}
+
+#[test]
+fn fused_model_matches_composed_forward_and_gradients() {
+    let cfg = ModelConfig { context: 19, n_layer: 2, n_head: 3, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
+    compare_model(&cfg, 3, 0.0);
+    compare_model(&cfg, 3, 0.1);
+}
+
+#[test]
+fn fused_model_matches_composed_on_the_recipe_shape() {
+    let cfg = ModelConfig { learn_temperature: true, ..ModelConfig::nano_cpu(66) };
+    compare_model(&cfg, 2, 0.1);
+}
+
+#[test]
+fn fused_layer_norm_matches_composed() {
+    let x = randn(&[7, 5, 37], 2.0, 1);
+    let w = randn(&[37], 1.0, 2);
+    let dy = randn(&[7, 5, 37], 1.0, 3);
+    let run = |fused: bool| {
+        let (xv, wv) = (candle_core::Var::from_tensor(&x).unwrap(), candle_core::Var::from_tensor(&w).unwrap());
+        let y = if fused {
+            kernels::layer_norm::layer_norm(xv.as_tensor(), wv.as_tensor(), 1e-5).unwrap()
+        } else {
+            let (x, w) = (xv.as_tensor(), wv.as_tensor());
+            let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap()).unwrap();
+            let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            c.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(w).unwrap()
+        };
+        let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, g.get(xv.as_tensor()).unwrap().clone(), g.get(wv.as_tensor()).unwrap().clone())
+    };
+    let (f, c) = (run(true), run(false));
+    assert!(rel_diff(&f.0, &c.0) < 1e-5, "y");
+    assert!(rel_diff(&f.1, &c.1) < 1e-5, "dx {}", rel_diff(&f.1, &c.1));
+    assert!(rel_diff(&f.2, &c.2) < 1e-5, "dw {}", rel_diff(&f.2, &c.2));
+}
+
+#[test]
+fn fused_attention_is_causal_and_its_rows_are_averages_of_values() {
+    // With every key equal, each query's weights are uniform over j <= i, so y_i is the running
+    // mean of the values: an independent check of the masking and the normalisation.
+    let (b, t, h, d) = (2, 21, 2, 8);
+    let c = h * d;
+    let v = randn(&[b, t, c], 1.0, 4);
+    let q = randn(&[b, t, c], 1.0, 5);
+    let k = Tensor::ones((b, t, c), DType::F32, &Device::Cpu).unwrap();
+    let qkv = Tensor::cat(&[&q, &k, &v], 2).unwrap().contiguous().unwrap();
+    let scale = Tensor::new(&[0.0f32, 0.0], &Device::Cpu).unwrap(); // beta = 0: uniform weights
+    let y = kernels::attention::causal_attention(&qkv, &scale, h).unwrap();
+    let vv = common::flat(&v);
+    let yv = common::flat(&y);
+    for bi in 0..b {
+        for i in 0..t {
+            for ch in 0..c {
+                let mean = (0..=i).map(|j| vv[(bi * t + j) * c + ch]).sum::<f32>() / (i + 1) as f32;
+                let got = yv[(bi * t + i) * c + ch];
+                assert!((got - mean).abs() < 1e-5, "y[{bi},{i},{ch}] = {got}, running mean {mean}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_cross_entropy_rejects_targets_outside_the_vocabulary() {
+    let logits = randn(&[3, 5], 1.0, 7);
+    let targets = Tensor::new(&[0u32, 5, 1], &Device::Cpu).unwrap();
+    let err = kernels::cross_entropy::cross_entropy_rows(&logits, &targets, 0.0).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+}
+
