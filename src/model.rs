@@ -73,6 +73,7 @@ fn residual_std(cfg: &ModelConfig, init_std: f64) -> f64 {
 pub struct Mlp {
     fc: Linear,
     proj: Linear,
+    kernels: Kernels,
 }
 
 impl Mlp {
@@ -80,13 +81,15 @@ impl Mlp {
         let d = cfg.d_model;
         let fc = linear(d, 4 * d, init_std, vb.pp("fc"))?;
         let proj = linear(4 * d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
-        Ok(Self { fc, proj })
+        Ok(Self { fc, proj, kernels: Kernels::from_env() })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj.forward(&self.fc.forward(x)?.gelu_erf()?) // exact (erf) GELU, as torch's default
+        let h = self.fc.forward(x)?; // (..., 4C)
+        let h = if self.kernels.fused_for(&h) { kernels::gelu::gelu(&h)? } else { h.gelu_erf()? }; // exact (erf) GELU, as torch's default
+        self.proj.forward(&h)
     }
 }
 
@@ -291,6 +294,7 @@ impl Gpt {
             b.ln1.kernels = kernels;
             b.ln2.kernels = kernels;
             b.attn.kernels = kernels;
+            b.mlp.kernels = kernels;
         }
     }
 
