@@ -62,6 +62,21 @@ fn linear(d_in: usize, d_out: usize, std: f64, vb: VarBuilder) -> Result<Linear>
     Ok(Linear::new(weight, None))
 }
 
+/// `lin(x)` for forward-only use with few rows (KV-cached generation): the parallel
+/// matrix-vector kernel where it applies, the layer's own matmul otherwise. Never on a training
+/// path: the kernel has no backward.
+fn linear_forward_only(lin: &Linear, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().unwrap_or(&0);
+    let rows = x.elem_count() / k.max(1);
+    if kernels.fused_for(x) && rows <= kernels::matvec::MAX_ROWS {
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = lin.weight().dim(0)?;
+        return kernels::matvec::matvec(&x.reshape((rows, k))?, lin.weight())?.reshape(out_dims);
+    }
+    lin.forward(x)
+}
+
 /// Standard deviation of the residual-branch output projections: GPT-2 scales them by
 /// 1/sqrt(2 n_layer) so that the residual stream's variance does not grow with depth.
 fn residual_std(cfg: &ModelConfig, init_std: f64) -> f64 {
@@ -85,11 +100,26 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    fn gelu(&self, h: &Tensor) -> Result<Tensor> {
+        if self.kernels.fused_for(h) {
+            kernels::gelu::gelu(h)
+        } else {
+            h.gelu_erf() // exact (erf) GELU, as torch's default
+        }
+    }
+
+    /// Forward-only, for the few rows of KV-cached generation.
+    fn forward_cached(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.gelu(&linear_forward_only(&self.fc, x, self.kernels)?)?;
+        linear_forward_only(&self.proj, &h, self.kernels)
+    }
+}
+
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.fc.forward(x)?; // (..., 4C)
-        let h = if self.kernels.fused_for(&h) { kernels::gelu::gelu(&h)? } else { h.gelu_erf()? }; // exact (erf) GELU, as torch's default
-        self.proj.forward(&h)
+        self.proj.forward(&self.gelu(&h)?)
     }
 }
 
@@ -143,19 +173,28 @@ impl Attention {
         Ok(())
     }
 
-    /// Queries, keys and values, each `(B, H, T, D)`.
-    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, _) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.n_head, self.head_dim))?; // (B, T, 3, H, D)
+    /// Queries, keys and values, each `(B, H, T, D)`, from the fused projection `(B, T, 3C)`.
+    fn split_heads(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = qkv.dims3()?;
+        let qkv = qkv.reshape((b, t, 3, self.n_head, self.head_dim))?; // (B, T, 3, H, D)
         let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, T, D)
         Ok((part(0)?, part(1)?, part(2)?))
     }
 
+    /// Queries, keys and values, each `(B, H, T, D)`.
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        self.split_heads(&self.qkv.forward(x)?)
+    }
+
+    /// Merge heads: `(B, H, T, D)` -> `(B, T, C)`.
+    fn merge_heads(y: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = y.dims4()?;
+        y.transpose(1, 2)?.reshape((b, t, h * d)) // (B, T, C)
+    }
+
     /// Merge heads and project back to the residual stream: `(B, H, T, D)` -> `(B, T, C)`.
     fn merge(&self, y: &Tensor) -> Result<Tensor> {
-        let (b, h, t, d) = y.dims4()?;
-        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?; // (B, T, C)
-        self.proj.forward(&y)
+        self.proj.forward(&Self::merge_heads(y)?)
     }
 
     /// beta_h / sqrt(d_head), `(H,)`: the factor folded into the queries.
@@ -176,6 +215,11 @@ impl Attention {
     /// Boltzmann-weighted values: q `(B, H, Tq, D)` against k, v `(B, H, Tk, D)`, with an additive
     /// mask `(Tq, Tk)` (None: every key is allowed) -> `(B, Tq, C)`.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.merge(&self.weighted_values(q, k, v, mask)?)
+    }
+
+    /// The heads' outputs before merging: `(B, H, Tq, D)`.
+    fn weighted_values(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         // beta_h / sqrt(d) folded into q: cheaper than scaling the (Tq, Tk) scores, same numbers.
         let scale = self.query_scale()?.reshape((1, self.n_head, 1, 1))?;
         let q = q.broadcast_mul(&scale)?;
@@ -184,19 +228,17 @@ impl Attention {
             logits = logits.broadcast_add(mask)?; // -inf where a key is in the future
         }
         let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?; // (B, H, Tq, Tk)
-        self.merge(&alpha.matmul(&v.contiguous()?)?) // (B, H, Tq, D) -> (B, Tq, C)
+        alpha.matmul(v) // (B, H, Tq, D)
     }
 
-    /// Forward pass for new positions only, appending their keys and values to `cache`.
-    fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x)?; // (B, H, Tnew, D)
-        let (k, v) = match cache.take() {
-            Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?), // (B, H, Tpast+Tnew, D)
-            None => (k, v),
-        };
-        let y = self.attend(&q, &k, &v, mask)?;
-        *cache = Some((k, v));
-        Ok(y)
+    /// Forward pass for new positions only, appending their keys and values to `cache`
+    /// (preallocated for the whole context, so appending copies only the new positions).
+    fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
+        let (q, k, v) = self.split_heads(&linear_forward_only(&self.qkv, x, self.kernels)?)?; // (B, H, Tnew, D)
+        let (k, v) = cache.append(&k, &v)?; // views of the cache: (B, H, Tpast+Tnew, D)
+        let (k, v) = if k.dim(0)? > 1 { (k.contiguous()?, v.contiguous()?) } else { (k, v) }; // matmul takes one strided batch dim
+        let y = Self::merge_heads(&self.weighted_values(&q, &k, &v, mask)?)?;
+        linear_forward_only(&self.proj, &y, self.kernels)
     }
 
     /// Forward pass that also returns alpha, ln Z and E for every head (not for training).
@@ -239,9 +281,9 @@ impl Block {
         &x + self.mlp.forward(&self.ln2.forward(&x)?)?
     }
 
-    fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
+    fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
         let x = (x + self.attn.forward_cached(&self.ln1.forward(x)?, mask, cache)?)?;
-        &x + self.mlp.forward(&self.ln2.forward(&x)?)?
+        &x + self.mlp.forward_cached(&self.ln2.forward(&x)?)?
     }
 
     fn forward_with_stats(&self, x: &Tensor, mask: &Tensor) -> Result<(Tensor, AttnStats)> {
@@ -358,7 +400,7 @@ impl Gpt {
             candle_core::bail!("{} cached + {t} new tokens exceed the model's context of {}", past, self.cfg.context)
         }
         if cache.layers.len() != self.blocks.len() {
-            cache.layers = vec![None; self.blocks.len()];
+            cache.layers = (0..self.blocks.len()).map(|_| candle_nn::kv_cache::KvCache::new(2, self.cfg.context)).collect();
         }
         let mut x = self.tok_emb.forward(ids)?.broadcast_add(&self.pos_emb.narrow(0, past, t)?)?; // (B, Tnew, C)
         // New query i (absolute position past + i) may see keys 0..=past + i; one new token sees all.
@@ -394,10 +436,11 @@ impl Gpt {
     }
 }
 
-/// Keys and values of the positions seen so far, per layer: each `(B, H, T, D)`.
+/// Keys and values of the positions seen so far, per layer: each `(B, H, T, D)`, in buffers
+/// allocated for the whole context on first use.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<candle_nn::kv_cache::KvCache>,
     len: usize,
 }
 

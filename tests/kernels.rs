@@ -157,3 +157,18 @@ fn fused_cross_entropy_rejects_targets_outside_the_vocabulary() {
     assert!(err.contains("outside the vocabulary"), "{err}");
 }
 
+
+#[test]
+fn matvec_matches_matmul() {
+    // Feature counts that leave remainders of 4 rows and of 64-feature work items, and widths
+    // that leave remainders of 16 lanes.
+    for (n, k, m) in [(1, 37, 131), (3, 128, 66), (4, 200, 9), (2, 16, 4)] {
+        let x = randn(&[n, k], 1.0, n as u64);
+        let w = randn(&[m, k], 1.0, k as u64);
+        let got = kernels::matvec::matvec(&x, &w).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(got.dims(), &[n, m]);
+        assert!(rel_diff(&got, &want) < 1e-6, "({n}, {k}) x ({m}, {k})^T differs by {}", rel_diff(&got, &want));
+    }
+    assert!(kernels::matvec::matvec(&randn(&[5, 8], 1.0, 0), &randn(&[3, 8], 1.0, 0)).is_err(), "at most 4 rows");
+}

@@ -10,6 +10,7 @@
 //!   the Boltzmann weights from q and k, as flash attention does).
 //! - [`layer_norm`]: bias-free LayerNorm in one pass forward and one backward.
 //! - [`cross_entropy`]: label-smoothed cross-entropy straight from the logits.
+//! - [`matvec`]: forward-only products of a few rows with a weight matrix, for generation.
 //! - [`gelu`]: exact (erf) GELU with a vectorised erf, forward and backward in one pass each.
 //!
 //! Work is spread over candle's own CPU thread pool, so the kernels and candle's matmuls never
@@ -19,6 +20,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;
+pub mod matvec;
 mod simd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
