@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use crate::kernels::{self, Kernels};
 use crate::params::Param;
 
 /// Hyper-parameters of AdamW.
@@ -22,13 +23,21 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+/// First and second moments of one parameter.
+#[derive(Debug)]
+enum Moments {
+    /// Tensors on the parameter's device, updated by whole-tensor operations: the reference.
+    Tensors { m: Tensor, v: Tensor },
+    /// Host vectors updated in place with the parameter, one pass per step (f32 on the CPU).
+    Host { m: Vec<f32>, v: Vec<f32> },
+}
+
 /// One parameter and its moments.
 #[derive(Debug)]
 struct Slot {
     name: String,
     var: Var,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
     /// Matrices (embeddings, linear weights) are decayed; gains and temperatures are not.
     decay: bool,
 }
@@ -43,13 +52,26 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Fresh moments (zeros) for every trainable parameter.
+    /// Fresh moments (zeros) for every trainable parameter, with the process's default
+    /// [`Kernels`].
     pub fn new(params: &[Param], cfg: AdamWConfig) -> Result<Self> {
+        Self::with_kernels(params, cfg, Kernels::from_env())
+    }
+
+    /// [`AdamW::new`] with a chosen implementation: the fused one-pass update where it applies,
+    /// or the composition of tensor operations, the reference.
+    pub fn with_kernels(params: &[Param], cfg: AdamWConfig, kernels: Kernels) -> Result<Self> {
         let slots = params
             .iter()
             .map(|p| {
-                let zeros = p.var.zeros_like()?;
-                Ok(Slot { name: p.name.clone(), var: p.var.clone(), m: zeros.clone(), v: zeros, decay: p.var.rank() >= 2 })
+                let moments = if kernels.fused_for(p.var.as_tensor()) && p.var.is_contiguous() {
+                    let n = p.var.elem_count();
+                    Moments::Host { m: vec![0.0; n], v: vec![0.0; n] }
+                } else {
+                    let zeros = p.var.zeros_like()?;
+                    Moments::Tensors { m: zeros.clone(), v: zeros }
+                };
+                Ok(Slot { name: p.name.clone(), var: p.var.clone(), moments, decay: p.var.rank() >= 2 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { slots, cfg, t: 0 })
@@ -60,14 +82,19 @@ impl AdamW {
         let mut opt = Self::new(params, cfg)?;
         opt.t = t;
         for slot in &mut opt.slots {
-            for (prefix, moment) in [("m", &mut slot.m), ("v", &mut slot.v)] {
+            let saved = |prefix: &str| -> Result<Tensor> {
                 let key = format!("{prefix}.{}", slot.name);
                 let Some(saved) = state.get(&key) else { bail!("optimizer state has no tensor {key}") };
-                if saved.shape() != moment.shape() {
-                    bail!("optimizer tensor {key} has shape {:?}, the parameter has {:?}", saved.dims(), moment.dims());
+                if saved.shape() != slot.var.shape() {
+                    bail!("optimizer tensor {key} has shape {:?}, the parameter has {:?}", saved.dims(), slot.var.dims());
                 }
-                *moment = saved.to_device(moment.device())?;
-            }
+                Ok(saved.to_device(slot.var.device())?.to_dtype(slot.var.dtype())?)
+            };
+            let (m, v) = (saved("m")?, saved("v")?);
+            slot.moments = match slot.moments {
+                Moments::Host { .. } => Moments::Host { m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? },
+                Moments::Tensors { .. } => Moments::Tensors { m, v },
+            };
         }
         if state.len() != 2 * opt.slots.len() {
             bail!("optimizer state has {} tensors, the model has {} trainable parameters (expected 2 each)", state.len(), opt.slots.len());
@@ -76,11 +103,20 @@ impl AdamW {
     }
 
     /// The moments by name (`m.<param>`, `v.<param>`), for `optimizer.safetensors`.
-    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
-        self.slots
-            .iter()
-            .flat_map(|s| [(format!("m.{}", s.name), s.m.clone()), (format!("v.{}", s.name), s.v.clone())])
-            .collect()
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for s in &self.slots {
+            let (m, v) = match &s.moments {
+                Moments::Tensors { m, v } => (m.clone(), v.clone()),
+                Moments::Host { m, v } => {
+                    let host = |x: &[f32]| Tensor::from_slice(x, s.var.shape(), s.var.device());
+                    (host(m)?, host(v)?)
+                }
+            };
+            out.insert(format!("m.{}", s.name), m);
+            out.insert(format!("v.{}", s.name), v);
+        }
+        Ok(out)
     }
 
     /// Updates taken so far.
@@ -97,14 +133,31 @@ impl AdamW {
         let bc2 = 1.0 - beta2.powi(self.t as i32);
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let decay = if slot.decay && weight_decay > 0.0 { 1.0 - lr * weight_decay } else { 1.0 };
+            let (m, v) = match &mut slot.moments {
+                Moments::Host { m, v } => {
+                    let u = kernels::adamw::Update {
+                        beta1: beta1 as f32,
+                        beta2: beta2 as f32,
+                        eps: eps as f32,
+                        decay: decay as f32,
+                        step_size: (lr / bc1) as f32,
+                        inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+                        grad_scale: grad_scale as f32,
+                    };
+                    kernels::adamw::update(slot.var.as_tensor(), g, m, v, u)?;
+                    continue;
+                }
+                Moments::Tensors { m, v } => (m, v),
+            };
             let g = if grad_scale != 1.0 { g.affine(grad_scale, 0.0)? } else { g.clone() };
-            slot.m = ((&slot.m * beta1)? + (&g * (1.0 - beta1))?)?;
-            slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            *m = ((&*m * beta1)? + (&g * (1.0 - beta1))?)?;
+            *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             // PyTorch: denom = sqrt(v) / sqrt(bc2) + eps; p -= lr / bc1 * m / denom.
-            let denom = slot.v.sqrt()?.affine(1.0 / bc2.sqrt(), eps)?;
+            let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), eps)?;
             let p = slot.var.as_tensor();
-            let p = if slot.decay && weight_decay > 0.0 { p.affine(1.0 - lr * weight_decay, 0.0)? } else { p.clone() };
-            let update = (&slot.m / denom)?.affine(lr / bc1, 0.0)?;
+            let p = if decay != 1.0 { p.affine(decay, 0.0)? } else { p.clone() };
+            let update = (&*m / denom)?.affine(lr / bc1, 0.0)?;
             slot.var.set(&(p - update)?)?;
         }
         Ok(())
@@ -126,7 +179,10 @@ pub fn grad_norm(params: &[Param], grads: &GradStore) -> Result<f64> {
     let mut total = 0f64;
     for p in params {
         if let Some(g) = grads.get(p.var.as_tensor()) {
-            total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            total += match kernels::adamw::sum_of_squares(g).filter(|_| Kernels::from_env() == Kernels::Fused) {
+                Some(s) => s,
+                None => g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
+            };
         }
     }
     Ok(total.sqrt())

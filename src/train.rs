@@ -362,7 +362,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
             elapsed_secs: elapsed,
         };
         append_metrics(&req.out, &m)?;
-        checkpoint::save(&req.out, &s.run, &s.tok, &s.params, s.optimizer.state_tensors(), &s.state)?;
+        checkpoint::save(&req.out, &s.run, &s.tok, &s.params, s.optimizer.state_tensors()?, &s.state)?;
         log(format!(
             "step {:>5}: train loss {}, val CE {val_ce:.4} (with the BOS-only first token {:.4}) nats/token, lr {lr:.2e}{}",
             s.state.step,

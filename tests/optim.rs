@@ -1,6 +1,7 @@
 //! AdamW, the schedule and clipping against values worked out by hand from PyTorch's formulas.
 
 use candle_core::{Device, Tensor, Var};
+use thermoformer::kernels::Kernels;
 use thermoformer::optim::{clip_scale, grad_norm, lr_at, AdamW, AdamWConfig};
 use thermoformer::params::Param;
 
@@ -12,12 +13,18 @@ use thermoformer::params::Param;
 /// and a vector (not decayed) [3] with gradient [-2] goes 3.1, then 3.2.
 #[test]
 fn adamw_matches_the_hand_computed_steps() {
+    for kernels in [Kernels::Fused, Kernels::Composed] {
+        hand_computed_steps(kernels);
+    }
+}
+
+fn hand_computed_steps(kernels: Kernels) {
     let dev = Device::Cpu;
     let w = Var::new(&[[1f32, -2.]], &dev).unwrap();
     let g = Var::new(&[3f32], &dev).unwrap();
     let params = vec![Param { name: "w".into(), var: w.clone() }, Param { name: "g".into(), var: g.clone() }];
     let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
-    let mut opt = AdamW::new(&params, cfg).unwrap();
+    let mut opt = AdamW::with_kernels(&params, cfg, kernels).unwrap();
     let cw = Tensor::new(&[[0.5f32, -1.]], &dev).unwrap();
     let cg = Tensor::new(&[-2f32], &dev).unwrap();
     let expected_w = [[0.89f32, -1.88], [0.7811, -1.7612]];
@@ -29,12 +36,12 @@ fn adamw_matches_the_hand_computed_steps() {
         let wv = w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let gv = g.as_tensor().to_vec1::<f32>().unwrap();
         for (a, b) in wv.iter().zip(expected_w[step]) {
-            assert!((a - b).abs() < 1e-5, "step {}: w = {wv:?}, expected {:?}", step + 1, expected_w[step]);
+            assert!((a - b).abs() < 1e-5, "{kernels:?} step {}: w = {wv:?}, expected {:?}", step + 1, expected_w[step]);
         }
         assert!((gv[0] - expected_g[step]).abs() < 1e-5, "step {}: g = {gv:?}", step + 1);
     }
     assert_eq!(opt.t(), 2);
-    assert_eq!(opt.state_tensors().len(), 4, "m and v for each parameter");
+    assert_eq!(opt.state_tensors().unwrap().len(), 4, "m and v for each parameter");
 }
 
 #[test]
@@ -64,4 +71,57 @@ fn clipping_scales_the_global_norm_to_the_limit() {
     let grads = loss.backward().unwrap();
     let params = vec![Param { name: "a".into(), var: a }, Param { name: "b".into(), var: b }];
     assert!((grad_norm(&params, &grads).unwrap() - 5.0).abs() < 1e-6);
+}
+
+/// The one-pass update against the composed reference: random gradients of several sizes (the
+/// parallel chunks and the vector remainders), clipping, decayed and undecayed parameters; then
+/// the moments survive a save and restore.
+#[test]
+fn fused_adamw_matches_the_composed_update() {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let dev = Device::Cpu;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let normal = Normal::new(0.0f32, 1.0).unwrap();
+    let shapes: [&[usize]; 3] = [&[37], &[129, 301], &[5, 3]];
+    let init: Vec<Vec<f32>> = shapes.iter().map(|s| (0..s.iter().product()).map(|_| normal.sample(&mut rng)).collect()).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..4).map(|_| init.iter().map(|p| p.iter().map(|_| normal.sample(&mut rng)).collect()).collect()).collect();
+    let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    let run = |kernels: Kernels| {
+        let params: Vec<Param> = shapes
+            .iter()
+            .zip(&init)
+            .enumerate()
+            .map(|(i, (s, v))| Param { name: format!("p{i}"), var: Var::from_tensor(&Tensor::from_slice(v, *s, &dev).unwrap()).unwrap() })
+            .collect();
+        let mut opt = AdamW::with_kernels(&params, cfg, kernels).unwrap();
+        for (step, g) in grads.iter().enumerate() {
+            // loss = sum_i <p_i, g_i>: its gradient is g_i.
+            let mut loss = Tensor::zeros((), candle_core::DType::F32, &dev).unwrap();
+            for (p, gv) in params.iter().zip(g) {
+                let gt = Tensor::from_slice(gv, p.var.shape(), &dev).unwrap();
+                loss = (loss + (p.var.as_tensor() * gt).unwrap().sum_all().unwrap()).unwrap();
+            }
+            let store = loss.backward().unwrap();
+            opt.step(&store, 1e-2 * (step + 1) as f64, 0.7).unwrap();
+        }
+        let values: Vec<Vec<f32>> = params.iter().map(|p| p.var.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        (params, opt, values)
+    };
+    let (params, fused, fv) = run(Kernels::Fused);
+    let (_, composed, cv) = run(Kernels::Composed);
+    for (a, b) in fv.iter().flatten().zip(cv.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "fused {a} vs composed {b}");
+    }
+    let (fs, cs) = (fused.state_tensors().unwrap(), composed.state_tensors().unwrap());
+    assert_eq!(fs.len(), 6);
+    for (name, t) in &fs {
+        let (a, b) = (t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), cs[name].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let scale = b.iter().fold(0f32, |m, y| m.max(y.abs()));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-6 * scale), "{name}: {:?} vs {:?}", &a[..3], &b[..3]);
+    }
+    let restored = AdamW::restore(&params, cfg, fused.t(), &fs).unwrap();
+    for (name, t) in restored.state_tensors().unwrap() {
+        assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), fs[&name].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name} restored");
+    }
 }

@@ -10,12 +10,14 @@
 //!   the Boltzmann weights from q and k, as flash attention does).
 //! - [`layer_norm`]: bias-free LayerNorm in one pass forward and one backward.
 //! - [`cross_entropy`]: label-smoothed cross-entropy straight from the logits.
+//! - [`adamw`]: the optimizer step in one pass per parameter, moments updated in place.
 //! - [`matvec`]: forward-only products of a few rows with a weight matrix, for generation.
 //! - [`gelu`]: exact (erf) GELU with a vectorised erf, forward and backward in one pass each.
 //!
 //! Work is spread over candle's own CPU thread pool, so the kernels and candle's matmuls never
 //! compete for the cores.
 
+pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod gelu;
