@@ -220,15 +220,7 @@ impl Attention {
 
     /// The heads' outputs before merging: `(B, H, Tq, D)`.
     fn weighted_values(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        // beta_h / sqrt(d) folded into q: cheaper than scaling the (Tq, Tk) scores, same numbers.
-        let scale = self.query_scale()?.reshape((1, self.n_head, 1, 1))?;
-        let q = q.broadcast_mul(&scale)?;
-        let mut logits = q.matmul(&k.t()?)?; // beta_h s_ij: (B, H, Tq, Tk)
-        if let Some(mask) = mask {
-            logits = logits.broadcast_add(mask)?; // -inf where a key is in the future
-        }
-        let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?; // (B, H, Tq, Tk)
-        alpha.matmul(v) // (B, H, Tq, D)
+        boltzmann_attention(q, k, v, &self.log_beta.exp()?, mask)
     }
 
     /// Forward pass for new positions only, appending their keys and values to `cache`
@@ -254,6 +246,26 @@ impl Attention {
         let stats = AttnStats { alpha, ln_z: ln_z.squeeze(D::Minus1)?, energy: s.neg()?, beta };
         Ok((y, stats))
     }
+}
+
+/// Boltzmann attention on explicit queries, keys and values, the core of [`Attention`]:
+///
+///   alpha_ij = exp(beta_h q_i.k_j / sqrt(D) + b_ij) / Z_i,   out_i = sum_j alpha_ij v_j
+///
+/// q `(B, H, Tq, D)`, k `(B, H, Tk, D)`, v `(B, H, Tk, Dv)`, beta `(H,)`, and an additive bias
+/// `(Tq, Tk)` (the causal mask's 0 / -inf, or any per-key energy shift; None: 0) ->
+/// `(B, H, Tq, Dv)`. Any float dtype; differentiable.
+pub fn boltzmann_attention(q: &Tensor, k: &Tensor, v: &Tensor, beta: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (_, h, _, d) = q.dims4()?;
+    // beta_h / sqrt(d) folded into q: cheaper than scaling the (Tq, Tk) scores, same numbers.
+    let scale = (beta / (d as f64).sqrt())?.reshape((1, h, 1, 1))?;
+    let q = q.broadcast_mul(&scale)?;
+    let mut logits = q.matmul(&k.t()?)?; // beta_h s_ij: (B, H, Tq, Tk)
+    if let Some(bias) = bias {
+        logits = logits.broadcast_add(bias)?; // e.g. -inf where a key is in the future
+    }
+    let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?; // (B, H, Tq, Tk)
+    alpha.matmul(v) // (B, H, Tq, Dv)
 }
 
 /// One pre-LayerNorm transformer block.
