@@ -50,8 +50,8 @@ pub fn cross_entropy_with(logits: &Tensor, targets: &Tensor, eps: f64, kernels: 
     Ok(Loss { loss, ce, energies: nll })
 }
 
-/// Per-token energies -ln p(target) `(N,)` of `logits` `(N, V)`: forward-only scoring.
+/// Per-token energies -ln p(target) `(N,)` of `logits` `(N, V)`: forward-only scoring (through
+/// the fused kernel where it applies, like the training loss).
 pub fn token_energies(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (N, V)
-    log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg() // (N,)
+    Ok(cross_entropy(logits, targets, 0.0)?.energies)
 }

@@ -98,9 +98,7 @@ impl Mlp {
         let proj = linear(4 * d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
         Ok(Self { fc, proj, kernels: Kernels::from_env() })
     }
-}
 
-impl Mlp {
     fn gelu(&self, h: &Tensor) -> Result<Tensor> {
         if self.kernels.fused_for(h) {
             kernels::gelu::gelu(h)
@@ -209,16 +207,11 @@ impl Attention {
             return self.proj.forward(&y);
         }
         let (q, k, v) = self.qkv(x)?;
-        self.attend(&q, &k, &v, Some(mask))
+        self.merge(&self.weighted_values(&q, &k, &v, Some(mask))?) // (B, H, T, D) -> (B, T, C)
     }
 
-    /// Boltzmann-weighted values: q `(B, H, Tq, D)` against k, v `(B, H, Tk, D)`, with an additive
-    /// mask `(Tq, Tk)` (None: every key is allowed) -> `(B, Tq, C)`.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        self.merge(&self.weighted_values(q, k, v, mask)?)
-    }
-
-    /// The heads' outputs before merging: `(B, H, Tq, D)`.
+    /// Boltzmann-weighted values of q `(B, H, Tq, D)` against k, v `(B, H, Tk, D)` with an
+    /// additive mask `(Tq, Tk)` (None: every key is allowed), heads not yet merged: `(B, H, Tq, D)`.
     fn weighted_values(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         boltzmann_attention(q, k, v, &self.log_beta.exp()?, mask)
     }
@@ -356,10 +349,14 @@ impl Gpt {
         self.pos_emb.device()
     }
 
-    /// Additive causal mask `(T, T)` in `dtype`: 0 where key j <= query i, -inf above the diagonal.
-    fn causal_mask(t: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-        Tensor::from_vec(mask, (t, t), dev)?.to_dtype(dtype)
+    /// Additive causal mask `(T, past + T)` in `dtype` for T queries that follow `past` cached
+    /// positions: query i (absolute position past + i) may see keys 0..=past + i, so 0 there and
+    /// -inf beyond. With past = 0, the usual lower-triangular `(T, T)` mask.
+    fn causal_mask(past: usize, t: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..past + t).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        Tensor::from_vec(mask, (t, past + t), dev)?.to_dtype(dtype)
     }
 
     /// Token + position embeddings of `ids` `(B, T)` -> `(B, T, C)`, with the causal mask.
@@ -369,7 +366,7 @@ impl Gpt {
             candle_core::bail!("input of {t} tokens is longer than the model's context of {}", self.cfg.context)
         }
         let x = self.tok_emb.forward(ids)?.broadcast_add(&self.pos_emb.narrow(0, 0, t)?)?; // (B, T, C)
-        let mask = Self::causal_mask(t, x.dtype(), ids.device())?;
+        let mask = Self::causal_mask(0, t, x.dtype(), ids.device())?;
         Ok((x, mask))
     }
 
@@ -415,15 +412,8 @@ impl Gpt {
             cache.layers = (0..self.blocks.len()).map(|_| candle_nn::kv_cache::KvCache::new(2, self.cfg.context)).collect();
         }
         let mut x = self.tok_emb.forward(ids)?.broadcast_add(&self.pos_emb.narrow(0, past, t)?)?; // (B, Tnew, C)
-        // New query i (absolute position past + i) may see keys 0..=past + i; one new token sees all.
-        let mask = if t > 1 {
-            let m: Vec<f32> = (0..t)
-                .flat_map(|i| (0..past + t).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
-                .collect();
-            Some(Tensor::from_vec(m, (t, past + t), ids.device())?.to_dtype(x.dtype())?)
-        } else {
-            None
-        };
+        // One new token sees every cached key: no mask.
+        let mask = if t > 1 { Some(Self::causal_mask(past, t, x.dtype(), ids.device())?) } else { None };
         for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward_cached(&x, mask.as_ref(), kv)?;
         }
