@@ -125,3 +125,74 @@ pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64]) -> Result<Vec
         })
         .collect()
 }
+
+/// How far one head looks: its mean score and attention weight against the relative distance
+/// d = i - j between query i and key j. With rotary positions the scores depend on positions only
+/// through d, so this is the head's whole positional profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DistanceProfile {
+    pub layer: usize,
+    pub head: usize,
+    /// T_h of the head.
+    pub temperature: f64,
+    /// Mean score s_ij = q_i.k_j / sqrt(d_head) over the (window, query) pairs with a key at
+    /// distance d, for d = 0..context.
+    pub mean_score: Vec<f64>,
+    /// Mean attention weight alpha_ij on the key at distance d, likewise.
+    pub mean_weight: Vec<f64>,
+    /// Mean over queries of the attended distance sum_j alpha_ij (i - j), in tokens.
+    pub mean_distance: f64,
+}
+
+/// Distance profiles of every head (layer-major) over the windows of `batches`.
+pub fn distance_profiles(model: &Gpt, batches: &[Batch]) -> Result<Vec<DistanceProfile>> {
+    if batches.is_empty() {
+        bail!("the distance profile needs at least one window of text");
+    }
+    let temps = model.temperatures()?;
+    let (n_layer, n_head) = (temps.len(), temps[0].len());
+    let t = batches[0].inputs.dim(1)?;
+    // Per head: sums of score and weight by distance, pairs by distance, sum of attended distance, rows.
+    let mut score = vec![vec![0f64; t]; n_layer * n_head];
+    let mut weight = vec![vec![0f64; t]; n_layer * n_head];
+    let mut pairs = vec![0usize; t];
+    let (mut attended, mut rows) = (vec![0f64; n_layer * n_head], 0usize);
+    for batch in batches {
+        let (b, tb) = batch.inputs.dims2()?;
+        if tb != t {
+            bail!("windows of different lengths ({t} and {tb})");
+        }
+        let (_, stats) = model.forward_with_stats(&batch.inputs)?;
+        for (l, s) in stats.iter().enumerate() {
+            let alpha = s.alpha.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?; // (B, H, T, T)
+            let energy = s.energy.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            for bh in 0..b * n_head {
+                let k = l * n_head + bh % n_head;
+                for i in 0..t {
+                    let row = (bh * t + i) * t;
+                    for j in 0..=i {
+                        score[k][i - j] -= energy[row + j];
+                        weight[k][i - j] += alpha[row + j];
+                        attended[k] += alpha[row + j] * (i - j) as f64;
+                    }
+                }
+            }
+        }
+        for i in 0..t {
+            for d in 0..=i {
+                pairs[d] += b;
+            }
+        }
+        rows += b * t;
+    }
+    Ok((0..n_layer * n_head)
+        .map(|k| DistanceProfile {
+            layer: k / n_head,
+            head: k % n_head,
+            temperature: temps[k / n_head][k % n_head],
+            mean_score: score[k].iter().zip(&pairs).map(|(s, &n)| s / n as f64).collect(),
+            mean_weight: weight[k].iter().zip(&pairs).map(|(w, &n)| w / n as f64).collect(),
+            mean_distance: attended[k] / rows as f64,
+        })
+        .collect())
+}

@@ -6,6 +6,7 @@
 //! about clap, and nothing in [`model`] knows about files.
 
 pub mod bench;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod nadaraya_watson;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod rope;
 pub mod score;
 pub mod thermo;
 pub mod tokenizer;

@@ -24,6 +24,7 @@ use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
 use crate::config::{ModelConfig, Positions};
 use crate::kernels::{self, Kernels};
+use crate::rope::Rope;
 
 /// LayerNorm without bias, written out of differentiable primitives (candle's fused layer norm has
 /// no backward pass).
@@ -144,6 +145,8 @@ pub struct Attention {
     log_beta: Tensor,
     n_head: usize,
     head_dim: usize,
+    /// Rotary phases applied to queries and keys (`Positions::Rope`), else None.
+    rope: Option<Rope>,
     kernels: Kernels,
 }
 
@@ -153,7 +156,11 @@ impl Attention {
         let qkv = linear(d, 3 * d, init_std, vb.pp("qkv"))?;
         let proj = linear(d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
         let log_beta = vb.get_with_hints(cfg.n_head, "log_beta", Init::Const(-cfg.attn_temperature.ln()))?;
-        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim(), kernels: Kernels::from_env() })
+        let rope = match cfg.positions {
+            Positions::Learned => None,
+            Positions::Rope => Some(Rope::new(cfg.head_dim(), cfg.context, vb.dtype(), vb.device())?),
+        };
+        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim(), rope, kernels: Kernels::from_env() })
     }
 
     /// The temperature T_h = 1/beta_h of every head.
@@ -171,17 +178,22 @@ impl Attention {
         Ok(())
     }
 
-    /// Queries, keys and values, each `(B, H, T, D)`, from the fused projection `(B, T, 3C)`.
-    fn split_heads(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// Queries, keys and values, each `(B, H, T, D)`, from the fused projection `(B, T, 3C)` of
+    /// rows at positions `offset..`; queries and keys carry their rotary phases if any.
+    fn split_heads(&self, qkv: &Tensor, offset: usize) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = qkv.dims3()?;
         let qkv = qkv.reshape((b, t, 3, self.n_head, self.head_dim))?; // (B, T, 3, H, D)
         let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, T, D)
-        Ok((part(0)?, part(1)?, part(2)?))
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        match &self.rope {
+            Some(rope) => Ok((rope.apply_bhtd(&q, offset)?, rope.apply_bhtd(&k, offset)?, v)),
+            None => Ok((q, k, v)),
+        }
     }
 
-    /// Queries, keys and values, each `(B, H, T, D)`.
+    /// Queries, keys and values, each `(B, H, T, D)`, of rows at positions 0..T.
     fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        self.split_heads(&self.qkv.forward(x)?)
+        self.split_heads(&self.qkv.forward(x)?, 0)
     }
 
     /// Merge heads: `(B, H, T, D)` -> `(B, T, C)`.
@@ -203,7 +215,11 @@ impl Attention {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         if self.kernels.fused_for(x) {
             // The same function in one op, from the fused projection to the merged heads.
-            let y = kernels::attention::causal_attention(&self.qkv.forward(x)?, &self.query_scale()?, self.n_head)?; // (B, T, C)
+            let mut qkv = self.qkv.forward(x)?; // (B, T, 3C)
+            if let Some(rope) = &self.rope {
+                qkv = kernels::rope::rotate_qk(&qkv, rope.tables())?;
+            }
+            let y = kernels::attention::causal_attention(&qkv, &self.query_scale()?, self.n_head)?; // (B, T, C)
             return self.proj.forward(&y);
         }
         let (q, k, v) = self.qkv(x)?;
@@ -219,7 +235,8 @@ impl Attention {
     /// Forward pass for new positions only, appending their keys and values to `cache`
     /// (preallocated for the whole context, so appending copies only the new positions).
     fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
-        let (q, k, v) = self.split_heads(&linear_forward_only(&self.qkv, x, self.kernels)?)?; // (B, H, Tnew, D)
+        let past = cache.current_seq_len();
+        let (q, k, v) = self.split_heads(&linear_forward_only(&self.qkv, x, self.kernels)?, past)?; // (B, H, Tnew, D)
         let (k, v) = cache.append(&k, &v)?; // views of the cache: (B, H, Tpast+Tnew, D)
         let (k, v) = if k.dim(0)? > 1 { (k.contiguous()?, v.contiguous()?) } else { (k, v) }; // matmul takes one strided batch dim
         let y = Self::merge_heads(&self.weighted_values(&q, &k, &v, mask)?)?;
@@ -303,7 +320,8 @@ impl Block {
 #[derive(Debug, Clone)]
 pub struct Gpt {
     tok_emb: Embedding,
-    pos_emb: Tensor,
+    /// Learned absolute positions `(context, C)`; None with rotary positions.
+    pos_emb: Option<Tensor>,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     cfg: ModelConfig,
@@ -316,7 +334,8 @@ impl Gpt {
         let normal = Init::Randn { mean: 0.0, stdev: init_std };
         let tok = vb.pp("tok_emb").get_with_hints((cfg.vocab_size, cfg.d_model), "weight", normal)?;
         let pos_emb = match cfg.positions {
-            Positions::Learned => vb.pp("pos_emb").get_with_hints((cfg.context, cfg.d_model), "weight", normal)?,
+            Positions::Learned => Some(vb.pp("pos_emb").get_with_hints((cfg.context, cfg.d_model), "weight", normal)?),
+            Positions::Rope => None, // positions enter as phases of q and k, inside attention
         };
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(cfg, init_std, vb.pp("blocks").pp(i)))
@@ -346,7 +365,18 @@ impl Gpt {
     }
 
     pub fn device(&self) -> &Device {
-        self.pos_emb.device()
+        self.tok_emb.embeddings().device()
+    }
+
+    /// Token embeddings of `ids` `(B, T)` at positions `past..past + T`, plus the learned
+    /// position embeddings if the model has them: `(B, T, C)`.
+    fn embed_at(&self, ids: &Tensor, past: usize) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let x = self.tok_emb.forward(ids)?; // (B, T, C)
+        match &self.pos_emb {
+            Some(pos) => x.broadcast_add(&pos.narrow(0, past, t)?),
+            None => Ok(x),
+        }
     }
 
     /// Additive causal mask `(T, past + T)` in `dtype` for T queries that follow `past` cached
@@ -359,13 +389,13 @@ impl Gpt {
         Tensor::from_vec(mask, (t, past + t), dev)?.to_dtype(dtype)
     }
 
-    /// Token + position embeddings of `ids` `(B, T)` -> `(B, T, C)`, with the causal mask.
+    /// Embeddings of `ids` `(B, T)` at positions 0..T -> `(B, T, C)`, with the causal mask.
     fn embed(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, t) = ids.dims2()?;
         if t > self.cfg.context {
             candle_core::bail!("input of {t} tokens is longer than the model's context of {}", self.cfg.context)
         }
-        let x = self.tok_emb.forward(ids)?.broadcast_add(&self.pos_emb.narrow(0, 0, t)?)?; // (B, T, C)
+        let x = self.embed_at(ids, 0)?; // (B, T, C)
         let mask = Self::causal_mask(0, t, x.dtype(), ids.device())?;
         Ok((x, mask))
     }
@@ -411,7 +441,7 @@ impl Gpt {
         if cache.layers.len() != self.blocks.len() {
             cache.layers = (0..self.blocks.len()).map(|_| candle_nn::kv_cache::KvCache::new(2, self.cfg.context)).collect();
         }
-        let mut x = self.tok_emb.forward(ids)?.broadcast_add(&self.pos_emb.narrow(0, past, t)?)?; // (B, Tnew, C)
+        let mut x = self.embed_at(ids, past)?; // (B, Tnew, C)
         // One new token sees every cached key: no mask.
         let mask = if t > 1 { Some(Self::causal_mask(past, t, x.dtype(), ids.device())?) } else { None };
         for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {

@@ -1,5 +1,6 @@
-//! AdamW with decoupled weight decay on matrices only, a warmup + cosine learning-rate schedule,
-//! and global gradient-norm clipping.
+//! The optimizers: AdamW with decoupled weight decay on matrices only, and stochastic gradient
+//! Langevin dynamics ([`Sgld`]); a warmup + cosine learning-rate schedule, and global
+//! gradient-norm clipping.
 //!
 //! candle-nn's AdamW decays every parameter and keeps its moments private; this one follows
 //! PyTorch's `torch.optim.AdamW` step for step and exposes its moments so that a checkpoint can
@@ -10,6 +11,9 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 
 use crate::kernels::{self, Kernels};
 use crate::params::Param;
@@ -161,6 +165,107 @@ impl AdamW {
             slot.var.set(&(p - update)?)?;
         }
         Ok(())
+    }
+}
+
+/// Hyper-parameters of SGLD.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgldConfig {
+    /// T in the stationary law exp(-L(theta) / T), L the training loss (mean nats per token);
+    /// 0 is plain SGD.
+    pub temperature: f64,
+    /// Decoupled weight decay on matrices, as AdamW's (a Gaussian prior on the weights).
+    pub weight_decay: f64,
+    /// Seed of the noise; step t draws from its own stream, so a resumed run draws the same noise.
+    pub seed: u64,
+}
+
+/// Stochastic gradient Langevin dynamics (Welling & Teh, 2011): gradient descent on the loss plus
+/// Gaussian noise whose variance is tied to the step,
+///
+///   theta <- theta (1 - eta wd) - eta g + sqrt(2 eta T) xi,   xi ~ N(0, I)
+///
+/// the Euler-Maruyama step of dtheta = -grad L dt + sqrt(2T) dW, whose stationary law (small
+/// eta, full-batch gradient) is exp(-L(theta) / T) / Z: training as sampling at temperature T.
+/// L here is the mean loss per token, so T = 1 / N (N the training tokens) is the Bayesian
+/// posterior at unit temperature and T = 0 is plain SGD (momentum-free).
+#[derive(Debug)]
+pub struct Sgld {
+    params: Vec<(Var, bool)>,
+    cfg: SgldConfig,
+    /// Updates taken so far.
+    t: u64,
+}
+
+impl Sgld {
+    pub fn new(params: &[Param], cfg: SgldConfig) -> Self {
+        Self::resume(params, cfg, 0)
+    }
+
+    /// Continue after `t` updates: the noise of update t + 1 onward is what an uninterrupted run draws.
+    pub fn resume(params: &[Param], cfg: SgldConfig, t: u64) -> Self {
+        Self { params: params.iter().map(|p| (p.var.clone(), p.var.rank() >= 2)).collect(), cfg, t }
+    }
+
+    /// The standard deviation of the noise added to every parameter at learning rate `lr`:
+    /// sqrt(2 eta T).
+    pub fn noise_std(lr: f64, temperature: f64) -> f64 {
+        (2.0 * lr * temperature).sqrt()
+    }
+
+    /// One update at learning rate `lr`, every gradient first multiplied by `grad_scale`.
+    /// Parameters without a gradient still diffuse (their loss gradient is zero).
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.t += 1;
+        let std = Self::noise_std(lr, self.cfg.temperature);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
+        rng.set_stream(self.t);
+        for (var, decay) in &self.params {
+            let p = var.as_tensor();
+            let decay = if *decay && self.cfg.weight_decay > 0.0 { 1.0 - lr * self.cfg.weight_decay } else { 1.0 };
+            let mut next = p.affine(decay, 0.0)?;
+            if let Some(g) = grads.get(p) {
+                next = (next - g.affine(lr * grad_scale, 0.0)?)?;
+            }
+            if std > 0.0 {
+                let xi: Vec<f32> = (0..p.elem_count()).map(|_| StandardNormal.sample(&mut rng)).collect();
+                let noise = Tensor::from_vec(xi, p.shape(), p.device())?.to_dtype(p.dtype())?;
+                next = (next + noise.affine(std, 0.0)?)?;
+            }
+            var.set(&next)?;
+        }
+        Ok(())
+    }
+
+    /// Updates taken so far.
+    pub fn t(&self) -> u64 {
+        self.t
+    }
+}
+
+/// The optimizer a run trains with.
+#[derive(Debug)]
+pub enum Optimizer {
+    AdamW(AdamW),
+    Sgld(Sgld),
+}
+
+impl Optimizer {
+    /// One update at learning rate `lr` with gradients scaled by `grad_scale`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        match self {
+            Self::AdamW(o) => o.step(grads, lr, grad_scale),
+            Self::Sgld(o) => o.step(grads, lr, grad_scale),
+        }
+    }
+
+    /// The state to checkpoint: AdamW's moments; SGLD has none (its noise is a function of the
+    /// seed and the step).
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        match self {
+            Self::AdamW(o) => o.state_tensors(),
+            Self::Sgld(_) => Ok(HashMap::new()),
+        }
     }
 }
 

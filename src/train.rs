@@ -1,4 +1,4 @@
-//! The training loop: warmup + cosine schedule, AdamW, gradient clipping, periodic evaluation on
+//! The training loop: warmup + cosine schedule, AdamW or SGLD, gradient clipping, periodic evaluation on
 //! a fixed set of validation windows, `metrics.jsonl`, atomic checkpoints and exact resume.
 
 use std::fs::{self, OpenOptions};
@@ -21,7 +21,8 @@ use crate::plot;
 use crate::generate::{self, SampleOptions};
 use crate::loss;
 use crate::model::Gpt;
-use crate::optim::{self, AdamW, AdamWConfig};
+use crate::config::OptimizerKind;
+use crate::optim::{self, AdamW, AdamWConfig, Optimizer, Sgld, SgldConfig};
 use crate::params::Params;
 use crate::tokenizer::Tok;
 
@@ -186,9 +187,9 @@ impl std::fmt::Display for Diverged {
 impl std::error::Error for Diverged {}
 
 /// One optimizer step on `batch`: forward, label-smoothed loss, backward, global-norm clipping
-/// and AdamW at `lr`. Returns the loss; a non-finite loss or gradient norm is a [`Diverged`] error
+/// and an optimizer update at `lr`. Returns the loss; a non-finite loss or gradient norm is a [`Diverged`] error
 /// and leaves the parameters untouched.
-pub fn train_step(model: &Gpt, params: &Params, optimizer: &mut AdamW, batch: &Batch, label_smoothing: f64, lr: f64, grad_clip: f64) -> Result<f64> {
+pub fn train_step(model: &Gpt, params: &Params, optimizer: &mut Optimizer, batch: &Batch, label_smoothing: f64, lr: f64, grad_clip: f64) -> Result<f64> {
     let logits = model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
     let l = loss::cross_entropy_with(&logits, &batch.targets.flatten_all()?, label_smoothing, model.kernels())?;
     let loss_value = l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -210,7 +211,7 @@ struct Setup {
     tok: Tok,
     params: Params,
     model: Gpt,
-    optimizer: AdamW,
+    optimizer: Optimizer,
     state: TrainState,
     batch_rng: ChaCha8Rng,
     splits: Splits,
@@ -235,7 +236,10 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     // The corpus must fit the context before any memory goes to the model.
     let splits = Splits::new(&text, &tok, train.val_fraction, model_cfg.context, &train.corpus.display().to_string())?;
     let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
-    let optimizer = AdamW::new(params.trainable(), adamw_config(&train))?;
+    let optimizer = match train.optimizer {
+        OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(params.trainable(), adamw_config(&train))?),
+        OptimizerKind::Sgld => Optimizer::Sgld(Sgld::new(params.trainable(), sgld_config(&train))),
+    };
     let batch_rng = rng(train.seed, RngStream::Batches);
     let state = TrainState {
         step: 0,
@@ -276,8 +280,13 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
         );
     }
     let splits = Splits::new(&text, &saved.tokenizer, train.val_fraction, saved.config.model.context, &train.corpus.display().to_string())?;
-    let optimizer = AdamW::restore(saved.params.trainable(), adamw_config(&train), done as u64, &saved.optimizer_state)
-        .with_context(|| format!("restoring the optimizer from {}", req.out.join(checkpoint::OPTIMIZER).display()))?;
+    let optimizer = match train.optimizer {
+        OptimizerKind::AdamW => Optimizer::AdamW(
+            AdamW::restore(saved.params.trainable(), adamw_config(&train), done as u64, &saved.optimizer_state)
+                .with_context(|| format!("restoring the optimizer from {}", req.out.join(checkpoint::OPTIMIZER).display()))?,
+        ),
+        OptimizerKind::Sgld => Optimizer::Sgld(Sgld::resume(saved.params.trainable(), sgld_config(&train), done as u64)),
+    };
     let mut batch_rng = rng(saved.state.rng_seed, RngStream::Batches);
     let pos: u128 = saved.state.rng_word_pos.parse().context("state.json: rng_word_pos is not a number")?;
     batch_rng.set_word_pos(pos);
@@ -298,6 +307,10 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
 
 fn adamw_config(t: &TrainConfig) -> AdamWConfig {
     AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.adam_eps, weight_decay: t.weight_decay }
+}
+
+fn sgld_config(t: &TrainConfig) -> SgldConfig {
+    SgldConfig { temperature: t.sgld_temperature, weight_decay: t.weight_decay, seed: t.seed }
 }
 
 fn progress_bar(req: &TrainRequest, total: usize, done: usize) -> ProgressBar {

@@ -95,6 +95,12 @@ fn fused_model_matches_composed_forward_and_gradients() {
 }
 
 #[test]
+fn fused_model_matches_composed_with_rotary_positions() {
+    let cfg = ModelConfig { positions: thermoformer::config::Positions::Rope, context: 19, n_layer: 2, n_head: 3, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
+    compare_model(&cfg, 3, 0.1);
+}
+
+#[test]
 fn fused_model_matches_composed_on_the_recipe_shape() {
     let cfg = ModelConfig { learn_temperature: true, ..ModelConfig::nano_cpu(66) };
     compare_model(&cfg, 2, 0.1);

@@ -11,7 +11,7 @@ fn mean_var(xs: &[f64]) -> (f64, f64) {
 
 /// E = k |x|^2 / 2: the Boltzmann law at T is N(0, T / k) in every coordinate.
 fn quadratic(k: f64) -> impl Fn(&Tensor) -> Result<Tensor> {
-    move |x: &Tensor| (x.sqr()?.sum_all()? * (k / 2.0))
+    move |x: &Tensor| x.sqr()?.sum_all()? * (k / 2.0)
 }
 
 fn double_well(x: &Tensor) -> Result<Tensor> {

@@ -3,12 +3,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::ValueEnum;
 
-use super::{positive, ModelArgs};
+use super::{positive, validation_tokens, ModelArgs};
 use crate::checkpoint::Loaded;
-use crate::data::{self, Splits};
+use crate::data;
 use crate::error::UsageError;
 use crate::inspect::{self, SweepPoint, TextInspection};
 use crate::plot::{self, Series};
@@ -31,21 +31,31 @@ pub struct InspectArgs {
     /// energy <E> under alpha (E_ij = -q_i.k_j/sqrt(d)), heat capacity C = beta^2 Var(E), averaged
     /// over query positions (the first, with one key, left out of H/ln n), and the largest
     /// |H - beta<E> - ln Z| over the rows.
-    #[arg(long, required_unless_present = "sweep")]
+    #[arg(long, required_unless_present_any = ["sweep", "rope"])]
     pub text: Option<String>,
     /// Sweep the global attention temperature (every head set to T) over these values, e.g.
     /// 0.25,0.5,1,2,4: energy per token and mean attention entropy on a fixed slice of the
     /// validation split.
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',', conflicts_with_all = ["text", "attn_temperature", "head_temperature"])]
     pub sweep: Option<Vec<f64>>,
-    /// Corpus for --sweep [default: the checkpoint's training corpus]; split as in training.
-    #[arg(long, value_name = "FILE", requires = "sweep")]
+    /// How far each head looks: per head, the mean score s_ij and attention weight against the
+    /// relative distance i - j, and the mean attended distance, on a fixed slice of the validation
+    /// split. With rotary positions (`train --positions rope`) scores depend on position only
+    /// through i - j, so this is each head's whole positional profile; learned-position models
+    /// get the same table for comparison.
+    #[arg(long, conflicts_with_all = ["text", "sweep"])]
+    pub rope: bool,
+    /// Corpus for --sweep and --rope [default: the checkpoint's training corpus]; split as in
+    /// training.
+    #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
-    /// Validation windows (BOS + context-1 tokens, evenly spaced over the split) for --sweep.
-    #[arg(long, default_value_t = 32, requires = "sweep")]
+    /// Validation windows (BOS + context-1 tokens, evenly spaced over the split) for --sweep and
+    /// --rope.
+    #[arg(long, default_value_t = 32)]
     pub windows: usize,
     /// Write a PNG: with --text, a grid of attention maps (layers x heads, tokens on the axes, T
-    /// and H in each title); with --sweep, energy per token and entropy against T (log axis).
+    /// and H in each title); with --sweep, energy per token and entropy against T (log axis); with
+    /// --rope, the mean score against distance, one panel per layer, one line per head.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
     /// Output format.
@@ -57,12 +67,19 @@ pub struct InspectArgs {
 
 /// `thermoformer inspect`.
 pub fn run_inspect(args: &InspectArgs) -> Result<()> {
+    if (args.sweep.is_some() || args.rope) && args.windows == 0 {
+        return Err(UsageError("--windows must be at least 1".into()).into());
+    }
+    if args.text.is_some() && args.corpus.is_some() {
+        return Err(UsageError("--corpus is for --sweep and --rope; --text reads only the given text".into()).into());
+    }
+    if args.rope {
+        let loaded = args.model.load()?;
+        return run_rope(args, &loaded);
+    }
     if let Some(temps) = &args.sweep {
         for &t in temps {
             positive("--sweep temperatures", t)?;
-        }
-        if args.windows == 0 {
-            return Err(UsageError("--windows must be at least 1".into()).into());
         }
         let mut temps = temps.clone();
         temps.sort_by(f64::total_cmp);
@@ -122,13 +139,67 @@ fn write_heads(out: &mut impl Write, r: &TextInspection) -> Result<()> {
     Ok(())
 }
 
-fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
-    let corpus = args.corpus.clone().unwrap_or_else(|| loaded.config.train.corpus.clone());
-    let text = data::read_corpus(&corpus).with_context(|| "the sweep reads the validation split (set it with --corpus)")?;
+/// Distances shown in the --rope table (those inside the context).
+const TABLE_DISTANCES: [usize; 8] = [0, 1, 2, 4, 8, 16, 32, 64];
+
+fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
+    let (name, val) = validation_tokens(loaded, args.corpus.as_ref(), "inspect --rope")?;
     let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
-    let name = corpus.display().to_string();
-    let splits = Splits::new(&text, &loaded.tokenizer, loaded.config.train.val_fraction, context, &name)?;
-    let batches = data::tiled_batches(&splits.val, Some(args.windows), 16, context, bos, loaded.model.device())?;
+    let batches = data::tiled_batches(&val, Some(args.windows), 16, context, bos, loaded.model.device())?;
+    let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
+    let profiles = inspect::distance_profiles(&loaded.model, &batches)?;
+    let positions = format!("{:?}", loaded.config.model.positions).to_lowercase();
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        InspectFormat::Json => {
+            let v = serde_json::json!({ "corpus": name, "windows": windows, "context": context, "positions": positions, "heads": profiles });
+            writeln!(out, "{v}")?;
+        }
+        InspectFormat::Table => {
+            writeln!(out, "{windows} validation windows of {context} tokens from {name}; positions: {positions}")?;
+            writeln!(out, "mean score s_ij = q_i.k_j/sqrt(d) at distance d = i - j, and the mean attended distance <d>")?;
+            let ds: Vec<usize> = TABLE_DISTANCES.iter().copied().filter(|&d| d < context).chain(std::iter::once(context - 1)).collect();
+            let mut ds = ds;
+            ds.dedup();
+            write!(out, "{:>5} {:>4} {:>8} {:>7}", "layer", "head", "T", "<d>")?;
+            for d in &ds {
+                write!(out, " {:>8}", format!("s(d={d})"))?;
+            }
+            writeln!(out)?;
+            for p in &profiles {
+                write!(out, "{:>5} {:>4} {:>8.4} {:>7.2}", p.layer, p.head, p.temperature, p.mean_distance)?;
+                for &d in &ds {
+                    write!(out, " {:>8.3}", p.mean_score[d])?;
+                }
+                writeln!(out)?;
+            }
+        }
+    }
+    if let Some(png) = &args.png {
+        let n_layer = loaded.config.model.n_layer;
+        let names: Vec<String> = profiles.iter().map(|p| format!("head {} (T={:.2}, <d>={:.1})", p.head, p.temperature, p.mean_distance)).collect();
+        let titles: Vec<String> = (0..n_layer).map(|l| format!("layer {l}: mean score vs distance ({positions})")).collect();
+        let panels: Vec<(&str, &str, Vec<Series>)> = (0..n_layer)
+            .map(|l| {
+                let series = profiles
+                    .iter()
+                    .zip(&names)
+                    .filter(|(p, _)| p.layer == l)
+                    .map(|(p, n)| Series { name: n, points: p.mean_score.iter().enumerate().map(|(d, &s)| (d as f64, s)).collect() })
+                    .collect();
+                (titles[l].as_str(), "mean score s_ij", series)
+            })
+            .collect();
+        plot::line_panels(png, "distance i - j (tokens)", false, &panels)?;
+        eprintln!("distance profile written to {}", png.display());
+    }
+    Ok(())
+}
+
+fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
+    let (name, val) = validation_tokens(loaded, args.corpus.as_ref(), "the sweep")?;
+    let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
+    let batches = data::tiled_batches(&val, Some(args.windows), 16, context, bos, loaded.model.device())?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
     let points = inspect::sweep(&loaded.model, &batches, temps)?;
     let mut out = std::io::stdout().lock();

@@ -4,21 +4,24 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
 use crate::checkpoint::{self, Loaded};
+use crate::data::{self, Splits};
 use crate::error::UsageError;
 use crate::model::HeadTemperature;
 
 mod bench;
+mod calibrate;
 mod generate;
 mod inspect;
 mod score;
 mod train;
 
 pub use bench::BenchArgs;
+pub use calibrate::CalibrateArgs;
 pub use generate::GenerateArgs;
 pub use inspect::InspectArgs;
 pub use score::ScoreArgs;
@@ -55,6 +58,10 @@ pub enum Command {
     /// Read every attention head as a heat bath: T, entropy, ln Z, <E>, heat capacity; attention
     /// maps; a sweep of the attention temperature.
     Inspect(InspectArgs),
+    /// Fit the output temperature T* that minimises the validation energy (label smoothing as a
+    /// finite-temperature correction, measured), with the energy per token and the expected
+    /// calibration error before and after; --png draws the reliability diagram.
+    Calibrate(CalibrateArgs),
     /// Measure training, scoring and generation speed (ms/iter, tokens/s, MFU, peak RSS) on named
     /// shapes; `scripts/bench_torch.py` runs the same shapes in PyTorch side by side.
     Bench(BenchArgs),
@@ -123,6 +130,16 @@ impl ModelArgs {
     }
 }
 
+/// The validation split of `corpus` (default: the checkpoint's training corpus), split as in
+/// training, and the corpus's name; `command` names who needs it in the error.
+pub(crate) fn validation_tokens(loaded: &Loaded, corpus: Option<&PathBuf>, command: &str) -> Result<(String, Vec<u32>)> {
+    let corpus = corpus.cloned().unwrap_or_else(|| loaded.config.train.corpus.clone());
+    let text = data::read_corpus(&corpus).with_context(|| format!("{command} reads the validation split (set it with --corpus)"))?;
+    let name = corpus.display().to_string();
+    let splits = Splits::new(&text, &loaded.tokenizer, loaded.config.train.val_fraction, loaded.config.model.context, &name)?;
+    Ok((name, splits.val))
+}
+
 /// A usage error unless `t` is finite and > 0.
 pub(crate) fn positive(flag: &str, t: f64) -> Result<()> {
     if t.is_finite() && t > 0.0 {
@@ -139,6 +156,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => score::run_score(args),
         Command::Generate(args) => generate::run_generate(args),
         Command::Inspect(args) => inspect::run_inspect(args),
+        Command::Calibrate(args) => calibrate::run_calibrate(args),
         Command::Bench(args) => bench::run_bench(args),
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::ValueEnum;
 
-use crate::config::{TokenizerKind, TrainOptions};
+use crate::config::{OptimizerKind, Positions, TokenizerKind, TrainOptions};
 use crate::train::{self, TrainRequest};
 
 /// Tokenizer choice on the command line.
@@ -23,6 +23,43 @@ impl From<TokenizerArg> for TokenizerKind {
         match t {
             TokenizerArg::Char => TokenizerKind::Char,
             TokenizerArg::Bpe => TokenizerKind::Bpe,
+        }
+    }
+}
+
+/// Position encoding on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PositionsArg {
+    /// A learned absolute position embedding added to the tokens (GPT-2).
+    Learned,
+    /// Rotary phases on queries and keys: attention scores depend only on relative position.
+    Rope,
+}
+
+impl From<PositionsArg> for Positions {
+    fn from(p: PositionsArg) -> Self {
+        match p {
+            PositionsArg::Learned => Positions::Learned,
+            PositionsArg::Rope => Positions::Rope,
+        }
+    }
+}
+
+/// Optimizer on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// AdamW with decoupled weight decay on matrices.
+    Adamw,
+    /// Stochastic gradient Langevin dynamics: SGD plus noise sqrt(2 lr T) per step, sampling
+    /// exp(-loss / T) (temperature set by --sgld-temperature).
+    Sgld,
+}
+
+impl From<OptimizerArg> for OptimizerKind {
+    fn from(o: OptimizerArg) -> Self {
+        match o {
+            OptimizerArg::Adamw => OptimizerKind::AdamW,
+            OptimizerArg::Sgld => OptimizerKind::Sgld,
         }
     }
 }
@@ -67,7 +104,12 @@ pub struct TrainArgs {
     /// Width of the residual stream [default: 128].
     #[arg(long)]
     pub d_model: Option<usize>,
-    /// Peak learning rate after warmup [default: 1e-3].
+    /// Position encoding: rotary phases trained to a 0.11 nats/token lower validation CE than
+    /// learned positions on the shakespeare recipe; learned is nanoGPT's (and the PyTorch
+    /// reference's) architecture [default: rope].
+    #[arg(long, value_enum)]
+    pub positions: Option<PositionsArg>,
+    /// Peak learning rate after warmup [default: 1e-3 with adamw, 0.5 with sgld].
     #[arg(long)]
     pub lr: Option<f64>,
     /// Final learning rate of the cosine decay [default: 1e-4].
@@ -76,6 +118,14 @@ pub struct TrainArgs {
     /// Linear warmup steps [default: 100].
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Optimizer; a resumed run keeps its own [default: adamw].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    /// SGLD temperature T >= 0 (with --optimizer sgld): each step adds N(0, 2 lr T) noise to every
+    /// parameter, so training samples exp(-loss/T) with the loss in mean nats per token;
+    /// T = 1/(training tokens) is the Bayesian posterior, 0 is plain SGD [default: 0].
+    #[arg(long, value_name = "T")]
+    pub sgld_temperature: Option<f64>,
     /// AdamW beta1 [default: 0.9].
     #[arg(long)]
     pub beta1: Option<f64>,
@@ -103,7 +153,7 @@ pub struct TrainArgs {
     /// Vocabulary size for --tokenizer bpe, BOS included [default: 512].
     #[arg(long)]
     pub vocab_size: Option<usize>,
-    /// Seed for initialisation and batch sampling [default: 1337].
+    /// Seed for initialisation, batch sampling and SGLD noise [default: 1337].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Evaluate on the validation split and checkpoint every N steps [default: 500].
@@ -144,6 +194,7 @@ impl TrainArgs {
             layers: self.layers,
             heads: self.heads,
             d_model: self.d_model,
+            positions: self.positions.map(Into::into),
             lr: self.lr,
             min_lr: self.min_lr,
             warmup: self.warmup,
@@ -157,6 +208,8 @@ impl TrainArgs {
             tokenizer: self.tokenizer.map(Into::into),
             vocab_size: self.vocab_size,
             seed: self.seed,
+            optimizer: self.optimizer.map(Into::into),
+            sgld_temperature: self.sgld_temperature,
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
             val_fraction: self.val_fraction,

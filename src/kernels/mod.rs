@@ -12,6 +12,8 @@
 //! - [`cross_entropy`]: label-smoothed cross-entropy straight from the logits.
 //! - [`adamw`]: the optimizer step in one pass per parameter, moments updated in place.
 //! - [`matvec`]: forward-only products of a few rows with a weight matrix, for generation.
+//! - [`rope`]: rotary phases on the q and k thirds of the fused projection, forward and backward
+//!   (the inverse rotation) in one pass each.
 //! - [`gelu`]: exact (erf) GELU with a vectorised erf, forward and backward in one pass each.
 //!
 //! Work is spread over candle's own CPU thread pool, so the kernels and candle's matmuls never
@@ -23,6 +25,7 @@ pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;
 pub mod matvec;
+pub mod rope;
 mod simd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
