@@ -33,6 +33,16 @@ LN_EPS = 1e-5
 TOLERANCE = {"logits": 1e-4, "energies": 1e-4, "attention": 1e-5, "loss": 1e-5, "grads": 1e-5}
 
 
+def rotary(t):
+    """Rotary phases as complex multiplication: pairs (x_2m, x_2m+1) of (B, H, T, D) read as
+    complex numbers and multiplied by exp(i p omega_m), omega_m = 10000^(-2m/D), at position p."""
+    T, D = t.shape[-2], t.shape[-1]
+    omega = 10000.0 ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # (D/2,)
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * omega[None, :]  # (T, D/2)
+    z = torch.view_as_complex(t.reshape(*t.shape[:-1], D // 2, 2).contiguous())
+    return torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle)).flatten(-2)
+
+
 class Gpt:
     """Pre-LN GPT with bias-free LayerNorm and Linear, exact GELU, tied head, and a per-head
     inverse temperature beta_h = exp(log_beta_h) multiplying the scores q.k/sqrt(d)."""
@@ -45,7 +55,9 @@ class Gpt:
         c, w = self.cfg, self.w
         B, T = ids.shape
         H, D = c["n_head"], c["d_model"] // c["n_head"]
-        x = w["tok_emb.weight"][ids] + w["pos_emb.weight"][:T]
+        x = w["tok_emb.weight"][ids]
+        if c["positions"] == "learned":
+            x = x + w["pos_emb.weight"][:T]
         mask = torch.ones(T, T, dtype=torch.bool).tril()
         attention = []
         for layer in range(c["n_layer"]):
@@ -53,6 +65,8 @@ class Gpt:
             h = F.layer_norm(x, (c["d_model"],), w[p + "ln1.weight"], None, LN_EPS)
             q, k, v = (h @ w[p + "attn.qkv.weight"].T).split(c["d_model"], dim=-1)
             q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+            if c["positions"] == "rope":
+                q, k = rotary(q), rotary(k)
             beta = w[p + "attn.log_beta"].exp() if temps is None else 1.0 / torch.tensor(temps[layer], dtype=torch.float64)
             s = (q @ k.transpose(-1, -2)) / math.sqrt(D)  # scores s_ij
             logits = (s * beta.view(1, H, 1, 1)).masked_fill(~mask, float("-inf"))

@@ -61,10 +61,21 @@ impl OptimizerKind {
             Self::Sgld => SGLD_LR,
         }
     }
+
+    /// The default weight decay. The decoupled decay shrinks matrices by lr * wd per step, so
+    /// AdamW's 0.1 at SGLD's learning rate would shrink them by 10% a step.
+    pub fn default_weight_decay(self) -> f64 {
+        match self {
+            Self::AdamW => 0.1,
+            Self::Sgld => 0.0,
+        }
+    }
 }
 
-/// Default peak learning rate of SGLD (the step eta of its gradient descent part).
-pub const SGLD_LR: f64 = 0.5;
+/// Default peak learning rate of SGLD (the step eta of its gradient descent part). On the
+/// shakespeare recipe shape, 1000 steps at T = 0: val CE 2.12 at 1.0, 2.15 at 0.5, 2.24 at 2.0,
+/// divergence without gradient clipping at 0.5 and above.
+pub const SGLD_LR: f64 = 1.0;
 
 /// The architecture: everything needed to rebuild the network from its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -379,10 +390,15 @@ impl TrainOptions {
     }
 
     /// The training configuration: defaults with these options applied (the default learning
-    /// rate is the chosen optimizer's).
+    /// rate and weight decay are the chosen optimizer's).
     pub fn train_config(&self) -> TrainConfig {
         let optimizer = self.optimizer.unwrap_or_default();
-        let base = TrainConfig { optimizer, lr: optimizer.default_lr(), ..TrainConfig::default() };
+        let base = TrainConfig {
+            optimizer,
+            lr: optimizer.default_lr(),
+            weight_decay: optimizer.default_weight_decay(),
+            ..TrainConfig::default()
+        };
         self.apply_to(&base)
     }
 

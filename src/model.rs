@@ -181,19 +181,34 @@ impl Attention {
     /// Queries, keys and values, each `(B, H, T, D)`, from the fused projection `(B, T, 3C)` of
     /// rows at positions `offset..`; queries and keys carry their rotary phases if any.
     fn split_heads(&self, qkv: &Tensor, offset: usize) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, _) = qkv.dims3()?;
-        let qkv = qkv.reshape((b, t, 3, self.n_head, self.head_dim))?; // (B, T, 3, H, D)
-        let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, T, D)
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let (q, k, v) = self.split_plain(qkv)?;
         match &self.rope {
             Some(rope) => Ok((rope.apply_bhtd(&q, offset)?, rope.apply_bhtd(&k, offset)?, v)),
             None => Ok((q, k, v)),
         }
     }
 
+    /// Queries, keys and values, each `(B, H, T, D)`, split from the fused projection as they are
+    /// (no rotary phases applied here).
+    fn split_plain(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = qkv.dims3()?;
+        let qkv = qkv.reshape((b, t, 3, self.n_head, self.head_dim))?; // (B, T, 3, H, D)
+        let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous(); // (B, H, T, D)
+        Ok((part(0)?, part(1)?, part(2)?))
+    }
+
     /// Queries, keys and values, each `(B, H, T, D)`, of rows at positions 0..T.
     fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         self.split_heads(&self.qkv.forward(x)?, 0)
+    }
+
+    /// The fused projection `(B, T, 3C)` of rows at positions `offset..` with its q and k thirds
+    /// rotated by the fused kernel (unchanged without rotary positions).
+    fn rotate_fused(&self, qkv: Tensor, offset: usize) -> Result<Tensor> {
+        match &self.rope {
+            Some(rope) => kernels::rope::rotate_qk(&qkv, rope.tables(), offset),
+            None => Ok(qkv),
+        }
     }
 
     /// Merge heads: `(B, H, T, D)` -> `(B, T, C)`.
@@ -215,10 +230,7 @@ impl Attention {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         if self.kernels.fused_for(x) {
             // The same function in one op, from the fused projection to the merged heads.
-            let mut qkv = self.qkv.forward(x)?; // (B, T, 3C)
-            if let Some(rope) = &self.rope {
-                qkv = kernels::rope::rotate_qk(&qkv, rope.tables())?;
-            }
+            let qkv = self.rotate_fused(self.qkv.forward(x)?, 0)?; // (B, T, 3C)
             let y = kernels::attention::causal_attention(&qkv, &self.query_scale()?, self.n_head)?; // (B, T, C)
             return self.proj.forward(&y);
         }
@@ -236,7 +248,12 @@ impl Attention {
     /// (preallocated for the whole context, so appending copies only the new positions).
     fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
         let past = cache.current_seq_len();
-        let (q, k, v) = self.split_heads(&linear_forward_only(&self.qkv, x, self.kernels)?, past)?; // (B, H, Tnew, D)
+        let qkv = linear_forward_only(&self.qkv, x, self.kernels)?; // (B, Tnew, 3C)
+        let (q, k, v) = if self.kernels.fused_for(&qkv) {
+            self.split_plain(&self.rotate_fused(qkv, past)?)?
+        } else {
+            self.split_heads(&qkv, past)?
+        }; // (B, H, Tnew, D) each
         let (k, v) = cache.append(&k, &v)?; // views of the cache: (B, H, Tpast+Tnew, D)
         let (k, v) = if k.dim(0)? > 1 { (k.contiguous()?, v.contiguous()?) } else { (k, v) }; // matmul takes one strided batch dim
         let y = Self::merge_heads(&self.weighted_values(&q, &k, &v, mask)?)?;

@@ -113,6 +113,7 @@ fn sgld_training_lowers_the_loss_and_resumes_exactly() {
     let saved = checkpoint::load_resumable(&straight, &Device::Cpu).unwrap();
     assert_eq!(saved.config.train.optimizer, thermoformer::config::OptimizerKind::Sgld);
     assert_eq!(saved.config.train.lr, thermoformer::config::SGLD_LR, "sgld gets its own default learning rate");
+    assert_eq!(saved.config.train.weight_decay, 0.0, "and no weight decay unless asked");
     assert!(report.val_ce < 3.4, "val CE {} after 60 SGLD steps (ln 66 = 4.19 at the start)", report.val_ce);
 
     train::train(&request(options(&corpus, 60), &halves, false, Some(30)), &Device::Cpu).unwrap();

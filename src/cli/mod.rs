@@ -45,8 +45,9 @@ pub enum Command {
     /// Train a model on a text corpus and save a checkpoint directory.
     ///
     /// With no flags: nanoGPT's CPU recipe shape (char tokenizer, 4 layers x 4 heads x 128 wide,
-    /// context 64, batch 12, lr 1e-3 -> 1e-4) for 5000 steps on data/tinyshakespeare.txt into
-    /// checkpoints/shakespeare; `--steps 2000` is the recipe itself.
+    /// context 64, batch 12, lr 1e-3 -> 1e-4) with rotary positions for 5000 steps on
+    /// data/tinyshakespeare.txt into checkpoints/shakespeare; `--steps 2000` is the recipe itself
+    /// (`--positions learned` for nanoGPT's own architecture).
     Train(TrainArgs),
     /// Score sequence energies E = -ln p(BOS + tokens), in nats, one line at a time.
     ///

@@ -109,7 +109,7 @@ pub struct TrainArgs {
     /// reference's) architecture [default: rope].
     #[arg(long, value_enum)]
     pub positions: Option<PositionsArg>,
-    /// Peak learning rate after warmup [default: 1e-3 with adamw, 0.5 with sgld].
+    /// Peak learning rate after warmup [default: 1e-3 with adamw, 1.0 with sgld].
     #[arg(long)]
     pub lr: Option<f64>,
     /// Final learning rate of the cosine decay [default: 1e-4].
@@ -132,7 +132,8 @@ pub struct TrainArgs {
     /// AdamW beta2 [default: 0.99].
     #[arg(long)]
     pub beta2: Option<f64>,
-    /// Decoupled weight decay on matrices (not on LayerNorm gains or temperatures) [default: 0.1].
+    /// Decoupled weight decay on matrices (not on LayerNorm gains or temperatures): each step
+    /// scales them by 1 - lr * wd [default: 0.1 with adamw, 0 with sgld].
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Clip the global gradient norm to this; 0 disables [default: 1.0].

@@ -17,13 +17,16 @@ pub struct Tables {
     pub half: usize,
 }
 
-/// `qkv` `(B, T, 3C)` with its q and k thirds rotated to positions 0..T (heads of width 2 half).
-pub fn rotate_qk(qkv: &Tensor, tables: &Tables) -> Result<Tensor> {
-    qkv.contiguous()?.apply_op1(RotateQk { tables: tables.clone(), inverse: false })
+/// `qkv` `(B, T, 3C)` with its q and k thirds rotated to positions `offset..offset + T` (heads
+/// of width 2 half).
+pub fn rotate_qk(qkv: &Tensor, tables: &Tables, offset: usize) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op1(RotateQk { tables: tables.clone(), offset, inverse: false })
 }
 
 struct RotateQk {
     tables: Tables,
+    /// Position of the first row.
+    offset: usize,
     /// Rotate by -angle (the transpose): the backward pass.
     inverse: bool,
 }
@@ -43,8 +46,8 @@ impl CustomOp1 for RotateQk {
         if c3 % 3 != 0 || half == 0 || c % (2 * half) != 0 {
             candle_core::bail!("rope-qk: width {c3} is not 3 x heads x {}", 2 * half)
         }
-        if t * half > self.tables.cos.len() {
-            candle_core::bail!("rope-qk: {t} positions, tables cover {}", self.tables.cos.len() / half)
+        if (self.offset + t) * half > self.tables.cos.len() {
+            candle_core::bail!("rope-qk: positions {}..{}, tables cover {}", self.offset, self.offset + t, self.tables.cos.len() / half)
         }
         let sign = if self.inverse { -1.0f32 } else { 1.0 };
         let mut y = vec![0f32; x.len()];
@@ -52,7 +55,7 @@ impl CustomOp1 for RotateQk {
         let rows = b * t;
         parallel_for(rows.div_ceil(ROWS), |chunk| {
             for row in chunk * ROWS..rows.min((chunk + 1) * ROWS) {
-                let p = row % t;
+                let p = self.offset + row % t;
                 let (cos, sin) = (&self.tables.cos[p * half..(p + 1) * half], &self.tables.sin[p * half..(p + 1) * half]);
                 let src = &x[row * c3..(row + 1) * c3];
                 // SAFETY: each row is written by exactly one work item.
@@ -72,7 +75,7 @@ impl CustomOp1 for RotateQk {
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let inverse = RotateQk { tables: self.tables.clone(), inverse: !self.inverse };
+        let inverse = RotateQk { tables: self.tables.clone(), offset: self.offset, inverse: !self.inverse };
         Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
     }
 }
