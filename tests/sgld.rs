@@ -80,27 +80,19 @@ fn the_noise_is_fixed_by_the_seed_and_the_step() {
     assert_ne!(a, d, "another seed draws other noise");
 }
 
+/// A small run with SGLD at T = 1e-5 and SGLD's own default learning rate.
 fn options(corpus: &Path, steps: usize) -> TrainOptions {
     TrainOptions {
-        corpus: Some(corpus.to_path_buf()),
-        steps: Some(steps),
-        batch_size: Some(8),
-        context: Some(32),
         layers: Some(1),
-        heads: Some(2),
-        d_model: Some(32),
-        warmup: Some(5),
-        eval_every: Some(20),
-        eval_batches: Some(2),
-        sample_tokens: Some(0),
+        lr: None,
         optimizer: Some(thermoformer::config::OptimizerKind::Sgld),
         sgld_temperature: Some(1e-5),
-        ..TrainOptions::default()
+        ..common::small_run_options(corpus, steps)
     }
 }
 
 fn request(options: TrainOptions, out: &Path, resume: bool, stop_after: Option<usize>) -> TrainRequest {
-    TrainRequest { options, out: out.to_path_buf(), resume, overwrite: false, progress: false, stop_after }
+    TrainRequest { stop_after, ..common::train_request(options, out, resume) }
 }
 
 #[test]

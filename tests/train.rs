@@ -7,30 +7,10 @@ use std::path::Path;
 
 use candle_core::Device;
 use thermoformer::checkpoint;
-use thermoformer::train::{self, Metrics, TrainRequest};
+use thermoformer::train::{self, Metrics};
 use thermoformer::TrainOptions;
 
-fn options(corpus: &Path, steps: usize) -> TrainOptions {
-    TrainOptions {
-        corpus: Some(corpus.to_path_buf()),
-        steps: Some(steps),
-        batch_size: Some(8),
-        context: Some(32),
-        layers: Some(2),
-        heads: Some(2),
-        d_model: Some(32),
-        warmup: Some(10),
-        lr: Some(3e-3),
-        eval_every: Some(20),
-        eval_batches: Some(4),
-        sample_tokens: Some(0),
-        ..TrainOptions::default()
-    }
-}
-
-fn request(options: TrainOptions, out: &Path, resume: bool) -> TrainRequest {
-    TrainRequest { options, out: out.to_path_buf(), resume, overwrite: false, progress: false, stop_after: None }
-}
+use common::{small_run_options as options, train_request as request};
 
 fn metrics(dir: &Path) -> Vec<Metrics> {
     std::fs::read_to_string(dir.join(checkpoint::METRICS))

@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use thermoformer::params::Params;
-use thermoformer::{Gpt, ModelConfig, Tok};
+use thermoformer::train::TrainRequest;
+use thermoformer::{Gpt, ModelConfig, Tok, TrainOptions};
 
 /// The shipped corpus.
 pub fn shipped_corpus() -> PathBuf {
@@ -88,4 +89,28 @@ pub fn trained(dir: &Path) -> PathBuf {
     let o = run(&tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap()));
     assert!(o.status.success(), "training failed: {}", String::from_utf8_lossy(&o.stderr));
     out
+}
+
+/// Options of a small library-level training run (2 layers x 2 heads x 32 wide, context 32).
+pub fn small_run_options(corpus: &Path, steps: usize) -> TrainOptions {
+    TrainOptions {
+        corpus: Some(corpus.to_path_buf()),
+        steps: Some(steps),
+        batch_size: Some(8),
+        context: Some(32),
+        layers: Some(2),
+        heads: Some(2),
+        d_model: Some(32),
+        warmup: Some(10),
+        lr: Some(3e-3),
+        eval_every: Some(20),
+        eval_batches: Some(4),
+        sample_tokens: Some(0),
+        ..TrainOptions::default()
+    }
+}
+
+/// A quiet training request into `out`.
+pub fn train_request(options: TrainOptions, out: &Path, resume: bool) -> TrainRequest {
+    TrainRequest { options, out: out.to_path_buf(), resume, overwrite: false, progress: false, stop_after: None }
 }
