@@ -22,6 +22,7 @@ pub mod model;
 pub mod nadaraya_watson;
 pub mod optim;
 pub mod params;
+pub mod rl;
 pub mod plot;
 pub mod rope;
 pub mod score;

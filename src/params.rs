@@ -184,6 +184,8 @@ impl Params {
     }
 
     /// The model over the current values, as plain tensors: evaluation on it builds no graph.
+    /// It shares storage with the parameters, so it follows later in-place optimizer updates; copy
+    /// the tensors ([`Params::tensors`], `Tensor::copy`) for a frozen snapshot.
     pub fn detached_model(&self, cfg: &ModelConfig) -> Result<Gpt> {
         let dev = self.trainable.first().map(|p| p.var.device().clone()).unwrap_or(Device::Cpu);
         Self::model_from_tensors(cfg, self.tensors(), &dev)

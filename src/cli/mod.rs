@@ -17,6 +17,7 @@ mod bench;
 mod calibrate;
 mod generate;
 mod inspect;
+mod rl;
 mod score;
 mod train;
 
@@ -24,6 +25,7 @@ pub use bench::BenchArgs;
 pub use calibrate::CalibrateArgs;
 pub use generate::GenerateArgs;
 pub use inspect::InspectArgs;
+pub use rl::RlArgs;
 pub use score::ScoreArgs;
 pub use train::{TokenizerArg, TrainArgs};
 
@@ -63,6 +65,9 @@ pub enum Command {
     /// finite-temperature correction, measured), with the energy per token and the expected
     /// calibration error before and after; --png draws the reliability diagram.
     Calibrate(CalibrateArgs),
+    /// Fine-tune a run toward a reward with maximum-entropy policy gradient or PPO, kept near the
+    /// starting model by a KL term; writes an ordinary run directory.
+    Rl(RlArgs),
     /// Measure training, scoring and generation speed (ms/iter, tokens/s, MFU, peak RSS) on named
     /// shapes; `scripts/bench_torch.py` runs the same shapes in PyTorch side by side.
     Bench(BenchArgs),
@@ -158,6 +163,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run_generate(args),
         Command::Inspect(args) => inspect::run_inspect(args),
         Command::Calibrate(args) => calibrate::run_calibrate(args),
+        Command::Rl(args) => rl::run_rl(args),
         Command::Bench(args) => bench::run_bench(args),
     }
 }

@@ -1,0 +1,207 @@
+//! `thermoformer rl`: fine-tune a trained run toward a reward (maximum-entropy policy gradient or
+//! PPO), staying close to where it started; the output is an ordinary run directory.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::DeviceArg;
+use crate::checkpoint;
+use crate::error::UsageError;
+use crate::rl::{self, Algo, RlConfig, Trainer};
+
+/// Algorithm on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlgoArg {
+    /// REINFORCE with a leave-one-out baseline on J = E[R] + alpha H(pi) - beta KL(pi || pi_ref).
+    MaxentPg,
+    /// PPO's clipped surrogate over epochs of minibatches, with the KL to pi_ref in the return and
+    /// an entropy bonus alpha H.
+    Ppo,
+}
+
+/// Options of `thermoformer rl`.
+#[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true, args_override_self = true)]
+pub struct RlArgs {
+    /// Run directory to start from (the policy, and the frozen reference pi_ref).
+    #[arg(long, value_name = "DIR", default_value = "checkpoints/shakespeare")]
+    pub checkpoint: PathBuf,
+    /// Run directory to write: an ordinary checkpoint (score, generate and inspect work on it)
+    /// plus rl.json (these options) and rl_metrics.jsonl (one record per update).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace a checkpoint already in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Reward of a continuation: regex:PATTERN (number of matches), contains:WORD (1 if present),
+    /// length:N (-|n - N|/N, n the tokens before the first newline), energy:DIR (minus the energy
+    /// per token under the checkpoint in DIR).
+    #[arg(long, value_name = "SPEC")]
+    pub reward: String,
+    /// Policy-gradient algorithm.
+    #[arg(long, value_enum, default_value_t = AlgoArg::MaxentPg)]
+    pub algo: AlgoArg,
+    /// Policy updates.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Continuations sampled per update.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Tokens per continuation (BOS + prompt + tokens must fit the context).
+    #[arg(long, default_value_t = 32)]
+    pub tokens: usize,
+    /// Prompts, one per line (empty lines skipped), used in turn, one per update [default: BOS alone].
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// AdamW learning rate of the policy (no weight decay).
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// Entropy weight alpha >= 0 (the starting value with --target-entropy).
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha: f64,
+    /// KL weight beta >= 0 on KL(pi || pi_ref).
+    #[arg(long, default_value_t = 0.05)]
+    pub kl_coef: f64,
+    /// Tune alpha (SAC-style: ln alpha -= alpha-lr x (H - H_target) per update) toward this mean
+    /// per-token entropy, in nats; needs --alpha > 0 to start from.
+    #[arg(long, value_name = "H")]
+    pub target_entropy: Option<f64>,
+    /// Step size on ln alpha for --target-entropy.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha_lr: f64,
+    /// PPO clip epsilon: ratios pi/pi_old are clipped to [1 - eps, 1 + eps].
+    #[arg(long, default_value_t = 0.2)]
+    pub clip: f64,
+    /// PPO epochs over each batch.
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    /// PPO minibatches per epoch.
+    #[arg(long, default_value_t = 4)]
+    pub minibatches: usize,
+    /// PPO: stop a batch's epochs once approx_kl (KL(pi_old || pi), k3) exceeds this.
+    #[arg(long)]
+    pub target_kl: Option<f64>,
+    /// Clip the global gradient norm to this; 0 disables.
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Print the final report (before/after evaluation, samples) as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not draw the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Device to run on.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+}
+
+impl RlArgs {
+    fn config(&self) -> RlConfig {
+        RlConfig {
+            algo: match self.algo {
+                AlgoArg::MaxentPg => Algo::MaxEntPg,
+                AlgoArg::Ppo => Algo::Ppo,
+            },
+            steps: self.steps,
+            batch_size: self.batch_size,
+            tokens: self.tokens,
+            lr: self.lr,
+            alpha: self.alpha,
+            kl_coef: self.kl_coef,
+            target_entropy: self.target_entropy,
+            alpha_lr: self.alpha_lr,
+            clip: self.clip,
+            epochs: self.epochs,
+            minibatches: self.minibatches,
+            target_kl: self.target_kl,
+            grad_clip: self.grad_clip,
+            seed: self.seed,
+        }
+    }
+}
+
+/// File names in the output directory.
+pub const RL_METRICS: &str = "rl_metrics.jsonl";
+pub const RL_CONFIG: &str = "rl.json";
+
+/// `thermoformer rl`.
+pub fn run_rl(args: &RlArgs) -> Result<()> {
+    let cfg = args.config();
+    if args.out == args.checkpoint || args.out.canonicalize().ok().is_some_and(|o| args.checkpoint.canonicalize().is_ok_and(|c| c == o)) {
+        return Err(UsageError("--out must differ from --checkpoint: the starting run is the frozen reference and is never overwritten".into()).into());
+    }
+    if checkpoint::exists(&args.out) && !args.overwrite {
+        return Err(UsageError(format!("{} already holds a checkpoint; pass --overwrite to replace it", args.out.display())).into());
+    }
+    let dev = args.device.device()?;
+    let source = checkpoint::load_resumable(&args.checkpoint, &dev)?;
+    let tok = &source.tokenizer;
+    let prompts: Vec<Vec<u32>> = match &args.prompts {
+        None => vec![Vec::new()],
+        Some(path) => {
+            let text = fs::read_to_string(path).with_context(|| format!("reading prompts {}", path.display()))?;
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
+                return Err(UsageError(format!("--prompts {} has no non-empty line", path.display())).into());
+            }
+            lines.iter().map(|l| tok.encode(l).with_context(|| format!("encoding prompt {l:?}"))).collect::<Result<_>>()?
+        }
+    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    cfg.validate(source.config.model.context, longest)?;
+    let reward = rl::parse_reward(&args.reward, tok, &dev)?;
+
+    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let options = serde_json::json!({ "checkpoint": args.checkpoint, "reward": args.reward, "prompts": args.prompts, "config": cfg });
+    fs::write(args.out.join(RL_CONFIG), serde_json::to_string_pretty(&options)?).with_context(|| format!("writing {}", args.out.join(RL_CONFIG).display()))?;
+    let metrics_path = args.out.join(RL_METRICS);
+    let mut metrics = OpenOptions::new().create(true).write(true).truncate(true).open(&metrics_path).with_context(|| format!("opening {}", metrics_path.display()))?;
+
+    let model_cfg = source.config.model.clone();
+    let mut trainer = Trainer::new(source.params, source.model, &model_cfg, tok.bos(), cfg.clone())?;
+    let eval_n = cfg.batch_size.max(64);
+    let before = trainer.evaluate(&prompts[0], reward.as_ref(), tok, eval_n)?;
+
+    let pb = ProgressBar::new(cfg.steps as u64);
+    if args.no_progress {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>4}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("valid template").progress_chars("=> "));
+    for step in 0..cfg.steps {
+        let s = trainer.update(&prompts[step % prompts.len()], reward.as_ref(), tok)?;
+        writeln!(metrics, "{}", serde_json::to_string(&s)?).with_context(|| format!("writing {}", metrics_path.display()))?;
+        pb.set_position(s.step as u64);
+        let ppo = s.clip_fraction.map_or(String::new(), |c| format!(" | clip {c:.2} akl {:.4}", s.approx_kl.unwrap_or(0.0)));
+        pb.set_message(format!("reward {:.3} | H {:.3} | KL {:.3} | alpha {:.3}{ppo} | {:.0} samples/s", s.reward, s.entropy, s.kl, s.alpha, s.samples_per_sec));
+    }
+    pb.finish_and_clear();
+    let after = trainer.evaluate(&prompts[0], reward.as_ref(), tok, eval_n)?;
+    checkpoint::save(&args.out, &source.config, tok, trainer.params(), trainer.optimizer_state()?, &source.state)?;
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({ "out": args.out, "steps": cfg.steps, "before": before, "after": after });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "{:>7} {:>9} {:>9} {:>9}   ({eval_n} continuations of {} tokens each)", "", "reward", "entropy", "KL", cfg.tokens)?;
+        for (label, e) in [("before", &before), ("after", &after)] {
+            writeln!(out, "{label:>7} {:>9.4} {:>9.4} {:>9.4}", e.reward, e.entropy, e.kl)?;
+        }
+        for (label, e) in [("before", &before), ("after", &after)] {
+            writeln!(out, "--- {label}: two samples ---")?;
+            for s in e.samples.iter().take(2) {
+                writeln!(out, "{s}\n")?;
+            }
+        }
+        writeln!(out, "policy written to {} (metrics in {RL_METRICS})", args.out.display())?;
+    }
+    Ok(())
+}

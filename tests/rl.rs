@@ -1,0 +1,168 @@
+//! Reinforcement learning: the one-step (bandit) case against its closed-form Boltzmann optimum,
+//! automatic alpha reaching its target entropy, PPO's clipping and early stopping, and
+//! `thermoformer rl` end to end.
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use thermoformer::params::Params;
+use thermoformer::rl::{self, Algo, Reward, RlConfig, Trainer};
+use thermoformer::{Gpt, ModelConfig, Tok};
+
+/// A reward that depends only on the first token: r_k.
+struct Table(Vec<f64>);
+
+impl Reward for Table {
+    fn reward(&self, _: &str, ids: &[u32]) -> anyhow::Result<f64> {
+        Ok(self.0[ids[0] as usize])
+    }
+}
+
+fn setup() -> (Tok, ModelConfig, Params, Gpt) {
+    let tok = Tok::train_char(&common::corpus_text(3000)).unwrap();
+    let cfg = ModelConfig { n_layer: 1, ..ModelConfig::tiny(tok.vocab_size()) };
+    // A non-uniform starting policy, so that the reference matters.
+    let (params, model) = Params::init(&cfg, 0.5, 11, &Device::Cpu).unwrap();
+    (tok, cfg, params, model)
+}
+
+/// The policy after BOS alone, BOS excluded and renormalised.
+fn first_token_policy(model: &Gpt, bos: u32) -> Vec<f64> {
+    let logits = model.forward(&Tensor::new(&[[bos]], &Device::Cpu).unwrap()).unwrap().i((0, 0)).unwrap();
+    let mut z = logits.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    z[bos as usize] = f64::NEG_INFINITY;
+    softmax(&z)
+}
+
+fn softmax(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+fn tv(p: &[f64], q: &[f64]) -> f64 {
+    0.5 * p.iter().zip(q).map(|(a, b)| (a - b).abs()).sum::<f64>()
+}
+
+fn bandit(alpha: f64, beta: f64, target_entropy: Option<f64>, steps: usize, lr: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>, Trainer) {
+    let (tok, cfg, params, model) = setup();
+    let bos = tok.bos();
+    let rewards: Vec<f64> = (0..cfg.vocab_size).map(|k| 1.0 + (k as f64 * 1.7).sin()).collect();
+    let rl_cfg = RlConfig { algo: Algo::MaxEntPg, batch_size: 256, tokens: 1, lr, alpha, kl_coef: beta, target_entropy, alpha_lr: 0.02, seed: 5, ..RlConfig::default() };
+    let mut trainer = Trainer::new(params, model, &cfg, bos, rl_cfg).unwrap();
+    let reference = first_token_policy(trainer.reference(), bos);
+    let reward = Table(rewards.clone());
+    for _ in 0..steps {
+        trainer.update(&[], &reward, &tok).unwrap();
+    }
+    let learned = first_token_policy(&trainer.params().detached_model(&cfg).unwrap(), bos);
+    (learned, reference, rewards, trainer)
+}
+
+#[test]
+fn the_bandit_converges_to_the_boltzmann_policy() {
+    for (alpha, beta) in [(0.5, 0.5), (0.7, 0.0)] {
+        let (learned, reference, r, _) = bandit(alpha, beta, None, 400, 2e-3);
+        // pi*(k) proportional to pi_ref(k)^(beta/(alpha+beta)) exp(r_k/(alpha+beta)), over the non-BOS tokens.
+        let bos = reference.iter().position(|&p| p == 0.0).unwrap();
+        let z: Vec<f64> = (0..r.len())
+            .map(|k| if k == bos { f64::NEG_INFINITY } else { beta / (alpha + beta) * reference[k].ln() + r[k] / (alpha + beta) })
+            .collect();
+        let optimum = softmax(&z);
+        let d = tv(&learned, &optimum);
+        println!("alpha {alpha}, beta {beta}: TV(learned, optimum) = {d:.4}, TV(reference, optimum) = {:.4}", tv(&reference, &optimum));
+        assert!(d < 0.03, "alpha {alpha}, beta {beta}: TV {d}");
+        assert!(tv(&reference, &optimum) > 0.1, "the test starts far from the optimum");
+    }
+}
+
+#[test]
+fn automatic_alpha_reaches_the_target_entropy() {
+    let target = 1.5;
+    let (learned, _, _, trainer) = bandit(1.0, 0.0, Some(target), 600, 1e-2);
+    let h = -learned.iter().filter(|&&p| p > 0.0).map(|p| p * p.ln()).sum::<f64>();
+    println!("entropy {h:.4} with alpha {:.4}", trainer.alpha());
+    assert!((h - target).abs() < 0.05, "entropy {h} against the target {target}");
+}
+
+#[test]
+fn the_clipped_surrogate_has_no_gradient_outside_the_trust_region() {
+    let eps = 0.2;
+    // ln r for six samples: inside, above and below the region, with positive and negative A.
+    let log_ratio = [0.05f32, 0.5, -0.5, 0.05, 0.5, -0.5];
+    let adv = [1.0f32, 1.0, 1.0, -1.0, -1.0, -1.0];
+    let old = Tensor::zeros((6, 1), DType::F32, &Device::Cpu).unwrap();
+    let logp = Var::from_tensor(&Tensor::from_slice(&log_ratio, (6, 1), &Device::Cpu).unwrap()).unwrap();
+    let a = Tensor::from_slice(&adv, (6, 1), &Device::Cpu).unwrap();
+    let s = rl::ppo_surrogate(logp.as_tensor(), &old, &a, eps).unwrap();
+    let g = s.backward().unwrap().get(logp.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    // Zero where the ratio has left the region in the direction the advantage rewards:
+    // r > 1 + eps with A > 0 (sample 1) and r < 1 - eps with A < 0 (sample 5).
+    assert_eq!((g[1], g[5]), (0.0, 0.0), "{g:?}");
+    // Elsewhere the unclipped term is the minimum and carries r A / n.
+    for i in [0, 2, 3, 4] {
+        let want = (log_ratio[i].exp() * adv[i]) / 6.0;
+        assert!((g[i] - want).abs() < 1e-6, "sample {i}: {} against {want}", g[i]);
+    }
+}
+
+#[test]
+fn target_kl_stops_the_ppo_epochs() {
+    let (tok, cfg, params, model) = setup();
+    let reward = Table((0..cfg.vocab_size).map(|k| (k % 3) as f64).collect());
+    let ppo = RlConfig { algo: Algo::Ppo, batch_size: 32, tokens: 4, lr: 3e-2, epochs: 8, minibatches: 4, seed: 2, ..RlConfig::default() };
+    let mut free = Trainer::new(params, model, &cfg, tok.bos(), ppo.clone()).unwrap();
+    let s = free.update(&[], &reward, &tok).unwrap();
+    assert_eq!(s.optimizer_steps, 32, "8 epochs x 4 minibatches without a target");
+    assert!(s.clip_fraction.unwrap() > 0.0 && s.approx_kl.unwrap() > 0.0);
+
+    let (_, _, params, model) = setup();
+    let mut stopped = Trainer::new(params, model, &cfg, tok.bos(), RlConfig { target_kl: Some(1e-4), ..ppo }).unwrap();
+    let s = stopped.update(&[], &reward, &tok).unwrap();
+    assert!(s.optimizer_steps >= 1 && s.optimizer_steps < 32, "{} steps", s.optimizer_steps);
+    assert!(s.approx_kl.unwrap() > 1e-4, "it stopped because approx_kl passed the target");
+}
+
+
+#[test]
+fn rl_writes_an_ordinary_checkpoint_and_its_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = common::trained(tmp.path());
+    let out = tmp.path().join("rl");
+    let (ck, out) = (ck.to_str().unwrap(), out.to_str().unwrap());
+    for algo in ["maxent-pg", "ppo"] {
+        let o = common::run(&[
+            "rl", "--checkpoint", ck, "--out", out, "--overwrite", "--reward", "regex:[aeiou]", "--algo", algo, "--steps", "3",
+            "--batch-size", "4", "--tokens", "6", "--minibatches", "2", "--alpha", "0.1", "--target-entropy", "1.0", "--json", "--no-progress",
+        ]);
+        assert!(o.status.success(), "{algo}: {}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(report["before"]["reward"].as_f64().is_some() && report["after"]["kl"].as_f64().is_some());
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(tmp.path().join("rl/rl_metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3);
+        for key in ["reward", "entropy", "kl", "alpha", "samples_per_sec"] {
+            assert!(lines[2][key].as_f64().is_some(), "{algo}: {key} missing");
+        }
+        assert_eq!(lines[2]["clip_fraction"].is_null(), algo == "maxent-pg");
+        assert_ne!(lines[0]["alpha"], lines[2]["alpha"], "alpha is tuned toward the target entropy");
+        // The output is an ordinary run directory.
+        let o = common::run(&["score", "--text", "First Citizen:", "--checkpoint", out, "--format", "jsonl"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let bad = |extra: &[&str]| {
+        let mut a = vec!["rl", "--checkpoint", ck, "--out", out, "--overwrite", "--steps", "1", "--tokens", "6", "--no-progress"];
+        a.extend_from_slice(extra);
+        common::run(&a)
+    };
+    common::assert_clean_error(&bad(&["--reward", "karma:1"]), 2, "unknown kind");
+    common::assert_clean_error(&bad(&["--reward", "regex:("]), 2, "--reward regex");
+    common::assert_clean_error(&bad(&["--reward", "length:0"]), 2, "length:N");
+    common::assert_clean_error(&bad(&["--reward", "contains:a", "--tokens", "40"]), 2, "context");
+    common::assert_clean_error(&bad(&["--reward", "contains:a", "--clip", "1.5"]), 2, "--clip");
+    let same = common::run(&["rl", "--checkpoint", ck, "--out", ck, "--reward", "contains:a", "--no-progress"]);
+    common::assert_clean_error(&same, 2, "--out must differ");
+    let exists = common::run(&["rl", "--checkpoint", ck, "--out", out, "--reward", "contains:a", "--steps", "1", "--tokens", "6", "--no-progress"]);
+    common::assert_clean_error(&exists, 2, "--overwrite");
+}
