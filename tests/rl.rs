@@ -166,3 +166,27 @@ fn rl_writes_an_ordinary_checkpoint_and_its_metrics() {
     let exists = common::run(&["rl", "--checkpoint", ck, "--out", out, "--reward", "contains:a", "--steps", "1", "--tokens", "6", "--no-progress"]);
     common::assert_clean_error(&exists, 2, "--overwrite");
 }
+
+#[test]
+fn rewards_score_what_their_spec_says() {
+    let tok = Tok::train_char(&common::corpus_text(3000)).unwrap();
+    let dev = Device::Cpu;
+    let r = |spec: &str, text: &str| {
+        let ids = tok.encode(text).unwrap();
+        rl::parse_reward(spec, &tok, &dev).unwrap().reward(text, &ids).unwrap()
+    };
+    assert_eq!(r("regex:o.", "to go or not"), 4.0); // "o ", "o ", "or", "ot"
+    assert_eq!((r("contains:love", "my love"), r("contains:love", "my dove")), (1.0, 0.0));
+    // length:N scores the first line: 4 tokens against 8 is -0.5; 8 is 0.
+    assert_eq!(r("length:8", "abcd\nefghil"), -0.5);
+    assert_eq!(r("length:8", "abcdefgh\na"), 0.0);
+    // energy:DIR is minus the energy per token that `score` gives under that checkpoint.
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = common::trained(tmp.path());
+    let spec = format!("energy:{}", ck.display());
+    let text = "First Citizen:";
+    let o = common::run(&["score", "--text", text, "--checkpoint", ck.to_str().unwrap(), "--format", "jsonl"]);
+    let scored: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want = -scored["energy_per_token"].as_f64().unwrap();
+    assert!((r(&spec, text) - want).abs() < 1e-5, "{} against {want}", r(&spec, text));
+}
