@@ -376,9 +376,11 @@ impl Trainer {
         if let Some(r) = rewards.iter().find(|r| !r.is_finite()) {
             bail!("the reward returned {r}; rewards must be finite");
         }
-        let (logp, entropy) = continuation_logprobs(&sampler, self.bos, prompt, &conts)?;
+        // Through the policy itself (the sampler's weights, with the graph), so that maxent-pg's
+        // loss reuses this forward pass.
+        let (logp_graph, entropy) = continuation_logprobs(&self.policy, self.bos, prompt, &conts)?;
         let (ref_logp, _) = continuation_logprobs(&self.reference, self.bos, prompt, &conts)?;
-        let (logp, ref_logp) = (rows(&logp)?, rows(&ref_logp)?);
+        let (logp, ref_logp) = (rows(&logp_graph)?, rows(&ref_logp)?);
         let entropy = mean(&rows(&entropy)?.concat());
         let kl = logp
             .iter()
@@ -386,7 +388,7 @@ impl Trainer {
             .map(|(o, r)| o.iter().zip(r).map(|(o, r)| (r - o).exp() - 1.0 - (r - o)).sum::<f64>())
             .sum::<f64>()
             / b as f64;
-        Ok(Rollout { conts, texts, rewards, logp, ref_logp, entropy, kl })
+        Ok(Rollout { conts, texts, rewards, logp_graph, logp, ref_logp, entropy, kl })
     }
 
     /// Measure the current policy on `b` fresh continuations of `prompt`, without updating it.
@@ -399,7 +401,7 @@ impl Trainer {
     pub fn update(&mut self, prompt: &[u32], reward: &dyn Reward, tok: &Tok) -> Result<UpdateStats> {
         let t0 = std::time::Instant::now();
         let (b, alpha, beta) = (self.cfg.batch_size, self.alpha(), self.cfg.kl_coef);
-        let Rollout { conts, rewards, logp: old, ref_logp: refp, entropy, kl, .. } = self.rollout(prompt, reward, tok, b)?;
+        let Rollout { conts, rewards, logp_graph, logp: old, ref_logp: refp, entropy, kl, .. } = self.rollout(prompt, reward, tok, b)?;
         let sum = |v: &[f64]| v.iter().sum::<f64>();
         let dev = self.policy.device().clone();
         let (mut clip_fracs, mut approx_kl, mut optimizer_steps) = (Vec::new(), None, 0);
@@ -410,8 +412,7 @@ impl Trainer {
                 let total = sum(&soft);
                 let adv: Vec<f32> = soft.iter().map(|s| if b > 1 { (s - (total - s) / (b - 1) as f64) as f32 } else { 0.0 }).collect();
                 let adv = Tensor::from_vec(adv, (b, 1), &dev)?;
-                let (logp, _) = continuation_logprobs(&self.policy, self.bos, prompt, &conts)?;
-                let loss = logp.broadcast_mul(&adv)?.sum(1)?.mean_all()?.neg()?;
+                let loss = logp_graph.broadcast_mul(&adv)?.sum(1)?.mean_all()?.neg()?;
                 self.apply(&loss)?;
                 optimizer_steps = 1;
             }
@@ -486,6 +487,8 @@ struct Rollout {
     conts: Vec<Vec<u32>>,
     texts: Vec<String>,
     rewards: Vec<f64>,
+    /// ln pi of every sampled token `(B, T)`, differentiable through the policy.
+    logp_graph: Tensor,
     /// ln pi and ln pi_ref of every sampled token, `[sample][token]`.
     logp: Vec<Vec<f64>>,
     ref_logp: Vec<Vec<f64>>,
