@@ -108,7 +108,7 @@ fn time(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Resul
     for _ in 0..warmup {
         f()?;
     }
-    let mut ts = Vec::with_capacity(iters);
+    let mut ts = Vec::new();
     for _ in 0..iters.max(1) {
         let t0 = Instant::now();
         f()?;

@@ -28,6 +28,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{RunConfig, FORMAT_VERSION};
+use crate::memory;
 use crate::model::Gpt;
 use crate::params::Params;
 use crate::tokenizer::Tok;
@@ -203,6 +204,7 @@ fn read_config(dir: &Path) -> Result<RunConfig> {
     let config: RunConfig = serde_json::from_value(value).with_context(|| format!("reading {}", path.display()))?;
     // A bad config in a checkpoint is a broken file, not a usage error: report it as such.
     config.model.validate().map_err(|e| anyhow!("invalid model config in {}: {e}", path.display()))?;
+    config.train.validate().map_err(|e| anyhow!("invalid training config in {}: {e}", path.display()))?;
     Ok(config)
 }
 
@@ -220,6 +222,9 @@ pub fn read_model_tensors(dir: &Path, dev: &Device) -> Result<HashMap<String, Te
 }
 
 fn check_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("checkpoint {} is a file, not a run directory", dir.display());
+    }
     if !dir.is_dir() {
         bail!("checkpoint directory {} does not exist (train one with `thermoformer train --out {}`)", dir.display(), dir.display());
     }
@@ -247,6 +252,11 @@ pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
     check_dir(dir)?;
     let config = read_config(dir)?;
     let tokenizer = read_tokenizer(dir, &config)?;
+    memory::ensure_fits(
+        &format!("running the model in {} (context {})", dir.display(), config.model.context),
+        config.model.forward_bytes(1),
+        "the checkpoint's shape is too large for this machine",
+    )?;
     let tensors = read_tensors(dir, MODEL, dev)?;
     let model = Params::model_from_tensors(&config.model, tensors, dev)
         .with_context(|| format!("loading weights from {}", dir.join(MODEL).display()))?;

@@ -124,6 +124,39 @@ impl ModelConfig {
         self.d_model / self.n_head
     }
 
+    /// Number of parameters (the learned position table included when there is one).
+    pub fn param_count(&self) -> u64 {
+        let (v, t, l, d) = (self.vocab_size as u128, self.context as u128, self.n_layer as u128, self.d_model as u128);
+        let positions = if self.positions == Positions::Learned { t * d } else { 0 };
+        // Embedding (tied head), positions, per block 12 d^2 weights and two gains, the final gain.
+        let n = v * d + positions + l * (12 * d * d + 2 * d) + d;
+        n.min(u64::MAX as u128) as u64
+    }
+
+    /// A lower bound on the bytes one training step at `batch` windows of the full context needs:
+    /// f32 weights, gradients and two AdamW moments; per block the activations kept for the
+    /// backward pass (a dozen `(B, T, d)` tensors, the scores and weights `(B, H, T, T)`); the
+    /// logits and their gradient.
+    pub fn training_bytes(&self, batch: usize) -> u64 {
+        let (b, t, h, d, l, v) = self.dims(batch);
+        let per_block = b * (12 * t * d + 2 * h * t * t);
+        let n = 4 * (4 * self.param_count() as u128 + l * per_block + 2 * b * t * v + t * t);
+        n.min(u64::MAX as u128) as u64
+    }
+
+    /// A lower bound on the bytes a forward pass over `batch` windows of the full context needs:
+    /// the f32 weights, one block's activations at a time, and the logits.
+    pub fn forward_bytes(&self, batch: usize) -> u64 {
+        let (b, t, h, d, _, v) = self.dims(batch);
+        let n = 4 * (self.param_count() as u128 + b * (6 * t * d + 2 * h * t * t + t * v) + t * t);
+        n.min(u64::MAX as u128) as u64
+    }
+
+    fn dims(&self, batch: usize) -> (u128, u128, u128, u128, u128, u128) {
+        let c = |x: usize| x as u128;
+        (c(batch), c(self.context), c(self.n_head), c(self.d_model), c(self.n_layer), c(self.vocab_size))
+    }
+
     /// Check every invariant the model relies on; the message names the offending option.
     pub fn validate(&self) -> Result<()> {
         let usage = |msg: String| -> Result<()> { Err(UsageError(msg).into()) };
@@ -148,14 +181,12 @@ impl ModelConfig {
         if self.context < 2 {
             return usage(format!("--context must be at least 2 (BOS + one token), got {}", self.context));
         }
-        if !(self.attn_temperature.is_finite() && self.attn_temperature > 0.0) {
-            return usage(format!("--attn-temperature must be a finite number > 0, got {}", self.attn_temperature));
+        if !valid_temperature(self.attn_temperature) {
+            return usage(format!("--attn-temperature must be finite and at least {MIN_TEMPERATURE:?}, got {:?}", self.attn_temperature));
         }
         // Refuse shapes that cannot fit in memory before any allocation is attempted.
-        const MAX_PARAMS: usize = 2_000_000_000;
-        let params = (self.vocab_size.saturating_add(self.context))
-            .saturating_mul(self.d_model)
-            .saturating_add(self.n_layer.saturating_mul(self.d_model.saturating_mul(self.d_model).saturating_mul(12)));
+        const MAX_PARAMS: u64 = 2_000_000_000;
+        let params = self.param_count();
         if params > MAX_PARAMS {
             return usage(format!(
                 "this shape has about {params} parameters (vocab {} x d_model {}, {} layers, context {}); the limit is {MAX_PARAMS}",
@@ -255,6 +286,19 @@ impl Default for TrainConfig {
     }
 }
 
+/// The smallest temperature accepted anywhere (attention heads, sampling, scoring, sweeps):
+/// beta = 1/T then stays far inside f32's range. The T -> 0 limit is reached well before it: at
+/// 1e-6 an attention row is already one-hot on its largest score.
+pub const MIN_TEMPERATURE: f64 = 1e-6;
+
+/// Whether `t` is a usable temperature: finite and at least [`MIN_TEMPERATURE`].
+pub fn valid_temperature(t: f64) -> bool {
+    t.is_finite() && t >= MIN_TEMPERATURE
+}
+
+/// The largest byte-level BPE vocabulary `train` builds (GPT-4's is about 100k).
+pub const MAX_BPE_VOCAB: usize = 1 << 20;
+
 impl TrainConfig {
     /// Check the ranges of every option; the message names the flag.
     pub fn validate(&self) -> Result<()> {
@@ -305,6 +349,9 @@ impl TrainConfig {
         }
         if !(self.init_std.is_finite() && self.init_std > 0.0) {
             return usage(format!("init_std must be > 0, got {}", self.init_std));
+        }
+        if self.tokenizer == TokenizerKind::Bpe && self.bpe_vocab_size > MAX_BPE_VOCAB {
+            return usage(format!("--vocab-size must be at most {MAX_BPE_VOCAB}, got {}", self.bpe_vocab_size));
         }
         if self.tokenizer == TokenizerKind::Bpe && self.bpe_vocab_size < 258 {
             return usage(format!(
@@ -374,9 +421,16 @@ impl TrainOptions {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
         let parsed = if is_toml {
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}", e.message()))
+            toml::from_str(&text).map_err(|e| {
+                let line = e.span().map(|s| 1 + text[..s.start.min(text.len())].matches('\n').count());
+                match line {
+                    Some(line) => anyhow::anyhow!("line {line}: {}", e.message()),
+                    None => anyhow::anyhow!("{}", e.message()),
+                }
+            })
         } else {
-            serde_json::from_str(&text).map_err(anyhow::Error::from)
+            // Anything not named .toml is read as JSON; say so when it is not.
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{e} (read as JSON; name a TOML file *.toml)"))
         };
         parsed.map_err(|e| UsageError(format!("config file {}: {e:#}", path.display())).into())
     }

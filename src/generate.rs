@@ -33,8 +33,12 @@ impl SampleOptions {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            bail!("the sampling temperature must be finite and >= 0 (0 is greedy), got {}", self.temperature);
+        if !(self.temperature == 0.0 || crate::config::valid_temperature(self.temperature)) {
+            bail!(
+                "the sampling temperature must be 0 (greedy) or finite and at least {:?}, got {:?}",
+                crate::config::MIN_TEMPERATURE,
+                self.temperature
+            );
         }
         if self.top_k == Some(0) {
             bail!("--top-k must be at least 1");
@@ -210,7 +214,7 @@ impl<'a> Generator<'a> {
         mut on_token: impl FnMut(u32) -> Result<()>,
     ) -> Result<Generation> {
         opts.validate()?;
-        let mut out = Generation { ids: Vec::with_capacity(n), energies: Vec::with_capacity(n), entropies: Vec::with_capacity(n) };
+        let mut out = Generation { ids: Vec::new(), energies: Vec::new(), entropies: Vec::new() };
         for _ in 0..n {
             // BOS marks the start of a sequence and is never text: it is not sampled.
             let mut logits = self.logits()?.to_vec();

@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod kernels;
 pub mod langevin;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod nadaraya_watson;
 pub mod optim;

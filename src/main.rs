@@ -16,7 +16,9 @@ fn main() {
         if thermoformer::error::is_broken_pipe(&err) {
             std::process::exit(0); // the reader went away (`| head`): not an error
         }
-        eprintln!("error: {err:#}");
+        // One line: candle appends a backtrace to its errors when RUST_BACKTRACE is set.
+        let message = format!("{err:#}");
+        eprintln!("error: {}", message.lines().next().unwrap_or_default());
         std::process::exit(thermoformer::error::exit_code(&err));
     }
 }

@@ -526,8 +526,8 @@ impl std::str::FromStr for HeadTemperature {
         let layer = l.trim().parse().map_err(|_| bad())?;
         let head = h.trim().parse().map_err(|_| bad())?;
         let temperature: f64 = t.trim().parse().map_err(|_| bad())?;
-        if !(temperature.is_finite() && temperature > 0.0) {
-            return Err(format!("head temperature must be finite and > 0, got {s:?}"));
+        if !crate::config::valid_temperature(temperature) {
+            return Err(format!("head temperature must be finite and at least {:?}, got {s:?}", crate::config::MIN_TEMPERATURE));
         }
         Ok(Self { layer, head, temperature })
     }
@@ -538,8 +538,8 @@ impl Gpt {
     pub fn override_temperatures(&mut self, all: Option<f64>, heads: &[HeadTemperature]) -> Result<()> {
         let mut temps = self.temperatures()?;
         if let Some(t) = all {
-            if !(t.is_finite() && t > 0.0) {
-                candle_core::bail!("attention temperature must be finite and > 0, got {t}")
+            if !crate::config::valid_temperature(t) {
+                candle_core::bail!("attention temperature must be finite and at least {:?}, got {t:?}", crate::config::MIN_TEMPERATURE)
             }
             temps.iter_mut().flatten().for_each(|x| *x = t);
         }

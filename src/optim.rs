@@ -273,7 +273,7 @@ impl Optimizer {
 /// decay to `min_lr` at `total` steps (nanoGPT's schedule).
 pub fn lr_at(step: usize, lr: f64, min_lr: f64, warmup: usize, total: usize) -> f64 {
     if step < warmup {
-        return lr * (step + 1) as f64 / (warmup + 1) as f64;
+        return lr * (step as f64 + 1.0) / (warmup as f64 + 1.0);
     }
     let ratio = ((step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64).min(1.0);
     min_lr + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (lr - min_lr)

@@ -36,6 +36,9 @@ fn blues(x: f64) -> RGBColor {
     RGBColor(lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
 }
 
+/// The largest image drawn (about 400 MB of bitmap).
+const MAX_PIXELS: u64 = 128 << 20;
+
 /// One titled attention map per (layer, head): `alpha[layer][head][query][key]`, `tokens` the
 /// labels of the positions, `titles[layer][head]` each panel's title.
 pub fn attention_grid(path: &Path, tokens: &[String], alpha: &[Vec<Vec<Vec<f64>>>], titles: &[Vec<String>]) -> Result<()> {
@@ -53,7 +56,11 @@ pub fn attention_grid(path: &Path, tokens: &[String], alpha: &[Vec<Vec<Vec<f64>>
     let (title_px, pad) = (34u32, 12u32);
     let panel_w = (label_px + n as u32 * cell + pad).max(260); // room for the title
     let panel_h = title_px + n as u32 * cell + label_px + pad;
-    let root = BitMapBackend::new(path, (panel_w * heads as u32, panel_h * layers as u32)).into_drawing_area();
+    let (width, height) = (panel_w as u64 * heads as u64, panel_h as u64 * layers as u64);
+    if width * height > MAX_PIXELS {
+        bail!("{layers} layers x {heads} heads of {n}-token maps make a {width} x {height} image, over the {MAX_PIXELS}-pixel limit; shorten the text");
+    }
+    let root = BitMapBackend::new(path, (width as u32, height as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err(path))?;
     let panels = root.split_evenly((layers, heads));
     for (k, panel) in panels.iter().enumerate() {

@@ -218,7 +218,7 @@ impl RlConfig {
         if self.algo == Algo::Ppo && self.minibatches > self.batch_size {
             return usage(format!("--minibatches {} exceeds --batch-size {}", self.minibatches, self.batch_size));
         }
-        if 1 + longest_prompt + self.tokens > context {
+        if self.tokens.saturating_add(longest_prompt).saturating_add(1) > context {
             return usage(format!(
                 "BOS + a {longest_prompt}-token prompt + {} tokens exceeds the model's context of {context}; lower --tokens or shorten the prompt",
                 self.tokens
@@ -471,9 +471,15 @@ impl Trainer {
         let grads = loss.backward()?;
         let norm = optim::grad_norm(self.params.trainable(), &grads)?;
         if !norm.is_finite() {
-            bail!("the policy gradient norm is {norm} at update {}; lower --lr", self.step + 1);
+            bail!("the policy gradient norm is {norm} at update {}; lower --lr or --alpha", self.step + 1);
         }
-        self.optimizer.step(&grads, self.cfg.lr, optim::clip_scale(norm, self.cfg.grad_clip))
+        self.optimizer.step(&grads, self.cfg.lr, optim::clip_scale(norm, self.cfg.grad_clip))?;
+        for p in self.params.trainable() {
+            if !p.var.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()) {
+                bail!("the weight {} is no longer finite after update {}; lower --lr", p.name, self.step + 1);
+            }
+        }
+        Ok(())
     }
 
     /// The AdamW moments, for the checkpoint.

@@ -101,6 +101,11 @@ impl Tok {
         // A literal "<|bos|>" in text is text, not the BOS token: only `encode_with_bos` adds BOS.
         inner.set_encode_special_tokens(true);
         let bos = inner.token_to_id(BOS).ok_or_else(|| anyhow!("the tokenizer has no {BOS} token"))?;
+        // Ids index the embedding: they must be exactly 0..n.
+        let n = inner.get_vocab_size(true);
+        if let Some((token, id)) = inner.get_vocab(true).into_iter().find(|(_, id)| *id as usize >= n) {
+            bail!("token {token:?} has id {id}, but the ids of a {n}-token vocabulary are 0..={}", n - 1);
+        }
         let is_byte_level = matches!(inner.get_pre_tokenizer(), Some(tokenizers::PreTokenizerWrapper::ByteLevel(_)));
         let (kind, chars) = if is_byte_level {
             (TokenizerKind::Bpe, None)

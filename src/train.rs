@@ -14,14 +14,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{RunConfig, TrainConfig, TrainOptions, FORMAT_VERSION};
+use crate::config::{ModelConfig, OptimizerKind, RunConfig, TrainConfig, TrainOptions, FORMAT_VERSION};
 use crate::data::{self, Batch, Splits};
 use crate::error::UsageError;
 use crate::plot;
 use crate::generate::{self, SampleOptions};
 use crate::loss;
+use crate::memory;
 use crate::model::Gpt;
-use crate::config::OptimizerKind;
 use crate::optim::{self, AdamW, AdamWConfig, Optimizer, Sgld, SgldConfig};
 use crate::params::Params;
 use crate::tokenizer::Tok;
@@ -219,6 +219,9 @@ struct Setup {
 }
 
 fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
+    if req.out.exists() && !req.out.is_dir() {
+        return Err(UsageError(format!("--out {} is a file; the run directory must be a directory", req.out.display())).into());
+    }
     if checkpoint::exists(&req.out) && !req.overwrite {
         return Err(UsageError(format!(
             "{} already holds a checkpoint; pass --resume to continue it or --overwrite to start again",
@@ -228,11 +231,16 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     }
     let train = req.options.train_config();
     train.validate()?;
-    req.options.model_config(2).validate()?; // shape errors before the (slow) tokenizer training
+    // Shape errors before the (slow) tokenizer training; the memory bound again once the
+    // vocabulary is known.
+    let shape = req.options.model_config(2);
+    shape.validate()?;
+    ensure_training_fits(&shape, train.batch_size)?;
     let text = data::read_corpus(&train.corpus)?;
     let tok = Tok::train(train.tokenizer, &text, train.bpe_vocab_size)?;
     let model_cfg = req.options.model_config(tok.vocab_size());
     model_cfg.validate()?;
+    ensure_training_fits(&model_cfg, train.batch_size)?;
     // The corpus must fit the context before any memory goes to the model.
     let splits = Splits::new(&text, &tok, train.val_fraction, model_cfg.context, &train.corpus.display().to_string())?;
     let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
@@ -254,6 +262,15 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, splits, resumed: false })
 }
 
+/// A usage error when a training step of this shape at `batch` cannot fit in memory.
+pub fn ensure_training_fits(model: &ModelConfig, batch: usize) -> Result<()> {
+    memory::ensure_fits(
+        &format!("training {} parameters at batch {batch} x context {}", model.param_count(), model.context),
+        model.training_bytes(batch),
+        "lower --batch-size, --context, --d-model or --layers",
+    )
+}
+
 fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     if !checkpoint::exists(&req.out) {
         return Err(UsageError(format!("--resume: {} holds no checkpoint to continue", req.out.display())).into());
@@ -262,6 +279,7 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     req.options.check_resumable(&saved.config)?;
     let train = req.options.apply_to(&saved.config.train);
     train.validate()?;
+    ensure_training_fits(&saved.config.model, train.batch_size)?;
     let done = saved.state.step;
     if done >= train.steps || req.stop_after.is_some_and(|n| n <= done) {
         return Err(UsageError(format!(
@@ -334,7 +352,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let mut s = if req.resume { resumed(req, dev)? } else { fresh(req, dev)? };
     let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
     let splits = std::mem::replace(&mut s.splits, Splits { train: Vec::new(), val: Vec::new() });
-    let evals = data::tiled_batches(&splits.val, Some(cfg.eval_batches * cfg.batch_size), cfg.batch_size, context, bos, dev)?;
+    let evals = data::tiled_batches(&splits.val, Some(cfg.eval_batches.saturating_mul(cfg.batch_size)), cfg.batch_size, context, bos, dev)?;
     // The last evaluation of a run covers the whole validation split.
     let full_eval = data::tiled_batches(&splits.val, None, cfg.batch_size, context, bos, dev)?;
     fs::create_dir_all(&req.out).with_context(|| format!("creating run directory {}", req.out.display()))?;

@@ -46,8 +46,13 @@ fn every_numeric_flag_out_of_range_is_a_usage_error() {
         (&["--eval-batches", "0"], "--eval-batches"),
         (&["--val-fraction", "0"], "--val-fraction"),
         (&["--attn-temperature", "inf"], "--attn-temperature"),
+        (&["--attn-temperature", "1e-320"], "--attn-temperature"),
         (&["--steps", "-3"], "--steps"),
+        // Sizes that would make an allocation fail (an abort, not an error) are refused first.
+        (&["--batch-size", "100000000"], "memory"),
+        (&["--tokenizer", "bpe", "--vocab-size", "18446744073709551615"], "--vocab-size"),
     ];
+    assert_clean_error(&run(&tiny_train_flags(c, c)), 2, "is a file");
     for (extra, needle) in train {
         let mut args = tiny_train_flags(c, o);
         args.extend_from_slice(extra);
@@ -58,6 +63,7 @@ fn every_numeric_flag_out_of_range_is_a_usage_error() {
         (&["score", "--text", "a", "--temperature", "0"], "--temperature"),
         (&["score", "--text", "a", "--temperature", "-1"], "--temperature"),
         (&["score", "--text", "a", "--temperature", "inf"], "--temperature"),
+        (&["score", "--text", "a", "--temperature", "1e-320"], "--temperature"),
         (&["score", "--text", "a", "--stride", "0"], "--stride"),
         (&["score", "--text", "a", "--stride", "17"], "--stride"),
         (&["score", "--text", "a", "--batch-size", "0"], "--batch-size"),
@@ -65,6 +71,7 @@ fn every_numeric_flag_out_of_range_is_a_usage_error() {
         (&["score", "--text", "a", "--head-temperature", "0.0=0"], "head temperature"),
         (&["score", "--text", "a", "--head-temperature", "0.5=1"], "names no head"),
         (&["generate", "--temperature", "-0.5"], "temperature"),
+        (&["generate", "--temperature", "1e-300"], "temperature"),
         (&["generate", "--top-p", "0"], "--top-p"),
         (&["generate", "--top-p", "1.01"], "--top-p"),
         (&["generate", "--top-k", "0"], "--top-k"),
@@ -72,12 +79,21 @@ fn every_numeric_flag_out_of_range_is_a_usage_error() {
         (&["inspect", "--sweep", "0"], "--sweep"),
         (&["inspect", "--sweep", "1", "--windows", "0"], "--windows"),
         (&["inspect", "--text", "a", "--attn-temperature", "-1"], "--attn-temperature"),
+        (&["inspect", "--text", "a", "--png", "maps.txt"], "--png"),
+        (&["inspect", "--text", "a", "--png", "/no/such/dir/maps.png"], "--png"),
+        (&["calibrate", "--bins", "18446744073709551615"], "--bins"),
+        (&["calibrate", "--attn-temperature", "-1"], "--attn-temperature"),
+        (&["calibrate", "--png", "."], "--png"),
+        (&["rl", "--out", c, "--reward", "regex:."], "is a file"),
+        (&["rl", "--out", o, "--reward", "regex:.", "--tokens", "18446744073709551615"], "--tokens"),
+        (&["rl", "--out", o, "--reward", "regex:.", "--tokens", "4", "--batch-size", "100000000"], "memory"),
     ];
     for (args, needle) in others {
         let args = use_ck(args);
         assert_clean_error(&run(&args.iter().map(String::as_str).collect::<Vec<_>>()), 2, needle);
     }
-    println!("{} out-of-range flags tried", train.len() + others.len());
+    assert_clean_error(&run(&["bench", "--iters", "-1"]), 2, "--iters");
+    println!("{} out-of-range flags tried", train.len() + others.len() + 1);
 }
 
 #[test]
@@ -93,6 +109,10 @@ fn broken_checkpoints_are_named_errors() {
         tried += 1;
     };
     case("no-dir", "does not exist", &|d| std::fs::remove_dir_all(d).unwrap());
+    case("a-file", "is a file", &|d| {
+        std::fs::remove_dir_all(d).unwrap();
+        std::fs::write(d, "not a run").unwrap();
+    });
     case("no-model", "model.safetensors", &|d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
     case("no-tokenizer", "tokenizer.json", &|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
     case("no-config", "config.json", &|d| std::fs::remove_file(d.join("config.json")).unwrap());
@@ -130,7 +150,42 @@ fn broken_checkpoints_are_named_errors() {
         std::fs::write(d.join("tokenizer.json"), tok.to_json().unwrap()).unwrap();
     });
     case("garbage-tokenizer", "tokenizer.json", &|d| std::fs::write(d.join("tokenizer.json"), "[1, 2").unwrap());
+    case("token-id-past-vocab", "tokenizer.json", &|d| {
+        let p = d.join("tokenizer.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+        let first = vocab.keys().next().unwrap().clone();
+        vocab.insert(first, serde_json::json!(5000));
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    });
+    case("bad-train-config", "config.json", &|d| {
+        let p = d.join("config.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["train"]["val_fraction"] = serde_json::json!(1.5);
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    });
     println!("{tried} broken checkpoints tried");
+}
+
+/// candle appends a backtrace to its errors when RUST_BACKTRACE is set; the error stays one line.
+#[test]
+fn errors_stay_one_line_with_backtraces_enabled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = trained(tmp.path());
+    let dir = copy_run(&good, &tmp.path().join("more-heads"));
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let heads = v["model"]["n_head"].as_u64().unwrap();
+    v["model"]["n_head"] = serde_json::json!(heads * 2);
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thermoformer"))
+        .args(["score", "--text", "First", "--checkpoint", dir.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 1, "log_beta");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "more than one line:\n{stderr}");
 }
 
 #[test]

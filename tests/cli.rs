@@ -136,7 +136,11 @@ fn resume_and_overwrite_protect_the_checkpoint() {
 fn a_bad_config_file_is_a_usage_error() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("bad.toml");
-    std::fs::write(&cfg, "steps = \"lots\"\n").unwrap();
+    std::fs::write(&cfg, "layers = 2\n\nsteps = \"lots\"\n").unwrap();
     assert_clean_error(&run(&["train", "--config", cfg.to_str().unwrap()]), 2, "bad.toml");
+    assert_clean_error(&run(&["train", "--config", cfg.to_str().unwrap()]), 2, "line 3");
+    let not_toml = tmp.path().join("run.cfg");
+    std::fs::write(&not_toml, "steps = 3\n").unwrap();
+    assert_clean_error(&run(&["train", "--config", not_toml.to_str().unwrap()]), 2, "read as JSON");
     assert_clean_error(&run(&["train", "--config", "/nonexistent/x.toml"]), 1, "reading config file");
 }

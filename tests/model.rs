@@ -160,3 +160,23 @@ fn input_longer_than_the_context_is_an_error() {
     let err = model.forward(&ids).unwrap_err().to_string();
     assert!(err.contains("longer than the model's context"), "{err}");
 }
+
+/// The parameter count is what a model really has, and the memory bounds are sane: the recipe
+/// needs megabytes, and they grow with the batch and quadratically in the context.
+#[test]
+fn parameter_count_and_memory_bounds() {
+    let (_, cfg, params, _) = tiny_model(false);
+    let real: usize = params.trainable().iter().map(|p| p.var.elem_count()).sum();
+    let temperatures = cfg.n_layer * cfg.n_head; // ln beta per head: a buffer unless learned
+    assert!(cfg.param_count() as usize == real || cfg.param_count() as usize + temperatures == real, "{} vs {real}", cfg.param_count());
+
+    let recipe = thermoformer::config::ModelConfig::nano_cpu(66);
+    assert!((790_000..820_000).contains(&recipe.param_count()), "{}", recipe.param_count());
+    let step = recipe.training_bytes(12);
+    assert!(step >= 16 * recipe.param_count() && step < 256 << 20, "{step}");
+    assert!(recipe.forward_bytes(1) < recipe.training_bytes(1));
+    assert!(recipe.training_bytes(24) > step);
+    let long = thermoformer::config::ModelConfig { context: 4 * recipe.context, ..recipe.clone() };
+    let attention = |c: &thermoformer::config::ModelConfig| (c.n_layer * 12 * 2 * c.n_head * c.context * c.context * 4) as u64;
+    assert!(long.training_bytes(12) - step >= attention(&long) - attention(&recipe));
+}

@@ -9,6 +9,7 @@ use crate::error::UsageError;
 
 /// Options of `thermoformer bench`.
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct BenchArgs {
     /// Shapes to run: small (nanoGPT's CPU recipe: 4 layers x 4 heads x 128, context 64, batch 12)
     /// and/or large (6 x 6 x 384, context 256, batch 64; slow on 2 cores).

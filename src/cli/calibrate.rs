@@ -14,6 +14,7 @@ use crate::plot::{self, Series};
 
 /// Options of `thermoformer calibrate`.
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct CalibrateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -38,10 +39,16 @@ pub struct CalibrateArgs {
     pub png: Option<PathBuf>,
 }
 
+/// More bins than this leaves most of them empty on any validation split.
+const MAX_BINS: usize = 10_000;
+
 /// `thermoformer calibrate`.
 pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
-    if args.bins == 0 {
-        return Err(UsageError("--bins must be at least 1".into()).into());
+    if !(1..=MAX_BINS).contains(&args.bins) {
+        return Err(UsageError(format!("--bins must lie in 1..={MAX_BINS}, got {}", args.bins)).into());
+    }
+    if let Some(png) = &args.png {
+        super::png_path("--png", png)?;
     }
     if args.windows == Some(0) {
         return Err(UsageError("--windows must be at least 1".into()).into());

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::ValueEnum;
 
-use super::{positive, validation_tokens, ModelArgs};
+use super::{check_temperature, validation_tokens, ModelArgs};
 use crate::checkpoint::Loaded;
 use crate::data;
 use crate::error::UsageError;
@@ -67,6 +67,9 @@ pub struct InspectArgs {
 
 /// `thermoformer inspect`.
 pub fn run_inspect(args: &InspectArgs) -> Result<()> {
+    if let Some(png) = &args.png {
+        super::png_path("--png", png)?;
+    }
     if (args.sweep.is_some() || args.rope) && args.windows == 0 {
         return Err(UsageError("--windows must be at least 1".into()).into());
     }
@@ -79,7 +82,7 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     }
     if let Some(temps) = &args.sweep {
         for &t in temps {
-            positive("--sweep temperatures", t)?;
+            check_temperature("--sweep temperatures", t)?;
         }
         let mut temps = temps.clone();
         temps.sort_by(f64::total_cmp);

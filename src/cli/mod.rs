@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::checkpoint::{self, Loaded};
 use crate::data::{self, Splits};
 use crate::error::UsageError;
+use crate::config::{valid_temperature, MIN_TEMPERATURE};
 use crate::model::HeadTemperature;
 
 mod bench;
@@ -123,7 +124,7 @@ impl ModelArgs {
     /// Load the checkpoint and apply the temperature overrides.
     pub fn load(&self) -> Result<Loaded> {
         if let Some(t) = self.attn_temperature {
-            positive("--attn-temperature", t)?;
+            check_temperature("--attn-temperature", t)?;
         }
         let mut loaded = checkpoint::load(&self.checkpoint, &self.device.device()?)?;
         if self.attn_temperature.is_some() || !self.head_temperature.is_empty() {
@@ -146,12 +147,28 @@ pub(crate) fn validation_tokens(loaded: &Loaded, corpus: Option<&PathBuf>, comma
     Ok((name, splits.val))
 }
 
-/// A usage error unless `t` is finite and > 0.
-pub(crate) fn positive(flag: &str, t: f64) -> Result<()> {
-    if t.is_finite() && t > 0.0 {
+/// A usage error unless `t` is a usable temperature (finite, at least [`MIN_TEMPERATURE`]).
+pub(crate) fn check_temperature(flag: &str, t: f64) -> Result<()> {
+    if valid_temperature(t) {
         Ok(())
     } else {
-        Err(UsageError(format!("{flag} must be finite and > 0, got {t}")).into())
+        Err(UsageError(format!("{flag} must be finite and at least {MIN_TEMPERATURE:?}, got {t:?}")).into())
+    }
+}
+
+/// A usage error unless `path` can take a PNG: named `*.png`, not a directory, in an existing
+/// directory. Checked before the work, so a bad path does not waste it.
+pub(crate) fn png_path(flag: &str, path: &std::path::Path) -> Result<()> {
+    let usage = |why: &str| -> Result<()> { Err(UsageError(format!("{flag} {}: {why}", path.display())).into()) };
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        return usage("the file name must end in .png");
+    }
+    if path.is_dir() {
+        return usage("is a directory");
+    }
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => usage("its directory does not exist"),
+        _ => Ok(()),
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde::Serialize;
 
-use super::{positive, ModelArgs};
+use super::{check_temperature, ModelArgs};
 use crate::error::UsageError;
 use crate::inspect::token_label;
 use crate::score::{self, ScoreOptions, Scored};
@@ -104,7 +104,7 @@ fn read_lines(args: &ScoreArgs) -> Result<Vec<String>> {
 
 /// `thermoformer score`.
 pub fn run_score(args: &ScoreArgs) -> Result<()> {
-    positive("--temperature", args.temperature)?;
+    check_temperature("--temperature", args.temperature)?;
     if args.batch_size == 0 {
         return Err(UsageError("--batch-size must be at least 1".into()).into());
     }
