@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Positions};
 use crate::data::Batch;
 use crate::generate::{Generator, SampleOptions};
 use crate::optim::{AdamW, AdamWConfig, Optimizer};
@@ -64,8 +64,9 @@ impl Shape {
 
     /// Parameters without the position embedding (nanoGPT's N for its FLOP estimate).
     fn flop_params(&self) -> f64 {
-        let d = self.d_model as f64;
-        self.vocab as f64 * d + self.n_layer as f64 * (12.0 * d * d + 2.0 * d) + d
+        let cfg = self.config();
+        let positions = if cfg.positions == Positions::Learned { cfg.context * cfg.d_model } else { 0 };
+        (cfg.param_count() - positions as u64) as f64
     }
 
     /// Training FLOPs per token, nanoGPT's estimate: 6N + 12 L d T (forward + backward).
@@ -167,7 +168,7 @@ pub fn bench_train(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> R
 /// Scoring: energies of SCORE_BATCH sequences filling the context, one forward pass.
 pub fn bench_score(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
     let cfg = shape.config();
-    let model = Params::model_from_tensors(&cfg, Params::init(&cfg, 0.02, 1, dev)?.0.tensors(), dev)?; // forward-only
+    let model = Params::init(&cfg, 0.02, 1, dev)?.0.detached_model(&cfg)?; // forward-only
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let seqs: Vec<Vec<u32>> = (0..SCORE_BATCH).map(|_| random_ids(&mut rng, shape.context, shape.vocab)).collect();
     let opts = ScoreOptions { batch_size: SCORE_BATCH, ..ScoreOptions::default() };
@@ -184,7 +185,7 @@ pub fn bench_score(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> R
 /// is full; tokens/s of the new tokens.
 pub fn bench_generate(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
     let cfg = shape.config();
-    let model = Params::model_from_tensors(&cfg, Params::init(&cfg, 0.02, 1, dev)?.0.tensors(), dev)?;
+    let model = Params::init(&cfg, 0.02, 1, dev)?.0.detached_model(&cfg)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let prompt = random_ids(&mut rng, PROMPT - 1, shape.vocab);
     let bos = shape.vocab as u32 - 1;

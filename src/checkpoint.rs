@@ -28,6 +28,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{RunConfig, FORMAT_VERSION};
+use crate::error::UsageError;
 use crate::memory;
 use crate::model::Gpt;
 use crate::params::Params;
@@ -205,6 +206,12 @@ fn read_config(dir: &Path) -> Result<RunConfig> {
     // A bad config in a checkpoint is a broken file, not a usage error: report it as such.
     config.model.validate().map_err(|e| anyhow!("invalid model config in {}: {e}", path.display()))?;
     config.train.validate().map_err(|e| anyhow!("invalid training config in {}: {e}", path.display()))?;
+    // Before any tensor is read: a shape this machine cannot run is refused, not aborted on.
+    memory::ensure_fits(
+        &format!("running the model in {} (context {})", dir.display(), config.model.context),
+        config.model.forward_bytes(1),
+        "the checkpoint's shape is too large for this machine",
+    )?;
     Ok(config)
 }
 
@@ -219,6 +226,14 @@ fn read_tensors(dir: &Path, name: &str, dev: &Device) -> Result<HashMap<String, 
 pub fn read_model_tensors(dir: &Path, dev: &Device) -> Result<HashMap<String, Tensor>> {
     check_dir(dir)?;
     read_tensors(dir, MODEL, dev)
+}
+
+/// A usage error when `out`, where a run is to be written, is a file rather than a directory.
+pub fn check_out_dir(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(UsageError(format!("--out {} is a file; the run directory must be a directory", out.display())).into());
+    }
+    Ok(())
 }
 
 fn check_dir(dir: &Path) -> Result<()> {
@@ -252,11 +267,6 @@ pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
     check_dir(dir)?;
     let config = read_config(dir)?;
     let tokenizer = read_tokenizer(dir, &config)?;
-    memory::ensure_fits(
-        &format!("running the model in {} (context {})", dir.display(), config.model.context),
-        config.model.forward_bytes(1),
-        "the checkpoint's shape is too large for this machine",
-    )?;
     let tensors = read_tensors(dir, MODEL, dev)?;
     let model = Params::model_from_tensors(&config.model, tensors, dev)
         .with_context(|| format!("loading weights from {}", dir.join(MODEL).display()))?;

@@ -44,9 +44,9 @@ pub struct Chain {
     pub acceptance: f64,
 }
 
-/// The standard deviation sqrt(2 eta T) of the noise of one Langevin step.
+/// The standard deviation sqrt(2 eta T) of the noise of one Langevin step (SGLD training's).
 pub fn sgld_noise_std(step: f64, temperature: f64) -> f64 {
-    (2.0 * step * temperature).sqrt()
+    crate::optim::Sgld::noise_std(step, temperature)
 }
 
 /// E(x) and grad E(x) at `x`, through the closure (on f64 tensors of shape `(d,)`).

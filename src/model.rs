@@ -170,8 +170,12 @@ impl Attention {
 
     /// Replace every head's temperature (forward-only use: the new values are constants).
     pub fn set_temperatures(&mut self, temps: &[f64]) -> Result<()> {
-        if temps.len() != self.n_head || temps.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
-            candle_core::bail!("need {} finite positive temperatures, got {temps:?}", self.n_head)
+        if temps.len() != self.n_head || !temps.iter().all(|&t| crate::config::valid_temperature(t)) {
+            candle_core::bail!(
+                "need {} temperatures, each finite and at least {:?}, got {temps:?}",
+                self.n_head,
+                crate::config::MIN_TEMPERATURE
+            )
         }
         let log_beta: Vec<f32> = temps.iter().map(|t| -(t.ln()) as f32).collect();
         self.log_beta = Tensor::from_vec(log_beta, self.n_head, self.log_beta.device())?.to_dtype(self.log_beta.dtype())?;
@@ -538,10 +542,7 @@ impl Gpt {
     pub fn override_temperatures(&mut self, all: Option<f64>, heads: &[HeadTemperature]) -> Result<()> {
         let mut temps = self.temperatures()?;
         if let Some(t) = all {
-            if !crate::config::valid_temperature(t) {
-                candle_core::bail!("attention temperature must be finite and at least {:?}, got {t:?}", crate::config::MIN_TEMPERATURE)
-            }
-            temps.iter_mut().flatten().for_each(|x| *x = t);
+            temps.iter_mut().flatten().for_each(|x| *x = t); // checked by set_temperatures
         }
         for o in heads {
             let (n_layer, n_head) = (self.cfg.n_layer, self.cfg.n_head);

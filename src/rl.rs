@@ -417,6 +417,7 @@ impl Trainer {
                 optimizer_steps = 1;
             }
             Algo::Ppo => {
+                drop(logp_graph); // PPO recomputes ln pi per minibatch: free the rollout's graph now
                 // KL to the reference in the return; normalised advantages, one per continuation.
                 let ret: Vec<f64> = (0..b).map(|i| rewards[i] - beta * (sum(&old[i]) - sum(&refp[i]))).collect();
                 let m = mean(&ret);
@@ -475,7 +476,9 @@ impl Trainer {
         }
         self.optimizer.step(&grads, self.cfg.lr, optim::clip_scale(norm, self.cfg.grad_clip))?;
         for p in self.params.trainable() {
-            if !p.var.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()) {
+            // x - x is 0 where x is finite and NaN elsewhere: one reduction on the device, one scalar back.
+            let w = p.var.as_tensor();
+            if !(w - w)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
                 bail!("the weight {} is no longer finite after update {}; lower --lr", p.name, self.step + 1);
             }
         }

@@ -102,8 +102,8 @@ impl Scored {
 pub fn score_ids(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions) -> Result<Vec<Scored>> {
     let context = model.config().context;
     let stride = opts.stride.unwrap_or_else(|| default_stride(context));
-    if !(opts.temperature.is_finite() && opts.temperature > 0.0) {
-        bail!("the scoring temperature must be finite and > 0, got {}", opts.temperature);
+    if !crate::config::valid_temperature(opts.temperature) {
+        bail!("the scoring temperature must be finite and at least {:?}, got {:?}", crate::config::MIN_TEMPERATURE, opts.temperature);
     }
     if stride == 0 || stride > context {
         bail!("the stride must be in 1..={context} (the context), got {stride}");

@@ -39,13 +39,10 @@ pub struct CalibrateArgs {
     pub png: Option<PathBuf>,
 }
 
-/// More bins than this leaves most of them empty on any validation split.
-const MAX_BINS: usize = 10_000;
-
 /// `thermoformer calibrate`.
 pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
-    if !(1..=MAX_BINS).contains(&args.bins) {
-        return Err(UsageError(format!("--bins must lie in 1..={MAX_BINS}, got {}", args.bins)).into());
+    if !(1..=calibrate::MAX_BINS).contains(&args.bins) {
+        return Err(UsageError(format!("--bins must lie in 1..={}, got {}", calibrate::MAX_BINS, args.bins)).into());
     }
     if let Some(png) = &args.png {
         super::png_path("--png", png)?;

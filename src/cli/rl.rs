@@ -138,9 +138,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     if args.out == args.checkpoint || args.out.canonicalize().ok().is_some_and(|o| args.checkpoint.canonicalize().is_ok_and(|c| c == o)) {
         return Err(UsageError("--out must differ from --checkpoint: the starting run is the frozen reference and is never overwritten".into()).into());
     }
-    if args.out.exists() && !args.out.is_dir() {
-        return Err(UsageError(format!("--out {} is a file; the run directory must be a directory", args.out.display())).into());
-    }
+    checkpoint::check_out_dir(&args.out)?;
     if checkpoint::exists(&args.out) && !args.overwrite {
         return Err(UsageError(format!("{} already holds a checkpoint; pass --overwrite to replace it", args.out.display())).into());
     }
@@ -160,8 +158,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     cfg.validate(source.config.model.context, longest)?;
-    let model = &source.config.model;
-    crate::memory::ensure_fits(&format!("updating the policy at batch {}", cfg.batch_size), model.training_bytes(cfg.batch_size), "lower --batch-size")?;
+    crate::train::ensure_training_fits(&source.config.model, cfg.batch_size, "lower --batch-size")?;
     let reward = rl::parse_reward(&args.reward, tok, &dev)?;
 
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
