@@ -258,8 +258,9 @@ impl Attention {
         } else {
             self.split_heads(&qkv, past)?
         }; // (B, H, Tnew, D) each
-        let (k, v) = cache.append(&k, &v)?; // views of the cache: (B, H, Tpast+Tnew, D)
-        let (k, v) = if k.dim(0)? > 1 { (k.contiguous()?, v.contiguous()?) } else { (k, v) }; // matmul takes one strided batch dim
+        // Views of the cache, (B, H, Tpast+Tnew, D): strided only along T, so B and H still fold
+        // into one batch dimension of the matmuls and no copy is needed.
+        let (k, v) = cache.append(&k, &v)?;
         let y = Self::merge_heads(&self.weighted_values(&q, &k, &v, mask)?)?;
         linear_forward_only(&self.proj, &y, self.kernels)
     }

@@ -44,6 +44,12 @@ use crate::ModelConfig;
 pub trait Reward: Send + Sync {
     /// The reward of one continuation: its decoded text and its token ids (prompt not included).
     fn reward(&self, text: &str, ids: &[u32]) -> Result<f64>;
+
+    /// The rewards of a batch of continuations, `(text, ids)` each. The default scores them one
+    /// at a time; override it where one batched call is cheaper (a model-based reward).
+    fn rewards(&self, batch: &[(&str, &[u32])]) -> Result<Vec<f64>> {
+        batch.iter().map(|&(text, ids)| self.reward(text, ids)).collect()
+    }
 }
 
 /// `regex:PATTERN`: the number of (non-overlapping) matches.
@@ -87,10 +93,18 @@ pub struct EnergyReward {
 }
 
 impl Reward for EnergyReward {
-    fn reward(&self, text: &str, _: &[u32]) -> Result<f64> {
-        let ids = self.tokenizer.encode(text).context("energy reward: the reward model's tokenizer cannot encode the sample")?;
-        let scored = score::score_ids(&self.model, &[ids], self.tokenizer.bos(), &ScoreOptions::default())?;
-        Ok(scored[0].energy_per_token().map_or(0.0, |e| -e))
+    fn reward(&self, text: &str, ids: &[u32]) -> Result<f64> {
+        Ok(self.rewards(&[(text, ids)])?[0])
+    }
+
+    /// One batched scoring pass over every continuation.
+    fn rewards(&self, batch: &[(&str, &[u32])]) -> Result<Vec<f64>> {
+        let seqs = batch
+            .iter()
+            .map(|(text, _)| self.tokenizer.encode(text).context("energy reward: the reward model's tokenizer cannot encode the sample"))
+            .collect::<Result<Vec<_>>>()?;
+        let scored = score::score_ids(&self.model, &seqs, self.tokenizer.bos(), &ScoreOptions::default())?;
+        Ok(scored.iter().map(|s| s.energy_per_token().map_or(0.0, |e| -e)).collect())
     }
 }
 
@@ -164,27 +178,30 @@ pub struct RlConfig {
 
 impl Default for RlConfig {
     fn default() -> Self {
-        Self {
-            algo: Algo::MaxEntPg,
-            steps: 100,
-            batch_size: 32,
-            tokens: 32,
-            lr: 1e-4,
-            alpha: 0.0,
-            kl_coef: 0.05,
-            target_entropy: None,
-            alpha_lr: 0.05,
-            clip: 0.2,
-            epochs: 4,
-            minibatches: 4,
-            target_kl: None,
-            grad_clip: 1.0,
-            seed: 1337,
-        }
+        Self::DEFAULT
     }
 }
 
 impl RlConfig {
+    /// The defaults, as a constant so the CLI's flags can show them.
+    pub const DEFAULT: RlConfig = RlConfig {
+        algo: Algo::MaxEntPg,
+        steps: 100,
+        batch_size: 32,
+        tokens: 32,
+        lr: 3e-4,
+        alpha: 0.0,
+        kl_coef: 0.05,
+        target_entropy: None,
+        alpha_lr: 0.05,
+        clip: 0.2,
+        epochs: 4,
+        minibatches: 4,
+        target_kl: None,
+        grad_clip: 1.0,
+        seed: 1337,
+    };
+
     /// Check ranges; the message names the flag.
     pub fn validate(&self, context: usize, longest_prompt: usize) -> Result<()> {
         let usage = |m: String| -> Result<()> { Err(UsageError(m).into()) };
@@ -372,7 +389,11 @@ impl Trainer {
         let sampler = self.params.detached_model(self.policy.config())?;
         let conts = sample_batch(&sampler, self.bos, prompt, b, self.cfg.tokens, &mut self.rng)?;
         let texts = conts.iter().map(|c| tok.decode(c)).collect::<Result<Vec<String>>>()?;
-        let rewards = conts.iter().zip(&texts).map(|(c, t)| reward.reward(t, c)).collect::<Result<Vec<f64>>>()?;
+        let batch: Vec<(&str, &[u32])> = texts.iter().zip(&conts).map(|(t, c)| (t.as_str(), c.as_slice())).collect();
+        let rewards = reward.rewards(&batch)?;
+        if rewards.len() != batch.len() {
+            bail!("the reward returned {} values for {} continuations", rewards.len(), batch.len());
+        }
         if let Some(r) = rewards.iter().find(|r| !r.is_finite()) {
             bail!("the reward returned {r}; rewards must be finite");
         }

@@ -6,7 +6,9 @@ mod common;
 use candle_core::{Device, IndexOp, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use thermoformer::config::Positions;
 use thermoformer::generate::{self, Generator, SampleOptions};
+use thermoformer::kernels::Kernels;
 use thermoformer::model::KvCache;
 use thermoformer::params::Params;
 use thermoformer::{Gpt, ModelConfig, Tok};
@@ -49,6 +51,41 @@ fn kv_cache_gives_the_logits_of_the_full_forward_pass() {
     assert_eq!(cache.len(), context);
     let over = model.forward_cached(&Tensor::new(&[1u32], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache);
     assert!(over.is_err(), "a full cache refuses more tokens");
+}
+
+#[test]
+fn batched_kv_cache_gives_each_row_the_logits_of_its_own_full_forward_pass() {
+    // Batched rollouts (rl) run B > 1 sequences through one cache; each row must still see only
+    // its own keys and values, with both kernel paths and with rotary positions.
+    for (kernels, positions) in [
+        (Kernels::Fused, Positions::Learned),
+        (Kernels::Composed, Positions::Learned),
+        (Kernels::Fused, Positions::Rope),
+    ] {
+        let tok = Tok::train_char(&common::corpus_text(5000)).unwrap();
+        let cfg = ModelConfig { positions, ..ModelConfig::tiny(tok.vocab_size()) };
+        let (_, mut model) = Params::init(&cfg, 0.4, 5, &Device::Cpu).unwrap();
+        model.set_kernels(kernels);
+        let (b, context) = (3usize, cfg.context);
+        let rows: Vec<Vec<u32>> = (0..b as u32)
+            .map(|r| std::iter::once(tok.bos()).chain((0..context as u32 - 1).map(|i| (i * (5 + 2 * r) + r) % 40)).collect())
+            .collect();
+        let batch = |from: usize, to: usize| {
+            let flat: Vec<u32> = rows.iter().flat_map(|row| row[from..to].iter().copied()).collect();
+            Tensor::from_vec(flat, (b, to - from), &Device::Cpu).unwrap()
+        };
+        let mut cache = KvCache::new();
+        let primed = model.forward_cached(&batch(0, 6), &mut cache).unwrap(); // (B, 6, V)
+        let full = model.forward(&batch(0, 6)).unwrap();
+        assert!(max_diff(&common::flat(&primed), &common::flat(&full)) < 1e-4, "{kernels:?} {positions:?}: primed chunk");
+        for t in 6..context {
+            let step = model.forward_cached(&batch(t, t + 1), &mut cache).unwrap(); // (B, 1, V)
+            for (r, row) in rows.iter().enumerate() {
+                let d = max_diff(&step.i((r, 0)).unwrap().to_vec1::<f32>().unwrap(), &last_logits(&model, &row[..=t]));
+                assert!(d < 1e-4, "{kernels:?} {positions:?}: row {r}, position {t}: {d}");
+            }
+        }
+    }
 }
 
 #[test]

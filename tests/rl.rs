@@ -189,4 +189,19 @@ fn rewards_score_what_their_spec_says() {
     let scored: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let want = -scored["energy_per_token"].as_f64().unwrap();
     assert!((r(&spec, text) - want).abs() < 1e-5, "{} against {want}", r(&spec, text));
+    // A batch (as rollouts score it) gives each continuation its own reward, for every kind.
+    let texts = ["First Citizen:", "to go or not", "my love\nabc", "Speak, speak."];
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
+    let batch: Vec<(&str, &[u32])> = texts.iter().zip(&ids).map(|(t, i)| (*t, i.as_slice())).collect();
+    for spec in [spec.as_str(), "regex:o.", "contains:love", "length:8"] {
+        let reward = rl::parse_reward(spec, &tok, &dev).unwrap();
+        let batched = reward.rewards(&batch).unwrap();
+        assert_eq!(batched.len(), texts.len());
+        for (text, got) in texts.iter().zip(&batched) {
+            let one = r(spec, text);
+            assert!((got - one).abs() < 1e-5, "{spec}: {text:?} scores {got} in a batch, {one} alone");
+        }
+    }
+    let energies = rl::parse_reward(&spec, &tok, &dev).unwrap().rewards(&batch).unwrap();
+    assert!(energies.windows(2).all(|w| (w[0] - w[1]).abs() > 1e-3), "each text has its own energy: {energies:?}");
 }

@@ -14,6 +14,8 @@ use crate::checkpoint;
 use crate::error::UsageError;
 use crate::rl::{self, Algo, RlConfig, Trainer};
 
+const DEFAULTS: RlConfig = RlConfig::DEFAULT;
+
 /// Algorithm on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AlgoArg {
@@ -47,50 +49,50 @@ pub struct RlArgs {
     #[arg(long, value_enum, default_value_t = AlgoArg::MaxentPg)]
     pub algo: AlgoArg,
     /// Policy updates.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = DEFAULTS.steps)]
     pub steps: usize,
     /// Continuations sampled per update.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DEFAULTS.batch_size)]
     pub batch_size: usize,
     /// Tokens per continuation (BOS + prompt + tokens must fit the context).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DEFAULTS.tokens)]
     pub tokens: usize,
     /// Prompts, one per line (empty lines skipped), used in turn, one per update [default: BOS alone].
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
     /// AdamW learning rate of the policy (no weight decay).
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = DEFAULTS.lr)]
     pub lr: f64,
     /// Entropy weight alpha >= 0 (the starting value with --target-entropy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = DEFAULTS.alpha)]
     pub alpha: f64,
     /// KL weight beta >= 0 on KL(pi || pi_ref).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = DEFAULTS.kl_coef)]
     pub kl_coef: f64,
     /// Tune alpha (SAC-style: ln alpha -= alpha-lr x (H - H_target) per update) toward this mean
     /// per-token entropy, in nats; needs --alpha > 0 to start from.
     #[arg(long, value_name = "H")]
     pub target_entropy: Option<f64>,
     /// Step size on ln alpha for --target-entropy.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = DEFAULTS.alpha_lr)]
     pub alpha_lr: f64,
     /// PPO clip epsilon: ratios pi/pi_old are clipped to [1 - eps, 1 + eps].
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = DEFAULTS.clip)]
     pub clip: f64,
     /// PPO epochs over each batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULTS.epochs)]
     pub epochs: usize,
     /// PPO minibatches per epoch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULTS.minibatches)]
     pub minibatches: usize,
     /// PPO: stop a batch's epochs once approx_kl (KL(pi_old || pi), k3) exceeds this.
     #[arg(long)]
     pub target_kl: Option<f64>,
     /// Clip the global gradient norm to this; 0 disables.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = DEFAULTS.grad_clip)]
     pub grad_clip: f64,
     /// Seed of the sampling.
-    #[arg(long, default_value_t = 1337)]
+    #[arg(long, default_value_t = DEFAULTS.seed)]
     pub seed: u64,
     /// Print the final report (before/after evaluation, samples) as one JSON object.
     #[arg(long)]
