@@ -62,6 +62,14 @@ impl OptimizerKind {
         }
     }
 
+    /// Parameter-sized tensors of state the optimizer keeps: AdamW's two moments, none for SGLD.
+    pub fn state_copies(self) -> u64 {
+        match self {
+            Self::AdamW => 2,
+            Self::Sgld => 0,
+        }
+    }
+
     /// The default weight decay. The decoupled decay shrinks matrices by lr * wd per step, so
     /// AdamW's 0.1 at SGLD's learning rate would shrink them by 10% a step.
     pub fn default_weight_decay(self) -> f64 {
@@ -134,13 +142,15 @@ impl ModelConfig {
     }
 
     /// A lower bound on the bytes one training step at `batch` windows of the full context needs:
-    /// f32 weights, gradients and two AdamW moments; per block the activations kept for the
+    /// f32 weights, gradients and `state_copies` more parameter-sized tensors (AdamW's two
+    /// moments, see [`OptimizerKind::state_copies`]); per block the activations kept for the
     /// backward pass (a dozen `(B, T, d)` tensors, the scores and weights `(B, H, T, T)`); the
     /// logits and their gradient.
-    pub fn training_bytes(&self, batch: usize) -> u64 {
+    pub fn training_bytes(&self, batch: usize, state_copies: u64) -> u64 {
         let (b, t, h, d, l, v) = self.dims(batch);
         let per_block = b * (12 * t * d + 2 * h * t * t);
-        let n = 4 * (4 * self.param_count() as u128 + l * per_block + 2 * b * t * v + t * t);
+        let params = (2 + state_copies as u128) * self.param_count() as u128;
+        let n = 4 * (params + l * per_block + 2 * b * t * v + t * t);
         n.min(u64::MAX as u128) as u64
     }
 

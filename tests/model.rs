@@ -172,11 +172,12 @@ fn parameter_count_and_memory_bounds() {
 
     let recipe = thermoformer::config::ModelConfig::nano_cpu(66);
     assert!((790_000..820_000).contains(&recipe.param_count()), "{}", recipe.param_count());
-    let step = recipe.training_bytes(12);
+    let step = recipe.training_bytes(12, 2); // AdamW
     assert!(step >= 16 * recipe.param_count() && step < 256 << 20, "{step}");
-    assert!(recipe.forward_bytes(1) < recipe.training_bytes(1));
-    assert!(recipe.training_bytes(24) > step);
+    assert_eq!(step - recipe.training_bytes(12, 0), 8 * recipe.param_count(), "two f32 moments per parameter");
+    assert!(recipe.forward_bytes(1) < recipe.training_bytes(1, 0));
+    assert!(recipe.training_bytes(24, 2) > step);
     let long = thermoformer::config::ModelConfig { context: 4 * recipe.context, ..recipe.clone() };
     let attention = |c: &thermoformer::config::ModelConfig| (c.n_layer * 12 * 2 * c.n_head * c.context * c.context * 4) as u64;
-    assert!(long.training_bytes(12) - step >= attention(&long) - attention(&recipe));
+    assert!(long.training_bytes(12, 2) - step >= attention(&long) - attention(&recipe));
 }

@@ -160,7 +160,9 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     cfg.validate(source.config.model.context, longest)?;
-    crate::train::ensure_training_fits(&source.config.model, cfg.batch_size, "lower --batch-size")?;
+    // Rollouts are BOS + prompt + tokens long; AdamW's two moments plus the frozen pi_ref.
+    let rollout = crate::ModelConfig { context: 1 + longest + cfg.tokens, ..source.config.model.clone() };
+    crate::train::ensure_training_fits(&rollout, cfg.batch_size, 3, "lower --batch-size or --tokens")?;
     let reward = rl::parse_reward(&args.reward, tok, &dev)?;
 
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
