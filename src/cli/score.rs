@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::{check_temperature, ModelArgs};
 use crate::error::UsageError;
 use crate::inspect::token_label;
+use crate::memory;
 use crate::score::{self, ScoreOptions, Scored};
 use crate::tokenizer::Tok;
 
@@ -123,6 +124,13 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
         .map(|(i, l)| tok.encode(l).with_context(|| format!("line {}", i + 1)))
         .collect::<Result<Vec<_>>>()?;
     let opts = ScoreOptions { temperature: args.temperature, stride: args.stride, batch_size: args.batch_size };
+    // The first forward pass is the largest: the longest windows, as many as fit the batch.
+    let stride = args.stride.unwrap_or_else(|| score::default_stride(context));
+    let windows: usize = seqs.iter().map(|ids| score::windows(ids.len(), context, stride).len()).sum();
+    let longest = seqs.iter().map(Vec::len).max().unwrap_or(0).clamp(1, context);
+    let batch = args.batch_size.min(windows.max(1));
+    let shape = crate::ModelConfig { context: longest, ..loaded.model.config().clone() };
+    memory::ensure_fits(&format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), "lower --batch-size")?;
     let scored = score::score_ids(&loaded.model, &seqs, tok.bos(), &opts)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match args.format {
