@@ -320,30 +320,30 @@ impl TrainConfig {
             return usage("--batch-size must be at least 1".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return usage(format!("--lr must be a finite number > 0, got {}", self.lr));
+            return usage(format!("--lr must be a finite number > 0, got {:?}", self.lr));
         }
         if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return usage(format!("--min-lr must lie in [0, --lr = {}], got {}", self.lr, self.min_lr));
+            return usage(format!("--min-lr must lie in [0, --lr = {:?}], got {:?}", self.lr, self.min_lr));
         }
         for (flag, b) in [("--beta1", self.beta1), ("--beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return usage(format!("{flag} must lie in [0, 1), got {b}"));
+                return usage(format!("{flag} must lie in [0, 1), got {b:?}"));
             }
         }
         if !(self.adam_eps.is_finite() && self.adam_eps > 0.0) {
-            return usage(format!("adam_eps must be > 0, got {}", self.adam_eps));
+            return usage(format!("adam_eps must be > 0, got {:?}", self.adam_eps));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return usage(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
+            return usage(format!("--weight-decay must be >= 0, got {:?}", self.weight_decay));
         }
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
-            return usage(format!("--grad-clip must be >= 0 (0 disables it), got {}", self.grad_clip));
+            return usage(format!("--grad-clip must be >= 0 (0 disables it), got {:?}", self.grad_clip));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return usage(format!("--label-smoothing must lie in [0, 1), got {}", self.label_smoothing));
+            return usage(format!("--label-smoothing must lie in [0, 1), got {:?}", self.label_smoothing));
         }
         if !(self.sgld_temperature.is_finite() && self.sgld_temperature >= 0.0) {
-            return usage(format!("--sgld-temperature must be a finite number >= 0, got {}", self.sgld_temperature));
+            return usage(format!("--sgld-temperature must be a finite number >= 0, got {:?}", self.sgld_temperature));
         }
         if self.sgld_temperature > 0.0 && self.optimizer != OptimizerKind::Sgld {
             return usage("--sgld-temperature needs --optimizer sgld".into());
@@ -355,10 +355,10 @@ impl TrainConfig {
             return usage("--eval-batches must be at least 1".into());
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
-            return usage(format!("--val-fraction must lie in (0, 1), got {}", self.val_fraction));
+            return usage(format!("--val-fraction must lie in (0, 1), got {:?}", self.val_fraction));
         }
         if !(self.init_std.is_finite() && self.init_std > 0.0) {
-            return usage(format!("init_std must be > 0, got {}", self.init_std));
+            return usage(format!("init_std must be > 0, got {:?}", self.init_std));
         }
         if self.tokenizer == TokenizerKind::Bpe && self.bpe_vocab_size > MAX_BPE_VOCAB {
             return usage(format!("--vocab-size must be at most {MAX_BPE_VOCAB}, got {}", self.bpe_vocab_size));

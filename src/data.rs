@@ -36,7 +36,7 @@ impl Splits {
     /// least `context + 1` tokens so that one full window fits.
     pub fn new(text: &str, tok: &Tok, val_fraction: f64, context: usize, name: &str) -> Result<Self> {
         if !(val_fraction > 0.0 && val_fraction < 1.0) {
-            bail!("the validation fraction must lie in (0, 1), got {val_fraction}");
+            bail!("the validation fraction must lie in (0, 1), got {val_fraction:?}");
         }
         let tokens = tok.encode(text).with_context(|| format!("tokenizing corpus {name}"))?;
         let n_val = ((tokens.len() as f64) * val_fraction).round() as usize;

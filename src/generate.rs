@@ -45,7 +45,7 @@ impl SampleOptions {
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                bail!("--top-p must be in (0, 1], got {p}");
+                bail!("--top-p must be in (0, 1], got {p:?}");
             }
         }
         Ok(())

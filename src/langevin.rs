@@ -69,7 +69,7 @@ fn validate(x0: &[f64], o: &LangevinOptions) -> Result<()> {
         candle_core::bail!("the starting point needs at least one coordinate")
     }
     if !(o.step.is_finite() && o.step > 0.0) || !(o.temperature.is_finite() && o.temperature > 0.0) {
-        candle_core::bail!("step and temperature must be finite and > 0, got {} and {}", o.step, o.temperature)
+        candle_core::bail!("step and temperature must be finite and > 0, got {:?} and {:?}", o.step, o.temperature)
     }
     if o.samples == 0 || o.thin == 0 {
         candle_core::bail!("need at least one sample and a thinning of at least 1")

@@ -39,7 +39,7 @@ fn check(x: &[Vec<f64>], y: &[f64], queries: &[Vec<f64>], h: f64) -> Result<usiz
         candle_core::bail!("every point needs the same positive dimension")
     }
     if !(h.is_finite() && h > 0.0) {
-        candle_core::bail!("the bandwidth must be finite and > 0, got {h}")
+        candle_core::bail!("the bandwidth must be finite and > 0, got {h:?}")
     }
     Ok(d)
 }

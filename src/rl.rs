@@ -212,12 +212,12 @@ impl RlConfig {
         }
         for (flag, v) in [("--lr", self.lr), ("--alpha-lr", self.alpha_lr)] {
             if !(v.is_finite() && v > 0.0) {
-                return usage(format!("{flag} must be a finite number > 0, got {v}"));
+                return usage(format!("{flag} must be a finite number > 0, got {v:?}"));
             }
         }
         for (flag, v) in [("--alpha", self.alpha), ("--kl-coef", self.kl_coef), ("--grad-clip", self.grad_clip)] {
             if !(v.is_finite() && v >= 0.0) {
-                return usage(format!("{flag} must be a finite number >= 0, got {v}"));
+                return usage(format!("{flag} must be a finite number >= 0, got {v:?}"));
             }
         }
         if self.target_entropy.is_some() && self.alpha <= 0.0 {
@@ -227,7 +227,7 @@ impl RlConfig {
             return usage("--target-entropy must be a finite number >= 0 (nats per token)".into());
         }
         if !(self.clip.is_finite() && self.clip > 0.0 && self.clip < 1.0) {
-            return usage(format!("--clip must lie in (0, 1), got {}", self.clip));
+            return usage(format!("--clip must lie in (0, 1), got {:?}", self.clip));
         }
         if self.target_kl.is_some_and(|k| !(k.is_finite() && k > 0.0)) {
             return usage("--target-kl must be a finite number > 0".into());

@@ -380,6 +380,13 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         let batches = if last { &full_eval } else { &evals };
         let ev = evaluate(&eval_model, batches, cfg.label_smoothing)?;
         let val_ce = ev.ce;
+        if !(val_ce.is_finite() && ev.loss.is_finite()) {
+            bail!(
+                "the validation cross-entropy is {val_ce} at step {}; nothing was saved, and any earlier checkpoint in {} is kept",
+                s.state.step,
+                req.out.display()
+            );
+        }
         s.state.val_ce = Some(val_ce);
         s.state.elapsed_secs = elapsed;
         s.state.rng_word_pos = s.batch_rng.get_word_pos().to_string();

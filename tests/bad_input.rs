@@ -41,6 +41,9 @@ fn every_numeric_flag_out_of_range_is_a_usage_error() {
         (&["--beta1", "1"], "--beta1"),
         (&["--beta2", "1.5"], "--beta2"),
         (&["--weight-decay", "-1"], "--weight-decay"),
+        // Values far out of range are echoed compactly, not as hundreds of digits.
+        (&["--label-smoothing", "1e300"], "got 1e300"),
+        (&["--lr=-1e-320"], "got -1e-320"),
         (&["--grad-clip", "-1"], "--grad-clip"),
         (&["--eval-every", "0"], "--eval-every"),
         (&["--eval-batches", "0"], "--eval-batches"),
