@@ -1,3 +1,6 @@
+use std::io::Write;
+
+use clap::error::ErrorKind;
 use clap::Parser;
 
 // The BLAS libraries behind candle's mkl / accelerate features must be linked by the binary.
@@ -11,14 +14,36 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     thermoformer::pin_thread_count();
-    let cli = thermoformer::cli::Cli::parse();
+    let cli = match thermoformer::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => e.exit(),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr().lock(), "{}", one_line(&e.to_string()));
+            std::process::exit(e.exit_code());
+        }
+    };
     if let Err(err) = thermoformer::cli::run(cli) {
         if thermoformer::error::is_broken_pipe(&err) {
             std::process::exit(0); // the reader went away (`| head`): not an error
         }
         // One line: candle appends a backtrace to its errors when RUST_BACKTRACE is set.
         let message = format!("{err:#}");
-        eprintln!("error: {}", message.lines().next().unwrap_or_default());
+        let _ = writeln!(std::io::stderr().lock(), "error: {}", message.lines().next().unwrap_or_default());
         std::process::exit(thermoformer::error::exit_code(&err));
     }
+}
+
+/// clap's multi-line usage error as one line: the message with its indented continuation (the
+/// missing arguments, say) and any tip, then a pointer to --help instead of the usage block.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let mut out = lines.next().unwrap_or("error: invalid arguments").trim_end_matches(':').to_string();
+    let continuation: Vec<&str> = lines.by_ref().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    if !continuation.is_empty() {
+        out = format!("{out}: {}", continuation.join(", "));
+    }
+    for tip in lines.map(str::trim).filter(|l| l.starts_with("tip:")) {
+        out = format!("{out} ({tip})");
+    }
+    format!("{out}; see --help")
 }

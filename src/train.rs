@@ -360,7 +360,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     fs::create_dir_all(&req.out).with_context(|| format!("creating run directory {}", req.out.display()))?;
 
     let pb = progress_bar(req, cfg.steps, s.state.step);
-    let log = |line: String| pb.suspend(|| eprintln!("{line}"));
+    let log = |line: String| pb.suspend(|| crate::note(&line));
     log(format!(
         "{} {} parameters, {} layers x {} heads x {} wide, context {}, vocab {} ({:?}); {} train / {} val tokens",
         if s.resumed { format!("resuming {} at step {}:", req.out.display(), s.state.step) } else { "training".to_string() },
@@ -468,7 +468,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     }
     pb.finish_and_clear();
     if let Err(e) = write_curves(&req.out) {
-        eprintln!("warning: could not draw the training curves: {e:#}");
+        crate::note(format!("warning: could not draw the training curves: {e:#}"));
     }
 
     let sample = if cfg.sample_tokens > 0 {

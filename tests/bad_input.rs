@@ -192,6 +192,46 @@ fn errors_stay_one_line_with_backtraces_enabled() {
 }
 
 #[test]
+fn argument_errors_are_one_line_naming_the_flag() {
+    for (args, needle) in [
+        (&["train", "--bogus"][..], "'--bogus'"),
+        (&["train", "--step", "5"][..], "a similar argument exists: '--steps'"),
+        (&["train", "--positions", "foo"][..], "possible values: learned, rope"),
+        (&["train", "--lr", "abc"][..], "'--lr <LR>'"),
+        (&["rl"][..], "--out <DIR>, --reward <SPEC>"),
+        (&["frobnicate"][..], "'frobnicate'"),
+    ] {
+        let out = run(args);
+        assert_clean_error(&out, 2, needle);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: more than one line:\n{stderr}");
+    }
+    // Help is not an error.
+    let help = run(&["train", "--help"]);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--label-smoothing"));
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_training() {
+    // `thermoformer train 2>&1 | head -1`: once the reader has gone, progress lines cannot be
+    // written; the run must still finish and save.
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path(), 4000);
+    let out = tmp.path().join("run");
+    let (c, o) = (corpus.to_str().unwrap(), out.to_str().unwrap());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_thermoformer"))
+        .args(tiny_train_flags(c, o))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take()); // the reader goes away before the first line
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}");
+    assert!(checkpoint::exists(&out), "the checkpoint was saved");
+}
+
+#[test]
 fn bad_text_is_named_and_long_text_is_fine() {
     let tmp = tempfile::tempdir().unwrap();
     let ck = trained(tmp.path());

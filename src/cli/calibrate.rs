@@ -65,7 +65,7 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
     }
     if let Some(png) = &args.png {
         draw(png, &c)?;
-        eprintln!("reliability diagram written to {}", png.display());
+        crate::note(format!("reliability diagram written to {}", png.display()));
     }
     Ok(())
 }

@@ -110,7 +110,7 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
             })
             .collect();
         plot::attention_grid(png, &report.tokens, &report.alpha, &titles)?;
-        eprintln!("attention maps written to {}", png.display());
+        crate::note(format!("attention maps written to {}", png.display()));
     }
     Ok(())
 }
@@ -194,7 +194,7 @@ fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
             })
             .collect();
         plot::line_panels(png, "distance i - j (tokens)", false, &panels)?;
-        eprintln!("distance profile written to {}", png.display());
+        crate::note(format!("distance profile written to {}", png.display()));
     }
     Ok(())
 }
@@ -241,7 +241,7 @@ fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
                 ),
             ],
         )?;
-        eprintln!("sweep plot written to {}", png.display());
+        crate::note(format!("sweep plot written to {}", png.display()));
     }
     Ok(())
 }
