@@ -14,8 +14,11 @@ use crate::tokenizer::Tok;
 /// A text read through every head.
 #[derive(Debug, Clone, Serialize)]
 pub struct TextInspection {
-    /// Display form of each position's token, BOS first.
+    /// Each position's token as the tokenizer spells it, BOS (`<|bos|>`) first.
     pub tokens: Vec<String>,
+    /// The same tokens as short printable labels, whitespace made visible ([`token_label`]).
+    #[serde(skip)]
+    pub labels: Vec<String>,
     /// Every head's thermodynamics, layer-major.
     pub heads: Vec<HeadSummary>,
     /// Attention weights `[layer][head][query][key]`.
@@ -63,7 +66,9 @@ pub fn inspect_text(model: &Gpt, tok: &Tok, text: &str) -> Result<TextInspection
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(TextInspection { tokens: ids.iter().map(|&id| token_label(tok, id)).collect(), heads, alpha })
+    let tokens = ids.iter().map(|&id| if id == tok.bos() { crate::tokenizer::BOS.to_string() } else { tok.token_text(id) }).collect();
+    let labels = ids.iter().map(|&id| token_label(tok, id)).collect();
+    Ok(TextInspection { tokens, labels, heads, alpha })
 }
 
 /// One temperature of a sweep.

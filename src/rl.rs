@@ -138,6 +138,7 @@ pub fn parse_reward(spec: &str, tok: &Tok, dev: &Device) -> Result<Box<dyn Rewar
 #[serde(rename_all = "kebab-case")]
 pub enum Algo {
     /// REINFORCE with a baseline on the maximum-entropy, KL-regularised objective.
+    #[serde(rename = "maxent-pg")] // as `--algo` spells it
     MaxEntPg,
     /// Proximal policy optimisation (clipped surrogate).
     Ppo,

@@ -139,6 +139,11 @@ fn rl_writes_an_ordinary_checkpoint_and_its_metrics() {
         assert!(o.status.success(), "{algo}: {}", String::from_utf8_lossy(&o.stderr));
         let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(report["before"]["reward"].as_f64().is_some() && report["after"]["kl"].as_f64().is_some());
+        // The policy's own validation CE goes to the report and to the new run's state.json.
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("rl/state.json")).unwrap()).unwrap();
+        let (before_ce, after_ce) = (report["val_ce_before"].as_f64().unwrap(), report["val_ce_after"].as_f64().unwrap());
+        assert_eq!(state["val_ce"].as_f64(), Some(after_ce));
+        assert!(after_ce.is_finite() && after_ce != before_ce, "{before_ce} -> {after_ce}");
         let lines: Vec<serde_json::Value> =
             std::fs::read_to_string(tmp.path().join("rl/rl_metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 3);

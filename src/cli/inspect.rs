@@ -25,22 +25,23 @@ pub enum InspectFormat {
 /// Options of `thermoformer inspect`.
 #[derive(Debug, clap::Args)]
 #[command(allow_negative_numbers = true)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["text", "sweep", "rope"])))]
 pub struct InspectArgs {
     /// Text to read (as BOS + tokens; at most context-1 tokens). For every layer and head prints:
-    /// T, mean entropy H (nats), H/ln(keys allowed), exp(H) (effective keys), mean ln Z, mean
-    /// energy <E> under alpha (E_ij = -q_i.k_j/sqrt(d)), heat capacity C = beta^2 Var(E), averaged
-    /// over query positions (the first, with one key, left out of H/ln n), and the largest
+    /// T, mean entropy H (nats), H/ln(keys allowed), <exp H> (effective keys), mean ln Z, mean
+    /// energy <E> under alpha (E_ij = -q_i.k_j/sqrt(d)), heat capacity C = beta^2 Var(E), each
+    /// averaged over query positions (the first, with one key, left out of H/ln n), and the largest
     /// |H - beta<E> - ln Z| over the rows.
-    #[arg(long, required_unless_present_any = ["sweep", "rope"])]
+    #[arg(long)]
     pub text: Option<String>,
     /// Sweep the global attention temperature (every head set to T) over these values, e.g.
     /// 0.25,0.5,1,2,4: energy per token and mean attention entropy on a fixed slice of the
     /// validation split.
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',', conflicts_with_all = ["text", "attn_temperature", "head_temperature"])]
     pub sweep: Option<Vec<f64>>,
-    /// How far each head looks: per head, the mean score s_ij and attention weight against the
-    /// relative distance i - j, and the mean attended distance, on a fixed slice of the validation
-    /// split. With rotary positions (`train --positions rope`) scores depend on position only
+    /// How far each head looks: per head, the mean score s_ij against the relative distance
+    /// i - j (the JSON adds the mean attention weight at each distance), and the mean attended
+    /// distance, on a fixed slice of the validation split. With rotary positions (`train --positions rope`) scores depend on position only
     /// through i - j, so this is each head's whole positional profile; learned-position models
     /// get the same table for comparison.
     #[arg(long, conflicts_with_all = ["text", "sweep"])]
@@ -109,7 +110,7 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
                     .collect()
             })
             .collect();
-        plot::attention_grid(png, &report.tokens, &report.alpha, &titles)?;
+        plot::attention_grid(png, &report.labels, &report.alpha, &titles)?;
         crate::note(format!("attention maps written to {}", png.display()));
     }
     Ok(())
@@ -120,7 +121,7 @@ fn write_heads(out: &mut impl Write, r: &TextInspection) -> Result<()> {
     writeln!(
         out,
         "{:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9}",
-        "layer", "head", "T", "H", "H/ln n", "exp(H)", "ln Z", "<E>", "C", "|resid|"
+        "layer", "head", "T", "H", "H/ln n", "<exp H>", "ln Z", "<E>", "C", "|resid|"
     )?;
     for h in &r.heads {
         writeln!(

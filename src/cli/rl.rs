@@ -190,16 +190,31 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     let after = trainer.evaluate(&prompts[0], reward.as_ref(), tok, eval_n)?;
-    checkpoint::save(&args.out, &source.config, tok, trainer.params(), trainer.optimizer_state()?, &source.state)?;
+    // What the reward cost the language model: the policy's cross-entropy on the run's own
+    // validation split (as training's last evaluation measured it), also kept in state.json.
+    let val_ce_before = source.state.val_ce;
+    let val_ce_after = match policy_val_ce(&source.config, tok, trainer.params(), &dev) {
+        Ok(ce) => Some(ce),
+        Err(e) => {
+            crate::note(format!("warning: the policy's validation cross-entropy was not measured: {e:#}"));
+            None
+        }
+    };
+    let state = checkpoint::TrainState { val_ce: val_ce_after, ..source.state.clone() };
+    checkpoint::save(&args.out, &source.config, tok, trainer.params(), trainer.optimizer_state()?, &state)?;
 
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = serde_json::json!({ "out": args.out, "steps": cfg.steps, "before": before, "after": after });
+        let v = serde_json::json!({
+            "out": args.out, "steps": cfg.steps, "before": before, "after": after,
+            "val_ce_before": val_ce_before, "val_ce_after": val_ce_after,
+        });
         writeln!(out, "{v}")?;
     } else {
-        writeln!(out, "{:>7} {:>9} {:>9} {:>9}   ({eval_n} continuations of {} tokens each)", "", "reward", "entropy", "KL", cfg.tokens)?;
-        for (label, e) in [("before", &before), ("after", &after)] {
-            writeln!(out, "{label:>7} {:>9.4} {:>9.4} {:>9.4}", e.reward, e.entropy, e.kl)?;
+        writeln!(out, "{:>7} {:>9} {:>9} {:>9} {:>9}   ({eval_n} continuations of {} tokens each)", "", "reward", "entropy", "KL", "val CE", cfg.tokens)?;
+        for (label, e, ce) in [("before", &before, val_ce_before), ("after", &after, val_ce_after)] {
+            let ce = ce.map_or("-".to_string(), |c| format!("{c:.4}"));
+            writeln!(out, "{label:>7} {:>9.4} {:>9.4} {:>9.4} {ce:>9}", e.reward, e.entropy, e.kl)?;
         }
         for (label, e) in [("before", &before), ("after", &after)] {
             writeln!(out, "--- {label}: two samples ---")?;
@@ -210,4 +225,12 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
         writeln!(out, "policy written to {} (metrics in {RL_METRICS})", args.out.display())?;
     }
     Ok(())
+}
+
+/// Cross-entropy (nats/token) of the policy in `params` on the run's validation split, measured
+/// as training's last evaluation is: the whole split in tiles of BOS + context - 1 tokens.
+fn policy_val_ce(config: &crate::RunConfig, tok: &crate::Tok, params: &crate::params::Params, dev: &candle_core::Device) -> Result<f64> {
+    let (_, val) = super::validation_split(config, tok, None, "measuring the policy")?;
+    let batches = crate::data::tiled_batches(&val, None, 16, config.model.context, tok.bos(), dev)?;
+    Ok(crate::train::evaluate(&params.detached_model(&config.model)?, &batches, 0.0)?.ce)
 }
