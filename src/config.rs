@@ -199,8 +199,9 @@ impl ModelConfig {
         let params = self.param_count();
         if params > MAX_PARAMS {
             return usage(format!(
-                "this shape has about {params} parameters (vocab {} x d_model {}, {} layers, context {}); the limit is {MAX_PARAMS}",
-                self.vocab_size, self.d_model, self.n_layer, self.context
+                // At least: before the tokenizer is trained the vocabulary is a placeholder.
+                "this shape has at least {params} parameters (d_model {}, {} layers, context {}); the limit is {MAX_PARAMS}",
+                self.d_model, self.n_layer, self.context
             ));
         }
         if self.context > 1 << 16 {
@@ -509,7 +510,7 @@ impl TrainOptions {
             ($opt:expr, $saved:expr, $flag:literal) => {
                 if let Some(v) = $opt {
                     if v != $saved {
-                        return mismatch($flag, format!("{:?}", v), format!("{:?}", $saved));
+                        return mismatch($flag, spelled(&v), spelled(&$saved));
                     }
                 }
             };
@@ -546,5 +547,15 @@ impl TrainOptions {
             attn_temperature: self.attn_temperature.unwrap_or(d.attn_temperature),
             learn_temperature: self.learn_temperature.unwrap_or(d.learn_temperature),
         }
+    }
+}
+
+/// A setting as the command line and config.json spell it (`learned`, `char`, `adamw`, a path,
+/// a number), for messages.
+pub fn spelled<T: Serialize + ?Sized>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(v) => v.to_string(),
+        Err(_) => "?".to_string(),
     }
 }

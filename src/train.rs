@@ -265,7 +265,7 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
 /// names the flags that make it smaller.
 pub fn ensure_training_fits(model: &ModelConfig, batch: usize, state_copies: u64, hint: &str) -> Result<()> {
     memory::ensure_fits(
-        &format!("training {} parameters at batch {batch} x context {}", model.param_count(), model.context),
+        &format!("training {} layers x {} wide at batch {batch} x context {}", model.n_layer, model.d_model, model.context),
         model.training_bytes(batch, state_copies),
         hint,
     )
@@ -283,13 +283,13 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     train.validate()?;
     ensure_training_fits(&saved.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
     let done = saved.state.step;
-    if done >= train.steps || req.stop_after.is_some_and(|n| n <= done) {
-        return Err(UsageError(format!(
-            "--resume: {} is already at step {done}; raise --steps (now {}) or --stop-after to train further",
-            req.out.display(),
-            train.steps
-        ))
-        .into());
+    let raise = if done >= train.steps {
+        Some(format!("raise --steps (now {}) to train further", train.steps))
+    } else {
+        req.stop_after.filter(|&n| n <= done).map(|n| format!("raise --stop-after (now {n}) to train further"))
+    };
+    if let Some(raise) = raise {
+        return Err(UsageError(format!("--resume: {} is already at step {done}; {raise}", req.out.display())).into());
     }
     let text = data::read_corpus(&train.corpus)?;
     if checkpoint::corpus_hash(&text) != saved.state.corpus_hash {
@@ -362,7 +362,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let pb = progress_bar(req, cfg.steps, s.state.step);
     let log = |line: String| pb.suspend(|| crate::note(&line));
     log(format!(
-        "{} {} parameters, {} layers x {} heads x {} wide, context {}, vocab {} ({:?}); {} train / {} val tokens",
+        "{} {} parameters, {} layers x {} heads x {} wide, context {}, vocab {} ({}); {} train / {} val tokens",
         if s.resumed { format!("resuming {} at step {}:", req.out.display(), s.state.step) } else { "training".to_string() },
         s.params.count(),
         s.run.model.n_layer,
@@ -370,7 +370,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         s.run.model.d_model,
         context,
         s.tok.vocab_size(),
-        s.tok.kind(),
+        crate::config::spelled(&s.tok.kind()),
         splits.train.len(),
         splits.val.len(),
     ));
@@ -451,12 +451,6 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         window_steps += 1;
 
         let tok_s = (window_steps as u64 * tokens_per_step) as f64 / window_secs;
-        pb.set_position(s.state.step as u64);
-        pb.set_message(format!(
-            "loss {loss_value:.4} | val {} | {tok_s:.0} tok/s",
-            last_val.map_or("-".to_string(), |v| format!("{v:.4}"))
-        ));
-
         if s.state.step % cfg.eval_every == 0 || s.state.step == stop_at {
             let mean_loss = window_loss / window_steps as f64;
             last_train_loss = Some(mean_loss);
@@ -465,6 +459,11 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
             last_val = Some(checkpoint_now(&mut s, Some(mean_loss), lr, Some(tok_s), elapsed, last)?);
             (window_loss, window_steps, window_secs) = (0.0, 0, 0.0);
         }
+        pb.set_position(s.state.step as u64);
+        pb.set_message(format!(
+            "loss {loss_value:.4} | val {} | {tok_s:.0} tok/s",
+            last_val.map_or("-".to_string(), |v| format!("{v:.4}"))
+        ));
     }
     pb.finish_and_clear();
     if let Err(e) = write_curves(&req.out) {

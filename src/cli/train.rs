@@ -75,8 +75,9 @@ pub struct TrainArgs {
     /// Run directory for the checkpoint and metrics.jsonl.
     #[arg(long, value_name = "DIR", default_value = "checkpoints/shakespeare")]
     pub out: PathBuf,
-    /// TOML or JSON file of options, keys as the flags in snake_case (e.g. `d_model = 128`);
-    /// flags given on the command line override it.
+    /// TOML or JSON file of training options, keys as the flags in snake_case (e.g.
+    /// `d_model = 128`); flags given on the command line override it. --out, --resume,
+    /// --overwrite, --stop-after, --json, --no-progress and --device are command-line only.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Continue the checkpoint in --out: weights, AdamW moments, step, schedule and data RNG are

@@ -50,7 +50,8 @@ static DEFAULT: AtomicU8 = AtomicU8::new(UNSET);
 
 impl Kernels {
     /// The process-wide default: `THERMOFORMER_KERNELS=composed` selects the reference path
-    /// (for comparisons and benchmarks), anything else the fused one.
+    /// (for comparisons and benchmarks), `fused` or nothing the fused one; any other value is
+    /// warned about once and treated as `fused`.
     pub fn from_env() -> Self {
         match DEFAULT.load(Ordering::Relaxed) {
             FUSED => Kernels::Fused,
@@ -58,7 +59,11 @@ impl Kernels {
             _ => {
                 let k = match std::env::var("THERMOFORMER_KERNELS").as_deref() {
                     Ok("composed") => Kernels::Composed,
-                    _ => Kernels::Fused,
+                    Ok("fused") | Ok("") | Err(_) => Kernels::Fused,
+                    Ok(other) => {
+                        crate::note(format!("warning: THERMOFORMER_KERNELS={other:?} is neither fused nor composed; using fused"));
+                        Kernels::Fused
+                    }
                 };
                 DEFAULT.store(if k == Kernels::Fused { FUSED } else { COMPOSED }, Ordering::Relaxed);
                 k
