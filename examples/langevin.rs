@@ -24,7 +24,7 @@ fn mixture(x: &Tensor) -> candle_core::Result<Tensor> {
     let logits = (ln_w - (d2 / (2.0 * S * S))?)?;
     let m = logits.max(0)?;
     // -logsumexp, stable
-    Ok((logits.broadcast_sub(&m)?.exp()?.sum_all()?.log()? + m)?.neg()?)
+    (logits.broadcast_sub(&m)?.exp()?.sum_all()?.log()? + m)?.neg()
 }
 
 fn mixture_energy(x: f64, y: f64) -> f64 {

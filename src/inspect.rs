@@ -184,8 +184,8 @@ pub fn distance_profiles(model: &Gpt, batches: &[Batch]) -> Result<Vec<DistanceP
             }
         }
         for i in 0..t {
-            for d in 0..=i {
-                pairs[d] += b;
+            for p in &mut pairs[..=i] {
+                *p += b; // distance d = i - j for j = i..=0
             }
         }
         rows += b * t;

@@ -68,7 +68,7 @@ fn validate(x0: &[f64], o: &LangevinOptions) -> Result<()> {
     if x0.is_empty() {
         candle_core::bail!("the starting point needs at least one coordinate")
     }
-    if !(o.step.is_finite() && o.step > 0.0) || !(o.temperature.is_finite() && o.temperature > 0.0) {
+    if !(o.step.is_finite() && o.step > 0.0 && o.temperature.is_finite() && o.temperature > 0.0) {
         candle_core::bail!("step and temperature must be finite and > 0, got {:?} and {:?}", o.step, o.temperature)
     }
     if o.samples == 0 || o.thin == 0 {
@@ -121,7 +121,7 @@ fn run<F: Fn(&Tensor) -> Result<Tensor>>(energy: F, x0: &[f64], o: &LangevinOpti
         if !x.iter().all(|v| v.is_finite()) {
             candle_core::bail!("the chain diverged at move {move_i}: lower the step (eta = {eta})")
         }
-        if move_i > o.burn_in && (move_i - o.burn_in) % o.thin == 0 {
+        if move_i > o.burn_in && (move_i - o.burn_in).is_multiple_of(o.thin) {
             samples.push(x.clone());
         }
     }

@@ -500,7 +500,9 @@ impl Trainer {
         for p in self.params.trainable() {
             // x - x is 0 where x is finite and NaN elsewhere: one reduction on the device, one scalar back.
             let w = p.var.as_tensor();
-            if !(w - w)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
+            #[allow(clippy::eq_op)] // deliberate: the difference is the finiteness mask
+            let zeros = (w - w)?;
+            if !zeros.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
                 bail!("the weight {} is no longer finite after update {}; lower --lr", p.name, self.step + 1);
             }
         }

@@ -106,6 +106,9 @@ impl SendPtr {
 
     /// # Safety
     /// `start..start + len` must lie in the buffer and no other worker may touch it meanwhile.
+    // The mutable slice comes from the raw pointer, not from `&self`: each worker takes its own
+    // disjoint range, which is what the caller promises.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }

@@ -72,7 +72,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let x = if x < -87.0 { -87.0 } else if x > 88.0 { 88.0 } else { x };
+    let x = x.clamp(-87.0, 88.0);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND; // round(x / ln 2)
     let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32; // the same n, as an integer
@@ -82,7 +82,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // the fit gives 0.500_000_01, which is 0.5 in f32
     let er = p * r * r + r + 1.0;
     er * f32::from_bits(((n_int + 127) << 23) as u32)
 }
