@@ -144,21 +144,24 @@ impl ModelConfig {
     /// A lower bound on the bytes one training step at `batch` windows of the full context needs:
     /// f32 weights, gradients and `state_copies` more parameter-sized tensors (AdamW's two
     /// moments, see [`OptimizerKind::state_copies`]); per block the activations kept for the
-    /// backward pass (a dozen `(B, T, d)` tensors, the scores and weights `(B, H, T, T)`); the
-    /// logits and their gradient.
+    /// backward pass (a dozen `(B, T, d)` tensors); the logits and their gradient; and three
+    /// `(T, T)` buffers (the causal mask, one head's weights and their gradient). The fused CPU
+    /// attention keeps no `(B, H, T, T)` tensor, so none is counted; the composed path (other
+    /// devices, `THERMOFORMER_KERNELS=composed`) needs more than this.
     pub fn training_bytes(&self, batch: usize, state_copies: u64) -> u64 {
-        let (b, t, h, d, l, v) = self.dims(batch);
-        let per_block = b * (12 * t * d + 2 * h * t * t);
+        let (b, t, _, d, l, v) = self.dims(batch);
         let params = (2 + state_copies as u128) * self.param_count() as u128;
-        let n = 4 * (params + l * per_block + 2 * b * t * v + t * t);
+        let n = 4 * (params + l * b * 12 * t * d + 2 * b * t * v + 3 * t * t);
         n.min(u64::MAX as u128) as u64
     }
 
     /// A lower bound on the bytes a forward pass over `batch` windows of the full context needs:
-    /// the f32 weights, one block's activations at a time, and the logits.
+    /// the f32 weights, one block's activations at a time, the logits, and two `(T, T)` buffers
+    /// (the causal mask and one head's weights; as in [`Self::training_bytes`], no
+    /// `(B, H, T, T)` tensor).
     pub fn forward_bytes(&self, batch: usize) -> u64 {
-        let (b, t, h, d, _, v) = self.dims(batch);
-        let n = 4 * (self.param_count() as u128 + b * (6 * t * d + 2 * h * t * t + t * v) + t * t);
+        let (b, t, _, d, _, v) = self.dims(batch);
+        let n = 4 * (self.param_count() as u128 + b * (6 * t * d + t * v) + 2 * t * t);
         n.min(u64::MAX as u128) as u64
     }
 
@@ -550,12 +553,11 @@ impl TrainOptions {
     }
 }
 
-/// A setting as the command line and config.json spell it (`learned`, `char`, `adamw`, a path,
-/// a number), for messages.
-pub fn spelled<T: Serialize + ?Sized>(v: &T) -> String {
+/// A setting as the command line spells it (`learned`, `char`, `adamw`, a path), for messages;
+/// numbers and flags as Rust prints them (`16`, `2.0`, `NaN`, `true`).
+pub fn spelled<T: Serialize + std::fmt::Debug + ?Sized>(v: &T) -> String {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,
-        Ok(v) => v.to_string(),
-        Err(_) => "?".to_string(),
+        _ => format!("{v:?}"),
     }
 }

@@ -382,7 +382,8 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         let val_ce = ev.ce;
         if !(val_ce.is_finite() && ev.loss.is_finite()) {
             bail!(
-                "the validation cross-entropy is {val_ce} at step {}; nothing was saved, and any earlier checkpoint in {} is kept",
+                "the validation cross-entropy is {val_ce} (smoothed loss {}) at step {}; nothing was saved, and any earlier checkpoint in {} is kept",
+                ev.loss,
                 s.state.step,
                 req.out.display()
             );

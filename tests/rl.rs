@@ -139,11 +139,14 @@ fn rl_writes_an_ordinary_checkpoint_and_its_metrics() {
         assert!(o.status.success(), "{algo}: {}", String::from_utf8_lossy(&o.stderr));
         let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(report["before"]["reward"].as_f64().is_some() && report["after"]["kl"].as_f64().is_some());
-        // The policy's own validation CE goes to the report and to the new run's state.json.
-        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("rl/state.json")).unwrap()).unwrap();
+        // Validation CE before and after, measured alike: before is what training's last
+        // evaluation gave the starting run; after (the policy's) goes to the new state.json.
+        let read_state = |dir: &std::path::Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap() };
         let (before_ce, after_ce) = (report["val_ce_before"].as_f64().unwrap(), report["val_ce_after"].as_f64().unwrap());
-        assert_eq!(state["val_ce"].as_f64(), Some(after_ce));
-        assert!(after_ce.is_finite() && after_ce != before_ce, "{before_ce} -> {after_ce}");
+        let trained_ce = read_state(std::path::Path::new(ck))["val_ce"].as_f64().unwrap();
+        assert!((before_ce - trained_ce).abs() < 1e-5, "{before_ce} against training's {trained_ce}");
+        assert_eq!(read_state(&tmp.path().join("rl"))["val_ce"].as_f64(), Some(after_ce));
+        assert!(after_ce.is_finite() && after_ce != before_ce, "the policy moved: {before_ce} -> {after_ce}");
         let lines: Vec<serde_json::Value> =
             std::fs::read_to_string(tmp.path().join("rl/rl_metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 3);
@@ -156,6 +159,13 @@ fn rl_writes_an_ordinary_checkpoint_and_its_metrics() {
         let o = common::run(&["score", "--text", "First Citizen:", "--checkpoint", out, "--format", "jsonl"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    // A corpus changed since training: the run goes on, without the validation figures.
+    std::fs::write(tmp.path().join("corpus.txt"), common::corpus_text(4000).replace('e', "E")).unwrap();
+    let o = common::run(&["rl", "--checkpoint", ck, "--out", out, "--overwrite", "--reward", "contains:a", "--steps", "1", "--tokens", "6", "--json", "--no-progress"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has changed since the run was trained"));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["val_ce_before"].is_null() && report["val_ce_after"].is_null());
     let bad = |extra: &[&str]| {
         let mut a = vec!["rl", "--checkpoint", ck, "--out", out, "--overwrite", "--steps", "1", "--tokens", "6", "--no-progress"];
         a.extend_from_slice(extra);

@@ -11,6 +11,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::DeviceArg;
 use crate::checkpoint;
+use crate::config::OptimizerKind;
+use crate::memory;
 use crate::error::UsageError;
 use crate::rl::{self, Algo, RlConfig, Trainer};
 
@@ -160,9 +162,14 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     cfg.validate(source.config.model.context, longest)?;
-    // Rollouts are BOS + prompt + tokens long; AdamW's two moments plus the frozen pi_ref.
-    let rollout = crate::ModelConfig { context: 1 + longest + cfg.tokens, ..source.config.model.clone() };
-    crate::train::ensure_training_fits(&rollout, cfg.batch_size, 3, "lower --batch-size or --tokens")?;
+    // Rollouts are BOS + prompt + tokens long; the optimizer's state plus the frozen pi_ref.
+    let len = 1 + longest + cfg.tokens;
+    let rollout = crate::ModelConfig { context: len, ..source.config.model.clone() };
+    memory::ensure_fits(
+        &format!("rl on {} rollouts of {len} tokens", cfg.batch_size),
+        rollout.training_bytes(cfg.batch_size, OptimizerKind::AdamW.state_copies() + 1),
+        "lower --batch-size or --tokens",
+    )?;
     let reward = rl::parse_reward(&args.reward, tok, &dev)?;
 
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -170,6 +177,17 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     fs::write(args.out.join(RL_CONFIG), serde_json::to_string_pretty(&options)?).with_context(|| format!("writing {}", args.out.join(RL_CONFIG).display()))?;
     let metrics_path = args.out.join(RL_METRICS);
     let mut metrics = OpenOptions::new().create(true).write(true).truncate(true).open(&metrics_path).with_context(|| format!("opening {}", metrics_path.display()))?;
+
+    // What the reward costs the language model: cross-entropy on the run's own validation split,
+    // before and after, measured alike (the whole split, as training's last evaluation).
+    let val_batches = validation_batches(&source.config, tok, &source.state.corpus_hash, &dev)
+        .map_err(|e| crate::note(format!("warning: the validation cross-entropy will not be measured: {e:#}")))
+        .ok();
+    let val_ce = |params: &crate::params::Params| -> Result<Option<f64>> {
+        let Some(batches) = &val_batches else { return Ok(None) };
+        Ok(Some(crate::train::evaluate(&params.detached_model(&source.config.model)?, batches, 0.0)?.ce))
+    };
+    let val_ce_before = val_ce(&source.params)?;
 
     let model_cfg = source.config.model.clone();
     let mut trainer = Trainer::new(source.params, source.model, &model_cfg, tok.bos(), cfg.clone())?;
@@ -190,16 +208,8 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     let after = trainer.evaluate(&prompts[0], reward.as_ref(), tok, eval_n)?;
-    // What the reward cost the language model: the policy's cross-entropy on the run's own
-    // validation split (as training's last evaluation measured it), also kept in state.json.
-    let val_ce_before = source.state.val_ce;
-    let val_ce_after = match policy_val_ce(&source.config, tok, trainer.params(), &dev) {
-        Ok(ce) => Some(ce),
-        Err(e) => {
-            crate::note(format!("warning: the policy's validation cross-entropy was not measured: {e:#}"));
-            None
-        }
-    };
+    // state.json describes the policy, not the model it started from.
+    let val_ce_after = val_ce(trainer.params())?;
     let state = checkpoint::TrainState { val_ce: val_ce_after, ..source.state.clone() };
     checkpoint::save(&args.out, &source.config, tok, trainer.params(), trainer.optimizer_state()?, &state)?;
 
@@ -227,10 +237,17 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     Ok(())
 }
 
-/// Cross-entropy (nats/token) of the policy in `params` on the run's validation split, measured
-/// as training's last evaluation is: the whole split in tiles of BOS + context - 1 tokens.
-fn policy_val_ce(config: &crate::RunConfig, tok: &crate::Tok, params: &crate::params::Params, dev: &candle_core::Device) -> Result<f64> {
-    let (_, val) = super::validation_split(config, tok, None, "measuring the policy")?;
-    let batches = crate::data::tiled_batches(&val, None, 16, config.model.context, tok.bos(), dev)?;
-    Ok(crate::train::evaluate(&params.detached_model(&config.model)?, &batches, 0.0)?.ce)
+/// The run's validation split in tiles of BOS + context - 1 tokens (as training's last
+/// evaluation reads it), or why it cannot be read: the corpus is gone or changed, or the pass
+/// would not fit in memory.
+fn validation_batches(config: &crate::RunConfig, tok: &crate::Tok, corpus_hash: &str, dev: &candle_core::Device) -> Result<Vec<crate::data::Batch>> {
+    const BATCH: usize = 16;
+    let corpus = &config.train.corpus;
+    let text = crate::data::read_corpus(corpus)?;
+    if checkpoint::corpus_hash(&text) != corpus_hash {
+        anyhow::bail!("{} has changed since the run was trained", corpus.display());
+    }
+    let splits = crate::data::Splits::new(&text, tok, config.train.val_fraction, config.model.context, &corpus.display().to_string())?;
+    memory::ensure_fits(&format!("a forward pass over {BATCH} validation windows"), config.model.forward_bytes(BATCH), "free some memory")?;
+    crate::data::tiled_batches(&splits.val, None, BATCH, config.model.context, tok.bos(), dev)
 }
