@@ -84,7 +84,7 @@ impl Predictions {
         })
     }
 
-    /// Mean energy -ln softmax(z / T)[target], nats per token.
+    /// Mean energy `-ln softmax(z / T)[target]`, nats per token.
     pub fn energy(&self, temperature: f64) -> f64 {
         let beta = 1.0 / temperature;
         self.par_sum(|z, y| ln_z(z, beta) - beta * z[y] as f64) / self.len() as f64

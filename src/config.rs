@@ -390,7 +390,7 @@ pub struct RunConfig {
 }
 
 /// Training options as given in a `--config` file or on the command line: every field optional,
-/// later layers override earlier ones ([`TrainOptions::apply`]).
+/// later layers override earlier ones ([`TrainOptions::overlay`], [`TrainOptions::apply_to`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainOptions {

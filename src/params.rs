@@ -2,7 +2,7 @@
 //! trainable `Var`s for training or as plain tensors for forward-only use.
 //!
 //! The model is always built through `Gpt::new(cfg, vb)`; what differs is the `VarBuilder`
-//! backend behind it, [`Collector`], which decides where each tensor comes from and records it.
+//! backend behind it, `Collector`, which decides where each tensor comes from and records it.
 //! So the checkpoint's tensor names are exactly the struct paths (`blocks.0.attn.qkv.weight`).
 
 use std::collections::HashMap;

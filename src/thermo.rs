@@ -4,14 +4,16 @@
 //! E_ij = -s_ij at inverse temperature beta_h. Its Boltzmann distribution is the attention row
 //! alpha_ij = exp(-beta E_ij) / Z_i, and the usual quantities follow:
 //!
-//!   ln Z = ln sum_j exp(-beta E_j)          free energy F = -ln Z / beta
-//!   <E>  = sum_j alpha_j E_j                 mean energy
-//!   H    = -sum_j alpha_j ln alpha_j         entropy (nats); H = beta <E> + ln Z
-//!   C    = beta^2 Var_alpha(E) >= 0          heat capacity, = dH/d ln T
+//! ```text
+//! ln Z = ln sum_j exp(-beta E_j)          free energy F = -ln Z / beta
+//! <E>  = sum_j alpha_j E_j                 mean energy
+//! H    = -sum_j alpha_j ln alpha_j         entropy (nats); H = beta <E> + ln Z
+//! C    = beta^2 Var_alpha(E) >= 0          heat capacity, = dH/d ln T
+//! ```
 //!
 //! [`RowStats::from_energies`] computes them from energies alone; [`head_summaries`] averages the
 //! rows the model itself produced ([`crate::model::AttnStats`]), taking H from alpha, ln Z from the
-//! model's log-sum-exp and <E> from the energies, so the identity H = beta <E> + ln Z is a check,
+//! model's log-sum-exp and `<E>` from the energies, so the identity `H = beta <E> + ln Z` is a check,
 //! not a definition.
 
 use anyhow::Result;
@@ -27,7 +29,7 @@ pub struct RowStats {
     pub ln_z: f64,
     /// Entropy H of the row, nats.
     pub entropy: f64,
-    /// Mean energy <E> under the row.
+    /// Mean energy `<E>` under the row.
     pub mean_energy: f64,
     /// Heat capacity beta^2 Var(E).
     pub heat_capacity: f64,
@@ -119,11 +121,11 @@ pub struct HeadSummary {
     pub effective_keys: f64,
     /// Mean ln Z.
     pub ln_z: f64,
-    /// Mean energy <E> under alpha (E_ij = -s_ij).
+    /// Mean energy `<E>` under alpha (E_ij = -s_ij).
     pub mean_energy: f64,
     /// Mean heat capacity beta^2 Var_alpha(E).
     pub heat_capacity: f64,
-    /// Largest |H - (beta <E> + ln Z)| over the rows: the thermodynamic identity's residual.
+    /// Largest `|H - (beta <E> + ln Z)|` over the rows: the thermodynamic identity's residual.
     pub identity_residual: f64,
 }
 

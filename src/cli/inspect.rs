@@ -23,6 +23,8 @@ pub enum InspectFormat {
 }
 
 /// Options of `thermoformer inspect`.
+// The doc comments are --help text, in the physics notation <E> that rustdoc would read as HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, clap::Args)]
 #[command(allow_negative_numbers = true)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["text", "sweep", "rope"])))]

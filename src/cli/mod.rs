@@ -43,6 +43,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// The doc comments are --help text, in the physics notation <E> that rustdoc would read as HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
