@@ -7,13 +7,35 @@ use anyhow::Result;
 
 use crate::error::UsageError;
 
-/// Bytes of memory the kernel reports as available (`MemAvailable` in /proc/meminfo); `None`
-/// where that is not known (not Linux), in which case nothing is refused.
+/// Bytes of memory this process can still use: what the kernel reports as available
+/// (`MemAvailable` in /proc/meminfo), or less where a container's memory cgroup (v2 or v1)
+/// leaves less headroom under its limit. `None` where neither is known (not Linux), in which
+/// case nothing is refused.
 pub fn available_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib.saturating_mul(1024))
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib.saturating_mul(1024))
+    });
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let cgroup = [
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ]
+    .iter()
+    .find_map(|(limit, usage)| cgroup_headroom(&read(limit)?, &read(usage)?));
+    match (meminfo, cgroup) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, c) => m.or(c),
+    }
+}
+
+/// Headroom under a memory cgroup's limit, from the contents of its limit and usage files;
+/// `None` when there is no limit (`max` in v2, a value near 2^63 in v1) or the files do not parse.
+pub fn cgroup_headroom(limit: &str, usage: &str) -> Option<u64> {
+    let limit: u64 = limit.trim().parse().ok().filter(|&l| l < 1 << 60)?;
+    let usage: u64 = usage.trim().parse().ok()?;
+    Some(limit.saturating_sub(usage))
 }
 
 /// A usage error when `need` bytes (a lower bound) exceed the memory available. `what` says
