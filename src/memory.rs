@@ -3,39 +3,97 @@
 //! machine has free. An allocation that fails aborts the process without an error message, so
 //! this is the only place such a mistake can be reported well.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
+use candle_core::Device;
 
 use crate::error::UsageError;
 
 /// Bytes of memory this process can still use: what the kernel reports as available
-/// (`MemAvailable` in /proc/meminfo), or less where a container's memory cgroup (v2 or v1)
-/// leaves less headroom under its limit. `None` where neither is known (not Linux), in which
-/// case nothing is refused.
+/// (`MemAvailable` in /proc/meminfo), or less where the memory cgroup this process runs in (v2
+/// or v1, or one above it) leaves less headroom under its limit. `None` where neither is known
+/// (not Linux), in which case nothing is refused.
 pub fn available_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
         let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib.saturating_mul(1024))
     });
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    let cgroup = [
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ]
-    .iter()
-    .find_map(|(limit, usage)| cgroup_headroom(&read(limit)?, &read(usage)?));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|own| cgroup_headroom(&own, Path::new("/sys/fs/cgroup")));
     match (meminfo, cgroup) {
         (Some(m), Some(c)) => Some(m.min(c)),
         (m, c) => m.or(c),
     }
 }
 
-/// Headroom under a memory cgroup's limit, from the contents of its limit and usage files;
-/// `None` when there is no limit (`max` in v2, a value near 2^63 in v1) or the files do not parse.
-pub fn cgroup_headroom(limit: &str, usage: &str) -> Option<u64> {
-    let limit: u64 = limit.trim().parse().ok().filter(|&l| l < 1 << 60)?;
-    let usage: u64 = usage.trim().parse().ok()?;
-    Some(limit.saturating_sub(usage))
+/// The files one cgroup version keeps its memory accounting in.
+struct Accounting {
+    /// Where the hierarchy is mounted, below the cgroup file system's root.
+    mount: &'static str,
+    limit: &'static str,
+    usage: &'static str,
+    /// The `memory.stat` key of the page cache the kernel can drop under pressure: counted in
+    /// the usage, but not memory a new allocation has to do without.
+    reclaimable: &'static str,
+}
+
+const V2: Accounting = Accounting { mount: "", limit: "memory.max", usage: "memory.current", reclaimable: "inactive_file" };
+const V1: Accounting = Accounting { mount: "memory", limit: "memory.limit_in_bytes", usage: "memory.usage_in_bytes", reclaimable: "total_inactive_file" };
+
+/// The least headroom under a memory limit along this process's cgroup and its ancestors, given
+/// the contents of `/proc/self/cgroup` and the root the cgroup file systems are mounted under
+/// (`/sys/fs/cgroup`). Usage counts without its reclaimable page cache (the working set), so a
+/// container that has just read large files is not taken to be full. `None` where no level has a
+/// limit (`max` in v2, a value near 2^63 in v1) or the files cannot be read.
+pub fn cgroup_headroom(proc_self_cgroup: &str, root: &Path) -> Option<u64> {
+    proc_self_cgroup
+        .lines()
+        .filter_map(|line| {
+            // hierarchy-id:controllers:path; v2's controller list is empty.
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let acc = if controllers.is_empty() {
+                &V2
+            } else if controllers.split(',').any(|c| c == "memory") {
+                &V1
+            } else {
+                return None;
+            };
+            headroom_along(&root.join(acc.mount), path, acc)
+        })
+        .min()
+}
+
+/// The least headroom from the cgroup at `path` up to the hierarchy's top. Inside a cgroup
+/// namespace the listed path may not exist under the mount, whose top is then the process's own.
+fn headroom_along(mount: &Path, path: &str, acc: &Accounting) -> Option<u64> {
+    let own = mount.join(path.trim_start_matches('/'));
+    let mut dir: PathBuf = if own.is_dir() { own } else { mount.to_path_buf() };
+    let mut least: Option<u64> = None;
+    loop {
+        if let Some(h) = level_headroom(&dir, acc) {
+            least = Some(least.map_or(h, |l| l.min(h)));
+        }
+        if dir.as_path() == mount || !dir.pop() {
+            return least;
+        }
+    }
+}
+
+fn level_headroom(dir: &Path, acc: &Accounting) -> Option<u64> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let limit: u64 = read(acc.limit)?.trim().parse().ok().filter(|&l| l < 1 << 60)?;
+    let usage: u64 = read(acc.usage)?.trim().parse().ok()?;
+    let reclaimable = read("memory.stat")
+        .and_then(|stat| {
+            stat.lines().find_map(|l| match l.split_once(' ') {
+                Some((key, value)) if key == acc.reclaimable => value.trim().parse::<u64>().ok(),
+                _ => None,
+            })
+        })
+        .unwrap_or(0);
+    Some(limit.saturating_sub(usage.saturating_sub(reclaimable)))
 }
 
 /// A usage error when `need` bytes (a lower bound) exceed the memory available. `what` says
@@ -49,6 +107,16 @@ pub fn ensure_fits(what: &str, need: u64, hint: &str) -> Result<()> {
         ))
         .into()),
         _ => Ok(()),
+    }
+}
+
+/// [`ensure_fits`] for work that runs on `dev`: host memory is checked only for the CPU, since an
+/// accelerator's allocator reports its own failures as errors.
+pub fn ensure_fits_on(dev: &Device, what: &str, need: u64, hint: &str) -> Result<()> {
+    if dev.is_cpu() {
+        ensure_fits(what, need, hint)
+    } else {
+        Ok(())
     }
 }
 

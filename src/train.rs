@@ -233,12 +233,12 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     // vocabulary is known.
     let shape = req.options.model_config(2);
     shape.validate()?;
-    ensure_training_fits(&shape, train.batch_size, train.optimizer.state_copies(), SHAPE_HINT)?;
+    ensure_training_fits(dev, &shape, train.batch_size, train.optimizer.state_copies(), SHAPE_HINT)?;
     let text = data::read_corpus(&train.corpus)?;
     let tok = Tok::train(train.tokenizer, &text, train.bpe_vocab_size)?;
     let model_cfg = req.options.model_config(tok.vocab_size());
     model_cfg.validate()?;
-    ensure_training_fits(&model_cfg, train.batch_size, train.optimizer.state_copies(), SHAPE_HINT)?;
+    ensure_training_fits(dev, &model_cfg, train.batch_size, train.optimizer.state_copies(), SHAPE_HINT)?;
     // The corpus must fit the context before any memory goes to the model.
     let splits = Splits::new(&text, &tok, train.val_fraction, model_cfg.context, &train.corpus.display().to_string())?;
     let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
@@ -261,10 +261,11 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
 }
 
 /// A usage error when a training step of this shape at `batch` windows of `model.context`
-/// tokens, with `state_copies` parameter-sized optimizer tensors, cannot fit in memory; `hint`
-/// names the flags that make it smaller.
-pub fn ensure_training_fits(model: &ModelConfig, batch: usize, state_copies: u64, hint: &str) -> Result<()> {
-    memory::ensure_fits(
+/// tokens, with `state_copies` parameter-sized optimizer tensors, cannot fit in the memory of
+/// `dev`'s host; `hint` names the flags that make it smaller.
+pub fn ensure_training_fits(dev: &Device, model: &ModelConfig, batch: usize, state_copies: u64, hint: &str) -> Result<()> {
+    memory::ensure_fits_on(
+        dev,
         &format!("training {} layers x {} wide at batch {batch} x context {}", model.n_layer, model.d_model, model.context),
         model.training_bytes(batch, state_copies),
         hint,
@@ -281,7 +282,7 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     req.options.check_resumable(&saved.config)?;
     let train = req.options.apply_to(&saved.config.train);
     train.validate()?;
-    ensure_training_fits(&saved.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
+    ensure_training_fits(dev, &saved.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
     let done = saved.state.step;
     let raise = if done >= train.steps {
         Some(format!("raise --steps (now {}) to train further", train.steps))

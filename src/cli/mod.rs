@@ -13,7 +13,6 @@ use crate::data::{self, Splits};
 use crate::error::UsageError;
 use crate::config::{valid_temperature, MIN_TEMPERATURE};
 use crate::model::HeadTemperature;
-use crate::{RunConfig, Tok};
 
 mod bench;
 mod calibrate;
@@ -143,15 +142,10 @@ impl ModelArgs {
 /// The validation split of `corpus` (default: the checkpoint's training corpus), split as in
 /// training, and the corpus's name; `command` names who needs it in the error.
 pub(crate) fn validation_tokens(loaded: &Loaded, corpus: Option<&PathBuf>, command: &str) -> Result<(String, Vec<u32>)> {
-    validation_split(&loaded.config, &loaded.tokenizer, corpus, command)
-}
-
-/// [`validation_tokens`] for a run's config and tokenizer.
-pub(crate) fn validation_split(config: &RunConfig, tok: &Tok, corpus: Option<&PathBuf>, command: &str) -> Result<(String, Vec<u32>)> {
-    let corpus = corpus.cloned().unwrap_or_else(|| config.train.corpus.clone());
+    let corpus = corpus.cloned().unwrap_or_else(|| loaded.config.train.corpus.clone());
     let text = data::read_corpus(&corpus).with_context(|| format!("{command} reads the validation split (set it with --corpus)"))?;
     let name = corpus.display().to_string();
-    let splits = Splits::new(&text, tok, config.train.val_fraction, config.model.context, &name)?;
+    let splits = Splits::new(&text, &loaded.tokenizer, loaded.config.train.val_fraction, loaded.config.model.context, &name)?;
     Ok((name, splits.val))
 }
 

@@ -17,6 +17,8 @@ use crate::error::UsageError;
 use crate::rl::{self, Algo, RlConfig, Trainer};
 
 const DEFAULTS: RlConfig = RlConfig::DEFAULT;
+/// Rollouts drawn to measure the reward, entropy and KL before and after (at least the batch).
+const EVAL_ROLLOUTS: usize = 64;
 
 /// Algorithm on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,12 +164,15 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     cfg.validate(source.config.model.context, longest)?;
-    // Rollouts are BOS + prompt + tokens long; the optimizer's state plus the frozen pi_ref.
+    // Rollouts are BOS + prompt + tokens long, as many as an update or an evaluation (the larger)
+    // draws; the optimizer's state plus the frozen pi_ref.
     let len = 1 + longest + cfg.tokens;
     let rollout = crate::ModelConfig { context: len, ..source.config.model.clone() };
-    memory::ensure_fits(
-        &format!("rl on {} rollouts of {len} tokens", cfg.batch_size),
-        rollout.training_bytes(cfg.batch_size, OptimizerKind::AdamW.state_copies() + 1),
+    let eval_n = cfg.batch_size.max(EVAL_ROLLOUTS);
+    memory::ensure_fits_on(
+        &dev,
+        &format!("rl on {eval_n} rollouts of {len} tokens"),
+        rollout.training_bytes(eval_n, OptimizerKind::AdamW.state_copies() + 1),
         "lower --batch-size or --tokens",
     )?;
     let reward = rl::parse_reward(&args.reward, tok, &dev)?;
@@ -191,7 +196,6 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
 
     let model_cfg = source.config.model.clone();
     let mut trainer = Trainer::new(source.params, source.model, &model_cfg, tok.bos(), cfg.clone())?;
-    let eval_n = cfg.batch_size.max(64);
     let before = trainer.evaluate(&prompts[0], reward.as_ref(), tok, eval_n)?;
 
     let pb = ProgressBar::new(cfg.steps as u64);
@@ -248,6 +252,6 @@ fn validation_batches(config: &crate::RunConfig, tok: &crate::Tok, corpus_hash: 
         anyhow::bail!("{} has changed since the run was trained", corpus.display());
     }
     let splits = crate::data::Splits::new(&text, tok, config.train.val_fraction, config.model.context, &corpus.display().to_string())?;
-    memory::ensure_fits(&format!("a forward pass over {BATCH} validation windows"), config.model.forward_bytes(BATCH), "free some memory")?;
+    memory::ensure_fits_on(dev, &format!("a forward pass over {BATCH} validation windows"), config.model.forward_bytes(BATCH), "free some memory")?;
     crate::data::tiled_batches(&splits.val, None, BATCH, config.model.context, tok.bos(), dev)
 }

@@ -130,10 +130,7 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(0).clamp(1, context);
     let batch = args.batch_size.min(windows.max(1));
     let shape = crate::ModelConfig { context: longest, ..loaded.model.config().clone() };
-    if matches!(loaded.model.device(), candle_core::Device::Cpu) {
-        // Host memory; an accelerator's allocator reports its own failures as errors.
-        memory::ensure_fits(&format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), "lower --batch-size")?;
-    }
+    memory::ensure_fits_on(loaded.model.device(), &format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), "lower --batch-size")?;
     let scored = score::score_ids(&loaded.model, &seqs, tok.bos(), &opts)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match args.format {
