@@ -164,15 +164,21 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     cfg.validate(source.config.model.context, longest)?;
-    // Rollouts are BOS + prompt + tokens long, as many as an update or an evaluation (the larger)
-    // draws; the optimizer's state plus the frozen pi_ref.
+    // Rollouts are BOS + prompt + tokens long. An update holds gradients, the optimizer's state
+    // and the frozen pi_ref beside a batch of them; an evaluation draws more of them (through the
+    // same graph-building pass) beside all that but the gradients.
     let len = 1 + longest + cfg.tokens;
     let rollout = crate::ModelConfig { context: len, ..source.config.model.clone() };
     let eval_n = cfg.batch_size.max(EVAL_ROLLOUTS);
+    let state = OptimizerKind::AdamW.state_copies();
     memory::ensure_fits_on(
         &dev,
-        &format!("rl on {eval_n} rollouts of {len} tokens"),
-        rollout.training_bytes(eval_n, OptimizerKind::AdamW.state_copies() + 1),
+        &if eval_n == cfg.batch_size {
+            format!("rl on {eval_n} rollouts of {len} tokens")
+        } else {
+            format!("rl on {} rollouts of {len} tokens (an update) and {eval_n} (an evaluation)", cfg.batch_size)
+        },
+        rollout.training_bytes(cfg.batch_size, state + 1).max(rollout.training_bytes(eval_n, state)),
         "lower --batch-size or --tokens",
     )?;
     let reward = rl::parse_reward(&args.reward, tok, &dev)?;
