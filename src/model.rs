@@ -12,8 +12,9 @@
 //! T_h = 1 for every head is standard attention. `ln beta_h` is stored per layer as the tensor
 //! `blocks.L.attn.log_beta` (shape `(n_head,)`) and is trained when `learn_temperature` is set.
 //!
-//! `forward` is the training path. `forward_with_stats` is a separate forward-only path that also
-//! returns, per layer, the attention weights, ln Z and the energies.
+//! `forward` is the training path. `forward_with_stats` is a forward-only path through the same
+//! attention (the fused kernel where `forward` uses it) that also returns, per layer, the weights
+//! that attention applied, and ln Z and the energies from scores recomputed apart from them.
 //!
 //! Attention and LayerNorm are written here as compositions of candle primitives: the readable
 //! reference. For f32 on the CPU, `forward` runs the same functions as the fused kernels of
@@ -123,11 +124,17 @@ impl Module for Mlp {
 }
 
 /// Per-head Boltzmann statistics of one attention layer, for a batch of sequences.
+///
+/// `alpha` is what the attention applied; `ln_z` and `energy` come from scores recomputed apart
+/// from it. So `alpha` is the Boltzmann distribution of `energy` at `beta` exactly when
+/// H(alpha) = beta <E>_alpha + ln Z, the residual that [`crate::thermo`] reports.
 #[derive(Debug, Clone)]
 pub struct AttnStats {
-    /// Attention weights alpha_ij, `(B, H, T, T)`; zero above the diagonal.
+    /// Attention weights alpha_ij as the layer applied them (the fused kernel's own on the CPU in
+    /// f32, the composed softmax elsewhere), `(B, H, T, T)`; zero above the diagonal.
     pub alpha: Tensor,
-    /// ln Z_i of every query, `(B, H, T)`.
+    /// ln Z_i = ln sum_{j<=i} exp(beta_h s_ij) of every query, `(B, H, T)`, from the recomputed
+    /// scores (not from alpha).
     pub ln_z: Tensor,
     /// Energies E_ij = -s_ij = -q_i.k_j/sqrt(d_head), `(B, H, T, T)`; +inf above the diagonal
     /// (keys a query may not see).
@@ -265,16 +272,27 @@ impl Attention {
         linear_forward_only(&self.proj, &y, self.kernels)
     }
 
-    /// Forward pass that also returns alpha, ln Z and E for every head (not for training).
+    /// Forward pass that also returns, for every head, the weights alpha the attention actually
+    /// applied (the fused kernel's own where it runs, else the composed softmax) and, computed
+    /// apart from them, the energies E_ij = -s_ij and ln Z_i = logsumexp_j(beta_h s_ij) of scores
+    /// recomputed from q and k by the composed path. Forward-only.
     fn forward_with_stats(&self, x: &Tensor, mask: &Tensor) -> Result<(Tensor, AttnStats)> {
-        let (q, k, v) = self.qkv(x)?;
+        let projected = self.qkv.forward(x)?; // (B, T, 3C)
+        let (q, k, v) = self.split_heads(&projected, 0)?; // (B, H, T, D) each, composed rotary phases
         let beta = self.log_beta.exp()?; // (H,)
-        let s = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?; // s_ij, -inf masked: (B, H, T, T)
+        let (y, alpha) = if self.kernels.fused_for(x) {
+            let qkv = self.rotate_fused(projected, 0)?;
+            let (y, alpha) = kernels::attention::causal_attention_with_weights(&qkv, &self.query_scale()?, self.n_head)?;
+            (self.proj.forward(&y)?, alpha)
+        } else {
+            let alpha = boltzmann_weights(&q, &k, &beta, Some(mask))?;
+            (self.merge(&alpha.matmul(&v)?)?, alpha)
+        };
+        // The reported side, independent of alpha: s_ij = q_i.k_j / sqrt(d) and its log-sum-exp.
+        let s = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?; // -inf masked: (B, H, T, T)
         let bs = s.broadcast_mul(&beta.reshape((1, self.n_head, 1, 1))?)?; // beta_h s_ij
         let max = bs.max_keepdim(D::Minus1)?; // (B, H, T, 1), finite: the diagonal is always allowed
         let ln_z = (bs.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (B, H, T, 1)
-        let alpha = bs.broadcast_sub(&ln_z)?.exp()?; // (B, H, T, T)
-        let y = self.merge(&alpha.matmul(&v)?)?;
         let stats = AttnStats { alpha, ln_z: ln_z.squeeze(D::Minus1)?, energy: s.neg()?, beta };
         Ok((y, stats))
     }
@@ -288,6 +306,11 @@ impl Attention {
 /// `(Tq, Tk)` (the causal mask's 0 / -inf, or any per-key energy shift; None: 0) ->
 /// `(B, H, Tq, Dv)`. Any float dtype; differentiable.
 pub fn boltzmann_attention(q: &Tensor, k: &Tensor, v: &Tensor, beta: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    boltzmann_weights(q, k, beta, bias)?.matmul(v) // (B, H, Tq, Dv)
+}
+
+/// The weights of [`boltzmann_attention`]: alpha `(B, H, Tq, Tk)`, each row summing to 1.
+pub fn boltzmann_weights(q: &Tensor, k: &Tensor, beta: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (_, h, _, d) = q.dims4()?;
     // beta_h / sqrt(d) folded into q: cheaper than scaling the (Tq, Tk) scores, same numbers.
     let scale = (beta / (d as f64).sqrt())?.reshape((1, h, 1, 1))?;
@@ -296,8 +319,7 @@ pub fn boltzmann_attention(q: &Tensor, k: &Tensor, v: &Tensor, beta: &Tensor, bi
     if let Some(bias) = bias {
         logits = logits.broadcast_add(bias)?; // e.g. -inf where a key is in the future
     }
-    let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?; // (B, H, Tq, Tk)
-    alpha.matmul(v) // (B, H, Tq, Dv)
+    candle_nn::ops::softmax(&logits, D::Minus1) // (B, H, Tq, Tk)
 }
 
 /// One pre-LayerNorm transformer block.

@@ -11,10 +11,23 @@
 //! C    = beta^2 Var_alpha(E) >= 0          heat capacity, = dH/d ln T
 //! ```
 //!
-//! [`RowStats::from_energies`] computes them from energies alone; [`head_summaries`] averages the
-//! rows the model itself produced ([`crate::model::AttnStats`]), taking H from alpha, ln Z from the
-//! model's log-sum-exp and `<E>` from the energies, so the identity `H = beta <E> + ln Z` is a check,
-//! not a definition.
+//! [`RowStats::from_energies`] computes them from energies alone. [`head_summaries`] averages the
+//! rows the model itself produced ([`crate::model::AttnStats`]): H and the weights of `<E>` and C
+//! come from alpha as the attention applied it (the fused kernel's own weights on the CPU), while
+//! the energies and ln Z come from scores recomputed apart from alpha.
+//!
+//! What the residual verifies. For any distribution a over the keys,
+//!
+//! ```text
+//! beta <E>_a + ln Z - H(a) = sum_j a_j ln(a_j / p_j) = KL(a || p),   p_j = exp(-beta E_j) / Z
+//! ```
+//!
+//! so `identity_residual`, the largest |H - (beta <E> + ln Z)| over the rows, is the largest
+//! KL divergence (nats) of the applied weights from the Boltzmann distribution of the recomputed
+//! scores at the reported T_h. It is zero (up to f32 rounding, about 1e-6) exactly when the
+//! attention the model runs is that Boltzmann distribution; a kernel that applied another
+//! temperature, a wrong mask or stale scores would show up in it. It does not check the scores
+//! themselves: both sides read the same q and k projections.
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -62,7 +75,7 @@ pub struct HeadRows {
     /// Inverse temperature of the head.
     pub beta: f64,
     /// Per (sequence, query) row, in order: keys allowed, and the row's statistics, with H from
-    /// alpha and ln Z from the model.
+    /// the applied alpha and ln Z from the recomputed scores.
     pub rows: Vec<(usize, RowStats)>,
 }
 
@@ -125,7 +138,9 @@ pub struct HeadSummary {
     pub mean_energy: f64,
     /// Mean heat capacity beta^2 Var_alpha(E).
     pub heat_capacity: f64,
-    /// Largest `|H - (beta <E> + ln Z)|` over the rows: the thermodynamic identity's residual.
+    /// Largest `|H - (beta <E> + ln Z)|` over the rows, with H and the weights of `<E>` from the
+    /// applied alpha and ln Z, E from the recomputed scores: the largest KL divergence of the
+    /// applied weights from the Boltzmann distribution at T_h (see the module docs).
     pub identity_residual: f64,
 }
 

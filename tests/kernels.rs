@@ -1,5 +1,5 @@
 //! The fused kernels against the composed reference they replace: forward values and every
-//! parameter's gradient agree to 1e-5 relative in f32, on shapes that exercise the vector
+//! parameter's gradient agree to 1e-5 relative in f32 (2e-5 on the recipe shape), on shapes that exercise the vector
 //! remainders (context and widths that are not multiples of 16) and learned temperatures.
 
 use std::collections::HashMap;
@@ -46,7 +46,8 @@ fn weights(cfg: &ModelConfig) -> HashMap<String, Tensor> {
     tensors
 }
 
-fn compare_model(cfg: &ModelConfig, batch: usize, eps: f64) {
+/// `tol`: the largest relative difference from the composed f32 reference.
+fn compare_model(cfg: &ModelConfig, batch: usize, eps: f64, tol: f32) {
     let tensors = weights(cfg);
     let (b, t) = (batch, cfg.context);
     let ids = common::random_ids(b, t, cfg.vocab_size - 1, cfg.vocab_size as u32 - 1, 5);
@@ -74,11 +75,15 @@ fn compare_model(cfg: &ModelConfig, batch: usize, eps: f64) {
         let d = rel_diff(f, c);
         // Within 1e-5 of the reference, or, where the f32 reference itself is that far from the
         // f64 value, no further from the f64 value than the reference is.
+        // Only d ln beta, a sum of many cancelling terms whose f32 reference is itself that far
+        // from f64 (measured up to 2.1e-5), may instead be judged against f64; every other tensor
+        // must match the reference outright.
         let reference_error = rel_diff(c, e);
         let fused_error = rel_diff(f, e);
+        let cancelling = name.ends_with("log_beta");
         assert!(
-            d < 1e-5 || fused_error <= 2.0 * reference_error,
-            "eps {eps}: {name}: fused differs from composed by {d:.2e} (relative); from f64 by {fused_error:.2e}, composed from f64 by {reference_error:.2e}"
+            d < tol || (cancelling && fused_error <= 2.0 * reference_error),
+            "eps {eps}: {name}: fused differs from composed by {d:.2e} (relative, bar {tol:.0e}); from f64 by {fused_error:.2e}, composed from f64 by {reference_error:.2e}"
         );
         if name.contains('.') {
             assert!(common::flat(f).iter().any(|v| *v != 0.0), "{name} gets a gradient");
@@ -90,20 +95,23 @@ fn compare_model(cfg: &ModelConfig, batch: usize, eps: f64) {
 #[test]
 fn fused_model_matches_composed_forward_and_gradients() {
     let cfg = ModelConfig { context: 19, n_layer: 2, n_head: 3, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
-    compare_model(&cfg, 3, 0.0);
-    compare_model(&cfg, 3, 0.1);
+    compare_model(&cfg, 3, 0.0, 1e-5);
+    compare_model(&cfg, 3, 0.1, 1e-5);
 }
 
 #[test]
 fn fused_model_matches_composed_with_rotary_positions() {
     let cfg = ModelConfig { positions: thermoformer::config::Positions::Rope, context: 19, n_layer: 2, n_head: 3, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
-    compare_model(&cfg, 3, 0.1);
+    compare_model(&cfg, 3, 0.1, 1e-5);
 }
 
 #[test]
 fn fused_model_matches_composed_on_the_recipe_shape() {
+    // At 4 layers x 128 wide over 64 positions the f32 reference's own gradients are 1.2e-5 from
+    // f64 (measured: the first block's qkv weights, the embeddings), and the fused ones 1.1e-5 from
+    // it at most.
     let cfg = ModelConfig { learn_temperature: true, ..ModelConfig::nano_cpu(66) };
-    compare_model(&cfg, 2, 0.1);
+    compare_model(&cfg, 2, 0.1, 2e-5);
 }
 
 #[test]
@@ -153,6 +161,34 @@ fn fused_attention_is_causal_and_its_rows_are_averages_of_values() {
             }
         }
     }
+}
+
+#[test]
+fn the_weights_the_fused_attention_hands_back_are_the_ones_it_applied() {
+    let (b, t, h, d) = (2, 19, 3, 8);
+    let c = h * d;
+    let qkv = randn(&[b, t, 3 * c], 1.0, 11);
+    let scale = Tensor::new(&[0.9f32, 0.35, 1.6], &Device::Cpu).unwrap();
+    let y = kernels::attention::causal_attention(&qkv, &scale, h).unwrap();
+    let (y_probe, alpha) = kernels::attention::causal_attention_with_weights(&qkv, &scale, h).unwrap();
+    assert_eq!(common::flat(&y_probe), common::flat(&y), "the probe runs the training forward, bit for bit");
+    assert_eq!(alpha.dims(), &[b, h, t, t]);
+    // y_i = sum_j alpha_ij v_j with the handed-back weights, recomputed here.
+    let v = qkv.narrow(2, 2 * c, c).unwrap().reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap(); // (B, H, T, D)
+    let y_again = alpha.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b, t, c)).unwrap();
+    assert!(rel_diff(&y_again, &y) < 1e-5, "{}", rel_diff(&y_again, &y));
+    // And they are softmax(scale_h q.k) over j <= i, from a composition of candle primitives.
+    let part = |i: usize| qkv.narrow(2, i * c, c).unwrap().reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let (q, k) = (part(0), part(1));
+    let logits = q.matmul(&k.t().unwrap()).unwrap().broadcast_mul(&scale.reshape((1, h, 1, 1)).unwrap()).unwrap();
+    let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let logits = logits.broadcast_add(&Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap()).unwrap();
+    let want = candle_nn::ops::softmax(&logits, D::Minus1).unwrap();
+    assert!(rel_diff(&alpha, &want) < 1e-5, "{}", rel_diff(&alpha, &want));
+    // Forward-only: no graph reaches its inputs.
+    let var = candle_core::Var::from_tensor(&qkv).unwrap();
+    let (y, _) = kernels::attention::causal_attention_with_weights(var.as_tensor(), &scale, h).unwrap();
+    assert!(y.sum_all().unwrap().backward().unwrap().get(var.as_tensor()).is_none());
 }
 
 #[test]

@@ -82,7 +82,8 @@ fn temperature_limits_give_one_hot_and_uniform_rows() {
 
 #[test]
 fn thermodynamic_identity_holds_per_row() {
-    // H = beta <E> + ln Z for alpha = exp(-beta E) / Z, computed from independently read tensors.
+    // H = beta <E> + ln Z with H from the weights the fused kernel applied and ln Z, E from the
+    // scores recomputed apart from them: true only if the kernel ran the Boltzmann law at T_h.
     let (tok, cfg, _, mut model) = tiny_model(false);
     model.set_temperatures(&vec![vec![0.5, 2.0]; cfg.n_layer]).unwrap();
     let ids = random_ids(2, cfg.context, cfg.vocab_size, tok.bos(), 4);
@@ -131,8 +132,10 @@ fn temperature_is_read_back_and_learned_beta_is_a_parameter() {
     assert!(names.contains(&"blocks.0.attn.log_beta"), "{names:?}");
     let (_, _, fixed, _) = tiny_model(false);
     assert!(fixed.trainable().iter().all(|p| !p.name.ends_with("log_beta")));
-    assert!(fixed.tensors().contains_key("blocks.1.attn.log_beta"), "T is stored even when not learned");
-    assert_eq!(cfg.n_layer, 2);
+    let stored = fixed.tensors();
+    for layer in 0..cfg.n_layer {
+        assert!(stored.contains_key(&format!("blocks.{layer}.attn.log_beta")), "T of layer {layer} is stored even when not learned");
+    }
 }
 
 #[test]

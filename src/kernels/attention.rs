@@ -21,11 +21,30 @@ use super::{f32_slice, matmul, parallel_for, simd, SendPtr};
 
 /// Merged-head Boltzmann attention of `qkv` `(B, T, 3C)` with `scale` `(H,)` -> `(B, T, C)`.
 pub fn causal_attention(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<Tensor> {
+    check(qkv, scale, n_head)?;
+    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { n_head, keep_weights: false })
+}
+
+/// Forward-only [`causal_attention`] that also hands back the weights it applied: the merged
+/// output `(B, T, C)` and alpha `(B, H, T, T)` (zero above the diagonal). The same pass as the
+/// training forward, with each head's weights copied out of its scratch after they were used, so
+/// what a reader sees is what the kernel ran. Off the hot path: it materialises every (T, T).
+pub fn causal_attention_with_weights(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<(Tensor, Tensor)> {
+    check(qkv, scale, n_head)?;
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let flat = qkv.contiguous()?.apply_op2_no_bwd(&scale.contiguous()?, &CausalAttention { n_head, keep_weights: true })?;
+    let y = flat.narrow(0, 0, b * t * c)?.reshape((b, t, c))?;
+    let alpha = flat.narrow(0, b * t * c, b * n_head * t * t)?.reshape((b, n_head, t, t))?;
+    Ok((y, alpha))
+}
+
+fn check(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<()> {
     let (_, _, c3) = qkv.dims3()?;
-    if c3 % (3 * n_head) != 0 || scale.dims1()? != n_head {
+    if n_head == 0 || c3 % (3 * n_head) != 0 || scale.dims1()? != n_head {
         candle_core::bail!("causal_attention: qkv width {c3} and scale {:?} do not fit {n_head} heads", scale.shape())
     }
-    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { n_head })
+    Ok(())
 }
 
 thread_local! {
@@ -96,6 +115,9 @@ unsafe fn weights(qkv: &[f32], dims: Dims, q0: usize, scale: f32, qs: &mut [f32]
 
 struct CausalAttention {
     n_head: usize,
+    /// Append every head's weights `(B, H, T, T)` to the output, which is then flat:
+    /// `[y (B*T*C) | alpha (B*H*T*T)]`. Forward-only.
+    keep_weights: bool,
 }
 
 impl CustomOp2 for CausalAttention {
@@ -108,7 +130,8 @@ impl CustomOp2 for CausalAttention {
         let scale = f32_slice(s2, l2, self.name())?;
         let dims = Dims::of(l1.shape(), self.n_head)?;
         let Dims { b, t, h, d } = dims;
-        let mut y = vec![0f32; b * t * dims.c()];
+        let y_len = b * t * dims.c();
+        let mut y = vec![0f32; y_len + if self.keep_weights { b * h * t * t } else { 0 }];
         let out = SendPtr::new(&mut y);
         parallel_for(b * h, |bh| {
             let (bi, hi) = (bh / h, bh % h);
@@ -121,13 +144,21 @@ impl CustomOp2 for CausalAttention {
                     weights(qkv, dims, q0, scale[hi], qs, a);
                     // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
                     matmul(t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + 2 * dims.c()), (3 * dims.c(), 1));
+                    if self.keep_weights {
+                        // The weights just applied, into this (b, h)'s own (T, T) block.
+                        out.slice(y_len + bh * t * t, t * t).copy_from_slice(a);
+                    }
                 }
             })
         });
-        Ok((CpuStorage::F32(y), Shape::from((b, t, dims.c()))))
+        let shape = if self.keep_weights { Shape::from(y.len()) } else { Shape::from((b, t, dims.c())) };
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, qkv: &Tensor, scale: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.keep_weights {
+            candle_core::bail!("causal_attention_with_weights is forward-only")
+        }
         let (b, t, c3) = qkv.dims3()?;
         let grads = qkv.apply_op3_no_bwd(scale, &grad.contiguous()?, &CausalAttentionBackward { n_head: self.n_head })?;
         let d_qkv = grads.narrow(0, 0, b * t * c3)?.reshape((b, t, c3))?;
