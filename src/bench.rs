@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::config::{ModelConfig, Positions};
 use crate::data::Batch;
 use crate::generate::{Generator, SampleOptions};
-use crate::optim::{AdamW, AdamWConfig, Optimizer};
+use crate::optim::{AdamW, Optimizer};
 use crate::params::Params;
 use crate::score::{self, ScoreOptions};
 use crate::train;
@@ -151,7 +151,7 @@ fn measurement(shape: &Shape, work: &'static str, secs: f64, tokens: usize, flop
 pub fn bench_train(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
     let cfg = shape.config();
     let (params, model) = Params::init(&cfg, 0.02, 1, dev)?;
-    let mut opt = Optimizer::AdamW(AdamW::new(params.trainable(), AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 })?);
+    let mut opt = Optimizer::AdamW(AdamW::new(params.trainable(), crate::train::adamw_config(&crate::TrainConfig::default()), model.kernels())?);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let (b, t) = (shape.batch, shape.context);
     let secs = time(2, iters, || {

@@ -120,25 +120,51 @@ pub fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
         .map_err(|e| anyhow!("serialising tensors: {e}"))
 }
 
-/// Fault injection for the crash tests: with `THERMOFORMER_CRASH_AT=<point>` in the environment
-/// the process exits on the spot (no cleanup, like a kill) when a save reaches that point:
-/// `tmp-written` (every .tmp file synced, no marker yet), `committed` (marker in place, nothing
-/// renamed) or `renaming` (the first file renamed).
-fn crash_point(point: &str) {
-    if std::env::var_os("THERMOFORMER_CRASH_AT").is_some_and(|v| v == point) {
-        std::process::exit(86);
+/// A moment inside a save at which [`save_interrupted`] stops, leaving the directory as a crash
+/// there would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Every `.tmp` file written and synced, no commit marker yet.
+    TmpWritten,
+    /// The marker in place, nothing renamed.
+    Committed,
+    /// The first file renamed into place, the others not.
+    Renaming,
+}
+
+/// Marks where an interrupted save stopped (not an error a user sees: only
+/// [`save_interrupted`] returns it, and it turns it into `Ok`).
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("save interrupted on purpose")
     }
+}
+
+impl std::error::Error for Interrupted {}
+
+fn stop_at(stage: Stage, stop: Option<Stage>) -> Result<()> {
+    if stop == Some(stage) {
+        return Err(Interrupted.into());
+    }
+    Ok(())
 }
 
 /// Finish or discard an interrupted commit in `dir` (see the module docs).
 pub fn recover(dir: &Path) -> Result<()> {
+    recover_until(dir, None)
+}
+
+fn recover_until(dir: &Path, stop: Option<Stage>) -> Result<()> {
     let marker = dir.join(COMMIT_MARKER);
     if marker.exists() {
         for name in COMMIT_FILES {
             let tmp = tmp_path(dir, name);
             if tmp.exists() {
                 fs::rename(&tmp, dir.join(name)).with_context(|| format!("finishing the interrupted save of {}", tmp.display()))?;
-                crash_point("renaming");
+                stop_at(Stage::Renaming, stop)?;
             }
         }
         sync_dir(dir)?;
@@ -153,6 +179,23 @@ pub fn recover(dir: &Path) -> Result<()> {
 
 /// Save a whole checkpoint into `dir` atomically (see the module docs).
 pub fn save(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimizer: HashMap<String, Tensor>, state: &TrainState) -> Result<()> {
+    save_until(dir, config, tok, params, optimizer, state, None)
+}
+
+/// [`save`], stopped at `stage` as if the process had been killed there: the files stay as such
+/// a crash leaves them, for tests of recovery. Nothing in the binary calls it: fault injection is
+/// a library call rather than an environment variable the shipped program would read.
+#[allow(clippy::too_many_arguments)] // save's arguments and the stage
+pub fn save_interrupted(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimizer: HashMap<String, Tensor>, state: &TrainState, stage: Stage) -> Result<()> {
+    match save_until(dir, config, tok, params, optimizer, state, Some(stage)) {
+        Err(e) if e.is::<Interrupted>() => Ok(()),
+        Ok(()) => bail!("the save finished before reaching {stage:?}"),
+        Err(e) => Err(e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // save's arguments and where to stop
+fn save_until(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimizer: HashMap<String, Tensor>, state: &TrainState, stop: Option<Stage>) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating run directory {}", dir.display()))?;
     recover(dir)?;
     let contents: [(&str, Vec<u8>); 5] = [
@@ -166,14 +209,14 @@ pub fn save(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimize
         write_synced(&tmp_path(dir, name), bytes)?;
     }
     sync_dir(dir)?; // the .tmp entries are durable before the marker can be
-    crash_point("tmp-written");
+    stop_at(Stage::TmpWritten, stop)?;
     // The commit point: once the marker exists, every .tmp file is whole and will be renamed.
     let marker_tmp = tmp_path(dir, COMMIT_MARKER);
     write_synced(&marker_tmp, format!("step {}\n", state.step).as_bytes())?;
     fs::rename(&marker_tmp, dir.join(COMMIT_MARKER)).context("committing the checkpoint")?;
     sync_dir(dir)?;
-    crash_point("committed");
-    recover(dir)
+    stop_at(Stage::Committed, stop)?;
+    recover_until(dir, stop)
 }
 
 /// Bytes of `name` as committed: during an interrupted or ongoing commit (marker present) the
@@ -273,18 +316,38 @@ pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
     Ok(Loaded { config, tokenizer, model })
 }
 
-/// Load a run directory to continue training it (finishing an interrupted save first).
-pub fn load_resumable(dir: &Path, dev: &Device) -> Result<Resumable> {
+/// A run directory's weights as trainable parameters, and its training state, read without
+/// writing anything (an interrupted commit is read as committed, not finished): what a
+/// fine-tuning run (`rl`) starts from while the directory stays its frozen reference.
+#[derive(Debug)]
+pub struct Source {
+    pub config: RunConfig,
+    pub tokenizer: Tok,
+    pub params: Params,
+    pub model: Gpt,
+    pub state: TrainState,
+}
+
+/// Read a run directory for fine-tuning, leaving it untouched.
+pub fn load_source(dir: &Path, dev: &Device) -> Result<Source> {
     check_dir(dir)?;
-    recover(dir)?;
     let config = read_config(dir)?;
     let tokenizer = read_tokenizer(dir, &config)?;
     let tensors = read_tensors(dir, MODEL, dev)?;
     let (params, model) = Params::from_tensors(&config.model, tensors, dev)
         .with_context(|| format!("loading weights from {}", dir.join(MODEL).display()))?;
-    let optimizer_state = read_tensors(dir, OPTIMIZER, dev)?;
     let state_path = dir.join(STATE);
-    let state_text = fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    let state_text = String::from_utf8(read_committed(dir, STATE)?).map_err(|_| anyhow!("{} is not UTF-8 text", state_path.display()))?;
     let state: TrainState = serde_json::from_str(&state_text).with_context(|| format!("parsing {}", state_path.display()))?;
+    Ok(Source { config, tokenizer, params, model, state })
+}
+
+/// Load a run directory to continue training it (finishing an interrupted save first). A run
+/// saved without optimizer state (an `rl` output) has an empty `optimizer_state`.
+pub fn load_resumable(dir: &Path, dev: &Device) -> Result<Resumable> {
+    check_dir(dir)?;
+    recover(dir)?;
+    let Source { config, tokenizer, params, model, state } = load_source(dir, dev)?;
+    let optimizer_state = read_tensors(dir, OPTIMIZER, dev)?;
     Ok(Resumable { config, tokenizer, params, model, optimizer_state, state })
 }

@@ -56,15 +56,10 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Fresh moments (zeros) for every trainable parameter, with the process's default
-    /// [`Kernels`].
-    pub fn new(params: &[Param], cfg: AdamWConfig) -> Result<Self> {
-        Self::with_kernels(params, cfg, Kernels::from_env())
-    }
-
-    /// [`AdamW::new`] with a chosen implementation: the fused one-pass update where it applies,
-    /// or the composition of tensor operations, the reference.
-    pub fn with_kernels(params: &[Param], cfg: AdamWConfig, kernels: Kernels) -> Result<Self> {
+    /// Fresh moments (zeros) for every trainable parameter, updated by `kernels` (pass the
+    /// model's, [`crate::Gpt::kernels`]): the fused one-pass update where it applies, or the
+    /// composition of tensor operations, the reference.
+    pub fn new(params: &[Param], cfg: AdamWConfig, kernels: Kernels) -> Result<Self> {
         let slots = params
             .iter()
             .map(|p| {
@@ -82,8 +77,8 @@ impl AdamW {
     }
 
     /// Restore moments saved by [`AdamW::state_tensors`] after `t` updates.
-    pub fn restore(params: &[Param], cfg: AdamWConfig, t: u64, state: &HashMap<String, Tensor>) -> Result<Self> {
-        let mut opt = Self::new(params, cfg)?;
+    pub fn restore(params: &[Param], cfg: AdamWConfig, kernels: Kernels, t: u64, state: &HashMap<String, Tensor>) -> Result<Self> {
+        let mut opt = Self::new(params, cfg, kernels)?;
         opt.t = t;
         for slot in &mut opt.slots {
             let saved = |prefix: &str| -> Result<Tensor> {
@@ -126,6 +121,16 @@ impl AdamW {
     /// Updates taken so far.
     pub fn t(&self) -> u64 {
         self.t
+    }
+
+    /// The implementation the moments are updated by: [`Kernels::Fused`] when every parameter
+    /// takes the fused update, else [`Kernels::Composed`].
+    pub fn kernels(&self) -> Kernels {
+        if self.slots.iter().all(|s| matches!(s.moments, Moments::Host { .. })) {
+            Kernels::Fused
+        } else {
+            Kernels::Composed
+        }
     }
 
     /// One AdamW update with learning rate `lr`, every gradient first multiplied by `grad_scale`
@@ -279,12 +284,14 @@ pub fn lr_at(step: usize, lr: f64, min_lr: f64, warmup: usize, total: usize) -> 
     min_lr + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (lr - min_lr)
 }
 
-/// Global L2 norm of the gradients of `params` (those that have one).
-pub fn grad_norm(params: &[Param], grads: &GradStore) -> Result<f64> {
+/// Global L2 norm of the gradients of `params` (those that have one), summed by `kernels`: the
+/// fused one-pass sum where it applies, else tensor operations.
+pub fn grad_norm(params: &[Param], grads: &GradStore, kernels: Kernels) -> Result<f64> {
     let mut total = 0f64;
     for p in params {
         if let Some(g) = grads.get(p.var.as_tensor()) {
-            total += match kernels::adamw::sum_of_squares(g).filter(|_| Kernels::from_env() == Kernels::Fused) {
+            let fused = if kernels == Kernels::Fused { kernels::adamw::sum_of_squares(g) } else { None };
+            total += match fused {
                 Some(s) => s,
                 None => g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
             };

@@ -144,6 +144,13 @@ pub enum Algo {
     Ppo,
 }
 
+/// AdamW's settings for the policy: PyTorch's betas as nanoGPT sets them, and no weight decay (the
+/// KL term is what keeps the policy near its start).
+pub const RL_ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 };
+
+/// Rollouts drawn to measure the reward, entropy and KL before and after a run (at least the batch).
+pub const EVAL_ROLLOUTS: usize = 64;
+
 /// Options of an RL run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RlConfig {
@@ -232,6 +239,9 @@ impl RlConfig {
         }
         if self.target_kl.is_some_and(|k| !(k.is_finite() && k > 0.0)) {
             return usage("--target-kl must be a finite number > 0".into());
+        }
+        if self.algo == Algo::MaxEntPg && self.batch_size < 2 {
+            return usage("--algo maxent-pg needs --batch-size 2 or more: its leave-one-out baseline compares each continuation with the others, so one alone has no advantage".into());
         }
         if self.algo == Algo::Ppo && self.minibatches > self.batch_size {
             return usage(format!("--minibatches {} exceeds --batch-size {}", self.minibatches, self.batch_size));
@@ -358,10 +368,11 @@ pub struct Trainer {
 impl Trainer {
     /// Fine-tune `params` (built with `model_cfg`); the reference is a frozen copy of their values now.
     pub fn new(params: Params, policy: Gpt, model_cfg: &ModelConfig, bos: u32, cfg: RlConfig) -> Result<Self> {
+        cfg.validate(model_cfg.context, 0)?;
         // A deep copy: a detached model shares storage with the Vars, which AdamW updates in place.
         let frozen = params.tensors().into_iter().map(|(n, t)| Ok((n, t.copy()?))).collect::<Result<_>>()?;
         let reference = Params::model_from_tensors(model_cfg, frozen, policy.device())?;
-        let optimizer = AdamW::new(params.trainable(), AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 })?;
+        let optimizer = AdamW::new(params.trainable(), RL_ADAMW, policy.kernels())?;
         let log_alpha = if cfg.alpha > 0.0 { cfg.alpha.ln() } else { f64::NEG_INFINITY };
         let rng = crate::train::rng(cfg.seed, crate::train::RngStream::Sample);
         Ok(Self { params, policy, reference, optimizer, cfg, log_alpha, rng, step: 0, bos })
@@ -385,8 +396,10 @@ impl Trainer {
         &self.reference
     }
 
-    /// Sample `b` continuations of `prompt` from the current policy and measure them.
-    fn rollout(&mut self, prompt: &[u32], reward: &dyn Reward, tok: &Tok, b: usize) -> Result<Rollout> {
+    /// Sample `b` continuations of `prompt` from the current policy and measure them; with
+    /// `for_update`, ln pi is computed through the policy's graph for the loss, else through a
+    /// detached copy (no graph is built).
+    fn rollout(&mut self, prompt: &[u32], reward: &dyn Reward, tok: &Tok, b: usize, for_update: bool) -> Result<Rollout> {
         let sampler = self.params.detached_model(self.policy.config())?;
         let conts = sample_batch(&sampler, self.bos, prompt, b, self.cfg.tokens, &mut self.rng)?;
         let texts = conts.iter().map(|c| tok.decode(c)).collect::<Result<Vec<String>>>()?;
@@ -398,9 +411,10 @@ impl Trainer {
         if let Some(r) = rewards.iter().find(|r| !r.is_finite()) {
             bail!("the reward returned {r}; rewards must be finite");
         }
-        // Through the policy itself (the sampler's weights, with the graph), so that maxent-pg's
-        // loss reuses this forward pass.
-        let (logp_graph, entropy) = continuation_logprobs(&self.policy, self.bos, prompt, &conts)?;
+        // For an update, through the policy itself (the sampler's weights, with the graph), so
+        // that maxent-pg's loss reuses this forward pass.
+        let scorer = if for_update { &self.policy } else { &sampler };
+        let (logp_graph, entropy) = continuation_logprobs(scorer, self.bos, prompt, &conts)?;
         let (ref_logp, _) = continuation_logprobs(&self.reference, self.bos, prompt, &conts)?;
         let (logp, ref_logp) = (rows(&logp_graph)?, rows(&ref_logp)?);
         let entropy = mean(&rows(&entropy)?.concat());
@@ -413,17 +427,32 @@ impl Trainer {
         Ok(Rollout { conts, texts, rewards, logp_graph, logp, ref_logp, entropy, kl })
     }
 
-    /// Measure the current policy on `b` fresh continuations of `prompt`, without updating it.
-    pub fn evaluate(&mut self, prompt: &[u32], reward: &dyn Reward, tok: &Tok, b: usize) -> Result<Evaluation> {
-        let r = self.rollout(prompt, reward, tok, b)?;
-        Ok(Evaluation { reward: mean(&r.rewards), entropy: r.entropy, kl: r.kl, samples: r.texts })
+    /// Measure the current policy on `n` fresh continuations shared out over `prompts` (as evenly
+    /// as they go, at least one each), without updating it. The figures are means over every
+    /// continuation; `per_prompt` has each prompt's own.
+    pub fn evaluate(&mut self, prompts: &[Vec<u32>], reward: &dyn Reward, tok: &Tok, n: usize) -> Result<Evaluation> {
+        if prompts.is_empty() {
+            bail!("the evaluation needs at least one prompt");
+        }
+        let n = n.max(prompts.len());
+        let (mut samples, mut per_prompt) = (Vec::new(), Vec::with_capacity(prompts.len()));
+        let (mut reward_sum, mut entropy_sum, mut kl_sum) = (0.0, 0.0, 0.0);
+        for (prompt, b) in prompts.iter().zip(even_split(n, prompts.len())) {
+            let r = self.rollout(prompt, reward, tok, b, false)?;
+            let e = PromptEvaluation { continuations: b, reward: mean(&r.rewards), entropy: r.entropy, kl: r.kl };
+            (reward_sum, entropy_sum, kl_sum) = (reward_sum + e.reward * b as f64, entropy_sum + e.entropy * b as f64, kl_sum + e.kl * b as f64);
+            per_prompt.push(e);
+            samples.extend(r.texts);
+        }
+        let n = n as f64;
+        Ok(Evaluation { reward: reward_sum / n, entropy: entropy_sum / n, kl: kl_sum / n, per_prompt, samples })
     }
 
     /// Sample a batch of continuations of `prompt`, score them with `reward` and update the policy.
     pub fn update(&mut self, prompt: &[u32], reward: &dyn Reward, tok: &Tok) -> Result<UpdateStats> {
         let t0 = std::time::Instant::now();
         let (b, alpha, beta) = (self.cfg.batch_size, self.alpha(), self.cfg.kl_coef);
-        let Rollout { conts, rewards, logp_graph, logp: old, ref_logp: refp, entropy, kl, .. } = self.rollout(prompt, reward, tok, b)?;
+        let Rollout { conts, rewards, logp_graph, logp: old, ref_logp: refp, entropy, kl, .. } = self.rollout(prompt, reward, tok, b, true)?;
         let sum = |v: &[f64]| v.iter().sum::<f64>();
         let dev = self.policy.device().clone();
         let (mut clip_fracs, mut approx_kl, mut optimizer_steps) = (Vec::new(), None, 0);
@@ -446,10 +475,13 @@ impl Trainer {
                 let sd = (ret.iter().map(|r| (r - m).powi(2)).sum::<f64>() / b as f64).sqrt();
                 let adv: Vec<f32> = ret.iter().map(|r| ((r - m) / (sd + 1e-8)) as f32).collect();
                 let mut order: Vec<usize> = (0..b).collect();
-                let per = b.div_ceil(self.cfg.minibatches);
+                let sizes = even_split(b, self.cfg.minibatches);
                 'epochs: for _ in 0..self.cfg.epochs {
                     order.shuffle(&mut self.rng);
-                    for mb in order.chunks(per) {
+                    let mut rest = order.as_slice();
+                    for &size in &sizes {
+                        let (mb, tail) = rest.split_at(size);
+                        rest = tail;
                         let c: Vec<Vec<u32>> = mb.iter().map(|&i| conts[i].clone()).collect();
                         let o: Vec<f32> = mb.iter().flat_map(|&i| old[i].iter().map(|&x| x as f32)).collect();
                         let o = Tensor::from_vec(o, (mb.len(), self.cfg.tokens), &dev)?;
@@ -492,7 +524,7 @@ impl Trainer {
     /// Backward, clip, AdamW step at the configured learning rate.
     fn apply(&mut self, loss: &Tensor) -> Result<()> {
         let grads = loss.backward()?;
-        let norm = optim::grad_norm(self.params.trainable(), &grads)?;
+        let norm = optim::grad_norm(self.params.trainable(), &grads, self.policy.kernels())?;
         if !norm.is_finite() {
             bail!("the policy gradient norm is {norm} at update {}; lower --lr or --alpha", self.step + 1);
         }
@@ -509,10 +541,6 @@ impl Trainer {
         Ok(())
     }
 
-    /// The AdamW moments, for the checkpoint.
-    pub fn optimizer_state(&self) -> Result<std::collections::HashMap<String, Tensor>> {
-        self.optimizer.state_tensors()
-    }
 }
 
 /// One batch of samples and what was measured on them.
@@ -532,14 +560,32 @@ struct Rollout {
 /// The policy measured on fresh samples.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evaluation {
-    /// Mean reward.
+    /// Mean reward over every continuation.
     pub reward: f64,
     /// Mean per-token entropy, nats.
     pub entropy: f64,
     /// KL(pi || pi_ref) per continuation (k3 estimator).
     pub kl: f64,
-    /// The continuations' text.
+    /// The same figures for each prompt, in order.
+    pub per_prompt: Vec<PromptEvaluation>,
+    /// The continuations' text, prompt by prompt.
     pub samples: Vec<String>,
+}
+
+/// One prompt's share of an [`Evaluation`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromptEvaluation {
+    /// Continuations drawn for this prompt.
+    pub continuations: usize,
+    pub reward: f64,
+    pub entropy: f64,
+    pub kl: f64,
+}
+
+/// `n` items shared out over `k` groups as evenly as they go (the first `n % k` get one more):
+/// `k` sizes that sum to `n`.
+pub fn even_split(n: usize, k: usize) -> Vec<usize> {
+    (0..k).map(|i| n / k + usize::from(i < n % k)).collect()
 }
 
 fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
@@ -548,4 +594,28 @@ fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Zero;
+    impl Reward for Zero {
+        fn reward(&self, _: &str, _: &[u32]) -> Result<f64> {
+            Ok(0.0)
+        }
+    }
+
+    #[test]
+    fn only_an_update_builds_an_autograd_graph() {
+        let tok = Tok::train_char("abcdefgh ijklmnop\n").unwrap();
+        let cfg = ModelConfig { n_layer: 1, ..ModelConfig::tiny(tok.vocab_size()) };
+        let (params, policy) = Params::init(&cfg, 0.02, 1, &Device::Cpu).unwrap();
+        let mut trainer = Trainer::new(params, policy, &cfg, tok.bos(), RlConfig { batch_size: 2, tokens: 3, ..RlConfig::default() }).unwrap();
+        let evaluation = trainer.rollout(&[], &Zero, &tok, 8, false).unwrap();
+        assert!(!evaluation.logp_graph.track_op(), "an evaluation's log-probabilities carry a graph");
+        let update = trainer.rollout(&[], &Zero, &tok, 2, true).unwrap();
+        assert!(update.logp_graph.track_op(), "an update's log-probabilities must reach the weights");
+    }
 }

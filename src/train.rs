@@ -197,7 +197,7 @@ pub fn train_step(model: &Gpt, params: &Params, optimizer: &mut Optimizer, batch
         return Err(Diverged(format!("the loss is {loss_value}")).into());
     }
     let grads = l.loss.backward()?;
-    let norm = optim::grad_norm(params.trainable(), &grads)?;
+    let norm = optim::grad_norm(params.trainable(), &grads, model.kernels())?;
     if !norm.is_finite() {
         return Err(Diverged(format!("the gradient norm is {norm}")).into());
     }
@@ -243,7 +243,7 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     let splits = Splits::new(&text, &tok, train.val_fraction, model_cfg.context, &train.corpus.display().to_string())?;
     let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
     let optimizer = match train.optimizer {
-        OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(params.trainable(), adamw_config(&train))?),
+        OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(params.trainable(), adamw_config(&train), model.kernels())?),
         OptimizerKind::Sgld => Optimizer::Sgld(Sgld::new(params.trainable(), sgld_config(&train))),
     };
     let batch_rng = rng(train.seed, RngStream::Batches);
@@ -302,8 +302,13 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     }
     let splits = Splits::new(&text, &saved.tokenizer, train.val_fraction, saved.config.model.context, &train.corpus.display().to_string())?;
     let optimizer = match train.optimizer {
+        OptimizerKind::AdamW if saved.optimizer_state.is_empty() => {
+            // Written without moments (an rl output): a step count for them would be a guess.
+            crate::note(format!("{} holds no optimizer state (it was not written by train): AdamW's moments start from zero", req.out.display()));
+            Optimizer::AdamW(AdamW::new(saved.params.trainable(), adamw_config(&train), saved.model.kernels())?)
+        }
         OptimizerKind::AdamW => Optimizer::AdamW(
-            AdamW::restore(saved.params.trainable(), adamw_config(&train), done as u64, &saved.optimizer_state)
+            AdamW::restore(saved.params.trainable(), adamw_config(&train), saved.model.kernels(), done as u64, &saved.optimizer_state)
                 .with_context(|| format!("restoring the optimizer from {}", req.out.join(checkpoint::OPTIMIZER).display()))?,
         ),
         OptimizerKind::Sgld => Optimizer::Sgld(Sgld::resume(saved.params.trainable(), sgld_config(&train), done as u64)),
@@ -326,7 +331,8 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     })
 }
 
-fn adamw_config(t: &TrainConfig) -> AdamWConfig {
+/// AdamW's settings in a training configuration.
+pub fn adamw_config(t: &TrainConfig) -> AdamWConfig {
     AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.adam_eps, weight_decay: t.weight_decay }
 }
 
@@ -432,7 +438,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     while s.state.step < stop_at {
         let t0 = Instant::now();
         let lr = optim::lr_at(s.state.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
-        let starts = data::random_starts(&mut s.batch_rng, splits.train.len(), context, cfg.batch_size);
+        let starts = data::random_starts(&mut s.batch_rng, splits.train.len(), context, cfg.batch_size)?;
         let batch = data::batch_at(&splits.train, &starts, context, bos, dev)?;
         let loss_value = match train_step(&s.model, &s.params, &mut s.optimizer, &batch, cfg.label_smoothing, lr, cfg.grad_clip) {
             Ok(l) => l,

@@ -24,7 +24,7 @@ fn hand_computed_steps(kernels: Kernels) {
     let g = Var::new(&[3f32], &dev).unwrap();
     let params = vec![Param { name: "w".into(), var: w.clone() }, Param { name: "g".into(), var: g.clone() }];
     let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
-    let mut opt = AdamW::with_kernels(&params, cfg, kernels).unwrap();
+    let mut opt = AdamW::new(&params, cfg, kernels).unwrap();
     let cw = Tensor::new(&[[0.5f32, -1.]], &dev).unwrap();
     let cg = Tensor::new(&[-2f32], &dev).unwrap();
     let expected_w = [[0.89f32, -1.88], [0.7811, -1.7612]];
@@ -70,7 +70,9 @@ fn clipping_scales_the_global_norm_to_the_limit() {
     .unwrap();
     let grads = loss.backward().unwrap();
     let params = vec![Param { name: "a".into(), var: a }, Param { name: "b".into(), var: b }];
-    assert!((grad_norm(&params, &grads).unwrap() - 5.0).abs() < 1e-6);
+    for kernels in [Kernels::Fused, Kernels::Composed] {
+        assert!((grad_norm(&params, &grads, kernels).unwrap() - 5.0).abs() < 1e-6, "{kernels:?}");
+    }
 }
 
 /// The one-pass update against the composed reference: random gradients of several sizes (the
@@ -94,7 +96,7 @@ fn fused_adamw_matches_the_composed_update() {
             .enumerate()
             .map(|(i, (s, v))| Param { name: format!("p{i}"), var: Var::from_tensor(&Tensor::from_slice(v, *s, &dev).unwrap()).unwrap() })
             .collect();
-        let mut opt = AdamW::with_kernels(&params, cfg, kernels).unwrap();
+        let mut opt = AdamW::new(&params, cfg, kernels).unwrap();
         for (step, g) in grads.iter().enumerate() {
             // loss = sum_i <p_i, g_i>: its gradient is g_i.
             let mut loss = Tensor::zeros((), candle_core::DType::F32, &dev).unwrap();
@@ -120,8 +122,21 @@ fn fused_adamw_matches_the_composed_update() {
         let scale = b.iter().fold(0f32, |m, y| m.max(y.abs()));
         assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-6 * scale), "{name}: {:?} vs {:?}", &a[..3], &b[..3]);
     }
-    let restored = AdamW::restore(&params, cfg, fused.t(), &fs).unwrap();
+    let restored = AdamW::restore(&params, cfg, Kernels::Fused, fused.t(), &fs).unwrap();
     for (name, t) in restored.state_tensors().unwrap() {
         assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), fs[&name].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name} restored");
     }
+}
+
+#[test]
+fn adamw_updates_with_the_kernels_it_is_given() {
+    // The model's choice (Gpt::set_kernels) reaches the optimizer; it used to read the
+    // environment, so a composed model still got the fused update.
+    let dev = Device::Cpu;
+    let params = vec![Param { name: "w".into(), var: Var::from_tensor(&Tensor::ones((3, 4), candle_core::DType::F32, &dev).unwrap()).unwrap() }];
+    let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    assert_eq!(AdamW::new(&params, cfg, Kernels::Composed).unwrap().kernels(), Kernels::Composed);
+    assert_eq!(AdamW::new(&params, cfg, Kernels::Fused).unwrap().kernels(), Kernels::Fused);
+    let f64_params = vec![Param { name: "w".into(), var: Var::from_tensor(&Tensor::ones(3, candle_core::DType::F64, &dev).unwrap()).unwrap() }];
+    assert_eq!(AdamW::new(&f64_params, cfg, Kernels::Fused).unwrap().kernels(), Kernels::Composed, "the fused update is f32 only");
 }

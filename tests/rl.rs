@@ -72,7 +72,8 @@ fn the_bandit_converges_to_the_boltzmann_policy() {
         let optimum = softmax(&z);
         let d = tv(&learned, &optimum);
         println!("alpha {alpha}, beta {beta}: TV(learned, optimum) = {d:.4}, TV(reference, optimum) = {:.4}", tv(&reference, &optimum));
-        assert!(d < 0.03, "alpha {alpha}, beta {beta}: TV {d}");
+        // Measured: 0.0010 and 0.0031, from 0.43 and 0.81 at the start.
+        assert!(d < 0.01, "alpha {alpha}, beta {beta}: TV {d}");
         assert!(tv(&reference, &optimum) > 0.1, "the test starts far from the optimum");
     }
 }
@@ -83,7 +84,8 @@ fn automatic_alpha_reaches_the_target_entropy() {
     let (learned, _, _, trainer) = bandit(1.0, 0.0, Some(target), 600, 1e-2);
     let h = -learned.iter().filter(|&&p| p > 0.0).map(|p| p * p.ln()).sum::<f64>();
     println!("entropy {h:.4} with alpha {:.4}", trainer.alpha());
-    assert!((h - target).abs() < 0.05, "entropy {h} against the target {target}");
+    // Measured: 1.5153.
+    assert!((h - target).abs() < 0.03, "entropy {h} against the target {target}");
 }
 
 #[test]
@@ -146,7 +148,14 @@ fn rl_writes_an_ordinary_checkpoint_and_its_metrics() {
         let trained_ce = read_state(std::path::Path::new(ck))["val_ce"].as_f64().unwrap();
         assert!((before_ce - trained_ce).abs() < 1e-5, "{before_ce} against training's {trained_ce}");
         assert_eq!(read_state(&tmp.path().join("rl"))["val_ce"].as_f64(), Some(after_ce));
-        assert!(after_ce.is_finite() && after_ce != before_ce, "the policy moved: {before_ce} -> {after_ce}");
+        // After is the saved policy's own validation CE, measured again from its files here.
+        let saved = thermoformer::checkpoint::load(&tmp.path().join("rl"), &Device::Cpu).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join("corpus.txt")).unwrap();
+        let splits = thermoformer::data::Splits::new(&text, &saved.tokenizer, saved.config.train.val_fraction, saved.config.model.context, "corpus").unwrap();
+        let batches = thermoformer::data::tiled_batches(&splits.val, None, 16, saved.config.model.context, saved.tokenizer.bos(), &Device::Cpu).unwrap();
+        let measured = thermoformer::train::evaluate(&saved.model, &batches, 0.0).unwrap().ce;
+        assert!((after_ce - measured).abs() < 1e-6, "{algo}: reported {after_ce}, the saved policy scores {measured}");
+        assert!((after_ce - before_ce).abs() > 1e-5, "{algo}: the policy moved: {before_ce} -> {after_ce}");
         let lines: Vec<serde_json::Value> =
             std::fs::read_to_string(tmp.path().join("rl/rl_metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 3);
@@ -208,15 +217,116 @@ fn rewards_score_what_their_spec_says() {
     let texts = ["First Citizen:", "to go or not", "my love\nabc", "Speak, speak."];
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
     let batch: Vec<(&str, &[u32])> = texts.iter().zip(&ids).map(|(t, i)| (*t, i.as_slice())).collect();
-    for spec in [spec.as_str(), "regex:o.", "contains:love", "length:8"] {
-        let reward = rl::parse_reward(spec, &tok, &dev).unwrap();
-        let batched = reward.rewards(&batch).unwrap();
+    // Each value worked out by hand (char tokens: one per character), the energies by the
+    // binary's own `score` of each text.
+    let energies: Vec<f64> = texts
+        .iter()
+        .map(|t| {
+            let o = common::run(&["score", "--text", t, "--checkpoint", ck.to_str().unwrap(), "--format", "jsonl"]);
+            -serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["energy_per_token"].as_f64().unwrap()
+        })
+        .collect();
+    let expected: [(&str, Vec<f64>); 4] = [
+        ("regex:o.", vec![0.0, 4.0, 1.0, 0.0]),              // "ov" in "love"; '.' stops at the newline
+        ("contains:love", vec![0.0, 0.0, 1.0, 0.0]),
+        ("length:8", vec![-0.75, -0.5, -0.125, -0.625]),     // first lines of 14, 12, 7 and 13 tokens
+        (spec.as_str(), energies.clone()),
+    ];
+    for (spec, want) in &expected {
+        let batched = rl::parse_reward(spec, &tok, &dev).unwrap().rewards(&batch).unwrap();
         assert_eq!(batched.len(), texts.len());
-        for (text, got) in texts.iter().zip(&batched) {
-            let one = r(spec, text);
-            assert!((got - one).abs() < 1e-5, "{spec}: {text:?} scores {got} in a batch, {one} alone");
+        for ((text, got), want) in texts.iter().zip(&batched).zip(want) {
+            assert!((got - want).abs() < 1e-5, "{spec}: {text:?} scores {got} in a batch, {want} expected");
         }
     }
-    let energies = rl::parse_reward(&spec, &tok, &dev).unwrap().rewards(&batch).unwrap();
     assert!(energies.windows(2).all(|w| (w[0] - w[1]).abs() > 1e-3), "each text has its own energy: {energies:?}");
+}
+
+#[test]
+fn maxent_pg_refuses_a_batch_of_one() {
+    // Its leave-one-out baseline gives a lone continuation zero advantage: every update would be
+    // a silent no-op.
+    let (tok, cfg, params, model) = setup();
+    let one = RlConfig { algo: Algo::MaxEntPg, batch_size: 1, tokens: 2, ..RlConfig::default() };
+    let err = one.validate(cfg.context, 0).unwrap_err().to_string();
+    assert!(err.contains("--batch-size 2"), "{err}");
+    assert!(Trainer::new(params, model, &cfg, tok.bos(), one).is_err(), "the library refuses it too");
+    let ppo = RlConfig { algo: Algo::Ppo, batch_size: 1, minibatches: 1, tokens: 2, ..RlConfig::default() };
+    assert!(ppo.validate(cfg.context, 0).is_ok(), "PPO's normalised advantages are another matter");
+}
+
+#[test]
+fn ppo_takes_exactly_the_minibatches_asked_for() {
+    assert_eq!(rl::even_split(5, 4), vec![2, 1, 1, 1]);
+    assert_eq!(rl::even_split(32, 4), vec![8; 4]);
+    assert_eq!(rl::even_split(7, 3).iter().sum::<usize>(), 7);
+    let (tok, cfg, params, model) = setup();
+    let reward = Table((0..cfg.vocab_size).map(|k| (k % 3) as f64).collect());
+    // 5 continuations in 4 minibatches used to give ceil(5/4) = 2 per minibatch, so 3 of them.
+    let ppo = RlConfig { algo: Algo::Ppo, batch_size: 5, tokens: 3, epochs: 2, minibatches: 4, seed: 2, ..RlConfig::default() };
+    let mut trainer = Trainer::new(params, model, &cfg, tok.bos(), ppo).unwrap();
+    assert_eq!(trainer.update(&[], &reward, &tok).unwrap().optimizer_steps, 2 * 4);
+}
+
+#[test]
+fn evaluation_covers_every_prompt() {
+    let (tok, cfg, params, model) = setup();
+    let prompts: Vec<Vec<u32>> = ["First", "All:", "Citizen"].iter().map(|p| tok.encode(p).unwrap()).collect();
+    let rl_cfg = RlConfig { batch_size: 4, tokens: 3, ..RlConfig::default() };
+    let mut trainer = Trainer::new(params, model, &cfg, tok.bos(), rl_cfg).unwrap();
+    // A reward that counts its calls: continuations score 0, 1, 2, ... in the order they are
+    // drawn, so each prompt's mean tells which of them it got.
+    struct Calls(std::sync::atomic::AtomicUsize);
+    impl Reward for Calls {
+        fn reward(&self, _: &str, _: &[u32]) -> anyhow::Result<f64> {
+            Ok(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64)
+        }
+    }
+    let calls = Calls(Default::default());
+    let e = trainer.evaluate(&prompts, &calls, &tok, 10).unwrap();
+    let shares: Vec<usize> = e.per_prompt.iter().map(|p| p.continuations).collect();
+    assert_eq!(shares, vec![4, 3, 3], "10 continuations over 3 prompts");
+    assert_eq!(e.samples.len(), 10);
+    // Rewards 0..=9 in order: the prompts' means are 1.5, 5 and 8, the overall mean 4.5.
+    let means: Vec<f64> = e.per_prompt.iter().map(|p| p.reward).collect();
+    assert_eq!(means, vec![1.5, 5.0, 8.0]);
+    assert!((e.reward - 4.5).abs() < 1e-12, "{}", e.reward);
+    assert!(e.per_prompt.iter().all(|p| p.kl.abs() < 1e-6), "the policy is still the reference");
+}
+
+#[test]
+fn rl_leaves_its_source_untouched_and_its_output_resumes_with_fresh_moments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = common::trained(tmp.path());
+    // An interrupted commit in the source: a reader sees the committed files, a writer would
+    // finish it by renaming. rl must only read.
+    std::fs::copy(ck.join("state.json"), ck.join("state.json.tmp")).unwrap();
+    std::fs::write(ck.join(".commit"), "step 4\n").unwrap();
+    let listing = |dir: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing(&ck);
+    let out = tmp.path().join("rl");
+    let o = common::run(&[
+        "rl", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap(), "--reward", "contains:e", "--steps", "2",
+        "--batch-size", "4", "--tokens", "6", "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(listing(&ck), before, "rl wrote to its source");
+    // No moments from rl's objective and step count: a resume starts fresh ones.
+    let opt = candle_core::safetensors::load(out.join("optimizer.safetensors"), &Device::Cpu).unwrap();
+    assert!(opt.is_empty(), "rl saved {} optimizer tensors", opt.len());
+    let corpus = tmp.path().join("corpus.txt");
+    let mut resume = common::tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap());
+    resume.extend(["--resume", "--steps", "6"]);
+    let o = common::run(&resume);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("AdamW's moments start from zero"));
 }

@@ -14,11 +14,11 @@ use crate::checkpoint;
 use crate::config::OptimizerKind;
 use crate::memory;
 use crate::error::UsageError;
-use crate::rl::{self, Algo, RlConfig, Trainer};
+use crate::rl::{self, Algo, RlConfig, Trainer, EVAL_ROLLOUTS};
 
 const DEFAULTS: RlConfig = RlConfig::DEFAULT;
-/// Rollouts drawn to measure the reward, entropy and KL before and after (at least the batch).
-const EVAL_ROLLOUTS: usize = 64;
+/// Validation windows per forward pass when measuring the validation cross-entropy.
+const VAL_BATCH: usize = 16;
 
 /// Algorithm on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,7 +149,8 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
         return Err(UsageError(format!("{} already holds a checkpoint; pass --overwrite to replace it", args.out.display())).into());
     }
     let dev = args.device.device()?;
-    let source = checkpoint::load_resumable(&args.checkpoint, &dev)?;
+    // Read-only: the starting run is the frozen reference, and nothing in it is touched.
+    let source = checkpoint::load_source(&args.checkpoint, &dev)?;
     let tok = &source.tokenizer;
     let prompts: Vec<Vec<u32>> = match &args.prompts {
         None => vec![Vec::new()],
@@ -165,20 +166,18 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     cfg.validate(source.config.model.context, longest)?;
     // Rollouts are BOS + prompt + tokens long. An update holds gradients, the optimizer's state
-    // and the frozen pi_ref beside a batch of them; an evaluation draws more of them (through the
-    // same graph-building pass) beside all that but the gradients.
+    // and the frozen pi_ref beside a batch of them; an evaluation runs forward-only passes (no
+    // graph) over more of them, beside the weights, pi_ref and the optimizer's state.
     let len = 1 + longest + cfg.tokens;
     let rollout = crate::ModelConfig { context: len, ..source.config.model.clone() };
-    let eval_n = cfg.batch_size.max(EVAL_ROLLOUTS);
+    let eval_n = cfg.batch_size.max(EVAL_ROLLOUTS).max(prompts.len());
     let state = OptimizerKind::AdamW.state_copies();
+    let resident = 4 * (1 + state) * rollout.param_count(); // pi_ref and the moments, f32
+    let eval_batch = eval_n.div_ceil(prompts.len()); // the largest share of one prompt
     memory::ensure_fits_on(
         &dev,
-        &if eval_n == cfg.batch_size {
-            format!("rl on {eval_n} rollouts of {len} tokens")
-        } else {
-            format!("rl on {} rollouts of {len} tokens (an update) and {eval_n} (an evaluation)", cfg.batch_size)
-        },
-        rollout.training_bytes(cfg.batch_size, state + 1).max(rollout.training_bytes(eval_n, state)),
+        &format!("rl on {} rollouts of {len} tokens (an update) and {eval_batch} at once (an evaluation)", cfg.batch_size),
+        rollout.training_bytes(cfg.batch_size, state + 1).max(rollout.forward_bytes(eval_batch).saturating_add(resident)),
         "lower --batch-size or --tokens",
     )?;
     let reward = rl::parse_reward(&args.reward, tok, &dev)?;
@@ -202,7 +201,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
 
     let model_cfg = source.config.model.clone();
     let mut trainer = Trainer::new(source.params, source.model, &model_cfg, tok.bos(), cfg.clone())?;
-    let before = trainer.evaluate(&prompts[0], reward.as_ref(), tok, eval_n)?;
+    let before = trainer.evaluate(&prompts, reward.as_ref(), tok, eval_n)?;
 
     let pb = ProgressBar::new(cfg.steps as u64);
     if args.no_progress {
@@ -217,11 +216,13 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
         pb.set_message(format!("reward {:.3} | H {:.3} | KL {:.3} | alpha {:.3}{ppo} | {:.0} samples/s", s.reward, s.entropy, s.kl, s.alpha, s.samples_per_sec));
     }
     pb.finish_and_clear();
-    let after = trainer.evaluate(&prompts[0], reward.as_ref(), tok, eval_n)?;
+    let after = trainer.evaluate(&prompts, reward.as_ref(), tok, eval_n)?;
     // state.json describes the policy, not the model it started from.
     let val_ce_after = val_ce(trainer.params())?;
     let state = checkpoint::TrainState { val_ce: val_ce_after, ..source.state.clone() };
-    checkpoint::save(&args.out, &source.config, tok, trainer.params(), trainer.optimizer_state()?, &state)?;
+    // No optimizer state: rl's moments belong to another objective and to rl's own step count,
+    // and `train --resume` would restore them at the source's; it starts fresh moments instead.
+    checkpoint::save(&args.out, &source.config, tok, trainer.params(), Default::default(), &state)?;
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -231,7 +232,8 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
         });
         writeln!(out, "{v}")?;
     } else {
-        writeln!(out, "{:>7} {:>9} {:>9} {:>9} {:>9}   ({eval_n} continuations of {} tokens each)", "", "reward", "entropy", "KL", "val CE", cfg.tokens)?;
+        let over = if prompts.len() > 1 { format!(", over {} prompts", prompts.len()) } else { String::new() };
+        writeln!(out, "{:>7} {:>9} {:>9} {:>9} {:>9}   ({eval_n} continuations of {} tokens each{over})", "", "reward", "entropy", "KL", "val CE", cfg.tokens)?;
         for (label, e, ce) in [("before", &before, val_ce_before), ("after", &after, val_ce_after)] {
             let ce = ce.map_or("-".to_string(), |c| format!("{c:.4}"));
             writeln!(out, "{label:>7} {:>9.4} {:>9.4} {:>9.4} {ce:>9}", e.reward, e.entropy, e.kl)?;
@@ -251,13 +253,12 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
 /// evaluation reads it), or why it cannot be read: the corpus is gone or changed, or the pass
 /// would not fit in memory.
 fn validation_batches(config: &crate::RunConfig, tok: &crate::Tok, corpus_hash: &str, dev: &candle_core::Device) -> Result<Vec<crate::data::Batch>> {
-    const BATCH: usize = 16;
     let corpus = &config.train.corpus;
     let text = crate::data::read_corpus(corpus)?;
     if checkpoint::corpus_hash(&text) != corpus_hash {
         anyhow::bail!("{} has changed since the run was trained", corpus.display());
     }
     let splits = crate::data::Splits::new(&text, tok, config.train.val_fraction, config.model.context, &corpus.display().to_string())?;
-    memory::ensure_fits_on(dev, &format!("a forward pass over {BATCH} validation windows"), config.model.forward_bytes(BATCH), "free some memory")?;
-    crate::data::tiled_batches(&splits.val, None, BATCH, config.model.context, tok.bos(), dev)
+    memory::ensure_fits_on(dev, &format!("a forward pass over {VAL_BATCH} validation windows"), config.model.forward_bytes(VAL_BATCH), "free some memory")?;
+    crate::data::tiled_batches(&splits.val, None, VAL_BATCH, config.model.context, tok.bos(), dev)
 }
