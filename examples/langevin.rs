@@ -51,9 +51,9 @@ fn main() -> Result<()> {
         );
         println!(
             "T = {t}: total variation to the exact law (40 bins on [-2.5, 2.5]) MALA {:.3} (acceptance {:.1}%), ULA {:.3}",
-            tv_distance_1d(&xs_m, e1, t, -2.5, 2.5, 40),
+            tv_distance_1d(&xs_m, e1, t, -2.5, 2.5, 40)?,
             100.0 * m.acceptance,
-            tv_distance_1d(&xs_u, e1, t, -2.5, 2.5, 40)
+            tv_distance_1d(&xs_u, e1, t, -2.5, 2.5, 40)?
         );
         println!("{:>6} {:>7} {:>7}  exact | MALA", "x", "exact", "MALA");
         let (lo, w, bins) = (-2.0, 0.25, 16);

@@ -90,8 +90,12 @@ impl Predictions {
         self.par_sum(|z, y| ln_z(z, beta) - beta * z[y] as f64) / self.len() as f64
     }
 
-    /// Reliability at temperature T: tokens binned by confidence into `bins` equal-width bins.
-    pub fn reliability(&self, temperature: f64, bins: usize) -> Reliability {
+    /// Reliability at temperature T: tokens binned by confidence into `bins` (at least 1)
+    /// equal-width bins.
+    pub fn reliability(&self, temperature: f64, bins: usize) -> Result<Reliability> {
+        if bins == 0 {
+            bail!("the reliability diagram needs at least one bin");
+        }
         let beta = 1.0 / temperature;
         let mut acc = vec![(0usize, 0f64, 0usize); bins]; // (count, sum of confidence, correct)
         for (z, y) in self.rows() {
@@ -116,7 +120,7 @@ impl Predictions {
             .collect();
         let ece = bins.iter().filter(|b| b.count > 0).map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs()).sum();
         let accuracy = bins.iter().map(|b| if b.count > 0 { b.accuracy * b.count as f64 } else { 0.0 }).sum::<f64>() / n;
-        Reliability { ece, accuracy, bins }
+        Ok(Reliability { ece, accuracy, bins })
     }
 }
 
@@ -151,6 +155,16 @@ pub struct Reliability {
 
 /// The search range of T*.
 pub const T_RANGE: (f64, f64) = (0.05, 20.0);
+
+/// What a fitted T* says about the model as trained.
+pub fn reading(t_star: f64) -> &'static str {
+    match t_star.partial_cmp(&1.0) {
+        Some(std::cmp::Ordering::Greater) => "above 1: the model was over-confident (too cold)",
+        Some(std::cmp::Ordering::Less) => "below 1: the model was under-confident (too hot)",
+        Some(std::cmp::Ordering::Equal) => "exactly 1: the model was calibrated as trained",
+        None => "not a number: no temperature was fitted",
+    }
+}
 
 /// The T in [`T_RANGE`] that minimises the validation energy: golden-section search on beta = 1/T
 /// (where the energy is convex), to 1e-5 in beta.
@@ -210,8 +224,8 @@ pub fn calibrate(preds: &Predictions, bins: usize) -> Result<Calibration> {
         t_star,
         energy_before: preds.energy(1.0),
         energy_after: preds.energy(t_star),
-        before: preds.reliability(1.0, bins),
-        after: preds.reliability(t_star, bins),
+        before: preds.reliability(1.0, bins)?,
+        after: preds.reliability(t_star, bins)?,
         curve: grid.iter().map(|&t| (t, preds.energy(t))).collect(),
     })
 }

@@ -63,8 +63,15 @@ pub struct Batch {
     pub targets: Tensor,
 }
 
-/// Build a batch from window start offsets into `tokens`.
+/// Build a batch from window start offsets into `tokens`: each window needs `context` tokens from
+/// its start.
 pub fn batch_at(tokens: &[u32], starts: &[usize], context: usize, bos: u32, dev: &Device) -> Result<Batch> {
+    if context == 0 {
+        bail!("a window needs a context of at least 1 token");
+    }
+    if let Some(&bad) = starts.iter().find(|&&i| i.checked_add(context).is_none_or(|end| end > tokens.len())) {
+        bail!("a window of {context} tokens from offset {bad} runs past the {} tokens there are", tokens.len());
+    }
     let b = starts.len();
     let mut inputs = Vec::with_capacity(b * context);
     let mut targets = Vec::with_capacity(b * context);
@@ -79,16 +86,21 @@ pub fn batch_at(tokens: &[u32], starts: &[usize], context: usize, bos: u32, dev:
     })
 }
 
-/// Draw `batch_size` uniformly random window starts.
-pub fn random_starts(rng: &mut ChaCha8Rng, n_tokens: usize, context: usize, batch_size: usize) -> Vec<usize> {
-    let hi = n_tokens - context; // inclusive upper bound of a start
-    (0..batch_size).map(|_| rng.random_range(0..=hi)).collect()
+/// Draw `batch_size` uniformly random starts of windows of `context` tokens in `n_tokens`.
+pub fn random_starts(rng: &mut ChaCha8Rng, n_tokens: usize, context: usize, batch_size: usize) -> Result<Vec<usize>> {
+    let Some(hi) = n_tokens.checked_sub(context) else {
+        bail!("{n_tokens} tokens cannot fill one window of the context ({context})");
+    }; // inclusive upper bound of a start
+    Ok((0..batch_size).map(|_| rng.random_range(0..=hi)).collect())
 }
 
 /// Windows tiling `tokens` without overlap (each token is a target once), or, when `max_windows`
 /// is smaller, that many tiles evenly spaced over it, in batches. Deterministic: the validation
 /// curve and the temperature sweep see the same windows every time.
 pub fn tiled_batches(tokens: &[u32], max_windows: Option<usize>, batch_size: usize, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
+    if batch_size == 0 || context == 0 {
+        bail!("tiled batches need a batch size and a context of at least 1, got {batch_size} and {context}");
+    }
     if tokens.len() < context {
         bail!("{} tokens cannot fill one window of the context ({context})", tokens.len());
     }

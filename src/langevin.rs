@@ -131,13 +131,18 @@ fn run<F: Fn(&Tensor) -> Result<Tensor>>(energy: F, x0: &[f64], o: &LangevinOpti
 
 /// Total-variation distance between the histogram of 1-D `samples` on `bins` equal bins over
 /// [lo, hi] and the exact law exp(-E(x) / T) / Z integrated over the same bins (midpoint rule,
-/// 64 points per bin). Samples outside [lo, hi] count as mass the exact law does not have there.
-pub fn tv_distance_1d(samples: &[f64], energy: impl Fn(f64) -> f64, temperature: f64, lo: f64, hi: f64, bins: usize) -> f64 {
+/// 64 points per bin). Samples outside [lo, hi) count as mass the exact law does not have there.
+/// Needs at least one sample and one bin, and lo < hi.
+pub fn tv_distance_1d(samples: &[f64], energy: impl Fn(f64) -> f64, temperature: f64, lo: f64, hi: f64, bins: usize) -> Result<f64> {
+    if bins == 0 || samples.is_empty() || !(lo.is_finite() && hi.is_finite() && lo < hi) {
+        candle_core::bail!("the histogram needs a sample, at least one bin and a finite range lo < hi, got {} samples, {bins} bins, [{lo}, {hi})", samples.len())
+    }
     let width = (hi - lo) / bins as f64;
     let mut hist = vec![0f64; bins];
     for &s in samples {
         if s >= lo && s < hi {
-            hist[((s - lo) / width) as usize] += 1.0;
+            // (s - lo) / width can round up to `bins` for s just below hi.
+            hist[(((s - lo) / width) as usize).min(bins - 1)] += 1.0;
         }
     }
     let n = samples.len() as f64;
@@ -148,5 +153,5 @@ pub fn tv_distance_1d(samples: &[f64], energy: impl Fn(f64) -> f64, temperature:
     let z: f64 = exact.iter().sum();
     exact.iter_mut().for_each(|p| *p /= z);
     let inside: f64 = hist.iter().sum();
-    0.5 * (hist.iter().zip(&exact).map(|(h, p)| (h / n - p).abs()).sum::<f64>() + (n - inside) / n)
+    Ok(0.5 * (hist.iter().zip(&exact).map(|(h, p)| (h / n - p).abs()).sum::<f64>() + (n - inside) / n))
 }

@@ -28,9 +28,14 @@ pub struct ScoreOptions {
     pub batch_size: usize,
 }
 
+impl ScoreOptions {
+    /// The defaults, as a constant so the CLI's flags can show them.
+    pub const DEFAULT: ScoreOptions = ScoreOptions { temperature: 1.0, stride: None, batch_size: 32 };
+}
+
 impl Default for ScoreOptions {
     fn default() -> Self {
-        Self { temperature: 1.0, stride: None, batch_size: 32 }
+        Self::DEFAULT
     }
 }
 
@@ -48,9 +53,12 @@ pub struct Window {
     pub score_from: usize,
 }
 
-/// Windows covering a sequence of `n` tokens, each target scored exactly once.
-pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
-    assert!(stride >= 1 && context >= 1, "windows need a stride and a context of at least 1");
+/// Windows covering a sequence of `n` tokens, each target scored exactly once; the stride must
+/// lie in 1..=context.
+pub fn windows(n: usize, context: usize, stride: usize) -> Result<Vec<Window>> {
+    if stride == 0 || context == 0 || stride > context {
+        bail!("windows need a context of at least 1 and a stride in 1..=context, got context {context} and stride {stride}");
+    }
     let mut out = Vec::new();
     let (mut start, mut covered) = (0, 0);
     while covered < n {
@@ -60,7 +68,7 @@ pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
         // The next window is full-length and starts at most `stride` later.
         start = (start + stride).min(n.saturating_sub(context));
     }
-    out
+    Ok(out)
 }
 
 /// A scored sequence.
@@ -112,8 +120,10 @@ pub fn score_ids(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions) 
         bail!("the batch size must be at least 1");
     }
     let mut out: Vec<Scored> = seqs.iter().map(|ids| Scored { ids: ids.clone(), energies: vec![0.0; ids.len()] }).collect();
-    let mut jobs: Vec<(usize, Window)> =
-        seqs.iter().enumerate().flat_map(|(s, ids)| windows(ids.len(), context, stride).into_iter().map(move |w| (s, w))).collect();
+    let mut jobs: Vec<(usize, Window)> = Vec::new();
+    for (s, ids) in seqs.iter().enumerate() {
+        jobs.extend(windows(ids.len(), context, stride)?.into_iter().map(|w| (s, w)));
+    }
     // Longest first, so each batch pads little.
     jobs.sort_by_key(|(_, w)| std::cmp::Reverse(w.end - w.start));
     let dev = model.device();

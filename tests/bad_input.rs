@@ -272,3 +272,35 @@ fn an_accelerator_this_build_lacks_is_a_clear_error() {
     }
     assert_clean_error(&run(&["bench", "--device", "tpu"]), 2, "tpu");
 }
+
+/// Library functions refuse arguments a caller can pass with an error instead of a panic (each
+/// of these used to panic: an underflow, `chunks(0)`, an `assert!`, an index past the end).
+#[test]
+fn library_functions_refuse_bad_arguments_without_panicking() {
+    use thermoformer::{calibrate, data, langevin, score};
+    let dev = Device::Cpu;
+    let tokens: Vec<u32> = (0..10).collect();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    // A split shorter than the context.
+    assert!(data::random_starts(&mut rng, tokens.len(), 16, 4).is_err());
+    assert_eq!(data::random_starts(&mut rng, tokens.len(), 10, 3).unwrap(), vec![0, 0, 0], "a split of exactly one window");
+    assert!(data::batch_at(&tokens, &[5], 8, 0, &dev).is_err(), "a window past the end");
+    assert!(data::batch_at(&tokens, &[0], 0, 0, &dev).is_err(), "a context of 0");
+    assert_eq!(data::batch_at(&tokens, &[2], 8, 99, &dev).unwrap().inputs.dims(), &[1, 8]);
+    assert!(data::tiled_batches(&tokens, None, 0, 4, 0, &dev).is_err(), "a batch size of 0");
+    assert!(data::tiled_batches(&tokens, None, 2, 0, 0, &dev).is_err(), "a context of 0");
+    // Scoring windows with a stride of 0 or past the context.
+    assert!(score::windows(10, 4, 0).is_err() && score::windows(10, 4, 5).is_err() && score::windows(10, 0, 1).is_err());
+    assert_eq!(score::windows(10, 4, 4).unwrap().len(), 3);
+    // Histograms with no bins, and a sample that rounds onto the bin past the end:
+    // (0.9999999999999999 - 0) / (1/3) is 3.0 in f64.
+    let flat = |_: f64| 0.0;
+    assert!(langevin::tv_distance_1d(&[0.5], flat, 1.0, 0.0, 1.0, 0).is_err());
+    assert!(langevin::tv_distance_1d(&[0.5], flat, 1.0, 1.0, 1.0, 4).is_err());
+    let edge = langevin::tv_distance_1d(&[0.9999999999999999], flat, 1.0, 0.0, 1.0, 3).unwrap();
+    assert!((edge - 2.0 / 3.0).abs() < 1e-9, "the sample counts in the last bin: TV {edge}");
+    // A reliability diagram with no bins.
+    let preds = calibrate::Predictions::new(vec![1.0, 2.0, 0.5, 0.1, 0.2, 3.0], vec![1, 2], 3).unwrap();
+    assert!(preds.reliability(1.0, 0).is_err());
+    assert_eq!(preds.reliability(1.0, 2).unwrap().bins.len(), 2);
+}

@@ -59,7 +59,7 @@ fn the_fitted_temperature_recovers_the_scale_of_the_logits() {
 fn reliability_bins_partition_the_tokens() {
     let preds = synthetic(5_000, 7, 1.3, 4);
     for bins in [1, 15, 40] {
-        let r = preds.reliability(1.0, bins);
+        let r = preds.reliability(1.0, bins).unwrap();
         assert_eq!(r.bins.len(), bins);
         assert_eq!(r.bins.iter().map(|b| b.count).sum::<usize>(), preds.len());
         for b in r.bins.iter().filter(|b| b.count > 0) {
@@ -72,7 +72,7 @@ fn reliability_bins_partition_the_tokens() {
         assert!((ece - r.ece).abs() < 1e-12);
     }
     // One bin: ECE is |accuracy - mean confidence|.
-    let one = preds.reliability(1.0, 1);
+    let one = preds.reliability(1.0, 1).unwrap();
     assert!((one.ece - (one.bins[0].accuracy - one.bins[0].confidence).abs()).abs() < 1e-12);
 }
 
@@ -94,14 +94,17 @@ fn calibrate_reports_the_validation_energy_of_training() {
     let c = &v["calibration"];
     let before = c["energy_before"].as_f64().unwrap();
     assert!(c["energy_after"].as_f64().unwrap() <= before + 1e-12);
-    assert!(c["t_star"].as_f64().unwrap() > 0.0);
+    // An interior optimum of the search, not a bound it ran into.
+    let t_star = c["t_star"].as_f64().unwrap();
+    let (lo, hi) = thermoformer::calibrate::T_RANGE;
+    assert!(t_star > lo * 1.01 && t_star < hi / 1.01, "T* = {t_star} sits on the search bound");
     assert_eq!(c["before"]["bins"].as_array().unwrap().len(), 15);
     // The energy at T = 1 is the validation CE of the run's last evaluation (the whole split).
     let metrics = std::fs::read_to_string(ck.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     let val_ce = last["val_ce"].as_f64().unwrap();
     assert!((before - val_ce).abs() < 1e-4, "calibrate's E(T=1) {before} against training's val CE {val_ce}");
-    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    common::assert_picture(&png, Some((640, 480)), 0.02, 8);
 
     let table = common::run(&["calibrate", "--checkpoint", ck.to_str().unwrap(), "--bins", "10"]);
     let text = String::from_utf8(table.stdout).unwrap();
@@ -111,4 +114,12 @@ fn calibrate_reports_the_validation_energy_of_training() {
     let o = common::run(&["calibrate", "--checkpoint", missing.to_str().unwrap()]);
     assert_ne!(o.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+}
+
+#[test]
+fn the_reading_of_t_star_says_which_side_of_one_it_is() {
+    assert!(thermoformer::calibrate::reading(1.3).starts_with("above 1: the model was over-confident"));
+    assert!(thermoformer::calibrate::reading(0.7).starts_with("below 1: the model was under-confident"));
+    // Exactly 1 used to read "below 1: under-confident".
+    assert!(thermoformer::calibrate::reading(1.0).starts_with("exactly 1"), "{}", thermoformer::calibrate::reading(1.0));
 }

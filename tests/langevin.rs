@@ -1,7 +1,7 @@
 //! Langevin samplers against the Boltzmann law they should sample.
 
 use candle_core::{Result, Tensor};
-use thermoformer::langevin::{mala, sgld_noise_std, tv_distance_1d, ula, LangevinOptions};
+use thermoformer::langevin::{mala, tv_distance_1d, ula, LangevinOptions};
 
 fn mean_var(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
@@ -47,10 +47,10 @@ fn mala_samples_the_double_well_law() {
     let chain = mala(double_well, &[1.0], &o).unwrap();
     let xs: Vec<f64> = chain.samples.iter().map(|s| s[0]).collect();
     let e = |x: f64| (x * x - 1.0).powi(2);
-    let tv = tv_distance_1d(&xs, e, t, -2.5, 2.5, 40);
+    let tv = tv_distance_1d(&xs, e, t, -2.5, 2.5, 40).unwrap();
     assert!(tv < 0.05, "total variation to exp(-E/T)/Z: {tv}");
     // The same samples are far from the law at another temperature: the test can tell.
-    let wrong = tv_distance_1d(&xs, e, 2.0 * t, -2.5, 2.5, 40);
+    let wrong = tv_distance_1d(&xs, e, 2.0 * t, -2.5, 2.5, 40).unwrap();
     assert!(wrong > 2.0 * tv && wrong > 0.08, "TV at 2T {wrong}, at T {tv}");
     // Both wells are visited in proportion (the law is symmetric).
     let right = xs.iter().filter(|&&x| x > 0.0).count() as f64 / xs.len() as f64;
@@ -75,14 +75,13 @@ fn mala_acceptance_falls_as_the_step_grows() {
 #[test]
 fn with_no_force_a_step_is_gaussian_noise_of_std_sqrt_2_eta_t() {
     let (eta, t) = (0.02, 1.5);
-    assert_eq!(sgld_noise_std(eta, t), (2.0 * eta * t).sqrt());
     let flat = |x: &Tensor| x.sum_all()? * 0.0;
     let o = LangevinOptions { step: eta, temperature: t, samples: 5000, burn_in: 0, thin: 1, seed: 4 };
     let chain = ula(flat, &[0.0], &o).unwrap();
     let xs: Vec<f64> = chain.samples.iter().map(|s| s[0]).collect();
     let steps: Vec<f64> = xs.windows(2).map(|w| w[1] - w[0]).collect();
     let (m, v) = mean_var(&steps);
-    let want = 2.0 * eta * t;
+    let want = 0.06; // 2 eta T
     assert!(m.abs() < 5.0 * (want / steps.len() as f64).sqrt(), "mean step {m}");
     assert!((v / want - 1.0).abs() < 5.0 * (2.0 / steps.len() as f64).sqrt(), "step variance {v}, 2 eta T = {want}");
     assert_eq!(chain.acceptance, 1.0);

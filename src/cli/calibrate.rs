@@ -12,6 +12,9 @@ use crate::data;
 use crate::error::UsageError;
 use crate::plot::{self, Series};
 
+
+/// Validation windows per forward pass.
+const WINDOW_BATCH: usize = 32;
 /// Options of `thermoformer calibrate`.
 #[derive(Debug, clap::Args)]
 #[command(allow_negative_numbers = true)]
@@ -53,7 +56,7 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let (name, val) = validation_tokens(&loaded, args.corpus.as_ref(), "calibrate")?;
     let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
-    let batches = data::tiled_batches(&val, args.windows, 32, context, bos, loaded.model.device())?;
+    let batches = data::tiled_batches(&val, args.windows, WINDOW_BATCH, context, bos, loaded.model.device())?;
     let preds = Predictions::collect(&loaded.model, &batches)?;
     let c = calibrate::calibrate(&preds, args.bins)?;
     let mut out = std::io::stdout().lock();
@@ -76,12 +79,7 @@ fn write_table(out: &mut impl Write, c: &Calibration, corpus: &str, bins: usize)
     for (label, t, e, r) in [("before", 1.0, c.energy_before, &c.before), ("after", c.t_star, c.energy_after, &c.after)] {
         writeln!(out, "{label:>8} {t:>9.4} {e:>10.4} {:>8.4} {:>9.4}", r.ece, r.accuracy)?;
     }
-    let reading = if c.t_star > 1.0 {
-        "above 1: the model was over-confident (too cold)"
-    } else {
-        "below 1: the model was under-confident (too hot)"
-    };
-    writeln!(out, "T* = {:.4}, {reading}", c.t_star)?;
+    writeln!(out, "T* = {:.4}, {}", c.t_star, calibrate::reading(c.t_star))?;
     Ok(())
 }
 

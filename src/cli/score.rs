@@ -38,7 +38,7 @@ pub struct ScoreArgs {
     pub model: ModelArgs,
     /// Score under the tempered model p_T(x|ctx) = p(x|ctx)^(1/T) / Z_T(ctx), normalised at every
     /// step; 1 is the plain model.
-    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    #[arg(long, value_name = "T", default_value_t = ScoreOptions::DEFAULT.temperature)]
     pub temperature: f64,
     /// Add each token and its energy (surprisal -ln p, nats). In jsonl: `token_energies`, a list of
     /// {"token", "energy"}; in csv: one row per token (line,position,token,energy) instead of one
@@ -59,7 +59,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub stride: Option<usize>,
     /// Windows per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = ScoreOptions::DEFAULT.batch_size)]
     pub batch_size: usize,
 }
 
@@ -126,7 +126,7 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
     let opts = ScoreOptions { temperature: args.temperature, stride: args.stride, batch_size: args.batch_size };
     // The first forward pass is the largest: the longest windows, as many as fit the batch.
     let stride = args.stride.unwrap_or_else(|| score::default_stride(context));
-    let windows: usize = seqs.iter().map(|ids| score::windows(ids.len(), context, stride).len()).sum();
+    let windows: usize = seqs.iter().map(|ids| Ok(score::windows(ids.len(), context, stride)?.len())).sum::<Result<usize>>()?;
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(0).clamp(1, context);
     let batch = args.batch_size.min(windows.max(1));
     let shape = crate::ModelConfig { context: longest, ..loaded.model.config().clone() };
