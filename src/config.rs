@@ -80,9 +80,8 @@ impl OptimizerKind {
     }
 }
 
-/// Default peak learning rate of SGLD (the step eta of its gradient descent part). On the
-/// shakespeare recipe shape, 1000 steps at T = 0: val CE 2.12 at 1.0, 2.15 at 0.5, 2.24 at 2.0,
-/// divergence without gradient clipping at 0.5 and above.
+/// Default peak learning rate of SGLD (the step eta of its gradient descent part); the README's
+/// SGLD section has the sweep it was chosen from.
 pub const SGLD_LR: f64 = 1.0;
 
 /// The architecture: everything needed to rebuild the network from its weights.
@@ -271,7 +270,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     /// The defaults train nanoGPT's CPU recipe shape on the shipped corpus, 2.5 times longer than
-    /// the recipe's 2000 steps: about 7 minutes on 2 cores, for clearly better text.
+    /// the recipe's 2000 steps, for clearly better text.
     fn default() -> Self {
         Self {
             corpus: PathBuf::from("data/tinyshakespeare.txt"),
@@ -497,6 +496,46 @@ impl TrainOptions {
             init_std: d.init_std,
             sample_tokens: self.sample_tokens.unwrap_or(d.sample_tokens),
         }
+    }
+
+    /// The default of every option that has one, by field name (as `train`'s flags are named,
+    /// in snake_case), spelled as the command line takes it: what `train --help` shows as
+    /// `[default: ...]`, read from [`TrainConfig::default`] and [`TrainOptions::model_config`] so
+    /// that it is never typed twice.
+    pub fn shown_defaults() -> Vec<(&'static str, String)> {
+        let t = TrainConfig::default();
+        let m = TrainOptions::default().model_config(0);
+        let by_optimizer = |f: fn(OptimizerKind) -> f64| {
+            format!("{:?} with {}, {:?} with {}", f(OptimizerKind::AdamW), spelled(&OptimizerKind::AdamW), f(OptimizerKind::Sgld), spelled(&OptimizerKind::Sgld))
+        };
+        vec![
+            ("corpus", t.corpus.display().to_string()),
+            ("steps", t.steps.to_string()),
+            ("batch_size", t.batch_size.to_string()),
+            ("context", m.context.to_string()),
+            ("layers", m.n_layer.to_string()),
+            ("heads", m.n_head.to_string()),
+            ("d_model", m.d_model.to_string()),
+            ("positions", spelled(&m.positions)),
+            ("lr", by_optimizer(OptimizerKind::default_lr)),
+            ("min_lr", format!("{:?}", t.min_lr)),
+            ("warmup", t.warmup.to_string()),
+            ("optimizer", spelled(&t.optimizer)),
+            ("sgld_temperature", format!("{:?}", t.sgld_temperature)),
+            ("beta1", format!("{:?}", t.beta1)),
+            ("beta2", format!("{:?}", t.beta2)),
+            ("weight_decay", by_optimizer(OptimizerKind::default_weight_decay)),
+            ("grad_clip", format!("{:?}", t.grad_clip)),
+            ("label_smoothing", format!("{:?}", t.label_smoothing)),
+            ("attn_temperature", format!("{:?}", m.attn_temperature)),
+            ("tokenizer", spelled(&t.tokenizer)),
+            ("vocab_size", t.bpe_vocab_size.to_string()),
+            ("seed", t.seed.to_string()),
+            ("eval_every", t.eval_every.to_string()),
+            ("eval_batches", t.eval_batches.to_string()),
+            ("val_fraction", format!("{:?}", t.val_fraction)),
+            ("sample_tokens", t.sample_tokens.to_string()),
+        ]
     }
 
     /// On `--resume`, options that would change the model, its tokenizer, the split or the seed

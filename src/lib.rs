@@ -38,11 +38,11 @@ pub use tokenizer::Tok;
 /// Fix the thread count candle uses, once, and shorten how long its idle workers spin. candle
 /// asks for the thread count on every tensor operation and, unless `RAYON_NUM_THREADS` is set,
 /// works it out afresh from /proc each time, which costs more than the operation itself for small
-/// tensors (4x in KV-cached generation). Its barrier-pool workers spin 25,000 times before
-/// sleeping, and matmuls run on a second (rayon) pool, so on a 2-core machine a spinning worker
-/// takes a core from the matmul: 1,000 spins (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, which a user
-/// may still set) made the recipe's training step about 15% faster and scoring about 25%.
-/// Call this at the start of `main`, before any other thread exists.
+/// tensors. Its barrier-pool workers spin 25,000 times before sleeping, and matmuls run on a
+/// second (rayon) pool, so on a 2-core machine a spinning worker takes a core from the matmul;
+/// this sets 1,000 spins (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, which a user may still set). The
+/// README's "Where the speed comes from" has the measurements. Call this at the start of
+/// `main`, before any other thread exists.
 pub fn pin_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -1,7 +1,6 @@
 use std::io::Write;
 
 use clap::error::ErrorKind;
-use clap::Parser;
 
 // The BLAS libraries behind candle's mkl / accelerate features must be linked by the binary.
 #[cfg(feature = "accelerate")]
@@ -14,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     thermoformer::pin_thread_count();
-    let cli = match thermoformer::cli::Cli::try_parse() {
+    let cli = match thermoformer::cli::try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => e.exit(),
         Err(e) => {

@@ -69,18 +69,96 @@ fn nonsense_flags_and_values_are_rejected_by_the_parser() {
     }
 }
 
-#[test]
-fn help_documents_every_train_flag() {
-    let out = run(&["train", "--help"]);
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--corpus", "--out", "--steps", "--batch-size", "--context", "--layers", "--heads", "--d-model", "--lr",
-        "--min-lr", "--warmup", "--beta2", "--weight-decay", "--grad-clip", "--label-smoothing", "--attn-temperature",
-        "--learn-temperature", "--tokenizer", "--vocab-size", "--seed", "--eval-every", "--val-fraction", "--resume",
-        "--config", "--json", "--beta1", "--overwrite", "--stop-after", "--eval-batches", "--sample-tokens", "--no-progress"]
-    {
-        assert!(help.contains(flag), "--help does not mention {flag}");
+/// The entries of a rendered `--help`: each option's lines, keyed by its long name.
+fn help_entries(help: &str) -> std::collections::HashMap<String, String> {
+    let mut entries = std::collections::HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in help.lines() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len(); // entries at 2 or 6, their text at 10 ("- cpu:" values too)
+        if t.starts_with('-') && indent <= 6 {
+            entries.extend(current.take());
+            // "-s, --long <V>" or "--long <V>": the long name.
+            let long = t.split([' ', ',', '=']).find(|w| w.starts_with("--")).unwrap_or("").trim_start_matches("--").to_string();
+            current = Some((long, t.to_string()));
+        } else if line.starts_with("  [") || line.starts_with("  <") {
+            entries.extend(current.take());
+            // A positional argument, "[NAME]" or "<NAME>".
+            let name = t.split(' ').next().unwrap_or("").trim_matches(['[', ']', '<', '>', '.']).to_string();
+            current = Some((name, t.to_string()));
+        } else if t.is_empty() {
+            // Blank lines come inside entries too (before "Possible values:", "[default: ..]").
+        } else if !line.starts_with(' ') {
+            entries.extend(current.take()); // a section heading
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push(' ');
+            text.push_str(t);
+        }
     }
+    entries.extend(current);
+    entries
+}
+
+#[test]
+fn every_flag_has_its_own_help_and_shows_its_default() {
+    use thermoformer::config::TrainOptions;
+    let mut cmd = thermoformer::cli::command();
+    cmd.build();
+    // train's flags, exactly: a flag added or removed must be documented here too.
+    let train_flags = [
+        "corpus", "out", "config", "resume", "overwrite", "steps", "batch_size", "context", "layers", "heads", "d_model",
+        "positions", "lr", "min_lr", "warmup", "optimizer", "sgld_temperature", "beta1", "beta2", "weight_decay", "grad_clip",
+        "label_smoothing", "attn_temperature", "learn_temperature", "tokenizer", "vocab_size", "seed", "eval_every",
+        "eval_batches", "val_fraction", "sample_tokens", "stop_after", "json", "no_progress", "device",
+    ];
+    let train = cmd.find_subcommand("train").unwrap();
+    let mut ids: Vec<&str> = train.get_arguments().map(|a| a.get_id().as_str()).filter(|id| *id != "help").collect();
+    ids.sort_unstable();
+    let mut want = train_flags.to_vec();
+    want.sort_unstable();
+    assert_eq!(ids, want, "train's flags");
+    let shown: std::collections::HashMap<&str, String> = TrainOptions::shown_defaults().into_iter().collect();
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = sub.get_name();
+        // The help the binary prints, as a user reads it.
+        let out = run(&[name, "--help"]);
+        assert!(out.status.success(), "{name} --help");
+        let entries = help_entries(&String::from_utf8(out.stdout).unwrap());
+        let mut helps = std::collections::HashSet::new();
+        for arg in sub.get_arguments().filter(|a| a.get_id() != "help") {
+            let id = arg.get_id().as_str();
+            // Options by their long name, positional arguments by their value name.
+            let value_name = arg.get_value_names().and_then(|v| v.first()).map_or(id.to_uppercase(), |v| v.to_string());
+            let long = arg.get_long().map_or(value_name, str::to_string);
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            // Its own help: at least a few words, and not another flag's text.
+            assert!(help.split_whitespace().count() >= 2, "{name} --{long} has no help of its own: {help:?}");
+            assert!(helps.insert(help.clone()), "{name} --{long} repeats another flag's help: {help:?}");
+            let entry = entries.get(&long).unwrap_or_else(|| panic!("{name} --help has no entry for --{long}"));
+            let first_words: String = help.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+            assert!(entry.contains(&first_words), "{name} --help shows --{long} without its help: {entry:?}");
+            // Its default, where it has one: clap's own, or (train) the configuration's.
+            // (A switch's implicit "false" is not one.)
+            let defaults: Vec<String> = if arg.get_action().takes_values() {
+                arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect()
+            } else {
+                Vec::new()
+            };
+            let default = match (defaults.first(), shown.get(id).filter(|_| name == "train")) {
+                (Some(d), _) => Some(d.clone()),
+                (None, Some(d)) => Some(d.clone()),
+                (None, None) => None,
+            };
+            if let Some(d) = default {
+                // clap quotes a default that is empty or has spaces.
+                assert!(entry.contains(&format!("[default: {d}]")) || entry.contains(&format!("[default: \"{d}\"]")), "{name} --help does not show --{long}'s default {d:?}: {entry:?}");
+            }
+        }
+    }
+    // Spelled as the flags take them (a mapping slip would show a field's Debug form or another
+    // field's value).
+    assert_eq!((shown["steps"].as_str(), shown["positions"].as_str(), shown["tokenizer"].as_str()), ("5000", "rope", "char"));
+    assert_eq!(shown["lr"], "0.001 with adamw, 1.0 with sgld");
 }
 
 #[test]

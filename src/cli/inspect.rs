@@ -148,10 +148,13 @@ fn write_heads(out: &mut impl Write, r: &TextInspection) -> Result<()> {
 /// Distances shown in the --rope table (those inside the context).
 const TABLE_DISTANCES: [usize; 8] = [0, 1, 2, 4, 8, 16, 32, 64];
 
+/// Validation windows per forward pass of --sweep and --rope.
+const WINDOW_BATCH: usize = 16;
+
 fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
     let (name, val) = validation_tokens(loaded, args.corpus.as_ref(), "inspect --rope")?;
     let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
-    let batches = data::tiled_batches(&val, Some(args.windows), 16, context, bos, loaded.model.device())?;
+    let batches = data::tiled_batches(&val, Some(args.windows), WINDOW_BATCH, context, bos, loaded.model.device())?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
     let profiles = inspect::distance_profiles(&loaded.model, &batches)?;
     let positions = format!("{:?}", loaded.config.model.positions).to_lowercase();
@@ -205,7 +208,7 @@ fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
 fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
     let (name, val) = validation_tokens(loaded, args.corpus.as_ref(), "the sweep")?;
     let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
-    let batches = data::tiled_batches(&val, Some(args.windows), 16, context, bos, loaded.model.device())?;
+    let batches = data::tiled_batches(&val, Some(args.windows), WINDOW_BATCH, context, bos, loaded.model.device())?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
     let points = inspect::sweep(&loaded.model, &batches, temps)?;
     let mut out = std::io::stdout().lock();

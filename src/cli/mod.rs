@@ -174,6 +174,32 @@ pub(crate) fn png_path(flag: &str, path: &std::path::Path) -> Result<()> {
     }
 }
 
+/// The command line as clap parses it: the derived [`Cli`] with the `[default: ...]` of every
+/// train option that takes its default from the configuration added to its help (those flags
+/// are `Option`s, so that `--config` can fill what the command line leaves unset, and clap cannot
+/// show a default it does not apply).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command().mut_subcommand("train", |mut train| {
+        for (id, value) in crate::config::TrainOptions::shown_defaults() {
+            train = train.mut_arg(id, |arg| {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                arg.help(format!("{help} [default: {value}]"))
+            });
+        }
+        train
+    })
+}
+
+/// Parse `args` (the program name first) with [`command`].
+pub fn try_parse_from<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut matches = command().try_get_matches_from(args)?;
+    <Cli as clap::FromArgMatches>::from_arg_matches_mut(&mut matches)
+}
+
 /// Dispatch a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {

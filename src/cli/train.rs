@@ -69,7 +69,7 @@ impl From<OptimizerArg> for OptimizerKind {
 #[derive(Debug, clap::Args)]
 #[command(args_override_self = true, allow_negative_numbers = true)]
 pub struct TrainArgs {
-    /// Text corpus (UTF-8) [default: data/tinyshakespeare.txt].
+    /// Text corpus (UTF-8).
     #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
     /// Run directory for the checkpoint and metrics.jsonl.
@@ -87,87 +87,86 @@ pub struct TrainArgs {
     /// Replace a checkpoint already in --out instead of refusing.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Total optimizer steps [default: 5000].
+    /// Total optimizer steps.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Sequences per step [default: 12].
+    /// Sequences per step.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Context length in tokens, BOS included [default: 64].
+    /// Context length in tokens, BOS included.
     #[arg(long)]
     pub context: Option<usize>,
-    /// Transformer blocks [default: 4].
+    /// Transformer blocks.
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Attention heads per block; must divide --d-model [default: 4].
+    /// Attention heads per block; must divide --d-model.
     #[arg(long)]
     pub heads: Option<usize>,
-    /// Width of the residual stream [default: 128].
+    /// Width of the residual stream.
     #[arg(long)]
     pub d_model: Option<usize>,
-    /// Position encoding: rotary phases trained to a 0.11 nats/token lower validation CE than
-    /// learned positions on the shakespeare recipe; learned is nanoGPT's (and the PyTorch
-    /// reference's) architecture [default: rope].
+    /// Position encoding: rotary phases on queries and keys, or a learned position table
+    /// (nanoGPT's and the PyTorch reference's architecture).
     #[arg(long, value_enum)]
     pub positions: Option<PositionsArg>,
-    /// Peak learning rate after warmup [default: 1e-3 with adamw, 1.0 with sgld].
+    /// Peak learning rate after warmup.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Final learning rate of the cosine decay [default: 1e-4].
+    /// Final learning rate of the cosine decay.
     #[arg(long)]
     pub min_lr: Option<f64>,
-    /// Linear warmup steps [default: 100].
+    /// Linear warmup steps.
     #[arg(long)]
     pub warmup: Option<usize>,
-    /// Optimizer; a resumed run keeps its own [default: adamw].
+    /// Optimizer; a resumed run keeps its own.
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
     /// SGLD temperature T >= 0 (with --optimizer sgld): each step adds N(0, 2 lr T) noise to every
     /// parameter, so training samples exp(-loss/T) with the loss in mean nats per token;
-    /// T = 1/(training tokens) is the Bayesian posterior, 0 is plain SGD [default: 0].
+    /// T = 1/(training tokens) is the Bayesian posterior, 0 is plain SGD.
     #[arg(long, value_name = "T")]
     pub sgld_temperature: Option<f64>,
-    /// AdamW beta1 [default: 0.9].
+    /// AdamW beta1.
     #[arg(long)]
     pub beta1: Option<f64>,
-    /// AdamW beta2 [default: 0.99].
+    /// AdamW beta2.
     #[arg(long)]
     pub beta2: Option<f64>,
     /// Decoupled weight decay on matrices (not on LayerNorm gains or temperatures): each step
-    /// scales them by 1 - lr * wd [default: 0.1 with adamw, 0 with sgld].
+    /// scales them by 1 - lr * wd.
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// Clip the global gradient norm to this; 0 disables [default: 1.0].
+    /// Clip the global gradient norm to this; 0 disables.
     #[arg(long)]
     pub grad_clip: Option<f64>,
-    /// Label smoothing eps in [0, 1): loss = (1-eps) CE + eps mean_v(-ln p_v) [default: 0].
+    /// Label smoothing eps in [0, 1): loss = (1-eps) CE + eps mean_v(-ln p_v).
     #[arg(long)]
     pub label_smoothing: Option<f64>,
-    /// Attention temperature T of every head, T > 0; 1 is standard attention [default: 1].
+    /// Attention temperature T of every head, T > 0; 1 is standard attention.
     #[arg(long)]
     pub attn_temperature: Option<f64>,
     /// Train each head's ln beta = -ln T as a parameter (starting from --attn-temperature).
     #[arg(long)]
     pub learn_temperature: bool,
-    /// Tokenizer [default: char].
+    /// Tokenizer.
     #[arg(long, value_enum)]
     pub tokenizer: Option<TokenizerArg>,
-    /// Vocabulary size for --tokenizer bpe, BOS included [default: 512].
+    /// Vocabulary size for --tokenizer bpe, BOS included.
     #[arg(long)]
     pub vocab_size: Option<usize>,
-    /// Seed for initialisation, batch sampling and SGLD noise [default: 1337].
+    /// Seed for initialisation, batch sampling and SGLD noise.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Evaluate on the validation split and checkpoint every N steps [default: 500].
+    /// Evaluate on the validation split and checkpoint every N steps.
     #[arg(long)]
     pub eval_every: Option<usize>,
-    /// Batches of validation windows per evaluation [default: 40].
+    /// Batches of validation windows per evaluation.
     #[arg(long)]
     pub eval_batches: Option<usize>,
-    /// Fraction of the corpus (its tail) held out for validation [default: 0.1].
+    /// Fraction of the corpus (its tail) held out for validation.
     #[arg(long)]
     pub val_fraction: Option<f64>,
-    /// Tokens sampled (temperature 0.8) and printed when training ends; 0 for none [default: 300].
+    /// Tokens sampled (temperature 0.8) and printed when training ends; 0 for none.
     #[arg(long)]
     pub sample_tokens: Option<usize>,
     /// End this session after step N (checkpointed there), keeping the learning-rate schedule of
