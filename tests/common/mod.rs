@@ -114,3 +114,41 @@ pub fn small_run_options(corpus: &Path, steps: usize) -> TrainOptions {
 pub fn train_request(options: TrainOptions, out: &Path, resume: bool) -> TrainRequest {
     TrainRequest { options, out: out.to_path_buf(), resume, overwrite: false, progress: false, stop_after: None }
 }
+
+/// A decoded PNG: width, height and its pixels as RGB.
+pub struct Picture {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<[u8; 3]>,
+}
+
+/// Decode the PNG at `path` (panics with the path if it is not one).
+pub fn decode_png(path: &Path) -> Picture {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().unwrap_or_else(|e| panic!("{} is not a PNG: {e}", path.display()));
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let channels = info.color_type.samples();
+    assert_eq!(info.bit_depth, png::BitDepth::Eight, "{}", path.display());
+    let rgb = buf[..info.buffer_size()].chunks(channels).map(|p| if channels >= 3 { [p[0], p[1], p[2]] } else { [p[0]; 3] }).collect();
+    Picture { width: info.width, height: info.height, rgb }
+}
+
+/// Assert that `path` is a PNG of `size` (when given) with real content: at least `min_ink` of
+/// its pixels differ from the background (its most common colour) and it has at least
+/// `min_colours` distinct colours (a heat map or several plotted series, not a blank canvas).
+pub fn assert_picture(path: &Path, size: Option<(u32, u32)>, min_ink: f64, min_colours: usize) -> Picture {
+    let pic = decode_png(path);
+    if let Some(size) = size {
+        assert_eq!((pic.width, pic.height), size, "{} has the wrong size", path.display());
+    }
+    let mut counts = std::collections::HashMap::new();
+    for p in &pic.rgb {
+        *counts.entry(*p).or_insert(0usize) += 1;
+    }
+    let background = counts.values().copied().max().unwrap_or(0);
+    let ink = 1.0 - background as f64 / pic.rgb.len() as f64;
+    assert!(ink >= min_ink, "{}: only {:.2}% of the pixels are drawn on", path.display(), 100.0 * ink);
+    assert!(counts.len() >= min_colours, "{}: {} colours, expected at least {min_colours}", path.display(), counts.len());
+    pic
+}
