@@ -65,11 +65,7 @@ pub struct TrainState {
     pub corpus_hash: String,
 }
 
-/// FNV-1a 64-bit hash of `text`, hex: a cheap fingerprint of the training corpus.
-pub fn corpus_hash(text: &str) -> String {
-    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
-    format!("{h:016x}")
-}
+pub use crate::data::corpus_hash;
 
 /// What a forward-only user (score, generate, inspect) needs from a run directory.
 #[derive(Debug, Clone)]
@@ -77,6 +73,9 @@ pub struct Loaded {
     pub config: RunConfig,
     pub tokenizer: Tok,
     pub model: Gpt,
+    /// The training state, where `state.json` is there and readable (it says which corpus text
+    /// the run was trained on); forward-only use does not need it.
+    pub state: Option<TrainState>,
 }
 
 /// Everything needed to continue training.
@@ -279,6 +278,17 @@ pub fn check_out_dir(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A usage error unless a new run may be written into `out`: a directory (or nothing yet) that
+/// holds no checkpoint, or one that may be replaced (`overwrite`). `instead` says what else the
+/// user can pass (e.g. "--resume to continue it or --overwrite to start again").
+pub fn check_writable(out: &Path, overwrite: bool, instead: &str) -> Result<()> {
+    check_out_dir(out)?;
+    if exists(out) && !overwrite {
+        return Err(UsageError(format!("{} already holds a checkpoint; pass {instead}", out.display())).into());
+    }
+    Ok(())
+}
+
 fn check_dir(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         bail!("checkpoint {} is a file, not a run directory", dir.display());
@@ -313,7 +323,8 @@ pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
     let tensors = read_tensors(dir, MODEL, dev)?;
     let model = Params::model_from_tensors(&config.model, tensors, dev)
         .with_context(|| format!("loading weights from {}", dir.join(MODEL).display()))?;
-    Ok(Loaded { config, tokenizer, model })
+    let state = read_committed(dir, STATE).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    Ok(Loaded { config, tokenizer, model, state })
 }
 
 /// A run directory's weights as trainable parameters, and its training state, read without

@@ -11,7 +11,44 @@ use candle_core::{Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::RunConfig;
 use crate::tokenizer::Tok;
+
+/// FNV-1a 64-bit hash of `text`, hex: a cheap fingerprint of the training corpus, kept in a run's
+/// `state.json`.
+pub fn corpus_hash(text: &str) -> String {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("{h:016x}")
+}
+
+/// A run's validation split, as every command that measures on it reads it.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// The corpus it came from, for messages and reports.
+    pub corpus: String,
+    /// The held-out tail's tokens.
+    pub tokens: Vec<u32>,
+}
+
+/// The validation split of a run: `corpus` if given, else the run's own training corpus, split as
+/// training split it. The run's own corpus is refused when its text no longer hashes to
+/// `trained_hash` (what `state.json` recorded), since its tail would no longer be held out; a
+/// corpus named explicitly is the caller's choice and is not checked.
+pub fn validation_split(run: &RunConfig, tok: &Tok, trained_hash: Option<&str>, corpus: Option<&Path>) -> Result<Validation> {
+    let path = corpus.unwrap_or(&run.train.corpus);
+    let text = read_corpus(path)?;
+    if corpus.is_none() {
+        if let Some(hash) = trained_hash.filter(|h| *h != corpus_hash(&text)) {
+            bail!(
+                "{} has changed since the run was trained (its hash is no longer {hash}), so its tail is not the held-out split; restore it, or name a corpus with --corpus",
+                path.display()
+            );
+        }
+    }
+    let name = path.display().to_string();
+    let splits = Splits::new(&text, tok, run.train.val_fraction, run.model.context, &name)?;
+    Ok(Validation { corpus: name, tokens: splits.val })
+}
 
 /// Read a UTF-8 corpus; missing, unreadable, non-UTF-8 and empty files are errors that name the file.
 pub fn read_corpus(path: &Path) -> Result<String> {

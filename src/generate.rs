@@ -3,9 +3,10 @@
 //! most probable tokens (top-k) and then to the smallest set holding probability p (top-p);
 //! T = 0 is greedy (argmax). BOS, the start-of-sequence marker, is never sampled.
 //!
-//! Generation runs on a KV cache, so each new token costs one position's forward pass. The model
-//! has learned positions, so when the cache is full the window restarts as BOS + the last
-//! 3/4 of the context (one forward pass over that window), the layout the model was trained on.
+//! Generation runs on a KV cache, so each new token costs one position's forward pass. Positions
+//! (learned, or rotary phases) only reach the context the model was trained on, so when the cache
+//! is full the window restarts as BOS + the last 3/4 of the context (one forward pass over that
+//! window), the layout the model was trained on.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};

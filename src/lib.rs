@@ -24,7 +24,9 @@ pub mod nadaraya_watson;
 pub mod optim;
 pub mod params;
 pub mod rl;
+pub mod rng;
 pub mod plot;
+pub mod progress;
 pub mod rope;
 pub mod score;
 pub mod thermo;
@@ -51,12 +53,4 @@ pub fn pin_thread_count() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
     }
-}
-
-/// Write one line of progress or warning to stderr. Unlike `eprintln!`, which panics when the
-/// reader has gone away (`thermoformer train 2>&1 | head -1`), a failed write is ignored: the
-/// work goes on and its files are still written.
-pub fn note(line: impl std::fmt::Display) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

@@ -1,6 +1,6 @@
 //! A GPT-style decoder-only transformer whose attention is a Boltzmann distribution per head.
 //!
-//! Token embedding + learned positions, `n_layer` pre-LayerNorm blocks of causal multi-head
+//! Token embedding (+ learned positions, or rotary phases on q and k), `n_layer` pre-LayerNorm blocks of causal multi-head
 //! self-attention and a GELU MLP, a final LayerNorm, and an LM head tied to the token embedding.
 //! Linear layers and LayerNorms have no bias (as nanoGPT with `bias=False`).
 //!

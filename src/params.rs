@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -149,8 +148,7 @@ impl Params {
 
     /// Fresh, seeded initialisation for training.
     pub fn init(cfg: &ModelConfig, init_std: f64, seed: u64, dev: &Device) -> Result<(Self, Gpt)> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(crate::train::RngStream::Init as u64);
+        let rng = crate::rng::rng(seed, crate::rng::RngStream::Init);
         Self::build(cfg, init_std, Source::Init(Box::new(Mutex::new(rng))), Box::new(is_trainable(cfg)), DType::F32, dev)
     }
 

@@ -374,7 +374,7 @@ impl Trainer {
         let reference = Params::model_from_tensors(model_cfg, frozen, policy.device())?;
         let optimizer = AdamW::new(params.trainable(), RL_ADAMW, policy.kernels())?;
         let log_alpha = if cfg.alpha > 0.0 { cfg.alpha.ln() } else { f64::NEG_INFINITY };
-        let rng = crate::train::rng(cfg.seed, crate::train::RngStream::Sample);
+        let rng = crate::rng::rng(cfg.seed, crate::rng::RngStream::Sample);
         Ok(Self { params, policy, reference, optimizer, cfg, log_alpha, rng, step: 0, bos })
     }
 

@@ -8,8 +8,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -24,23 +22,8 @@ use crate::memory;
 use crate::model::Gpt;
 use crate::optim::{self, AdamW, AdamWConfig, Optimizer, Sgld, SgldConfig};
 use crate::params::Params;
+use crate::rng::{rng, RngStream};
 use crate::tokenizer::Tok;
-
-/// Independent streams of the run's seeded RNG, one per purpose, so that e.g. changing the number
-/// of evaluation windows never changes the training batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RngStream {
-    Batches = 0,
-    Init = 1,
-    Sample = 2,
-}
-
-/// A seeded RNG on one stream.
-pub fn rng(seed: u64, stream: RngStream) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(stream as u64);
-    rng
-}
 
 /// What to train and where.
 #[derive(Debug, Clone)]
@@ -219,14 +202,7 @@ struct Setup {
 }
 
 fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
-    checkpoint::check_out_dir(&req.out)?;
-    if checkpoint::exists(&req.out) && !req.overwrite {
-        return Err(UsageError(format!(
-            "{} already holds a checkpoint; pass --resume to continue it or --overwrite to start again",
-            req.out.display()
-        ))
-        .into());
-    }
+    checkpoint::check_writable(&req.out, req.overwrite, "--resume to continue it or --overwrite to start again")?;
     let train = req.options.train_config();
     train.validate()?;
     // Shape errors before the (slow) tokenizer training; the memory bound again once the
@@ -304,7 +280,7 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     let optimizer = match train.optimizer {
         OptimizerKind::AdamW if saved.optimizer_state.is_empty() => {
             // Written without moments (an rl output): a step count for them would be a guess.
-            crate::note(format!("{} holds no optimizer state (it was not written by train): AdamW's moments start from zero", req.out.display()));
+            crate::progress::note(format!("{} holds no optimizer state (it was not written by train): AdamW's moments start from zero", req.out.display()));
             Optimizer::AdamW(AdamW::new(saved.params.trainable(), adamw_config(&train), saved.model.kernels())?)
         }
         OptimizerKind::AdamW => Optimizer::AdamW(
@@ -340,21 +316,6 @@ fn sgld_config(t: &TrainConfig) -> SgldConfig {
     SgldConfig { temperature: t.sgld_temperature, weight_decay: t.weight_decay, seed: t.seed }
 }
 
-fn progress_bar(req: &TrainRequest, total: usize, done: usize) -> ProgressBar {
-    let pb = ProgressBar::new(total as u64);
-    if !req.progress {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>5}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid progress template")
-            .progress_chars("=> "),
-    );
-    pb.set_position(done as u64);
-    pb.reset_eta();
-    pb
-}
-
 /// Train (or continue training) a model and checkpoint it into `req.out`.
 pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let session_start = Instant::now();
@@ -366,8 +327,8 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let full_eval = data::tiled_batches(&splits.val, None, cfg.batch_size, context, bos, dev)?;
     fs::create_dir_all(&req.out).with_context(|| format!("creating run directory {}", req.out.display()))?;
 
-    let pb = progress_bar(req, cfg.steps, s.state.step);
-    let log = |line: String| pb.suspend(|| crate::note(&line));
+    let pb = crate::progress::bar(cfg.steps, s.state.step, req.progress);
+    let log = |line: String| pb.suspend(|| crate::progress::note(&line));
     log(format!(
         "{} {} parameters, {} layers x {} heads x {} wide, context {}, vocab {} ({}); {} train / {} val tokens",
         if s.resumed { format!("resuming {} at step {}:", req.out.display(), s.state.step) } else { "training".to_string() },
@@ -475,7 +436,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     }
     pb.finish_and_clear();
     if let Err(e) = write_curves(&req.out) {
-        crate::note(format!("warning: could not draw the training curves: {e:#}"));
+        crate::progress::note(format!("warning: could not draw the training curves: {e:#}"));
     }
 
     let sample = if cfg.sample_tokens > 0 {

@@ -304,3 +304,23 @@ fn library_functions_refuse_bad_arguments_without_panicking() {
     assert!(preds.reliability(1.0, 0).is_err());
     assert_eq!(preds.reliability(1.0, 2).unwrap().bins.len(), 2);
 }
+
+/// Every command that measures on the validation split reads it through one loader, which
+/// refuses the run's own corpus once its text has changed (its tail is no longer held out);
+/// calibrate and inspect used to read it silently.
+#[test]
+fn a_corpus_changed_since_training_is_refused_unless_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = trained(tmp.path());
+    let ck = ck.to_str().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    assert!(run(&["calibrate", "--checkpoint", ck]).status.success(), "the unchanged corpus is read");
+    let text = std::fs::read_to_string(&corpus).unwrap();
+    std::fs::write(&corpus, format!("{text}\nFirst Citizen:\n")).unwrap(); // characters it knows
+    for args in [&["calibrate", "--checkpoint", ck][..], &["inspect", "--sweep", "1", "--checkpoint", ck], &["inspect", "--rope", "--checkpoint", ck]] {
+        assert_clean_error(&run(args), 1, "has changed since the run was trained");
+    }
+    // Named explicitly, it is the user's choice.
+    let named = run(&["calibrate", "--checkpoint", ck, "--corpus", corpus.to_str().unwrap()]);
+    assert!(named.status.success(), "{}", String::from_utf8_lossy(&named.stderr));
+}

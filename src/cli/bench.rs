@@ -26,13 +26,17 @@ pub struct BenchArgs {
     /// Device to run on.
     #[arg(long, value_enum, default_value_t = super::DeviceArg::Cpu)]
     pub device: super::DeviceArg,
-    /// Print one JSON object (the ceiling and every measurement) instead of a table.
+    /// How to print the report: a table, or one JSON object (the ceiling and every measurement).
+    #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
+    pub format: super::ReportFormat,
+    /// The same as --format json.
     #[arg(long)]
     pub json: bool,
 }
 
 /// `thermoformer bench`.
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
+    let json = args.format.or_json(args.json) == super::ReportFormat::Json;
     if args.iters == 0 {
         return Err(UsageError("--iters must be at least 1".into()).into());
     }
@@ -45,7 +49,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let dev = args.device.device()?;
     let ceiling = bench::matmul_ceiling(&dev)?;
     let mut out = std::io::stdout().lock();
-    if !args.json {
+    if !json {
         writeln!(out, "matmul ceiling (1024^3 f32, candle): {ceiling:.1} GFLOP/s")?;
         writeln!(out, "{:<6} {:<9} {:>11} {:>11} {:>9} {:>6} {:>10}", "shape", "work", "ms/iter", "tokens/s", "GFLOP/s", "MFU", "peak MiB")?;
     }
@@ -57,7 +61,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
                 "score" => bench::bench_score(shape, args.iters, ceiling, &dev)?,
                 _ => bench::bench_generate(shape, args.iters, ceiling, &dev)?,
             };
-            if !args.json {
+            if !json {
                 writeln!(
                     out,
                     "{:<6} {:<9} {:>11.2} {:>11.0} {:>9.1} {:>5.1}% {:>10}",
@@ -74,7 +78,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
             results.push(m);
         }
     }
-    if args.json {
+    if json {
         writeln!(out, "{}", serde_json::json!({ "matmul_ceiling_gflops": ceiling, "results": results }))?;
     }
     Ok(())

@@ -32,8 +32,10 @@ pub struct CalibrateArgs {
     /// Equal-width confidence bins of the expected calibration error and the reliability diagram.
     #[arg(long, default_value_t = 15)]
     pub bins: usize,
-    /// Print one JSON object (T*, energies, ECE and every bin before and after, the energy curve)
-    /// instead of the table.
+    /// How to print the report: a table, or one JSON object (T*, energies, ECE and every bin before and after, the energy curve).
+    #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
+    pub format: super::ReportFormat,
+    /// The same as --format json.
     #[arg(long)]
     pub json: bool,
     /// Write the reliability diagram (accuracy against confidence per bin, at T = 1 and at T*) to
@@ -60,7 +62,7 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
     let preds = Predictions::collect(&loaded.model, &batches)?;
     let c = calibrate::calibrate(&preds, args.bins)?;
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if args.format.or_json(args.json) == super::ReportFormat::Json {
         let v = serde_json::json!({ "corpus": name, "bins": args.bins, "calibration": c });
         writeln!(out, "{v}")?;
     } else {
@@ -68,7 +70,7 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
     }
     if let Some(png) = &args.png {
         draw(png, &c)?;
-        crate::note(format!("reliability diagram written to {}", png.display()));
+        crate::progress::note(format!("reliability diagram written to {}", png.display()));
     }
     Ok(())
 }

@@ -81,7 +81,7 @@ pub fn run_generate(args: &GenerateArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     if args.show_energy {
         let n = generation.ids.len();
-        crate::note(format!(
+        crate::progress::note(format!(
             "energy {:.4} nats over {n} tokens ({} nats/token) under the model at T = 1; mean sampling entropy {:.4} nats; {:.0} tokens/s",
             generation.energy(),
             if n > 0 { format!("{:.4}", generation.energy() / n as f64) } else { "-".into() },

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::ValueEnum;
 
 use super::{check_temperature, validation_tokens, ModelArgs};
 use crate::checkpoint::Loaded;
@@ -13,14 +12,8 @@ use crate::error::UsageError;
 use crate::inspect::{self, SweepPoint, TextInspection};
 use crate::plot::{self, Series};
 
-/// Output format of `inspect`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum InspectFormat {
-    /// Aligned columns.
-    Table,
-    /// One JSON object.
-    Json,
-}
+/// Output format of `inspect`: the shared report formats.
+pub use super::ReportFormat as InspectFormat;
 
 /// Options of `thermoformer inspect`.
 // The doc comments are --help text, in the physics notation <E> that rustdoc would read as HTML.
@@ -113,7 +106,7 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
             })
             .collect();
         plot::attention_grid(png, &report.labels, &report.alpha, &titles)?;
-        crate::note(format!("attention maps written to {}", png.display()));
+        crate::progress::note(format!("attention maps written to {}", png.display()));
     }
     Ok(())
 }
@@ -200,7 +193,7 @@ fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
             })
             .collect();
         plot::line_panels(png, "distance i - j (tokens)", false, &panels)?;
-        crate::note(format!("distance profile written to {}", png.display()));
+        crate::progress::note(format!("distance profile written to {}", png.display()));
     }
     Ok(())
 }
@@ -247,7 +240,7 @@ fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
                 ),
             ],
         )?;
-        crate::note(format!("sweep plot written to {}", png.display()));
+        crate::progress::note(format!("sweep plot written to {}", png.display()));
     }
     Ok(())
 }

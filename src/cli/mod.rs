@@ -9,7 +9,7 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 
 use crate::checkpoint::{self, Loaded};
-use crate::data::{self, Splits};
+use crate::data;
 use crate::error::UsageError;
 use crate::config::{valid_temperature, MIN_TEMPERATURE};
 use crate::model::HeadTemperature;
@@ -103,6 +103,27 @@ impl DeviceArg {
     }
 }
 
+/// How a command that reports results prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Aligned columns and text, for reading.
+    #[default]
+    Table,
+    /// One JSON object on stdout, for scripts.
+    Json,
+}
+
+impl ReportFormat {
+    /// The format asked for by `--format`, or by the older `--json` switch kept as its alias.
+    pub fn or_json(self, json: bool) -> Self {
+        if json {
+            ReportFormat::Json
+        } else {
+            self
+        }
+    }
+}
+
 /// Which checkpoint to load and how to override its attention temperatures for this run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
@@ -139,14 +160,14 @@ impl ModelArgs {
     }
 }
 
-/// The validation split of `corpus` (default: the checkpoint's training corpus), split as in
-/// training, and the corpus's name; `command` names who needs it in the error.
+/// The validation split of `corpus` (default: the checkpoint's training corpus, refused if it
+/// changed since training), split as in training, and the corpus's name; `command` names who
+/// needs it in the error.
 pub(crate) fn validation_tokens(loaded: &Loaded, corpus: Option<&PathBuf>, command: &str) -> Result<(String, Vec<u32>)> {
-    let corpus = corpus.cloned().unwrap_or_else(|| loaded.config.train.corpus.clone());
-    let text = data::read_corpus(&corpus).with_context(|| format!("{command} reads the validation split (set it with --corpus)"))?;
-    let name = corpus.display().to_string();
-    let splits = Splits::new(&text, &loaded.tokenizer, loaded.config.train.val_fraction, loaded.config.model.context, &name)?;
-    Ok((name, splits.val))
+    let hash = loaded.state.as_ref().map(|s| s.corpus_hash.as_str());
+    let v = data::validation_split(&loaded.config, &loaded.tokenizer, hash, corpus.map(PathBuf::as_path))
+        .with_context(|| format!("{command} reads the validation split"))?;
+    Ok((v.corpus, v.tokens))
 }
 
 /// A usage error unless `t` is a usable temperature (finite, at least [`MIN_TEMPERATURE`]).

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::DeviceArg;
 use crate::checkpoint;
@@ -98,7 +97,10 @@ pub struct RlArgs {
     /// Seed of the sampling.
     #[arg(long, default_value_t = DEFAULTS.seed)]
     pub seed: u64,
-    /// Print the final report (before/after evaluation, samples) as one JSON object.
+    /// How to print the report: a table, or one JSON object (before/after evaluation per prompt, validation CE, samples).
+    #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
+    pub format: super::ReportFormat,
+    /// The same as --format json.
     #[arg(long)]
     pub json: bool,
     /// Do not draw the progress bar.
@@ -144,10 +146,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     if args.out == args.checkpoint || args.out.canonicalize().ok().is_some_and(|o| args.checkpoint.canonicalize().is_ok_and(|c| c == o)) {
         return Err(UsageError("--out must differ from --checkpoint: the starting run is the frozen reference and is never overwritten".into()).into());
     }
-    checkpoint::check_out_dir(&args.out)?;
-    if checkpoint::exists(&args.out) && !args.overwrite {
-        return Err(UsageError(format!("{} already holds a checkpoint; pass --overwrite to replace it", args.out.display())).into());
-    }
+    checkpoint::check_writable(&args.out, args.overwrite, "--overwrite to replace it")?;
     let dev = args.device.device()?;
     // Read-only: the starting run is the frozen reference, and nothing in it is touched.
     let source = checkpoint::load_source(&args.checkpoint, &dev)?;
@@ -191,7 +190,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     // What the reward costs the language model: cross-entropy on the run's own validation split,
     // before and after, measured alike (the whole split, as training's last evaluation).
     let val_batches = validation_batches(&source.config, tok, &source.state.corpus_hash, &dev)
-        .map_err(|e| crate::note(format!("warning: the validation cross-entropy will not be measured: {e:#}")))
+        .map_err(|e| crate::progress::note(format!("warning: the validation cross-entropy will not be measured: {e:#}")))
         .ok();
     let val_ce = |params: &crate::params::Params| -> Result<Option<f64>> {
         let Some(batches) = &val_batches else { return Ok(None) };
@@ -203,11 +202,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     let mut trainer = Trainer::new(source.params, source.model, &model_cfg, tok.bos(), cfg.clone())?;
     let before = trainer.evaluate(&prompts, reward.as_ref(), tok, eval_n)?;
 
-    let pb = ProgressBar::new(cfg.steps as u64);
-    if args.no_progress {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    pb.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>4}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("valid template").progress_chars("=> "));
+    let pb = crate::progress::bar(cfg.steps, 0, !args.no_progress);
     for step in 0..cfg.steps {
         let s = trainer.update(&prompts[step % prompts.len()], reward.as_ref(), tok)?;
         writeln!(metrics, "{}", serde_json::to_string(&s)?).with_context(|| format!("writing {}", metrics_path.display()))?;
@@ -225,7 +220,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     checkpoint::save(&args.out, &source.config, tok, trainer.params(), Default::default(), &state)?;
 
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if args.format.or_json(args.json) == super::ReportFormat::Json {
         let v = serde_json::json!({
             "out": args.out, "steps": cfg.steps, "before": before, "after": after,
             "val_ce_before": val_ce_before, "val_ce_after": val_ce_after,
@@ -253,12 +248,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
 /// evaluation reads it), or why it cannot be read: the corpus is gone or changed, or the pass
 /// would not fit in memory.
 fn validation_batches(config: &crate::RunConfig, tok: &crate::Tok, corpus_hash: &str, dev: &candle_core::Device) -> Result<Vec<crate::data::Batch>> {
-    let corpus = &config.train.corpus;
-    let text = crate::data::read_corpus(corpus)?;
-    if checkpoint::corpus_hash(&text) != corpus_hash {
-        anyhow::bail!("{} has changed since the run was trained", corpus.display());
-    }
-    let splits = crate::data::Splits::new(&text, tok, config.train.val_fraction, config.model.context, &corpus.display().to_string())?;
+    let val = crate::data::validation_split(config, tok, Some(corpus_hash), None)?;
     memory::ensure_fits_on(dev, &format!("a forward pass over {VAL_BATCH} validation windows"), config.model.forward_bytes(VAL_BATCH), "free some memory")?;
-    crate::data::tiled_batches(&splits.val, None, VAL_BATCH, config.model.context, tok.bos(), dev)
+    crate::data::tiled_batches(&val.tokens, None, VAL_BATCH, config.model.context, tok.bos(), dev)
 }

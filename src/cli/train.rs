@@ -77,7 +77,7 @@ pub struct TrainArgs {
     pub out: PathBuf,
     /// TOML or JSON file of training options, keys as the flags in snake_case (e.g.
     /// `d_model = 128`); flags given on the command line override it. --out, --resume,
-    /// --overwrite, --stop-after, --json, --no-progress and --device are command-line only.
+    /// --overwrite, --stop-after, --format, --json, --no-progress and --device are command-line only.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Continue the checkpoint in --out: weights, AdamW moments, step, schedule and data RNG are
@@ -173,7 +173,10 @@ pub struct TrainArgs {
     /// --steps; continue later with --resume.
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
-    /// Print the final report as one JSON object on stdout instead of text.
+    /// How to print the report: a table, or one JSON object (out, steps, params, val_ce, train_loss, wall_secs, tokens_per_sec, sample).
+    #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
+    pub format: super::ReportFormat,
+    /// The same as --format json.
     #[arg(long)]
     pub json: bool,
     /// Do not draw the progress bar (evaluation lines still go to stderr).
@@ -235,7 +238,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     };
     let report = train::train(&request, &args.device.device()?)?;
     let mut stdout = std::io::stdout().lock();
-    if args.json {
+    if args.format.or_json(args.json) == super::ReportFormat::Json {
         writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
     } else {
         if let Some(sample) = &report.sample {

@@ -61,7 +61,7 @@ impl Kernels {
                     Ok("composed") => Kernels::Composed,
                     Ok("fused") | Ok("") | Err(_) => Kernels::Fused,
                     Ok(other) => {
-                        crate::note(format!("warning: THERMOFORMER_KERNELS={other:?} is neither fused nor composed; using fused"));
+                        crate::progress::note(format!("warning: THERMOFORMER_KERNELS={other:?} is neither fused nor composed; using fused"));
                         Kernels::Fused
                     }
                 };
