@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use thermoformer::{checkpoint, data, loss};
+use thermoformer::model::loss;
+use thermoformer::{checkpoint, data};
 
 fn main() -> Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "checkpoints/shakespeare".into()));

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use thermoformer::langevin::{mala, tv_distance_1d, ula, LangevinOptions};
+use thermoformer::physics::langevin::{mala, tv_distance_1d, ula, LangevinOptions};
 
 const MODES: [([f64; 2], f64); 3] = [([-1.5, 0.0], 0.5), ([1.5, 0.0], 0.3), ([0.0, 2.0], 0.2)];
 const S: f64 = 0.5;

@@ -9,7 +9,7 @@ use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use thermoformer::nadaraya_watson::{direct, temperature, via_attention};
+use thermoformer::physics::nadaraya_watson::{direct, temperature, via_attention};
 
 fn main() -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);

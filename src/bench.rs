@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use crate::config::{ModelConfig, Positions};
 use crate::data::Batch;
-use crate::generate::{Generator, SampleOptions};
-use crate::optim::{AdamW, Optimizer};
-use crate::params::Params;
-use crate::score::{self, ScoreOptions};
+use crate::physics::generate::{Generator, SampleOptions};
+use crate::train::optim::{AdamW, Optimizer};
+use crate::model::params::Params;
+use crate::physics::score::{self, ScoreOptions};
 use crate::train;
 
 /// A model and batch shape.

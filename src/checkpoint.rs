@@ -31,8 +31,8 @@ use crate::config::{RunConfig, FORMAT_VERSION};
 use crate::error::UsageError;
 use crate::memory;
 use crate::model::Gpt;
-use crate::params::Params;
-use crate::tokenizer::Tok;
+use crate::model::params::Params;
+use crate::data::tokenizer::Tok;
 
 pub const CONFIG: &str = "config.json";
 pub const TOKENIZER: &str = "tokenizer.json";

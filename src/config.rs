@@ -28,7 +28,7 @@ pub const DEFAULT_POSITIONS: Positions = Positions::Rope;
 pub enum Positions {
     /// A learned absolute position embedding added to the token embedding (GPT-2).
     Learned,
-    /// Rotary phases on queries and keys ([`crate::rope`]): scores depend only on relative position.
+    /// Rotary phases on queries and keys ([`crate::model::rope`]): scores depend only on relative position.
     Rope,
 }
 
@@ -49,7 +49,7 @@ pub enum OptimizerKind {
     /// AdamW with decoupled weight decay on matrices.
     #[default]
     AdamW,
-    /// Stochastic gradient Langevin dynamics at `sgld_temperature` ([`crate::optim::Sgld`]).
+    /// Stochastic gradient Langevin dynamics at `sgld_temperature` ([`crate::train::optim::Sgld`]).
     Sgld,
 }
 

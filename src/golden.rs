@@ -16,10 +16,10 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
-use crate::loss;
+use crate::model::loss;
 use crate::model::HeadTemperature;
-use crate::params::Params;
-use crate::score::{self, ScoreOptions};
+use crate::model::params::Params;
+use crate::physics::score::{self, ScoreOptions};
 
 /// Temperature given to every head for the attention weights.
 pub const ATTN_TEMPERATURE: f64 = 0.5;

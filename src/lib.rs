@@ -1,41 +1,39 @@
 //! thermoformer: train tiny decoder-only transformers on candle and read them the way a
 //! statistical physicist would.
 //!
-//! Data flows one way: corpus -> [`tokenizer`] -> [`data`] batches -> [`model`] -> [`loss`] ->
-//! [`optim`] -> [`checkpoint`]; and checkpoint -> forward-only users. Nothing below [`cli`] knows
-//! about clap, and nothing in [`model`] knows about files.
+//! Data flows one way, and the folders follow it: corpus -> [`data`] (the tokenizer, splits,
+//! batches) -> [`model`] (the network, its parameters, the loss) -> [`train`] (the loop and its
+//! optimizers) -> [`checkpoint`] (the run directory) -> [`physics`] (scoring, sampling and reading
+//! a model: score, generate, inspect, thermo, calibrate, Langevin, Nadaraya-Watson) and [`rl`]
+//! (fine-tuning toward a reward). [`kernels`] holds the fused CPU kernels the model runs on;
+//! [`cli`] parses the command line on top of all of it. Nothing below [`cli`] knows about clap,
+//! and nothing in [`model`] knows about files. `docs/architecture.md` draws the map.
 
-pub mod bench;
-pub mod calibrate;
-pub mod checkpoint;
-pub mod cli;
+// Support: settings, errors, resource limits, notes and plots, seeded randomness.
 pub mod config;
-pub mod data;
 pub mod error;
-pub mod generate;
-pub mod golden;
-pub mod inspect;
-pub mod kernels;
-pub mod langevin;
-pub mod loss;
 pub mod memory;
-pub mod model;
-pub mod nadaraya_watson;
-pub mod optim;
-pub mod params;
-pub mod rl;
-pub mod rng;
 pub mod plot;
 pub mod progress;
-pub mod rope;
-pub mod score;
-pub mod thermo;
-pub mod tokenizer;
+pub mod rng;
+
+// The data flow, bottom up.
+pub mod kernels;
+pub mod data;
+pub mod model;
+pub mod checkpoint;
 pub mod train;
+pub mod physics;
+pub mod rl;
+
+// Measuring it, and the command line on top.
+pub mod bench;
+pub mod golden;
+pub mod cli;
 
 pub use config::{ModelConfig, RunConfig, TokenizerKind, TrainConfig, TrainOptions};
 pub use model::Gpt;
-pub use tokenizer::Tok;
+pub use data::tokenizer::Tok;
 
 /// Fix the thread count candle uses, once, and shorten how long its idle workers spin. candle
 /// asks for the thread count on every tensor operation and, unless `RAYON_NUM_THREADS` is set,

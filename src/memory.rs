@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use candle_core::Device;
 
+use crate::config::ModelConfig;
 use crate::error::UsageError;
 
 /// Bytes of memory this process can still use: what the kernel reports as available
@@ -123,3 +124,17 @@ pub fn ensure_fits_on(dev: &Device, what: &str, need: u64, hint: &str) -> Result
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
+
+/// A usage error when a training step of this shape at `batch` windows of `model.context`
+/// tokens, with `state_copies` parameter-sized optimizer tensors, cannot fit in the memory of
+/// `dev`'s host; `hint` names the flags that make it smaller.
+pub fn ensure_training_fits(dev: &Device, model: &ModelConfig, batch: usize, state_copies: u64, hint: &str) -> Result<()> {
+    ensure_fits_on(
+        dev,
+        &format!("training {} layers x {} wide at batch {batch} x context {}", model.n_layer, model.d_model, model.context),
+        model.training_bytes(batch, state_copies),
+        hint,
+    )
+}
+
+pub const SHAPE_HINT: &str = "lower --batch-size, --context, --d-model or --layers";

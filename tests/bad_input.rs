@@ -277,7 +277,8 @@ fn an_accelerator_this_build_lacks_is_a_clear_error() {
 /// of these used to panic: an underflow, `chunks(0)`, an `assert!`, an index past the end).
 #[test]
 fn library_functions_refuse_bad_arguments_without_panicking() {
-    use thermoformer::{calibrate, data, langevin, score};
+    use thermoformer::data;
+    use thermoformer::physics::{calibrate, langevin, score};
     let dev = Device::Cpu;
     let tokens: Vec<u32> = (0..10).collect();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);

@@ -6,7 +6,7 @@ mod common;
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
-use thermoformer::calibrate::{self, Predictions};
+use thermoformer::physics::calibrate::{self, Predictions};
 
 /// N rows of V logits z ~ N(0, 2^2) and targets drawn from softmax(z); the logits handed out are
 /// z * scale, so softmax(logits / T) is the true law exactly at T = scale.
@@ -96,7 +96,7 @@ fn calibrate_reports_the_validation_energy_of_training() {
     assert!(c["energy_after"].as_f64().unwrap() <= before + 1e-12);
     // An interior optimum of the search, not a bound it ran into.
     let t_star = c["t_star"].as_f64().unwrap();
-    let (lo, hi) = thermoformer::calibrate::T_RANGE;
+    let (lo, hi) = thermoformer::physics::calibrate::T_RANGE;
     assert!(t_star > lo * 1.01 && t_star < hi / 1.01, "T* = {t_star} sits on the search bound");
     assert_eq!(c["before"]["bins"].as_array().unwrap().len(), 15);
     // The energy at T = 1 is the validation CE of the run's last evaluation (the whole split).
@@ -118,8 +118,8 @@ fn calibrate_reports_the_validation_energy_of_training() {
 
 #[test]
 fn the_reading_of_t_star_says_which_side_of_one_it_is() {
-    assert!(thermoformer::calibrate::reading(1.3).starts_with("above 1: the model was over-confident"));
-    assert!(thermoformer::calibrate::reading(0.7).starts_with("below 1: the model was under-confident"));
+    assert!(thermoformer::physics::calibrate::reading(1.3).starts_with("above 1: the model was over-confident"));
+    assert!(thermoformer::physics::calibrate::reading(0.7).starts_with("below 1: the model was under-confident"));
     // Exactly 1 used to read "below 1: under-confident".
-    assert!(thermoformer::calibrate::reading(1.0).starts_with("exactly 1"), "{}", thermoformer::calibrate::reading(1.0));
+    assert!(thermoformer::physics::calibrate::reading(1.0).starts_with("exactly 1"), "{}", thermoformer::physics::calibrate::reading(1.0));
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::Device;
 use thermoformer::checkpoint::{self, TrainState};
 use thermoformer::config::{RunConfig, TrainConfig, FORMAT_VERSION};
-use thermoformer::optim::{AdamW, AdamWConfig};
+use thermoformer::train::optim::{AdamW, AdamWConfig};
 
 fn state(step: usize) -> TrainState {
     TrainState {

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use candle_core::Device;
 use proptest::prelude::*;
-use thermoformer::params::Params;
-use thermoformer::score::{self, ScoreOptions};
+use thermoformer::model::params::Params;
+use thermoformer::physics::score::{self, ScoreOptions};
 use thermoformer::{Gpt, ModelConfig, Tok};
 
 fn char_tok() -> &'static Tok {

@@ -7,10 +7,10 @@ use candle_core::{Device, IndexOp, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use thermoformer::config::Positions;
-use thermoformer::generate::{self, Generator, SampleOptions};
+use thermoformer::physics::generate::{self, Generator, SampleOptions};
 use thermoformer::kernels::Kernels;
 use thermoformer::model::KvCache;
-use thermoformer::params::Params;
+use thermoformer::model::params::Params;
 use thermoformer::{Gpt, ModelConfig, Tok};
 
 fn model() -> (Tok, Gpt) {

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use thermoformer::loss;
-use thermoformer::params::Params;
+use thermoformer::model::loss;
+use thermoformer::model::params::Params;
 use thermoformer::ModelConfig;
 
 fn noise(n: usize, seed: u64) -> Vec<f64> {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, D};
 use thermoformer::kernels::{self, Kernels};
-use thermoformer::loss;
-use thermoformer::params::Params;
+use thermoformer::model::loss;
+use thermoformer::model::params::Params;
 use thermoformer::ModelConfig;
 
 mod common;

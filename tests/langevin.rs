@@ -1,7 +1,7 @@
 //! Langevin samplers against the Boltzmann law they should sample.
 
 use candle_core::{Result, Tensor};
-use thermoformer::langevin::{mala, tv_distance_1d, ula, LangevinOptions};
+use thermoformer::physics::langevin::{mala, tv_distance_1d, ula, LangevinOptions};
 
 fn mean_var(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;

@@ -1,7 +1,7 @@
 //! The label-smoothed cross-entropy against numbers worked out by hand.
 
 use candle_core::{Device, Tensor};
-use thermoformer::loss::{cross_entropy, token_energies};
+use thermoformer::model::loss::{cross_entropy, token_energies};
 
 fn scalar(t: &Tensor) -> f64 {
     t.to_scalar::<f32>().unwrap() as f64

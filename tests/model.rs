@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{IndexOp, Tensor};
 use common::{flat, random_ids, tiny_model};
-use thermoformer::loss;
+use thermoformer::model::loss;
 
 #[test]
 fn attention_rows_are_distributions_over_allowed_keys() {

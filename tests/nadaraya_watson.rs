@@ -3,7 +3,7 @@
 use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use thermoformer::nadaraya_watson::{bandwidth, direct, temperature, via_attention};
+use thermoformer::physics::nadaraya_watson::{bandwidth, direct, temperature, via_attention};
 
 fn points(rng: &mut ChaCha8Rng, n: usize, d: usize, spread: f64) -> Vec<Vec<f64>> {
     (0..n).map(|_| (0..d).map(|_| rng.random_range(-spread..spread)).collect()).collect()

@@ -2,8 +2,8 @@
 
 use candle_core::{Device, Tensor, Var};
 use thermoformer::kernels::Kernels;
-use thermoformer::optim::{clip_scale, grad_norm, lr_at, AdamW, AdamWConfig};
-use thermoformer::params::Param;
+use thermoformer::train::optim::{clip_scale, grad_norm, lr_at, AdamW, AdamWConfig};
+use thermoformer::model::params::Param;
 
 /// With a constant gradient g, Adam's bias-corrected step is exactly lr * sign(g) at every step
 /// (m_hat = g, v_hat = g^2). Decoupled weight decay first scales a matrix by (1 - lr * wd). So

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
-use thermoformer::params::Params;
+use thermoformer::model::params::Params;
 use thermoformer::rl::{self, Algo, Reward, RlConfig, Trainer};
 use thermoformer::{Gpt, ModelConfig, Tok};
 

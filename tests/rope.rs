@@ -10,8 +10,8 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use thermoformer::config::Positions;
 use thermoformer::model::KvCache;
-use thermoformer::params::Params;
-use thermoformer::rope::{self, Rope};
+use thermoformer::model::params::Params;
+use thermoformer::model::rope::{self, Rope};
 use thermoformer::ModelConfig;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -160,7 +160,7 @@ fn distance_profile_of_uniform_attention() {
     let ids = common::random_ids(3, t, 39, 39, 8);
     let targets = ids.clone();
     let batch = thermoformer::data::Batch { inputs: ids, targets };
-    let profiles = thermoformer::inspect::distance_profiles(&model, &[batch]).unwrap();
+    let profiles = thermoformer::physics::inspect::distance_profiles(&model, &[batch]).unwrap();
     assert_eq!(profiles.len(), cfg.n_layer * cfg.n_head);
     let w0: f64 = (0..t).map(|i| 1.0 / (i + 1) as f64).sum::<f64>() / t as f64;
     for p in &profiles {

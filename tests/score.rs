@@ -4,8 +4,8 @@ mod common;
 
 use candle_core::{Device, IndexOp, Tensor};
 use thermoformer::model::HeadTemperature;
-use thermoformer::params::Params;
-use thermoformer::score::{self, ScoreOptions, Window};
+use thermoformer::model::params::Params;
+use thermoformer::physics::score::{self, ScoreOptions, Window};
 use thermoformer::{Gpt, ModelConfig, Tok};
 
 /// A char model with non-trivial (large-init) logits.

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};
 use thermoformer::checkpoint;
-use thermoformer::optim::{Sgld, SgldConfig};
-use thermoformer::params::Param;
+use thermoformer::train::optim::{Sgld, SgldConfig};
+use thermoformer::model::params::Param;
 use thermoformer::train::{self, TrainRequest};
 use thermoformer::TrainOptions;
 

@@ -5,7 +5,7 @@ mod common;
 use candle_core::Device;
 use thermoformer::kernels::Kernels;
 use thermoformer::model::HeadTemperature;
-use thermoformer::thermo::{self, RowStats};
+use thermoformer::physics::thermo::{self, RowStats};
 
 fn energies(n: usize, seed: u64) -> Vec<f64> {
     let mut x = seed;
@@ -60,7 +60,7 @@ fn heat_capacity_is_the_slope_of_entropy_in_log_temperature() {
 /// temperature limits are visible, on the chosen kernels.
 fn large_init_model(kernels: Kernels) -> (thermoformer::ModelConfig, thermoformer::Gpt, candle_core::Tensor) {
     let (_, cfg, _, _) = common::tiny_model(false);
-    let (_, mut model) = thermoformer::params::Params::init(&cfg, 0.5, 3, &Device::Cpu).unwrap();
+    let (_, mut model) = thermoformer::model::params::Params::init(&cfg, 0.5, 3, &Device::Cpu).unwrap();
     model.set_kernels(kernels);
     let ids = common::random_ids(2, cfg.context, cfg.vocab_size - 1, 0, 4);
     (cfg, model, ids)

@@ -2,7 +2,7 @@
 
 mod common;
 
-use thermoformer::tokenizer::{Tok, BOS};
+use thermoformer::data::tokenizer::{Tok, BOS};
 use thermoformer::TokenizerKind;
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::{validation_tokens, ModelArgs};
-use crate::calibrate::{self, Calibration, Predictions};
+use crate::physics::calibrate::{self, Calibration, Predictions};
 use crate::data;
 use crate::error::UsageError;
 use crate::plot::{self, Series};

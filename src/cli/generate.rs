@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::ModelArgs;
 use crate::error::UsageError;
-use crate::generate::{Generator, SampleOptions};
+use crate::physics::generate::{Generator, SampleOptions};
 
 /// Options of `thermoformer generate`.
 #[derive(Debug, clap::Args)]

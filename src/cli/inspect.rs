@@ -9,7 +9,7 @@ use super::{check_temperature, validation_tokens, ModelArgs};
 use crate::checkpoint::Loaded;
 use crate::data;
 use crate::error::UsageError;
-use crate::inspect::{self, SweepPoint, TextInspection};
+use crate::physics::inspect::{self, SweepPoint, TextInspection};
 use crate::plot::{self, Series};
 
 /// Output format of `inspect`: the shared report formats.

@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use super::{check_temperature, ModelArgs};
 use crate::error::UsageError;
-use crate::inspect::token_label;
+use crate::physics::inspect::token_label;
 use crate::memory;
-use crate::score::{self, ScoreOptions, Scored};
-use crate::tokenizer::Tok;
+use crate::physics::score::{self, ScoreOptions, Scored};
+use crate::data::tokenizer::Tok;
 
 /// Output format of `score`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

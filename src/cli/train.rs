@@ -222,6 +222,20 @@ impl TrainArgs {
     }
 }
 
+/// The run's `sample_tokens` tokens drawn at temperature 0.8 from its saved weights, on the
+/// run's own sampling stream (None when `sample_tokens` is 0).
+fn sample_of(dir: &std::path::Path, dev: &candle_core::Device) -> Result<Option<String>> {
+    let run = crate::checkpoint::load(dir, dev)?;
+    let n = run.config.train.sample_tokens;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut rng = crate::rng::rng(run.config.train.seed, crate::rng::RngStream::Sample);
+    let opts = crate::physics::generate::SampleOptions::with_temperature(0.8);
+    let ids = crate::physics::generate::sample(&run.model, run.tokenizer.bos(), &[], n, opts, &mut rng)?;
+    Ok(Some(run.tokenizer.decode(&ids)?))
+}
+
 /// `thermoformer train`: train, checkpoint, print a report and a sample.
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let file = match &args.config {
@@ -236,12 +250,16 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         progress: !args.no_progress,
         stop_after: args.stop_after,
     };
-    let report = train::train(&request, &args.device.device()?)?;
+    let dev = args.device.device()?;
+    let report = train::train(&request, &dev)?;
+    let sample = sample_of(&report.out, &dev)?;
     let mut stdout = std::io::stdout().lock();
     if args.format.or_json(args.json) == super::ReportFormat::Json {
-        writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
+        let mut v = serde_json::to_value(&report)?;
+        v["sample"] = serde_json::json!(sample);
+        writeln!(stdout, "{v}")?;
     } else {
-        if let Some(sample) = &report.sample {
+        if let Some(sample) = &sample {
             writeln!(stdout, "--- sample (temperature 0.8) ---\n{sample}\n-------------------------------")?;
         }
         writeln!(

@@ -1,7 +1,7 @@
 //! Fused CPU kernels for the training hot path, as candle `CustomOp`s with their own backward.
 //!
 //! Each fused op computes the same function as a readable composition of candle primitives in
-//! [`crate::model`] and [`crate::loss`], which stays as the reference: tests compare forward
+//! [`crate::model`] and [`crate::model::loss`], which stays as the reference: tests compare forward
 //! values and gradients of both to 1e-5 relative in f32. The fused ops run only for contiguous f32
 //! tensors on the CPU; anything else takes the composed path.
 //!

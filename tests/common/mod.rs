@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
-use thermoformer::params::Params;
+use thermoformer::model::params::Params;
 use thermoformer::train::TrainRequest;
 use thermoformer::{Gpt, ModelConfig, Tok, TrainOptions};
 

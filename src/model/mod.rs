@@ -20,12 +20,16 @@
 //! reference. For f32 on the CPU, `forward` runs the same functions as the fused kernels of
 //! [`crate::kernels`] unless [`Gpt::set_kernels`] asks for [`Kernels::Composed`].
 
+pub mod loss;
+pub mod params;
+pub mod rope;
+
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
 use crate::config::{ModelConfig, Positions};
 use crate::kernels::{self, Kernels};
-use crate::rope::Rope;
+use crate::model::rope::Rope;
 
 /// LayerNorm without bias, written out of differentiable primitives (candle's fused layer norm has
 /// no backward pass).
@@ -127,7 +131,7 @@ impl Module for Mlp {
 ///
 /// `alpha` is what the attention applied; `ln_z` and `energy` come from scores recomputed apart
 /// from it. So `alpha` is the Boltzmann distribution of `energy` at `beta` exactly when
-/// H(alpha) = beta <E>_alpha + ln Z, the residual that [`crate::thermo`] reports.
+/// H(alpha) = beta <E>_alpha + ln Z, the residual that [`crate::physics::thermo`] reports.
 #[derive(Debug, Clone)]
 pub struct AttnStats {
     /// Attention weights alpha_ij as the layer applied them (the fused kernel's own on the CPU in
@@ -461,7 +465,7 @@ impl Gpt {
     }
 
     /// Logits and every layer's attention statistics. Forward-only: call it on a model whose
-    /// weights are plain tensors (loaded, or [`crate::params::Params::detached_model`]).
+    /// weights are plain tensors (loaded, or [`crate::model::params::Params::detached_model`]).
     pub fn forward_with_stats(&self, ids: &Tensor) -> Result<(Tensor, Vec<AttnStats>)> {
         let (mut x, mask) = self.embed(ids)?;
         let mut stats = Vec::with_capacity(self.blocks.len());

@@ -4,6 +4,8 @@
 //! `context` tokens: the model always learns (and later scores) sequences that start with BOS,
 //! so the first token of a window is predicted from BOS alone.
 
+pub mod tokenizer;
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +14,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::RunConfig;
-use crate::tokenizer::Tok;
+use crate::data::tokenizer::Tok;
 
 /// FNV-1a 64-bit hash of `text`, hex: a cheap fingerprint of the training corpus, kept in a run's
 /// `state.json`.

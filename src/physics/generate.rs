@@ -14,7 +14,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::{Gpt, KvCache};
-use crate::thermo;
+use crate::physics::thermo;
 
 /// Sampling options.
 #[derive(Debug, Clone, Copy, PartialEq)]

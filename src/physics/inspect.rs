@@ -6,10 +6,10 @@ use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
 
 use crate::data::Batch;
-use crate::loss;
+use crate::model::loss;
 use crate::model::Gpt;
-use crate::thermo::{self, HeadSummary};
-use crate::tokenizer::Tok;
+use crate::physics::thermo::{self, HeadSummary};
+use crate::data::tokenizer::Tok;
 
 /// A text read through every head.
 #[derive(Debug, Clone, Serialize)]
@@ -66,7 +66,7 @@ pub fn inspect_text(model: &Gpt, tok: &Tok, text: &str) -> Result<TextInspection
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<Vec<_>>>()?;
-    let tokens = ids.iter().map(|&id| if id == tok.bos() { crate::tokenizer::BOS.to_string() } else { tok.token_text(id) }).collect();
+    let tokens = ids.iter().map(|&id| if id == tok.bos() { crate::data::tokenizer::BOS.to_string() } else { tok.token_text(id) }).collect();
     let labels = ids.iter().map(|&id| token_label(tok, id)).collect();
     Ok(TextInspection { tokens, labels, heads, alpha })
 }

@@ -1,29 +1,34 @@
 //! The training loop: warmup + cosine schedule, AdamW or SGLD, gradient clipping, periodic evaluation on
 //! a fixed set of validation windows, `metrics.jsonl`, atomic checkpoints and exact resume.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+pub mod evaluate;
+pub mod metrics;
+pub mod optim;
+
+pub use evaluate::{evaluate, Eval};
+pub use metrics::{write_curves, Metrics, CURVES};
+
+use std::fs;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{ModelConfig, OptimizerKind, RunConfig, TrainConfig, TrainOptions, FORMAT_VERSION};
+use crate::config::{OptimizerKind, RunConfig, TrainConfig, TrainOptions, FORMAT_VERSION};
+use crate::data::tokenizer::Tok;
 use crate::data::{self, Batch, Splits};
-use crate::error::UsageError;
-use crate::plot;
-use crate::generate::{self, SampleOptions};
-use crate::loss;
+use crate::error::{Diverged, UsageError};
 use crate::memory;
+use crate::model::loss;
+use crate::model::params::Params;
 use crate::model::Gpt;
-use crate::optim::{self, AdamW, AdamWConfig, Optimizer, Sgld, SgldConfig};
-use crate::params::Params;
 use crate::rng::{rng, RngStream};
-use crate::tokenizer::Tok;
+use metrics::{append_metrics, truncate_metrics};
+use optim::{AdamW, AdamWConfig, Optimizer, Sgld, SgldConfig};
 
 /// What to train and where.
 #[derive(Debug, Clone)]
@@ -43,31 +48,6 @@ pub struct TrainRequest {
     pub stop_after: Option<usize>,
 }
 
-/// One record of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
-    /// Optimizer steps completed.
-    pub step: usize,
-    /// Mean training loss (smoothed, what is minimised) over the steps since the last record.
-    pub train_loss: Option<f64>,
-    /// Validation cross-entropy, nats/token, unsmoothed, of the tokens predicted with at least one
-    /// token of context (comparable with trainers that have no BOS, such as nanoGPT).
-    pub val_ce: f64,
-    /// Validation cross-entropy of every position, the first (predicted from BOS alone) included.
-    pub val_ce_bos: f64,
-    /// Validation loss with the run's label smoothing (every position).
-    pub val_loss: f64,
-    /// Validation tokens evaluated: a fixed subset at intermediate steps, the whole validation
-    /// split at the last step of a session.
-    pub val_tokens: usize,
-    /// Learning rate of the last step.
-    pub lr: f64,
-    /// Training throughput since the last record (target tokens per second).
-    pub tokens_per_sec: Option<f64>,
-    /// Wall-clock seconds of training so far.
-    pub elapsed_secs: f64,
-}
-
 /// The outcome of a training run.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
@@ -80,94 +60,7 @@ pub struct TrainReport {
     pub wall_secs: f64,
     /// Training tokens per second in this session (steps only).
     pub tokens_per_sec: f64,
-    pub sample: Option<String>,
 }
-
-/// Validation figures of one evaluation, nats per token.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Eval {
-    /// Cross-entropy of the tokens predicted with at least one real token of context (every
-    /// position but the first): the protocol of trainers without BOS (nanoGPT), so comparable.
-    pub ce: f64,
-    /// Cross-entropy of every position, the first (predicted from BOS alone) included: the mean
-    /// energy per token that scoring a window as BOS + tokens gives.
-    pub ce_bos: f64,
-    /// The training objective (label-smoothed) over every position.
-    pub loss: f64,
-}
-
-/// Evaluate `model` on `batches`, forward-only.
-pub fn evaluate(model: &Gpt, batches: &[Batch], label_smoothing: f64) -> Result<Eval> {
-    let (mut with_context, mut all, mut smoothed, mut n_ctx, mut n_all) = (0f64, 0f64, 0f64, 0usize, 0usize);
-    for batch in batches {
-        let (b, t) = batch.targets.dims2()?;
-        let logits = model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
-        let targets = batch.targets.flatten_all()?;
-        let l = loss::cross_entropy(&logits, &targets, label_smoothing)?;
-        let energies = l.energies.reshape((b, t))?; // (B, T)
-        all += energies.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        with_context += energies.narrow(1, 1, t - 1)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        (n_all, n_ctx) = (n_all + b * t, n_ctx + b * (t - 1));
-        smoothed += l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * (b * t) as f64;
-    }
-    Ok(Eval { ce: with_context / n_ctx as f64, ce_bos: all / n_all as f64, loss: smoothed / n_all as f64 })
-}
-
-/// Keep only the records of `metrics.jsonl` up to `step` (after a resume, later ones were never
-/// checkpointed and will be redone).
-fn truncate_metrics(dir: &Path, step: usize) -> Result<()> {
-    let path = dir.join(checkpoint::METRICS);
-    let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    fs::write(&path, kept).with_context(|| format!("rewriting {}", path.display()))
-}
-
-/// Draw `curves.png` (train loss and val CE against step) from the run's `metrics.jsonl`.
-pub fn write_curves(dir: &Path) -> Result<()> {
-    let path = dir.join(checkpoint::METRICS);
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let records: Vec<Metrics> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let train: Vec<(f64, f64)> = records.iter().filter_map(|m| Some((m.step as f64, m.train_loss?))).collect();
-    let val: Vec<(f64, f64)> = records.iter().map(|m| (m.step as f64, m.val_ce)).collect();
-    plot::line_panels(
-        &dir.join(CURVES),
-        "step",
-        false,
-        &[(
-            "training curves",
-            "nats/token",
-            vec![
-                plot::Series { name: "train loss (mean since last eval)", points: train },
-                plot::Series { name: "val CE", points: val },
-            ],
-        )],
-    )
-}
-
-/// File name of the training curves picture in a run directory.
-pub const CURVES: &str = "curves.png";
-
-fn append_metrics(dir: &Path, m: &Metrics) -> Result<()> {
-    let path = dir.join(checkpoint::METRICS);
-    let mut f = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("writing {}", path.display()))
-}
-
-/// A non-finite loss or gradient: the step was not applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Diverged(pub String);
-
-impl std::fmt::Display for Diverged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Diverged {}
 
 /// One optimizer step on `batch`: forward, label-smoothed loss, backward, global-norm clipping
 /// and an optimizer update at `lr`. Returns the loss; a non-finite loss or gradient norm is a [`Diverged`] error
@@ -209,12 +102,12 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     // vocabulary is known.
     let shape = req.options.model_config(2);
     shape.validate()?;
-    ensure_training_fits(dev, &shape, train.batch_size, train.optimizer.state_copies(), SHAPE_HINT)?;
+    memory::ensure_training_fits(dev, &shape, train.batch_size, train.optimizer.state_copies(), memory::SHAPE_HINT)?;
     let text = data::read_corpus(&train.corpus)?;
     let tok = Tok::train(train.tokenizer, &text, train.bpe_vocab_size)?;
     let model_cfg = req.options.model_config(tok.vocab_size());
     model_cfg.validate()?;
-    ensure_training_fits(dev, &model_cfg, train.batch_size, train.optimizer.state_copies(), SHAPE_HINT)?;
+    memory::ensure_training_fits(dev, &model_cfg, train.batch_size, train.optimizer.state_copies(), memory::SHAPE_HINT)?;
     // The corpus must fit the context before any memory goes to the model.
     let splits = Splits::new(&text, &tok, train.val_fraction, model_cfg.context, &train.corpus.display().to_string())?;
     let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
@@ -236,20 +129,6 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, splits, resumed: false })
 }
 
-/// A usage error when a training step of this shape at `batch` windows of `model.context`
-/// tokens, with `state_copies` parameter-sized optimizer tensors, cannot fit in the memory of
-/// `dev`'s host; `hint` names the flags that make it smaller.
-pub fn ensure_training_fits(dev: &Device, model: &ModelConfig, batch: usize, state_copies: u64, hint: &str) -> Result<()> {
-    memory::ensure_fits_on(
-        dev,
-        &format!("training {} layers x {} wide at batch {batch} x context {}", model.n_layer, model.d_model, model.context),
-        model.training_bytes(batch, state_copies),
-        hint,
-    )
-}
-
-const SHAPE_HINT: &str = "lower --batch-size, --context, --d-model or --layers";
-
 fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     if !checkpoint::exists(&req.out) {
         return Err(UsageError(format!("--resume: {} holds no checkpoint to continue", req.out.display())).into());
@@ -258,7 +137,7 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     req.options.check_resumable(&saved.config)?;
     let train = req.options.apply_to(&saved.config.train);
     train.validate()?;
-    ensure_training_fits(dev, &saved.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
+    memory::ensure_training_fits(dev, &saved.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
     let done = saved.state.step;
     let raise = if done >= train.steps {
         Some(format!("raise --steps (now {}) to train further", train.steps))
@@ -439,15 +318,6 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         crate::progress::note(format!("warning: could not draw the training curves: {e:#}"));
     }
 
-    let sample = if cfg.sample_tokens > 0 {
-        let model = s.params.detached_model(&s.run.model)?;
-        let mut sample_rng = rng(cfg.seed, RngStream::Sample);
-        let opts = SampleOptions::with_temperature(0.8);
-        let ids = generate::sample(&model, bos, &[], cfg.sample_tokens, opts, &mut sample_rng)?;
-        Some(s.tok.decode(&ids)?)
-    } else {
-        None
-    };
     Ok(TrainReport {
         out: req.out.clone(),
         steps: s.state.step,
@@ -456,6 +326,5 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         train_loss: last_train_loss,
         wall_secs: session_start.elapsed().as_secs_f64(),
         tokens_per_sec: if step_secs > 0.0 { session_tokens as f64 / step_secs } else { 0.0 },
-        sample,
     })
 }

@@ -13,7 +13,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
-use crate::loss;
+use crate::model::loss;
 use crate::model::Gpt;
 
 /// How to score.

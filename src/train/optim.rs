@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::kernels::{self, Kernels};
-use crate::params::Param;
+use crate::model::params::Param;
 
 /// Hyper-parameters of AdamW.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -46,7 +46,7 @@ pub struct Chain {
 
 /// The standard deviation sqrt(2 eta T) of the noise of one Langevin step (SGLD training's).
 pub fn sgld_noise_std(step: f64, temperature: f64) -> f64 {
-    crate::optim::Sgld::noise_std(step, temperature)
+    crate::train::optim::Sgld::noise_std(step, temperature)
 }
 
 /// E(x) and grad E(x) at `x`, through the closure (on f64 tensors of shape `(d,)`).
