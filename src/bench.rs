@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -42,11 +42,41 @@ pub const SCORE_BATCH: usize = 32;
 /// Prompt of the generation benchmark, BOS included; new tokens then fill the context.
 pub const PROMPT: usize = 16;
 
-pub fn shape(name: &str) -> Result<Shape> {
-    match name {
-        "small" => Ok(SMALL),
-        "large" => Ok(LARGE),
-        _ => bail!("unknown shape {name:?}: small or large"),
+/// A named shape, as `--shape` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShapeName {
+    /// nanoGPT's CPU recipe: 4 layers x 4 heads x 128, context 64, batch 12.
+    Small,
+    /// 6 x 6 x 384, context 256, batch 64; slow on 2 cores.
+    Large,
+}
+
+impl ShapeName {
+    pub fn shape(self) -> Shape {
+        match self {
+            ShapeName::Small => SMALL,
+            ShapeName::Large => LARGE,
+        }
+    }
+}
+
+/// A workload, as `--work` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Work {
+    /// Training steps: forward, backward, AdamW.
+    Train,
+    /// Scoring: 32 sequences filling the context, one forward pass.
+    Score,
+    /// Generation: KV cache, batch 1, a 16-token prompt, then new tokens until the context is full.
+    Generate,
+}
+
+/// Measure `work` on `shape`: `iters` timed iterations after warm-up.
+pub fn bench(work: Work, shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
+    match work {
+        Work::Train => bench_train(shape, iters, ceiling, dev),
+        Work::Score => bench_score(shape, iters, ceiling, dev),
+        Work::Generate => bench_generate(shape, iters, ceiling, dev),
     }
 }
 

@@ -16,14 +16,13 @@ use crate::error::UsageError;
 /// wrongly; loaders refuse a newer version with a hint to upgrade.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// The position encoding `train` uses unless told otherwise. Rotary phases won on the
-/// shakespeare recipe (2000 steps, two seeds each): validation CE 1.781 and 1.783 against 1.893
-/// and 1.900 for learned positions, at the same speed. Learned positions remain
+/// The position encoding `train` uses unless told otherwise: rotary phases, which won on the
+/// shakespeare recipe (docs/results.md has the runs). Learned positions remain
 /// [`ModelConfig::nano_cpu`]'s, the architecture of nanoGPT and of the PyTorch reference.
 pub const DEFAULT_POSITIONS: Positions = Positions::Rope;
 
 /// How positions enter the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Positions {
     /// A learned absolute position embedding added to the token embedding (GPT-2).
@@ -33,7 +32,7 @@ pub enum Positions {
 }
 
 /// Which tokenizer a run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenizerKind {
     /// One token per distinct character of the corpus.
@@ -43,11 +42,12 @@ pub enum TokenizerKind {
 }
 
 /// Which optimizer a run trains with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// AdamW with decoupled weight decay on matrices.
     #[default]
+    #[value(name = "adamw")]
     AdamW,
     /// Stochastic gradient Langevin dynamics at `sgld_temperature` ([`crate::train::optim::Sgld`]).
     Sgld,
@@ -390,35 +390,96 @@ pub struct RunConfig {
 
 /// Training options as given in a `--config` file or on the command line: every field optional,
 /// later layers override earlier ones ([`TrainOptions::overlay`], [`TrainOptions::apply_to`]).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// The same struct is `train`'s flags (clap) and a `--config` file's keys (serde), so each option
+/// is written once: its field, its doc (the `--help` text), and its place in [`TrainConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct TrainOptions {
+    /// Text corpus (UTF-8).
+    #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
+    /// Total optimizer steps.
+    #[arg(long)]
     pub steps: Option<usize>,
+    /// Sequences per step.
+    #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Context length in tokens, BOS included.
+    #[arg(long)]
     pub context: Option<usize>,
+    /// Transformer blocks.
+    #[arg(long)]
     pub layers: Option<usize>,
+    /// Attention heads per block; must divide --d-model.
+    #[arg(long)]
     pub heads: Option<usize>,
+    /// Width of the residual stream.
+    #[arg(long)]
     pub d_model: Option<usize>,
+    /// Position encoding: rotary phases on queries and keys, or a learned position table
+    /// (nanoGPT's and the PyTorch reference's architecture).
+    #[arg(long, value_enum)]
     pub positions: Option<Positions>,
+    /// Peak learning rate after warmup.
+    #[arg(long)]
     pub lr: Option<f64>,
+    /// Final learning rate of the cosine decay.
+    #[arg(long)]
     pub min_lr: Option<f64>,
+    /// Linear warmup steps.
+    #[arg(long)]
     pub warmup: Option<usize>,
+    /// AdamW beta1.
+    #[arg(long)]
     pub beta1: Option<f64>,
+    /// AdamW beta2.
+    #[arg(long)]
     pub beta2: Option<f64>,
+    /// Decoupled weight decay on matrices (not on LayerNorm gains or temperatures): each step
+    /// scales them by 1 - lr * wd.
+    #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm to this; 0 disables.
+    #[arg(long)]
     pub grad_clip: Option<f64>,
+    /// Label smoothing eps in [0, 1): loss = (1-eps) CE + eps mean_v(-ln p_v).
+    #[arg(long)]
     pub label_smoothing: Option<f64>,
+    /// Attention temperature T of every head, T > 0; 1 is standard attention.
+    #[arg(long)]
     pub attn_temperature: Option<f64>,
+    /// Train each head's ln beta = -ln T as a parameter (starting from --attn-temperature).
+    #[arg(long, num_args = 0, default_missing_value = "true")]
     pub learn_temperature: Option<bool>,
+    /// Tokenizer.
+    #[arg(long, value_enum)]
     pub tokenizer: Option<TokenizerKind>,
+    /// Vocabulary size for --tokenizer bpe, BOS included.
+    #[arg(long)]
     pub vocab_size: Option<usize>,
+    /// Seed for initialisation, batch sampling and SGLD noise.
+    #[arg(long)]
     pub seed: Option<u64>,
+    /// Optimizer; a resumed run keeps its own.
+    #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
+    /// SGLD temperature T >= 0 (with --optimizer sgld): each step adds N(0, 2 lr T) noise to every
+    /// parameter, so training samples exp(-loss/T) with the loss in mean nats per token;
+    /// T = 1/(training tokens) is the Bayesian posterior, 0 is plain SGD.
+    #[arg(long, value_name = "T")]
     pub sgld_temperature: Option<f64>,
+    /// Evaluate on the validation split and checkpoint every N steps.
+    #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Batches of validation windows per evaluation.
+    #[arg(long)]
     pub eval_batches: Option<usize>,
+    /// Fraction of the corpus (its tail) held out for validation.
+    #[arg(long)]
     pub val_fraction: Option<f64>,
+    /// Tokens sampled (temperature 0.8) and printed when training ends; 0 for none.
+    #[arg(long)]
     pub sample_tokens: Option<usize>,
 }
 

@@ -4,22 +4,19 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::bench::{self, Measurement};
+use crate::bench::{self, Measurement, ShapeName, Work};
 use crate::error::UsageError;
 
 /// Options of `thermoformer bench`.
 #[derive(Debug, clap::Args)]
 #[command(allow_negative_numbers = true)]
 pub struct BenchArgs {
-    /// Shapes to run: small (nanoGPT's CPU recipe: 4 layers x 4 heads x 128, context 64, batch 12)
-    /// and/or large (6 x 6 x 384, context 256, batch 64; slow on 2 cores).
-    #[arg(long, value_delimiter = ',', default_value = "small")]
-    pub shape: Vec<String>,
-    /// Workloads: train (forward, backward, AdamW), score (32 sequences filling the context, one
-    /// forward pass) and generate (KV cache, batch 1, a 16-token prompt, then new tokens until the
-    /// context is full).
-    #[arg(long, value_delimiter = ',', default_value = "train,score,generate")]
-    pub work: Vec<String>,
+    /// Shapes to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "small")]
+    pub shape: Vec<ShapeName>,
+    /// Workloads to run on each shape, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "train,score,generate")]
+    pub work: Vec<Work>,
     /// Measured iterations per workload (after warm-up); the median is reported.
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
@@ -40,12 +37,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     if args.iters == 0 {
         return Err(UsageError("--iters must be at least 1".into()).into());
     }
-    let shapes = args.shape.iter().map(|s| bench::shape(s).map_err(|e| UsageError(e.to_string()).into())).collect::<Result<Vec<_>>>()?;
-    for w in &args.work {
-        if !["train", "score", "generate"].contains(&w.as_str()) {
-            return Err(UsageError(format!("unknown --work {w:?}: train, score or generate")).into());
-        }
-    }
+    let shapes: Vec<bench::Shape> = args.shape.iter().map(|s| s.shape()).collect();
     let dev = args.device.device()?;
     let ceiling = bench::matmul_ceiling(&dev)?;
     let mut out = std::io::stdout().lock();
@@ -55,12 +47,8 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     }
     let mut results: Vec<Measurement> = Vec::new();
     for shape in &shapes {
-        for w in &args.work {
-            let m = match w.as_str() {
-                "train" => bench::bench_train(shape, args.iters, ceiling, &dev)?,
-                "score" => bench::bench_score(shape, args.iters, ceiling, &dev)?,
-                _ => bench::bench_generate(shape, args.iters, ceiling, &dev)?,
-            };
+        for &w in &args.work {
+            let m = bench::bench(w, shape, args.iters, ceiling, &dev)?;
             if !json {
                 writeln!(
                     out,

@@ -28,7 +28,7 @@ pub use generate::GenerateArgs;
 pub use inspect::InspectArgs;
 pub use rl::RlArgs;
 pub use score::ScoreArgs;
-pub use train::{TokenizerArg, TrainArgs};
+pub use train::TrainArgs;
 
 /// Train tiny decoder-only transformers and read them like a statistical physicist.
 ///

@@ -5,22 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::ValueEnum;
 
 use super::DeviceArg;
-use crate::rl::{self, Algo, RlConfig, RlRequest};
-
-const DEFAULTS: RlConfig = RlConfig::DEFAULT;
-
-/// Algorithm on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AlgoArg {
-    /// REINFORCE with a leave-one-out baseline on J = E[R] + alpha H(pi) - beta KL(pi || pi_ref).
-    MaxentPg,
-    /// PPO's clipped surrogate over epochs of minibatches, with the KL to pi_ref in the return and
-    /// an entropy bonus alpha H.
-    Ppo,
-}
+use crate::rl::{self, RlConfig, RlRequest};
 
 /// Options of `thermoformer rl`.
 #[derive(Debug, clap::Args)]
@@ -41,55 +28,12 @@ pub struct RlArgs {
     /// per token under the checkpoint in DIR).
     #[arg(long, value_name = "SPEC")]
     pub reward: String,
-    /// Policy-gradient algorithm.
-    #[arg(long, value_enum, default_value_t = AlgoArg::MaxentPg)]
-    pub algo: AlgoArg,
-    /// Policy updates.
-    #[arg(long, default_value_t = DEFAULTS.steps)]
-    pub steps: usize,
-    /// Continuations sampled per update.
-    #[arg(long, default_value_t = DEFAULTS.batch_size)]
-    pub batch_size: usize,
-    /// Tokens per continuation (BOS + prompt + tokens must fit the context).
-    #[arg(long, default_value_t = DEFAULTS.tokens)]
-    pub tokens: usize,
     /// Prompts, one per line (empty lines skipped), used in turn, one per update [default: BOS alone].
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
-    /// AdamW learning rate of the policy (no weight decay).
-    #[arg(long, default_value_t = DEFAULTS.lr)]
-    pub lr: f64,
-    /// Entropy weight alpha >= 0 (the starting value with --target-entropy).
-    #[arg(long, default_value_t = DEFAULTS.alpha)]
-    pub alpha: f64,
-    /// KL weight beta >= 0 on KL(pi || pi_ref).
-    #[arg(long, default_value_t = DEFAULTS.kl_coef)]
-    pub kl_coef: f64,
-    /// Tune alpha (SAC-style: ln alpha -= alpha-lr x (H - H_target) per update) toward this mean
-    /// per-token entropy, in nats; needs --alpha > 0 to start from.
-    #[arg(long, value_name = "H")]
-    pub target_entropy: Option<f64>,
-    /// Step size on ln alpha for --target-entropy.
-    #[arg(long, default_value_t = DEFAULTS.alpha_lr)]
-    pub alpha_lr: f64,
-    /// PPO clip epsilon: ratios pi/pi_old are clipped to [1 - eps, 1 + eps].
-    #[arg(long, default_value_t = DEFAULTS.clip)]
-    pub clip: f64,
-    /// PPO epochs over each batch.
-    #[arg(long, default_value_t = DEFAULTS.epochs)]
-    pub epochs: usize,
-    /// PPO minibatches per epoch.
-    #[arg(long, default_value_t = DEFAULTS.minibatches)]
-    pub minibatches: usize,
-    /// PPO: stop a batch's epochs once approx_kl (KL(pi_old || pi), k3) exceeds this.
-    #[arg(long)]
-    pub target_kl: Option<f64>,
-    /// Clip the global gradient norm to this; 0 disables.
-    #[arg(long, default_value_t = DEFAULTS.grad_clip)]
-    pub grad_clip: f64,
-    /// Seed of the sampling.
-    #[arg(long, default_value_t = DEFAULTS.seed)]
-    pub seed: u64,
+    /// The run's options (also saved in rl.json).
+    #[command(flatten)]
+    pub config: RlConfig,
     /// How to print the report: a table, or one JSON object (before/after evaluation per prompt, validation CE, samples).
     #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
     pub format: super::ReportFormat,
@@ -104,30 +48,6 @@ pub struct RlArgs {
     pub device: DeviceArg,
 }
 
-impl RlArgs {
-    fn config(&self) -> RlConfig {
-        RlConfig {
-            algo: match self.algo {
-                AlgoArg::MaxentPg => Algo::MaxEntPg,
-                AlgoArg::Ppo => Algo::Ppo,
-            },
-            steps: self.steps,
-            batch_size: self.batch_size,
-            tokens: self.tokens,
-            lr: self.lr,
-            alpha: self.alpha,
-            kl_coef: self.kl_coef,
-            target_entropy: self.target_entropy,
-            alpha_lr: self.alpha_lr,
-            clip: self.clip,
-            epochs: self.epochs,
-            minibatches: self.minibatches,
-            target_kl: self.target_kl,
-            grad_clip: self.grad_clip,
-            seed: self.seed,
-        }
-    }
-}
 
 /// `thermoformer rl`: run it and print the report.
 pub fn run_rl(args: &RlArgs) -> Result<()> {
@@ -137,7 +57,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
         overwrite: args.overwrite,
         reward: args.reward.clone(),
         prompts: args.prompts.clone(),
-        config: args.config(),
+        config: args.config.clone(),
         progress: !args.no_progress,
     };
     let r = rl::run(&request, &args.device.device()?)?;

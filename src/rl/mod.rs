@@ -43,13 +43,15 @@ use crate::train::optim::{self, AdamW, AdamWConfig};
 use crate::ModelConfig;
 
 /// The policy-gradient algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Algo {
-    /// REINFORCE with a baseline on the maximum-entropy, KL-regularised objective.
+    /// REINFORCE with a leave-one-out baseline on J = E[R] + alpha H(pi) - beta KL(pi || pi_ref).
     #[serde(rename = "maxent-pg")] // as `--algo` spells it
+    #[value(name = "maxent-pg")]
     MaxEntPg,
-    /// Proximal policy optimisation (clipped surrogate).
+    /// PPO's clipped surrogate over epochs of minibatches, with the KL to pi_ref in the return and
+    /// an entropy bonus alpha H.
     Ppo,
 }
 
@@ -60,36 +62,55 @@ pub const RL_ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e
 /// Rollouts drawn to measure the reward, entropy and KL before and after a run (at least the batch).
 pub const EVAL_ROLLOUTS: usize = 64;
 
-/// Options of an RL run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Options of an RL run: `rl`'s flags too (clap), so each is written once, with its default from
+/// [`RlConfig::DEFAULT`].
+#[derive(Debug, Clone, PartialEq, Serialize, clap::Args)]
 pub struct RlConfig {
+    /// Policy-gradient algorithm.
+    #[arg(long, value_enum, default_value_t = RlConfig::DEFAULT.algo)]
     pub algo: Algo,
     /// Policy updates.
+    #[arg(long, default_value_t = RlConfig::DEFAULT.steps)]
     pub steps: usize,
     /// Continuations sampled per update.
+    #[arg(long, default_value_t = RlConfig::DEFAULT.batch_size)]
     pub batch_size: usize,
-    /// Tokens per continuation.
+    /// Tokens per continuation (BOS + prompt + tokens must fit the context).
+    #[arg(long, default_value_t = RlConfig::DEFAULT.tokens)]
     pub tokens: usize,
-    /// AdamW learning rate of the policy.
+    /// AdamW learning rate of the policy (no weight decay).
+    #[arg(long, default_value_t = RlConfig::DEFAULT.lr)]
     pub lr: f64,
-    /// Entropy weight alpha (the initial value when tuned).
+    /// Entropy weight alpha >= 0 (the starting value with --target-entropy).
+    #[arg(long, default_value_t = RlConfig::DEFAULT.alpha)]
     pub alpha: f64,
-    /// KL weight beta.
+    /// KL weight beta >= 0 on KL(pi || pi_ref).
+    #[arg(long, default_value_t = RlConfig::DEFAULT.kl_coef)]
     pub kl_coef: f64,
-    /// Tune alpha so that the mean per-token entropy approaches this (nats).
+    /// Tune alpha (SAC-style: ln alpha -= alpha-lr x (H - H_target) per update) toward this mean
+    /// per-token entropy, in nats; needs --alpha > 0 to start from.
+    #[arg(long, value_name = "H")]
     pub target_entropy: Option<f64>,
-    /// Step size on ln alpha.
+    /// Step size on ln alpha for --target-entropy.
+    #[arg(long, default_value_t = RlConfig::DEFAULT.alpha_lr)]
     pub alpha_lr: f64,
-    /// PPO's clip epsilon.
+    /// PPO clip epsilon: ratios pi/pi_old are clipped to [1 - eps, 1 + eps].
+    #[arg(long, default_value_t = RlConfig::DEFAULT.clip)]
     pub clip: f64,
-    /// PPO epochs per batch.
+    /// PPO epochs over each batch.
+    #[arg(long, default_value_t = RlConfig::DEFAULT.epochs)]
     pub epochs: usize,
     /// PPO minibatches per epoch.
+    #[arg(long, default_value_t = RlConfig::DEFAULT.minibatches)]
     pub minibatches: usize,
-    /// PPO: stop the epochs once approx_kl exceeds this.
+    /// PPO: stop a batch's epochs once approx_kl (KL(pi_old || pi), k3) exceeds this.
+    #[arg(long)]
     pub target_kl: Option<f64>,
-    /// Global gradient-norm clip (0: off).
+    /// Clip the global gradient norm to this; 0 disables.
+    #[arg(long, default_value_t = RlConfig::DEFAULT.grad_clip)]
     pub grad_clip: f64,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = RlConfig::DEFAULT.seed)]
     pub seed: u64,
 }
 
