@@ -170,6 +170,24 @@ pub(crate) fn validation_tokens(loaded: &Loaded, corpus: Option<&PathBuf>, comma
     Ok((v.corpus, v.tokens))
 }
 
+/// `--head-temperature L.H=T`.
+impl std::str::FromStr for HeadTemperature {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("expected LAYER.HEAD=T (e.g. 0.1=0.5), got {s:?}");
+        let (lh, t) = s.split_once('=').ok_or_else(bad)?;
+        let (l, h) = lh.split_once('.').ok_or_else(bad)?;
+        let layer = l.trim().parse().map_err(|_| bad())?;
+        let head = h.trim().parse().map_err(|_| bad())?;
+        let temperature: f64 = t.trim().parse().map_err(|_| bad())?;
+        if !crate::config::valid_temperature(temperature) {
+            return Err(format!("head temperature must be finite and at least {:?}, got {s:?}", crate::config::MIN_TEMPERATURE));
+        }
+        Ok(Self { layer, head, temperature })
+    }
+}
+
 /// A usage error unless `t` is a usable temperature (finite, at least [`MIN_TEMPERATURE`]).
 pub(crate) fn check_temperature(flag: &str, t: f64) -> Result<()> {
     if valid_temperature(t) {

@@ -43,9 +43,9 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub const EPS: f64 = 1e-5;
 
-    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
-        Ok(Self { weight, eps: Self::EPS, kernels: Kernels::from_env() })
+        Ok(Self { weight, eps: Self::EPS, kernels })
     }
 }
 
@@ -98,11 +98,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(cfg: &ModelConfig, init_std: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
         let fc = linear(d, 4 * d, init_std, vb.pp("fc"))?;
         let proj = linear(4 * d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
-        Ok(Self { fc, proj, kernels: Kernels::from_env() })
+        Ok(Self { fc, proj, kernels })
     }
 
     fn gelu(&self, h: &Tensor) -> Result<Tensor> {
@@ -162,7 +162,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(cfg: &ModelConfig, init_std: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
         let qkv = linear(d, 3 * d, init_std, vb.pp("qkv"))?;
         let proj = linear(d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
@@ -171,7 +171,7 @@ impl Attention {
             Positions::Learned => None,
             Positions::Rope => Some(Rope::new(cfg.head_dim(), cfg.context, vb.dtype(), vb.device())?),
         };
-        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim(), rope, kernels: Kernels::from_env() })
+        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim(), rope, kernels })
     }
 
     /// The temperature T_h = 1/beta_h of every head.
@@ -336,12 +336,12 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(cfg: &ModelConfig, init_std: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            ln1: LayerNorm::new(cfg.d_model, vb.pp("ln1"))?,
-            attn: Attention::new(cfg, init_std, vb.pp("attn"))?,
-            ln2: LayerNorm::new(cfg.d_model, vb.pp("ln2"))?,
-            mlp: Mlp::new(cfg, init_std, vb.pp("mlp"))?,
+            ln1: LayerNorm::new(cfg.d_model, kernels, vb.pp("ln1"))?,
+            attn: Attention::new(cfg, init_std, kernels, vb.pp("attn"))?,
+            ln2: LayerNorm::new(cfg.d_model, kernels, vb.pp("ln2"))?,
+            mlp: Mlp::new(cfg, init_std, kernels, vb.pp("mlp"))?,
         })
     }
 
@@ -377,8 +377,10 @@ pub struct Gpt {
 
 impl Gpt {
     /// Build the model, taking (or, with an initialising backend, creating) every tensor from `vb`.
-    /// `init_std` is the standard deviation of the normal init of matrices (GPT-2: 0.02).
-    pub fn new(cfg: &ModelConfig, init_std: f64, vb: VarBuilder) -> Result<Self> {
+    /// `init_std` is the standard deviation of the normal init of matrices (GPT-2: 0.02; unused
+    /// when `vb` loads saved tensors), `kernels` the implementation every layer runs
+    /// ([`Gpt::set_kernels`] changes it later).
+    pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let normal = Init::Randn { mean: 0.0, stdev: init_std };
         let tok = vb.pp("tok_emb").get_with_hints((cfg.vocab_size, cfg.d_model), "weight", normal)?;
         let pos_emb = match cfg.positions {
@@ -386,9 +388,9 @@ impl Gpt {
             Positions::Rope => None, // positions enter as phases of q and k, inside attention
         };
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(cfg, init_std, vb.pp("blocks").pp(i)))
+            .map(|i| Block::new(cfg, init_std, kernels, vb.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = LayerNorm::new(cfg.d_model, vb.pp("ln_f"))?;
+        let ln_f = LayerNorm::new(cfg.d_model, kernels, vb.pp("ln_f"))?;
         Ok(Self { tok_emb: Embedding::new(tok, cfg.d_model), pos_emb, blocks, ln_f, cfg: cfg.clone() })
     }
 
@@ -396,7 +398,7 @@ impl Gpt {
         &self.cfg
     }
 
-    /// The implementation `forward` uses: [`Kernels::from_env`] unless set.
+    /// The implementation `forward` uses: the one the model was built with unless set.
     pub fn kernels(&self) -> Kernels {
         self.ln_f.kernels
     }
@@ -539,7 +541,8 @@ impl KvCache {
     }
 }
 
-/// One head's temperature override, `L.H=T` on the command line (layer L, head H, 0-based).
+/// One head's temperature override (layer L, head H, 0-based); `--head-temperature L.H=T` on the
+/// command line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HeadTemperature {
     pub layer: usize,
@@ -547,22 +550,6 @@ pub struct HeadTemperature {
     pub temperature: f64,
 }
 
-impl std::str::FromStr for HeadTemperature {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("expected LAYER.HEAD=T (e.g. 0.1=0.5), got {s:?}");
-        let (lh, t) = s.split_once('=').ok_or_else(bad)?;
-        let (l, h) = lh.split_once('.').ok_or_else(bad)?;
-        let layer = l.trim().parse().map_err(|_| bad())?;
-        let head = h.trim().parse().map_err(|_| bad())?;
-        let temperature: f64 = t.trim().parse().map_err(|_| bad())?;
-        if !crate::config::valid_temperature(temperature) {
-            return Err(format!("head temperature must be finite and at least {:?}, got {s:?}", crate::config::MIN_TEMPERATURE));
-        }
-        Ok(Self { layer, head, temperature })
-    }
-}
 
 impl Gpt {
     /// Set every head to `all` (if given), then apply the per-head overrides. Forward-only use.

@@ -1,7 +1,7 @@
 //! The model's named tensors: created (seeded initialisation) or taken from a checkpoint, as
 //! trainable `Var`s for training or as plain tensors for forward-only use.
 //!
-//! The model is always built through `Gpt::new(cfg, vb)`; what differs is the `VarBuilder`
+//! The model is always built through `Gpt::new(cfg, init_std, kernels, vb)`; what differs is the `VarBuilder`
 //! backend behind it, `Collector`, which decides where each tensor comes from and records it.
 //! So the checkpoint's tensor names are exactly the struct paths (`blocks.0.attn.qkv.weight`).
 
@@ -124,7 +124,9 @@ impl Params {
         let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
             Box::new(Collector { source, trainable, made: made.clone() });
         let vb = VarBuilder::from_backend(backend, dtype, dev.clone());
-        let model = Gpt::new(cfg, init_std, vb)?;
+        // The one place the implementation is chosen: the process default, which
+        // `Gpt::set_kernels` can override on the built model.
+        let model = Gpt::new(cfg, init_std, crate::kernels::Kernels::from_env(), vb)?;
         let mut made = std::mem::take(&mut *made.lock().expect("collector poisoned"));
         if let Some(names) = check_unused {
             let used: std::collections::HashSet<&str> = made.iter().map(|(n, _, _)| n.as_str()).collect();
