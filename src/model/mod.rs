@@ -131,7 +131,7 @@ impl Module for Mlp {
 ///
 /// `alpha` is what the attention applied; `ln_z` and `energy` come from scores recomputed apart
 /// from it. So `alpha` is the Boltzmann distribution of `energy` at `beta` exactly when
-/// H(alpha) = beta <E>_alpha + ln Z, the residual that [`crate::physics::thermo`] reports.
+/// `H(alpha) = beta <E>_alpha + ln Z`, the residual that [`crate::physics::thermo`] reports.
 #[derive(Debug, Clone)]
 pub struct AttnStats {
     /// Attention weights alpha_ij as the layer applied them (the fused kernel's own on the CPU in

@@ -22,7 +22,7 @@
 //! beta <E>_a + ln Z - H(a) = sum_j a_j ln(a_j / p_j) = KL(a || p),   p_j = exp(-beta E_j) / Z
 //! ```
 //!
-//! so `identity_residual`, the largest |H - (beta <E> + ln Z)| over the rows, is the largest
+//! so `identity_residual`, the largest `|H - (beta <E> + ln Z)|` over the rows, is the largest
 //! KL divergence (nats) of the applied weights from the Boltzmann distribution of the recomputed
 //! scores at the reported T_h. It is zero (up to f32 rounding, about 1e-6) exactly when the
 //! attention the model runs is that Boltzmann distribution; a kernel that applied another

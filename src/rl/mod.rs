@@ -46,7 +46,7 @@ use crate::ModelConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Algo {
-    /// REINFORCE with a leave-one-out baseline on J = E[R] + alpha H(pi) - beta KL(pi || pi_ref).
+    /// REINFORCE with a leave-one-out baseline on J = E(R) + alpha H(pi) - beta KL(pi || pi_ref).
     #[serde(rename = "maxent-pg")] // as `--algo` spells it
     #[value(name = "maxent-pg")]
     MaxEntPg,
