@@ -106,6 +106,9 @@ fn calibrate_reports_the_validation_energy_of_training() {
     assert!((before - val_ce).abs() < 1e-4, "calibrate's E(T=1) {before} against training's val CE {val_ce}");
     common::assert_picture(&png, Some((640, 480)), 0.02, 8);
 
+    // --format json is the same report as --json (its alias).
+    let formatted = common::run(&["calibrate", "--checkpoint", ck.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&formatted.stdout).unwrap(), v);
     let table = common::run(&["calibrate", "--checkpoint", ck.to_str().unwrap(), "--bins", "10"]);
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("before") && text.contains("after") && text.contains("T* = "), "{text}");

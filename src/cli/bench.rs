@@ -23,17 +23,13 @@ pub struct BenchArgs {
     /// Device to run on.
     #[arg(long, value_enum, default_value_t = super::DeviceArg::Cpu)]
     pub device: super::DeviceArg,
-    /// How to print the report: a table, or one JSON object (the ceiling and every measurement).
-    #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
-    pub format: super::ReportFormat,
-    /// The same as --format json.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub report: super::ReportArgs,
 }
 
 /// `thermoformer bench`.
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
-    let json = args.format.or_json(args.json) == super::ReportFormat::Json;
+    let json = args.report.json();
     if args.iters == 0 {
         return Err(UsageError("--iters must be at least 1".into()).into());
     }

@@ -32,12 +32,8 @@ pub struct CalibrateArgs {
     /// Equal-width confidence bins of the expected calibration error and the reliability diagram.
     #[arg(long, default_value_t = 15)]
     pub bins: usize,
-    /// How to print the report: a table, or one JSON object (T*, energies, ECE and every bin before and after, the energy curve).
-    #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
-    pub format: super::ReportFormat,
-    /// The same as --format json.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub report: super::ReportArgs,
     /// Write the reliability diagram (accuracy against confidence per bin, at T = 1 and at T*) to
     /// this PNG.
     #[arg(long, value_name = "FILE")]
@@ -62,7 +58,7 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
     let preds = Predictions::collect(&loaded.model, &batches)?;
     let c = calibrate::calibrate(&preds, args.bins)?;
     let mut out = std::io::stdout().lock();
-    if args.format.or_json(args.json) == super::ReportFormat::Json {
+    if args.report.json() {
         let v = serde_json::json!({ "corpus": name, "bins": args.bins, "calibration": c });
         writeln!(out, "{v}")?;
     } else {

@@ -113,14 +113,21 @@ pub enum ReportFormat {
     Json,
 }
 
-impl ReportFormat {
-    /// The format asked for by `--format`, or by the older `--json` switch kept as its alias.
-    pub fn or_json(self, json: bool) -> Self {
-        if json {
-            ReportFormat::Json
-        } else {
-            self
-        }
+/// `--format` and its older alias `--json`, for every command that reports results.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// How to print the report: a table for reading, or one JSON object on stdout for scripts.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// The same as --format json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ReportArgs {
+    /// Whether the report goes out as JSON.
+    pub fn json(&self) -> bool {
+        self.json || self.format == ReportFormat::Json
     }
 }
 

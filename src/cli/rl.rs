@@ -34,12 +34,8 @@ pub struct RlArgs {
     /// The run's options (also saved in rl.json).
     #[command(flatten)]
     pub config: RlConfig,
-    /// How to print the report: a table, or one JSON object (before/after evaluation per prompt, validation CE, samples).
-    #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
-    pub format: super::ReportFormat,
-    /// The same as --format json.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub report: super::ReportArgs,
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -62,7 +58,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
     };
     let r = rl::run(&request, &args.device.device()?)?;
     let mut out = std::io::stdout().lock();
-    if args.format.or_json(args.json) == super::ReportFormat::Json {
+    if args.report.json() {
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
         return Ok(());
     }

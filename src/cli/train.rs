@@ -35,12 +35,8 @@ pub struct TrainArgs {
     /// --steps; continue later with --resume.
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
-    /// How to print the report: a table, or one JSON object (out, steps, params, val_ce, train_loss, wall_secs, tokens_per_sec, sample).
-    #[arg(long, value_enum, default_value_t = super::ReportFormat::Table)]
-    pub format: super::ReportFormat,
-    /// The same as --format json.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub report: super::ReportArgs,
     /// Do not draw the progress bar (evaluation lines still go to stderr).
     #[arg(long)]
     pub no_progress: bool,
@@ -82,7 +78,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let report = train::train(&request, &dev)?;
     let sample = sample_of(&report.out, &dev)?;
     let mut stdout = std::io::stdout().lock();
-    if args.format.or_json(args.json) == super::ReportFormat::Json {
+    if args.report.json() {
         let mut v = serde_json::to_value(&report)?;
         v["sample"] = serde_json::json!(sample);
         writeln!(stdout, "{v}")?;
