@@ -212,11 +212,6 @@ impl Attention {
         Ok((part(0)?, part(1)?, part(2)?))
     }
 
-    /// Queries, keys and values, each `(B, H, T, D)`, of rows at positions 0..T.
-    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        self.split_heads(&self.qkv.forward(x)?, 0)
-    }
-
     /// The fused projection `(B, T, 3C)` of rows at positions `offset..` with its q and k thirds
     /// rotated by the fused kernel (unchanged without rotary positions).
     fn rotate_fused(&self, qkv: Tensor, offset: usize) -> Result<Tensor> {
@@ -232,11 +227,6 @@ impl Attention {
         y.transpose(1, 2)?.reshape((b, t, h * d)) // (B, T, C)
     }
 
-    /// Merge heads and project back to the residual stream: `(B, H, T, D)` -> `(B, T, C)`.
-    fn merge(&self, y: &Tensor) -> Result<Tensor> {
-        self.proj.forward(&Self::merge_heads(y)?)
-    }
-
     /// beta_h / sqrt(d_head), `(H,)`: the factor folded into the queries.
     fn query_scale(&self) -> Result<Tensor> {
         self.log_beta.exp()? / (self.head_dim as f64).sqrt()
@@ -249,14 +239,11 @@ impl Attention {
             let y = kernels::attention::causal_attention(&qkv, &self.query_scale()?, self.n_head)?; // (B, T, C)
             return self.proj.forward(&y);
         }
-        let (q, k, v) = self.qkv(x)?;
-        self.merge(&self.weighted_values(&q, &k, &v, Some(mask))?) // (B, H, T, D) -> (B, T, C)
-    }
-
-    /// Boltzmann-weighted values of q `(B, H, Tq, D)` against k, v `(B, H, Tk, D)` with an
-    /// additive mask `(Tq, Tk)` (None: every key is allowed), heads not yet merged: `(B, H, Tq, D)`.
-    fn weighted_values(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        boltzmann_attention(q, k, v, &self.log_beta.exp()?, mask)
+        // The readable reference: queries, keys and values (B, H, T, D) each, the Boltzmann
+        // weights over the allowed keys, the heads merged and projected back.
+        let (q, k, v) = self.split_heads(&self.qkv.forward(x)?, 0)?;
+        let y = boltzmann_attention(&q, &k, &v, &self.log_beta.exp()?, Some(mask))?; // (B, H, T, D)
+        self.proj.forward(&Self::merge_heads(&y)?) // (B, T, C)
     }
 
     /// Forward pass for new positions only, appending their keys and values to `cache`
@@ -272,7 +259,7 @@ impl Attention {
         // Views of the cache, (B, H, Tpast+Tnew, D): strided only along T, so B and H still fold
         // into one batch dimension of the matmuls and no copy is needed.
         let (k, v) = cache.append(&k, &v)?;
-        let y = Self::merge_heads(&self.weighted_values(&q, &k, &v, mask)?)?;
+        let y = Self::merge_heads(&boltzmann_attention(&q, &k, &v, &self.log_beta.exp()?, mask)?)?;
         linear_forward_only(&self.proj, &y, self.kernels)
     }
 
@@ -290,7 +277,7 @@ impl Attention {
             (self.proj.forward(&y)?, alpha)
         } else {
             let alpha = boltzmann_weights(&q, &k, &beta, Some(mask))?;
-            (self.merge(&alpha.matmul(&v)?)?, alpha)
+            (self.proj.forward(&Self::merge_heads(&alpha.matmul(&v)?)?)?, alpha)
         };
         // The reported side, independent of alpha: s_ij = q_i.k_j / sqrt(d) and its log-sum-exp.
         let s = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?; // -inf masked: (B, H, T, T)
@@ -377,10 +364,13 @@ pub struct Gpt {
 
 impl Gpt {
     /// Build the model, taking (or, with an initialising backend, creating) every tensor from `vb`.
-    /// `init_std` is the standard deviation of the normal init of matrices (GPT-2: 0.02; unused
-    /// when `vb` loads saved tensors), `kernels` the implementation every layer runs
+    /// `init_std` is the standard deviation of the normal init of matrices (GPT-2: 0.02), None
+    /// when `vb` loads saved tensors; `kernels` is the implementation every layer runs
     /// ([`Gpt::set_kernels`] changes it later).
-    pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, init_std: Option<f64>, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+        // A load takes every tensor from its file, so no init hint is read; NaN would show at
+        // once if one were.
+        let init_std = init_std.unwrap_or(f64::NAN);
         let normal = Init::Randn { mean: 0.0, stdev: init_std };
         let tok = vb.pp("tok_emb").get_with_hints((cfg.vocab_size, cfg.d_model), "weight", normal)?;
         let pos_emb = match cfg.positions {

@@ -110,7 +110,7 @@ fn is_trainable(cfg: &ModelConfig) -> impl Fn(&str) -> bool + Send + Sync + 'sta
 impl Params {
     fn build(
         cfg: &ModelConfig,
-        init_std: f64,
+        init_std: Option<f64>,
         source: Source,
         trainable: Box<dyn Fn(&str) -> bool + Send + Sync>,
         dtype: DType,
@@ -151,7 +151,7 @@ impl Params {
     /// Fresh, seeded initialisation for training.
     pub fn init(cfg: &ModelConfig, init_std: f64, seed: u64, dev: &Device) -> Result<(Self, Gpt)> {
         let rng = crate::rng::rng(seed, crate::rng::RngStream::Init);
-        Self::build(cfg, init_std, Source::Init(Box::new(Mutex::new(rng))), Box::new(is_trainable(cfg)), DType::F32, dev)
+        Self::build(cfg, Some(init_std), Source::Init(Box::new(Mutex::new(rng))), Box::new(is_trainable(cfg)), DType::F32, dev)
     }
 
     /// Trainable parameters from saved tensors (resuming a run). Missing, extra or misshapen
@@ -162,12 +162,12 @@ impl Params {
 
     /// [`Params::from_tensors`] in another dtype (F64 for gradient checks).
     pub fn from_tensors_as(cfg: &ModelConfig, tensors: HashMap<String, Tensor>, dtype: DType, dev: &Device) -> Result<(Self, Gpt)> {
-        Self::build(cfg, 0.02, Source::Tensors(tensors), Box::new(is_trainable(cfg)), dtype, dev)
+        Self::build(cfg, None, Source::Tensors(tensors), Box::new(is_trainable(cfg)), dtype, dev)
     }
 
     /// A forward-only model (plain tensors, no autodiff graph) from saved tensors.
     pub fn model_from_tensors(cfg: &ModelConfig, tensors: HashMap<String, Tensor>, dev: &Device) -> Result<Gpt> {
-        Ok(Self::build(cfg, 0.02, Source::Tensors(tensors), Box::new(|_: &str| false), DType::F32, dev)?.1)
+        Ok(Self::build(cfg, None, Source::Tensors(tensors), Box::new(|_: &str| false), DType::F32, dev)?.1)
     }
 
     /// The trainable parameters, sorted by name.
