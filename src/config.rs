@@ -559,44 +559,37 @@ impl TrainOptions {
         }
     }
 
-    /// The default of every option that has one, by field name (as `train`'s flags are named,
+    /// The default of every option that has one, by option name (as `train`'s flags are named,
     /// in snake_case), spelled as the command line takes it: what `train --help` shows as
     /// `[default: ...]`, read from [`TrainConfig::default`] and [`TrainOptions::model_config`] so
-    /// that it is never typed twice.
-    pub fn shown_defaults() -> Vec<(&'static str, String)> {
-        let t = TrainConfig::default();
-        let m = TrainOptions::default().model_config(0);
+    /// that it is never typed twice. Switches (`--learn-temperature`) have none.
+    pub fn shown_defaults() -> Vec<(String, String)> {
+        let train = serde_json::to_value(TrainConfig::default()).expect("a configuration serialises");
+        let model = serde_json::to_value(TrainOptions::default().model_config(0)).expect("a configuration serialises");
         let by_optimizer = |f: fn(OptimizerKind) -> f64| {
             format!("{:?} with {}, {:?} with {}", f(OptimizerKind::AdamW), spelled(&OptimizerKind::AdamW), f(OptimizerKind::Sgld), spelled(&OptimizerKind::Sgld))
         };
-        vec![
-            ("corpus", t.corpus.display().to_string()),
-            ("steps", t.steps.to_string()),
-            ("batch_size", t.batch_size.to_string()),
-            ("context", m.context.to_string()),
-            ("layers", m.n_layer.to_string()),
-            ("heads", m.n_head.to_string()),
-            ("d_model", m.d_model.to_string()),
-            ("positions", spelled(&m.positions)),
-            ("lr", by_optimizer(OptimizerKind::default_lr)),
-            ("min_lr", format!("{:?}", t.min_lr)),
-            ("warmup", t.warmup.to_string()),
-            ("optimizer", spelled(&t.optimizer)),
-            ("sgld_temperature", format!("{:?}", t.sgld_temperature)),
-            ("beta1", format!("{:?}", t.beta1)),
-            ("beta2", format!("{:?}", t.beta2)),
-            ("weight_decay", by_optimizer(OptimizerKind::default_weight_decay)),
-            ("grad_clip", format!("{:?}", t.grad_clip)),
-            ("label_smoothing", format!("{:?}", t.label_smoothing)),
-            ("attn_temperature", format!("{:?}", m.attn_temperature)),
-            ("tokenizer", spelled(&t.tokenizer)),
-            ("vocab_size", t.bpe_vocab_size.to_string()),
-            ("seed", t.seed.to_string()),
-            ("eval_every", t.eval_every.to_string()),
-            ("eval_batches", t.eval_batches.to_string()),
-            ("val_fraction", format!("{:?}", t.val_fraction)),
-            ("sample_tokens", t.sample_tokens.to_string()),
-        ]
+        let names = match serde_json::to_value(TrainOptions::default()) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().map(|(k, _)| k).collect(),
+            _ => Vec::new(),
+        };
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let shown = match name.as_str() {
+                    // The optimizer's own defaults.
+                    "lr" => by_optimizer(OptimizerKind::default_lr),
+                    "weight_decay" => by_optimizer(OptimizerKind::default_weight_decay),
+                    _ => match train.get(field_of(&name)).or_else(|| model.get(field_of(&name)))? {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Number(n) if n.is_f64() => format!("{:?}", n.as_f64()?),
+                        serde_json::Value::Number(n) => n.to_string(),
+                        _ => return None,
+                    },
+                };
+                Some((name, shown))
+            })
+            .collect()
     }
 
     /// On `--resume`, options that would change the model, its tokenizer, the split or the seed
@@ -650,6 +643,17 @@ impl TrainOptions {
             attn_temperature: self.attn_temperature.unwrap_or(d.attn_temperature),
             learn_temperature: self.learn_temperature.unwrap_or(d.learn_temperature),
         }
+    }
+}
+
+/// The configuration field an option's default is read from: its own name, but for the three
+/// whose flag reads better than the field `config.json` has always had.
+fn field_of(option: &str) -> &str {
+    match option {
+        "vocab_size" => "bpe_vocab_size",
+        "layers" => "n_layer",
+        "heads" => "n_head",
+        other => other,
     }
 }
 

@@ -117,7 +117,7 @@ fn every_flag_has_its_own_help_and_shows_its_default() {
     let mut want = train_flags.to_vec();
     want.sort_unstable();
     assert_eq!(ids, want, "train's flags");
-    let shown: std::collections::HashMap<&str, String> = TrainOptions::shown_defaults().into_iter().collect();
+    let shown: std::collections::HashMap<String, String> = TrainOptions::shown_defaults().into_iter().collect();
     for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
         let name = sub.get_name();
         // The help the binary prints, as a user reads it.

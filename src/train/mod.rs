@@ -94,6 +94,59 @@ struct Setup {
     resumed: bool,
 }
 
+/// What the steps since the last evaluation measured, for its metrics record.
+struct Record {
+    /// Mean training loss over those steps (None before the first step).
+    train_loss: Option<f64>,
+    /// Learning rate of the last step.
+    lr: f64,
+    tokens_per_sec: Option<f64>,
+    /// Wall-clock seconds of training so far, all sessions.
+    elapsed: f64,
+}
+
+impl Setup {
+    /// Evaluate on `batches`, append the metrics record and save a checkpoint into `out`: the
+    /// validation CE and the line to log. A non-finite validation figure saves nothing.
+    fn checkpoint(&mut self, out: &std::path::Path, batches: &[Batch], r: &Record) -> Result<(f64, String)> {
+        let ev = evaluate(&self.params.detached_model(&self.run.model)?, batches, self.run.train.label_smoothing)?;
+        let val_ce = ev.ce;
+        if !(val_ce.is_finite() && ev.loss.is_finite()) {
+            bail!(
+                "the validation cross-entropy is {val_ce} (smoothed loss {}) at step {}; nothing was saved, and any earlier checkpoint in {} is kept",
+                ev.loss,
+                self.state.step,
+                out.display()
+            );
+        }
+        self.state.val_ce = Some(val_ce);
+        self.state.elapsed_secs = r.elapsed;
+        self.state.rng_word_pos = self.batch_rng.get_word_pos().to_string();
+        let m = Metrics {
+            step: self.state.step,
+            train_loss: r.train_loss,
+            val_ce,
+            val_ce_bos: ev.ce_bos,
+            val_loss: ev.loss,
+            val_tokens: batches.iter().map(|b| b.targets.elem_count()).sum(),
+            lr: r.lr,
+            tokens_per_sec: r.tokens_per_sec,
+            elapsed_secs: r.elapsed,
+        };
+        append_metrics(out, &m)?;
+        checkpoint::save(out, &self.run, &self.tok, &self.params, self.optimizer.state_tensors()?, &self.state)?;
+        let line = format!(
+            "step {:>5}: train loss {}, val CE {val_ce:.4} (with the BOS-only first token {:.4}) nats/token, lr {:.2e}{}",
+            self.state.step,
+            r.train_loss.map_or("   -  ".into(), |l| format!("{l:.4}")),
+            ev.ce_bos,
+            r.lr,
+            r.tokens_per_sec.map_or(String::new(), |t| format!(", {t:.0} tok/s")),
+        );
+        Ok((val_ce, line))
+    }
+}
+
 fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     checkpoint::check_writable(&req.out, req.overwrite, "--resume to continue it or --overwrite to start again")?;
     let train = req.options.train_config();
@@ -222,51 +275,14 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         splits.val.len(),
     ));
 
-    let checkpoint_now = |s: &mut Setup, train_loss: Option<f64>, lr: f64, tok_s: Option<f64>, elapsed: f64, last: bool| -> Result<f64> {
-        let eval_model = s.params.detached_model(&s.run.model)?;
-        let batches = if last { &full_eval } else { &evals };
-        let ev = evaluate(&eval_model, batches, cfg.label_smoothing)?;
-        let val_ce = ev.ce;
-        if !(val_ce.is_finite() && ev.loss.is_finite()) {
-            bail!(
-                "the validation cross-entropy is {val_ce} (smoothed loss {}) at step {}; nothing was saved, and any earlier checkpoint in {} is kept",
-                ev.loss,
-                s.state.step,
-                req.out.display()
-            );
-        }
-        s.state.val_ce = Some(val_ce);
-        s.state.elapsed_secs = elapsed;
-        s.state.rng_word_pos = s.batch_rng.get_word_pos().to_string();
-        let m = Metrics {
-            step: s.state.step,
-            train_loss,
-            val_ce,
-            val_ce_bos: ev.ce_bos,
-            val_loss: ev.loss,
-            val_tokens: batches.iter().map(|b| b.targets.elem_count()).sum(),
-            lr,
-            tokens_per_sec: tok_s,
-            elapsed_secs: elapsed,
-        };
-        append_metrics(&req.out, &m)?;
-        checkpoint::save(&req.out, &s.run, &s.tok, &s.params, s.optimizer.state_tensors()?, &s.state)?;
-        log(format!(
-            "step {:>5}: train loss {}, val CE {val_ce:.4} (with the BOS-only first token {:.4}) nats/token, lr {lr:.2e}{}",
-            s.state.step,
-            train_loss.map_or("   -  ".into(), |l| format!("{l:.4}")),
-            ev.ce_bos,
-            tok_s.map_or(String::new(), |t| format!(", {t:.0} tok/s")),
-        ));
-        Ok(val_ce)
-    };
-
     let elapsed_before = s.state.elapsed_secs;
     let mut last_val = s.state.val_ce;
     if !s.resumed {
         // A fresh run starts a fresh metrics file (after every input check has passed).
         let _ = fs::remove_file(req.out.join(checkpoint::METRICS));
-        last_val = Some(checkpoint_now(&mut s, None, 0.0, None, 0.0, false)?);
+        let (val_ce, line) = s.checkpoint(&req.out, &evals, &Record { train_loss: None, lr: 0.0, tokens_per_sec: None, elapsed: 0.0 })?;
+        log(line);
+        last_val = Some(val_ce);
     }
 
     let tokens_per_step = (cfg.batch_size * context) as u64;
@@ -304,7 +320,10 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
             last_train_loss = Some(mean_loss);
             let elapsed = elapsed_before + loop_start.elapsed().as_secs_f64();
             let last = s.state.step == stop_at;
-            last_val = Some(checkpoint_now(&mut s, Some(mean_loss), lr, Some(tok_s), elapsed, last)?);
+            let record = Record { train_loss: Some(mean_loss), lr, tokens_per_sec: Some(tok_s), elapsed };
+            let (val_ce, line) = s.checkpoint(&req.out, if last { &full_eval } else { &evals }, &record)?;
+            log(line);
+            last_val = Some(val_ce);
             (window_loss, window_steps, window_secs) = (0.0, 0, 0.0);
         }
         pb.set_position(s.state.step as u64);
