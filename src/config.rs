@@ -388,105 +388,148 @@ pub struct RunConfig {
     pub train: TrainConfig,
 }
 
+/// Declares [`TrainOptions`] (every field an `Option`) from one list of options and generates
+/// from the same list what the options do: `overlay` (a later layer wins), `apply_to` (onto a
+/// [`TrainConfig`]) and `model_config` (onto the default [`ModelConfig`]). Written by hand because
+/// the three must name every option, and a list written once cannot drift from the struct.
+macro_rules! train_options {
+    (
+        $(#[$meta:meta])*
+        pub struct TrainOptions {
+            $( $(#[doc = $doc:literal])* #[arg($($arg:tt)*)] $name:ident: $ty:ty => $target:ident . $field:ident, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct TrainOptions {
+            $( $(#[doc = $doc])* #[arg($($arg)*)] pub $name: Option<$ty>, )*
+        }
+
+        impl TrainOptions {
+            /// Options of `self`, overridden by those set in `other`.
+            pub fn overlay(mut self, other: &TrainOptions) -> Self {
+                $( if other.$name.is_some() { self.$name = other.$name.clone(); } )*
+                self
+            }
+
+            /// `base` with the training options set here applied on top.
+            pub fn apply_to(&self, base: &TrainConfig) -> TrainConfig {
+                let mut config = base.clone();
+                $( train_options!(@set train, $target, config.$field, self.$name); )*
+                config
+            }
+
+            /// The model configuration for a tokenizer of `vocab_size` tokens: nanoGPT's CPU
+            /// recipe shape with [`DEFAULT_POSITIONS`], and the model options set here.
+            pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
+                let mut config = ModelConfig { positions: DEFAULT_POSITIONS, ..ModelConfig::nano_cpu(vocab_size) };
+                $( train_options!(@set model, $target, config.$field, self.$name); )*
+                config
+            }
+        }
+    };
+    // Set the field when the option targets the configuration being built, else nothing.
+    (@set train, train, $dst:expr, $opt:expr) => { if let Some(v) = &$opt { $dst = v.clone(); } };
+    (@set model, model, $dst:expr, $opt:expr) => { if let Some(v) = &$opt { $dst = v.clone(); } };
+    (@set $building:ident, $target:ident, $dst:expr, $opt:expr) => {};
+}
+
+train_options! {
 /// Training options as given in a `--config` file or on the command line: every field optional,
 /// later layers override earlier ones ([`TrainOptions::overlay`], [`TrainOptions::apply_to`]).
 ///
-/// The same struct is `train`'s flags (clap) and a `--config` file's keys (serde), so each option
-/// is written once: its field, its doc (the `--help` text), and its place in [`TrainConfig`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+/// The same struct is `train`'s flags (clap) and a `--config` file's keys (serde). Each option is
+/// one entry of the list below, `name: Type => train.FIELD` (of [`TrainConfig`]) or
+/// `=> model.FIELD` (of [`ModelConfig`]), with its doc (the `--help` text) and clap attributes;
+/// `overlay`, `apply_to` and `model_config` are generated from the same list.
 pub struct TrainOptions {
     /// Text corpus (UTF-8).
     #[arg(long, value_name = "FILE")]
-    pub corpus: Option<PathBuf>,
+    corpus: PathBuf => train.corpus,
     /// Total optimizer steps.
     #[arg(long)]
-    pub steps: Option<usize>,
+    steps: usize => train.steps,
     /// Sequences per step.
     #[arg(long)]
-    pub batch_size: Option<usize>,
+    batch_size: usize => train.batch_size,
     /// Context length in tokens, BOS included.
     #[arg(long)]
-    pub context: Option<usize>,
+    context: usize => model.context,
     /// Transformer blocks.
     #[arg(long)]
-    pub layers: Option<usize>,
+    layers: usize => model.n_layer,
     /// Attention heads per block; must divide --d-model.
     #[arg(long)]
-    pub heads: Option<usize>,
+    heads: usize => model.n_head,
     /// Width of the residual stream.
     #[arg(long)]
-    pub d_model: Option<usize>,
+    d_model: usize => model.d_model,
     /// Position encoding: rotary phases on queries and keys, or a learned position table
     /// (nanoGPT's and the PyTorch reference's architecture).
     #[arg(long, value_enum)]
-    pub positions: Option<Positions>,
+    positions: Positions => model.positions,
     /// Peak learning rate after warmup.
     #[arg(long)]
-    pub lr: Option<f64>,
+    lr: f64 => train.lr,
     /// Final learning rate of the cosine decay.
     #[arg(long)]
-    pub min_lr: Option<f64>,
+    min_lr: f64 => train.min_lr,
     /// Linear warmup steps.
     #[arg(long)]
-    pub warmup: Option<usize>,
+    warmup: usize => train.warmup,
     /// AdamW beta1.
     #[arg(long)]
-    pub beta1: Option<f64>,
+    beta1: f64 => train.beta1,
     /// AdamW beta2.
     #[arg(long)]
-    pub beta2: Option<f64>,
+    beta2: f64 => train.beta2,
     /// Decoupled weight decay on matrices (not on LayerNorm gains or temperatures): each step
     /// scales them by 1 - lr * wd.
     #[arg(long)]
-    pub weight_decay: Option<f64>,
+    weight_decay: f64 => train.weight_decay,
     /// Clip the global gradient norm to this; 0 disables.
     #[arg(long)]
-    pub grad_clip: Option<f64>,
+    grad_clip: f64 => train.grad_clip,
     /// Label smoothing eps in [0, 1): loss = (1-eps) CE + eps mean_v(-ln p_v).
     #[arg(long)]
-    pub label_smoothing: Option<f64>,
+    label_smoothing: f64 => train.label_smoothing,
     /// Attention temperature T of every head, T > 0; 1 is standard attention.
     #[arg(long)]
-    pub attn_temperature: Option<f64>,
+    attn_temperature: f64 => model.attn_temperature,
     /// Train each head's ln beta = -ln T as a parameter (starting from --attn-temperature).
     #[arg(long, num_args = 0, default_missing_value = "true")]
-    pub learn_temperature: Option<bool>,
+    learn_temperature: bool => model.learn_temperature,
     /// Tokenizer.
     #[arg(long, value_enum)]
-    pub tokenizer: Option<TokenizerKind>,
+    tokenizer: TokenizerKind => train.tokenizer,
     /// Vocabulary size for --tokenizer bpe, BOS included.
     #[arg(long)]
-    pub vocab_size: Option<usize>,
+    vocab_size: usize => train.bpe_vocab_size,
     /// Seed for initialisation, batch sampling and SGLD noise.
     #[arg(long)]
-    pub seed: Option<u64>,
+    seed: u64 => train.seed,
     /// Optimizer; a resumed run keeps its own.
     #[arg(long, value_enum)]
-    pub optimizer: Option<OptimizerKind>,
+    optimizer: OptimizerKind => train.optimizer,
     /// SGLD temperature T >= 0 (with --optimizer sgld): each step adds N(0, 2 lr T) noise to every
     /// parameter, so training samples exp(-loss/T) with the loss in mean nats per token;
     /// T = 1/(training tokens) is the Bayesian posterior, 0 is plain SGD.
     #[arg(long, value_name = "T")]
-    pub sgld_temperature: Option<f64>,
+    sgld_temperature: f64 => train.sgld_temperature,
     /// Evaluate on the validation split and checkpoint every N steps.
     #[arg(long)]
-    pub eval_every: Option<usize>,
+    eval_every: usize => train.eval_every,
     /// Batches of validation windows per evaluation.
     #[arg(long)]
-    pub eval_batches: Option<usize>,
+    eval_batches: usize => train.eval_batches,
     /// Fraction of the corpus (its tail) held out for validation.
     #[arg(long)]
-    pub val_fraction: Option<f64>,
+    val_fraction: f64 => train.val_fraction,
     /// Tokens sampled (temperature 0.8) and printed when training ends; 0 for none.
     #[arg(long)]
-    pub sample_tokens: Option<usize>,
+    sample_tokens: usize => train.sample_tokens,
 }
-
-macro_rules! overlay {
-    ($dst:ident, $src:ident; $($field:ident),* $(,)?) => {
-        $( if $src.$field.is_some() { $dst.$field = $src.$field.clone(); } )*
-    };
 }
 
 impl TrainOptions {
@@ -509,14 +552,6 @@ impl TrainOptions {
         parsed.map_err(|e| UsageError(format!("config file {}: {e:#}", path.display())).into())
     }
 
-    /// Options of `self`, overridden by those set in `other`.
-    pub fn overlay(mut self, other: &TrainOptions) -> Self {
-        overlay!(self, other; corpus, steps, batch_size, context, layers, heads, d_model, positions, lr, min_lr, warmup,
-            beta1, beta2, weight_decay, grad_clip, label_smoothing, attn_temperature, learn_temperature,
-            tokenizer, vocab_size, seed, optimizer, sgld_temperature, eval_every, eval_batches, val_fraction, sample_tokens);
-        self
-    }
-
     /// The training configuration: defaults with these options applied (the default learning
     /// rate and weight decay are the chosen optimizer's).
     pub fn train_config(&self) -> TrainConfig {
@@ -528,35 +563,6 @@ impl TrainOptions {
             ..TrainConfig::default()
         };
         self.apply_to(&base)
-    }
-
-    /// `base` with the options set here applied on top.
-    pub fn apply_to(&self, base: &TrainConfig) -> TrainConfig {
-        let d = base.clone();
-        TrainConfig {
-            corpus: self.corpus.clone().unwrap_or(d.corpus),
-            steps: self.steps.unwrap_or(d.steps),
-            batch_size: self.batch_size.unwrap_or(d.batch_size),
-            lr: self.lr.unwrap_or(d.lr),
-            min_lr: self.min_lr.unwrap_or(d.min_lr),
-            warmup: self.warmup.unwrap_or(d.warmup),
-            beta1: self.beta1.unwrap_or(d.beta1),
-            beta2: self.beta2.unwrap_or(d.beta2),
-            adam_eps: d.adam_eps,
-            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
-            grad_clip: self.grad_clip.unwrap_or(d.grad_clip),
-            label_smoothing: self.label_smoothing.unwrap_or(d.label_smoothing),
-            seed: self.seed.unwrap_or(d.seed),
-            optimizer: self.optimizer.unwrap_or(d.optimizer),
-            sgld_temperature: self.sgld_temperature.unwrap_or(d.sgld_temperature),
-            eval_every: self.eval_every.unwrap_or(d.eval_every),
-            eval_batches: self.eval_batches.unwrap_or(d.eval_batches),
-            val_fraction: self.val_fraction.unwrap_or(d.val_fraction),
-            tokenizer: self.tokenizer.unwrap_or(d.tokenizer),
-            bpe_vocab_size: self.vocab_size.unwrap_or(d.bpe_vocab_size),
-            init_std: d.init_std,
-            sample_tokens: self.sample_tokens.unwrap_or(d.sample_tokens),
-        }
     }
 
     /// The default of every option that has one, by option name (as `train`'s flags are named,
@@ -627,22 +633,6 @@ impl TrainOptions {
         same!(self.corpus.as_ref(), &t.corpus, "--corpus");
         same!(self.val_fraction, t.val_fraction, "--val-fraction");
         Ok(())
-    }
-
-    /// The model configuration for a tokenizer of `vocab_size` tokens: nanoGPT's CPU recipe shape
-    /// with [`DEFAULT_POSITIONS`], unless set.
-    pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
-        let d = ModelConfig { positions: DEFAULT_POSITIONS, ..ModelConfig::nano_cpu(vocab_size) };
-        ModelConfig {
-            vocab_size,
-            context: self.context.unwrap_or(d.context),
-            n_layer: self.layers.unwrap_or(d.n_layer),
-            n_head: self.heads.unwrap_or(d.n_head),
-            d_model: self.d_model.unwrap_or(d.d_model),
-            positions: self.positions.unwrap_or(d.positions),
-            attn_temperature: self.attn_temperature.unwrap_or(d.attn_temperature),
-            learn_temperature: self.learn_temperature.unwrap_or(d.learn_temperature),
-        }
     }
 }
 
