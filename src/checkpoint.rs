@@ -271,7 +271,7 @@ pub fn read_model_tensors(dir: &Path, dev: &Device) -> Result<HashMap<String, Te
 }
 
 /// A usage error when `out`, where a run is to be written, is a file rather than a directory.
-pub fn check_out_dir(out: &Path) -> Result<()> {
+fn check_out_dir(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         return Err(UsageError(format!("--out {} is a file; the run directory must be a directory", out.display())).into());
     }

@@ -88,7 +88,7 @@ pub fn compute(dir: &Path, texts: &[String]) -> Result<Golden> {
     let b = ids.len();
     let x = Tensor::from_vec(inputs, (b, STEP_LEN), &dev)?;
     let y = Tensor::from_vec(targets, b * STEP_LEN, &dev)?;
-    let l = loss::cross_entropy(&train_model.forward(&x)?.flatten_to(1)?, &y, LABEL_SMOOTHING)?.loss;
+    let l = loss::cross_entropy_with(&train_model.forward(&x)?.flatten_to(1)?, &y, LABEL_SMOOTHING, train_model.kernels())?.loss;
     let grad_store = l.backward()?;
     let mut grads = BTreeMap::new();
     for p in params.trainable() {

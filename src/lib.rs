@@ -6,8 +6,9 @@
 //! optimizers) -> [`checkpoint`] (the run directory) -> [`physics`] (scoring, sampling and reading
 //! a model: score, generate, inspect, thermo, calibrate, Langevin, Nadaraya-Watson) and [`rl`]
 //! (fine-tuning toward a reward). [`kernels`] holds the fused CPU kernels the model runs on;
-//! [`cli`] parses the command line on top of all of it. Nothing below [`cli`] knows about clap,
-//! and nothing in [`model`] knows about files. `docs/architecture.md` draws the map.
+//! [`cli`] parses the command line on top of all of it. Below [`cli`], only the option types
+//! carry clap's derives (so that each option is written once), and nothing in [`model`] knows
+//! about files. `docs/architecture.md` draws the map.
 
 // Support: settings, errors, resource limits, notes and plots, seeded randomness.
 pub mod config;

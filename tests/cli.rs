@@ -155,9 +155,21 @@ fn every_flag_has_its_own_help_and_shows_its_default() {
             }
         }
     }
-    // Spelled as the flags take them (a mapping slip would show a field's Debug form or another
-    // field's value).
-    assert_eq!((shown["steps"].as_str(), shown["positions"].as_str(), shown["tokenizer"].as_str()), ("5000", "rope", "char"));
+    // Every option but the switch shows a default, spelled as the flags take it: known values,
+    // so a slip in the option -> field mapping (layers -> n_layer, vocab_size -> bpe_vocab_size)
+    // or a dropped default fails here, not only in the help it feeds.
+    let options = serde_json::to_value(TrainOptions::default()).unwrap();
+    for name in options.as_object().unwrap().keys().filter(|k| *k != "learn_temperature") {
+        assert!(shown.contains_key(name), "train --{name} shows no default");
+    }
+    let expect = [
+        ("steps", "5000"), ("batch_size", "12"), ("context", "64"), ("layers", "4"), ("heads", "4"), ("d_model", "128"),
+        ("positions", "rope"), ("tokenizer", "char"), ("vocab_size", "512"), ("min_lr", "0.0001"), ("seed", "1337"),
+        ("corpus", "data/tinyshakespeare.txt"),
+    ];
+    for (name, value) in expect {
+        assert_eq!(shown[name], value, "train --{name}'s default");
+    }
     assert_eq!(shown["lr"], "0.001 with adamw, 1.0 with sgld");
 }
 

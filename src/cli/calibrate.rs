@@ -12,9 +12,9 @@ use crate::data;
 use crate::error::UsageError;
 use crate::plot::{self, Series};
 
-
 /// Validation windows per forward pass.
 const WINDOW_BATCH: usize = 32;
+
 /// Options of `thermoformer calibrate`.
 #[derive(Debug, clap::Args)]
 #[command(allow_negative_numbers = true)]

@@ -12,9 +12,6 @@ use crate::error::UsageError;
 use crate::physics::inspect::{self, SweepPoint, TextInspection};
 use crate::plot::{self, Series};
 
-/// Output format of `inspect`: the shared report formats.
-pub use super::ReportFormat as InspectFormat;
-
 /// Options of `thermoformer inspect`.
 // The doc comments are --help text, in the physics notation <E> that rustdoc would read as HTML.
 #[allow(rustdoc::invalid_html_tags)]
@@ -54,9 +51,8 @@ pub struct InspectArgs {
     /// --rope, the mean score against distance, one panel per layer, one line per head.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = InspectFormat::Table)]
-    pub format: InspectFormat,
+    #[command(flatten)]
+    pub report: super::ReportArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -90,9 +86,9 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let report = inspect::inspect_text(&loaded.model, &loaded.tokenizer, text)?;
     let mut out = std::io::stdout().lock();
-    match args.format {
-        InspectFormat::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
-        InspectFormat::Table => write_heads(&mut out, &report)?,
+    match args.report.format() {
+        super::ReportFormat::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
+        super::ReportFormat::Table => write_heads(&mut out, &report)?,
     }
     if let Some(png) = &args.png {
         let titles: Vec<Vec<String>> = (0..report.alpha.len())
@@ -152,12 +148,12 @@ fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
     let profiles = inspect::distance_profiles(&loaded.model, &batches)?;
     let positions = format!("{:?}", loaded.config.model.positions).to_lowercase();
     let mut out = std::io::stdout().lock();
-    match args.format {
-        InspectFormat::Json => {
+    match args.report.format() {
+        super::ReportFormat::Json => {
             let v = serde_json::json!({ "corpus": name, "windows": windows, "context": context, "positions": positions, "heads": profiles });
             writeln!(out, "{v}")?;
         }
-        InspectFormat::Table => {
+        super::ReportFormat::Table => {
             writeln!(out, "{windows} validation windows of {context} tokens from {name}; positions: {positions}")?;
             writeln!(out, "mean score s_ij = q_i.k_j/sqrt(d) at distance d = i - j, and the mean attended distance <d>")?;
             let ds: Vec<usize> = TABLE_DISTANCES.iter().copied().filter(|&d| d < context).chain(std::iter::once(context - 1)).collect();
@@ -205,12 +201,12 @@ fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
     let points = inspect::sweep(&loaded.model, &batches, temps)?;
     let mut out = std::io::stdout().lock();
-    match args.format {
-        InspectFormat::Json => {
+    match args.report.format() {
+        super::ReportFormat::Json => {
             let v = serde_json::json!({ "corpus": name, "windows": windows, "context": context, "points": points });
             writeln!(out, "{v}")?;
         }
-        InspectFormat::Table => {
+        super::ReportFormat::Table => {
             writeln!(out, "{windows} validation windows of {context} tokens from {name}")?;
             writeln!(out, "{:>9} {:>10} {:>9} {:>8} {:>9}", "T", "E/token", "H", "H/ln n", "C")?;
             for p in &points {

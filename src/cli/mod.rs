@@ -120,14 +120,23 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,
     /// The same as --format json.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
 }
 
 impl ReportArgs {
+    /// The format asked for, by `--format` or by `--json`.
+    pub fn format(&self) -> ReportFormat {
+        if self.json {
+            ReportFormat::Json
+        } else {
+            self.format
+        }
+    }
+
     /// Whether the report goes out as JSON.
     pub fn json(&self) -> bool {
-        self.json || self.format == ReportFormat::Json
+        self.format() == ReportFormat::Json
     }
 }
 
@@ -173,7 +182,7 @@ impl ModelArgs {
 pub(crate) fn validation_tokens(loaded: &Loaded, corpus: Option<&PathBuf>, command: &str) -> Result<(String, Vec<u32>)> {
     let hash = loaded.state.as_ref().map(|s| s.corpus_hash.as_str());
     let v = data::validation_split(&loaded.config, &loaded.tokenizer, hash, corpus.map(PathBuf::as_path))
-        .with_context(|| format!("{command} reads the validation split"))?;
+        .with_context(|| format!("{command} reads the validation split (name another corpus with --corpus)"))?;
     Ok((v.corpus, v.tokens))
 }
 

@@ -44,7 +44,6 @@ pub struct RlArgs {
     pub device: DeviceArg,
 }
 
-
 /// `thermoformer rl`: run it and print the report.
 pub fn run_rl(args: &RlArgs) -> Result<()> {
     let request = RlRequest {

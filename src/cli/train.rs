@@ -79,9 +79,14 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let sample = sample_of(&report.out, &dev)?;
     let mut stdout = std::io::stdout().lock();
     if args.report.json() {
-        let mut v = serde_json::to_value(&report)?;
-        v["sample"] = serde_json::json!(sample);
-        writeln!(stdout, "{v}")?;
+        // The report's fields in their order, then the sample.
+        #[derive(serde::Serialize)]
+        struct WithSample<'a> {
+            #[serde(flatten)]
+            report: &'a train::TrainReport,
+            sample: &'a Option<String>,
+        }
+        writeln!(stdout, "{}", serde_json::to_string(&WithSample { report: &report, sample: &sample })?)?;
     } else {
         if let Some(sample) = &sample {
             writeln!(stdout, "--- sample (temperature 0.8) ---\n{sample}\n-------------------------------")?;

@@ -42,7 +42,7 @@ pub fn validation_split(run: &RunConfig, tok: &Tok, trained_hash: Option<&str>, 
     if corpus.is_none() {
         if let Some(hash) = trained_hash.filter(|h| *h != corpus_hash(&text)) {
             bail!(
-                "{} has changed since the run was trained (its hash is no longer {hash}), so its tail is not the held-out split; restore it, or name a corpus with --corpus",
+                "{} has changed since the run was trained (its hash is no longer {hash}), so its tail is not the held-out split; restore it",
                 path.display()
             );
         }

@@ -540,7 +540,6 @@ pub struct HeadTemperature {
     pub temperature: f64,
 }
 
-
 impl Gpt {
     /// Set every head to `all` (if given), then apply the per-head overrides. Forward-only use.
     pub fn override_temperatures(&mut self, all: Option<f64>, heads: &[HeadTemperature]) -> Result<()> {

@@ -470,7 +470,6 @@ impl Trainer {
         }
         Ok(())
     }
-
 }
 
 /// One batch of samples and what was measured on them.

@@ -27,7 +27,7 @@ pub fn evaluate(model: &Gpt, batches: &[Batch], label_smoothing: f64) -> Result<
         let (b, t) = batch.targets.dims2()?;
         let logits = model.forward(&batch.inputs)?.flatten_to(1)?; // (B*T, V)
         let targets = batch.targets.flatten_all()?;
-        let l = loss::cross_entropy(&logits, &targets, label_smoothing)?;
+        let l = loss::cross_entropy_with(&logits, &targets, label_smoothing, model.kernels())?;
         let energies = l.energies.reshape((b, t))?; // (B, T)
         all += energies.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         with_context += energies.narrow(1, 1, t - 1)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
