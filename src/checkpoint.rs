@@ -218,16 +218,20 @@ fn save_until(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimi
     recover_until(dir, stop)
 }
 
-/// Bytes of `name` as committed: during an interrupted or ongoing commit (marker present) the
+/// The path of `name` as committed: during an interrupted or ongoing commit (marker present) the
 /// `.tmp` file if it is still there, else the file itself.
-fn read_committed(dir: &Path, name: &str) -> Result<Vec<u8>> {
-    let path = dir.join(name);
-    if dir.join(COMMIT_MARKER).exists() {
-        if let Ok(bytes) = fs::read(tmp_path(dir, name)) {
-            return Ok(bytes);
-        }
+fn committed_path(dir: &Path, name: &str) -> PathBuf {
+    let tmp = tmp_path(dir, name);
+    if dir.join(COMMIT_MARKER).exists() && tmp.is_file() {
+        return tmp;
     }
-    fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    dir.join(name)
+}
+
+/// Bytes of `name` as committed ([`committed_path`]).
+fn read_committed(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let path = committed_path(dir, name);
+    fs::read(&path).with_context(|| format!("reading {}", dir.join(name).display()))
 }
 
 fn read_config(dir: &Path) -> Result<RunConfig> {
@@ -257,9 +261,14 @@ fn read_config(dir: &Path) -> Result<RunConfig> {
     Ok(config)
 }
 
+/// The tensors of a safetensors file of the run, read through a memory map: the weights are
+/// copied once, from the page cache into the tensors, with no second copy of the file in memory.
 fn read_tensors(dir: &Path, name: &str, dev: &Device) -> Result<HashMap<String, Tensor>> {
     let path = dir.join(name);
-    let bytes = read_committed(dir, name)?;
+    let file = File::open(committed_path(dir, name)).with_context(|| format!("reading {}", path.display()))?;
+    // SAFETY: a run's files are never written in place (a commit writes `.tmp` files and renames
+    // them), so the mapped bytes do not change while they are read.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
     candle_core::safetensors::load_buffer(&bytes, dev)
         .map_err(|e| anyhow!("{} is not a valid safetensors file ({e}); it may be truncated or corrupted", path.display()))
 }
@@ -302,8 +311,11 @@ fn check_dir(dir: &Path) -> Result<()> {
 fn read_tokenizer(dir: &Path, config: &RunConfig) -> Result<Tok> {
     let path = dir.join(TOKENIZER);
     let json = String::from_utf8(read_committed(dir, TOKENIZER)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))?;
-    let tok = Tok::from_json(&json).with_context(|| format!("parsing tokenizer {}", path.display()))?;
-    if tok.vocab_size() != config.model.vocab_size {
+    let tok = Tok::from_json_with_start(&json, &config.model.start).with_context(|| format!("parsing tokenizer {}", path.display()))?;
+    // An imported model's embedding may be padded past its tokenizer (nanoGPT pads GPT-2's
+    // 50257 tokens to 50304); one trained here matches exactly.
+    let fits = if config.imported_from.is_some() { tok.vocab_size() <= config.model.vocab_size } else { tok.vocab_size() == config.model.vocab_size };
+    if !fits {
         bail!(
             "{} has {} tokens but the model in {} expects {}: the files come from different runs",
             dir.join(TOKENIZER).display(),

@@ -104,6 +104,80 @@ pub struct ModelConfig {
     pub attn_temperature: f64,
     /// Whether each head's ln beta is a trained parameter.
     pub learn_temperature: bool,
+    /// Whether Linear layers and LayerNorms carry a bias (GPT-2, nanoGPT `bias=True`); models
+    /// trained here have none.
+    #[serde(default)]
+    pub bias: bool,
+    /// The MLP's nonlinearity.
+    #[serde(default)]
+    pub activation: Activation,
+    /// LayerNorm's epsilon (1e-5 for torch, nanoGPT and GPT-2).
+    #[serde(default = "default_ln_eps")]
+    pub ln_eps: f64,
+    /// Whether the LM head is the token embedding (tied, as trained here, GPT-2 and nanoGPT) or a
+    /// matrix of its own (`lm_head.weight`).
+    #[serde(default = "default_true")]
+    pub tied_head: bool,
+    /// What every sequence the model reads starts with: the position that conditions the first
+    /// real token and is never scored.
+    #[serde(default)]
+    pub start: Start,
+}
+
+fn default_ln_eps() -> f64 {
+    1e-5
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The beginning-of-sequence token of every vocabulary trained here.
+pub const BOS: &str = "<|bos|>";
+
+/// The MLP's GELU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU, x Phi(x) with the erf (torch's `nn.GELU()`, nanoGPT).
+    #[default]
+    GeluErf,
+    /// GPT-2's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (`gelu_new`).
+    GeluTanh,
+}
+
+/// The start-of-sequence convention, stored per model in `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// A dedicated token of the vocabulary that is never text and never sampled: `<|bos|>` for
+    /// models trained here, `<|endoftext|>` for GPT-2 (what minicons does with `bos_token=True`).
+    Token(String),
+    /// Ordinary text the model is conditioned on, one token of the vocabulary, which may also be
+    /// sampled: a newline for nanoGPT's char models (what its sample.py starts from), so
+    /// E(line) = -ln p(line | "\n").
+    Text(String),
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start::Token(BOS.to_string())
+    }
+}
+
+impl Start {
+    /// Whether the start is a dedicated token (kept out of sampling) rather than text.
+    pub fn is_token(&self) -> bool {
+        matches!(self, Start::Token(_))
+    }
+
+    /// How the start reads in messages and reports: `<|bos|>`, or `"\n"` (text).
+    pub fn describe(&self) -> String {
+        match self {
+            Start::Token(t) => t.clone(),
+            Start::Text(t) => format!("{t:?} (text)"),
+        }
+    }
 }
 
 impl ModelConfig {
@@ -118,6 +192,11 @@ impl ModelConfig {
             positions: Positions::Learned,
             attn_temperature: 1.0,
             learn_temperature: false,
+            bias: false,
+            activation: Activation::GeluErf,
+            ln_eps: default_ln_eps(),
+            tied_head: true,
+            start: Start::default(),
         }
     }
 
@@ -135,8 +214,12 @@ impl ModelConfig {
     pub fn param_count(&self) -> u64 {
         let (v, t, l, d) = (self.vocab_size as u128, self.context as u128, self.n_layer as u128, self.d_model as u128);
         let positions = if self.positions == Positions::Learned { t * d } else { 0 };
-        // Embedding (tied head), positions, per block 12 d^2 weights and two gains, the final gain.
-        let n = v * d + positions + l * (12 * d * d + 2 * d) + d;
+        // Embedding (and an untied head), positions, per block 12 d^2 weights and two gains, the
+        // final gain; with biases, per block 9 d of Linear biases and two LayerNorm biases, and
+        // the final LayerNorm's.
+        let head = if self.tied_head { 0 } else { v * d };
+        let biases = if self.bias { l * 11 * d + d } else { 0 };
+        let n = v * d + head + positions + l * (12 * d * d + 2 * d) + d + biases;
         n.min(u64::MAX as u128) as u64
     }
 
@@ -209,6 +292,9 @@ impl ModelConfig {
         if self.context > 1 << 16 {
             return usage(format!("--context must be at most 65536, got {}", self.context));
         }
+        if !(self.ln_eps.is_finite() && self.ln_eps > 0.0) {
+            bail!("the LayerNorm epsilon must be a finite number > 0, got {:?}", self.ln_eps);
+        }
         if self.vocab_size < 2 {
             bail!("the vocabulary has {} tokens; a language model needs at least 2", self.vocab_size);
         }
@@ -266,6 +352,9 @@ pub struct TrainConfig {
     pub init_std: f64,
     /// Tokens sampled and printed at the end of training (0: none).
     pub sample_tokens: usize,
+    /// The run directory a fine-tuning run started from (`train --init-from`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -295,6 +384,7 @@ impl Default for TrainConfig {
             bpe_vocab_size: 512,
             init_std: 0.02,
             sample_tokens: 300,
+            init_from: None,
         }
     }
 }
@@ -384,8 +474,12 @@ pub struct RunConfig {
     pub format_version: u32,
     /// The architecture.
     pub model: ModelConfig,
-    /// How it was (or is being) trained.
+    /// How it was (or is being) trained; for an imported model, the defaults a fine-tuning run
+    /// (`train --init-from`) starts from.
     pub train: TrainConfig,
+    /// Where an imported model came from (`thermoformer import`): the format and the source path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 /// Declares [`TrainOptions`] (every field an `Option`) from one list of options and generates
@@ -420,6 +514,13 @@ macro_rules! train_options {
                 config
             }
 
+            /// The flags set here that shape the model (`=> model.FIELD`), as `--name`.
+            pub fn model_options_set(&self) -> Vec<String> {
+                let mut set: Vec<&str> = Vec::new();
+                $( train_options!(@named $target, set, self.$name, stringify!($name)); )*
+                set.into_iter().map(|n| format!("--{}", n.replace('_', "-"))).collect()
+            }
+
             /// The model configuration for a tokenizer of `vocab_size` tokens: nanoGPT's CPU
             /// recipe shape with [`DEFAULT_POSITIONS`], and the model options set here.
             pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
@@ -433,6 +534,9 @@ macro_rules! train_options {
     (@set train, train, $dst:expr, $opt:expr) => { if let Some(v) = &$opt { $dst = v.clone(); } };
     (@set model, model, $dst:expr, $opt:expr) => { if let Some(v) = &$opt { $dst = v.clone(); } };
     (@set $building:ident, $target:ident, $dst:expr, $opt:expr) => {};
+    // Name the option when it is set and targets the model.
+    (@named model, $set:expr, $opt:expr, $name:expr) => { if $opt.is_some() { $set.push($name); } };
+    (@named $target:ident, $set:expr, $opt:expr, $name:expr) => {};
 }
 
 train_options! {

@@ -23,6 +23,7 @@ pub mod kernels;
 pub mod data;
 pub mod model;
 pub mod checkpoint;
+pub mod import;
 pub mod train;
 pub mod physics;
 pub mod rl;

@@ -23,7 +23,7 @@ fn state(step: usize) -> TrainState {
 
 fn save_tiny(dir: &std::path::Path) -> (thermoformer::Gpt, thermoformer::Tok) {
     let (tok, cfg, params, model) = common::tiny_model(true);
-    let run = RunConfig { format_version: FORMAT_VERSION, model: cfg, train: TrainConfig::default() };
+    let run = RunConfig { format_version: FORMAT_VERSION, model: cfg, train: TrainConfig::default(), imported_from: None };
     let opt = AdamW::new(params.trainable(), AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 }, model.kernels()).unwrap();
     checkpoint::save(dir, &run, &tok, &params, opt.state_tensors().unwrap(), &state(3)).unwrap();
     (model, tok)

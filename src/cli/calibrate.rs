@@ -26,7 +26,8 @@ pub struct CalibrateArgs {
     #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
     /// Use at most this many validation windows (BOS + context-1 tokens, evenly spaced over the
-    /// split) [default: the whole split].
+    /// split) [default: the whole split, or as many windows as keep the held logits within
+    /// 1 GiB: 5 windows for GPT-2's shape].
     #[arg(long, value_name = "N")]
     pub windows: Option<usize>,
     /// Equal-width confidence bins of the expected calibration error and the reliability diagram.
@@ -54,7 +55,10 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let (name, val) = validation_tokens(&loaded, args.corpus.as_ref(), "calibrate")?;
     let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
-    let batches = data::tiled_batches(&val, args.windows, WINDOW_BATCH, context, bos, loaded.model.device())?;
+    // Every prediction is held (context x vocab f32 per window) while T* is fitted.
+    let budget = ((1usize << 28) / (context * loaded.config.model.vocab_size).max(1)).max(1);
+    let windows = args.windows.unwrap_or(budget);
+    let batches = data::tiled_batches(&val, Some(windows), WINDOW_BATCH.min(budget), context, bos, loaded.model.device())?;
     let preds = Predictions::collect(&loaded.model, &batches)?;
     let c = calibrate::calibrate(&preds, args.bins)?;
     let mut out = std::io::stdout().lock();

@@ -9,7 +9,7 @@ use super::{check_temperature, validation_tokens, ModelArgs};
 use crate::checkpoint::Loaded;
 use crate::data;
 use crate::error::UsageError;
-use crate::physics::inspect::{self, SweepPoint, TextInspection};
+use crate::physics::inspect::{self, Selection, SweepPoint, TextInspection};
 use crate::plot::{self, Series};
 
 /// Options of `thermoformer inspect`.
@@ -43,9 +43,18 @@ pub struct InspectArgs {
     #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
     /// Validation windows (BOS + context-1 tokens, evenly spaced over the split) for --sweep and
-    /// --rope.
-    #[arg(long, default_value_t = 32)]
-    pub windows: usize,
+    /// --rope [default: 32, or 8192 tokens' worth for long contexts, at least 4: 8 windows at
+    /// GPT-2's context of 1024].
+    #[arg(long)]
+    pub windows: Option<usize>,
+    /// Report only these layers (0-based, e.g. 0,5) in --text and --rope: the table, the JSON and
+    /// the attention maps [default: every layer].
+    #[arg(long, value_name = "L1,L2,...", value_delimiter = ',', conflicts_with = "sweep")]
+    pub layers: Option<Vec<usize>>,
+    /// Report only these heads (0-based, e.g. 3 or 0,1) of each reported layer, in --text and
+    /// --rope [default: every head].
+    #[arg(long, value_name = "H1,H2,...", value_delimiter = ',', conflicts_with = "sweep")]
+    pub heads: Option<Vec<usize>>,
     /// Write a PNG: with --text, a grid of attention maps (layers x heads, tokens on the axes, T
     /// and H in each title); with --sweep, energy per token and entropy against T (log axis); with
     /// --rope, the mean score against distance, one panel per layer, one line per head.
@@ -62,15 +71,17 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     if let Some(png) = &args.png {
         super::png_path("--png", png)?;
     }
-    if (args.sweep.is_some() || args.rope) && args.windows == 0 {
+    if (args.sweep.is_some() || args.rope) && args.windows == Some(0) {
         return Err(UsageError("--windows must be at least 1".into()).into());
     }
     if args.text.is_some() && args.corpus.is_some() {
         return Err(UsageError("--corpus is for --sweep and --rope; --text reads only the given text".into()).into());
     }
+    let selection = Selection { layers: args.layers.clone(), heads: args.heads.clone() };
     if args.rope {
         let loaded = args.model.load()?;
-        return run_rope(args, &loaded);
+        selection.check(loaded.config.model.n_layer, loaded.config.model.n_head).map_err(|e| UsageError(e.to_string()))?;
+        return run_rope(args, &loaded, &selection);
     }
     if let Some(temps) = &args.sweep {
         for &t in temps {
@@ -84,7 +95,9 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     }
     let text = args.text.as_deref().unwrap_or_default();
     let loaded = args.model.load()?;
-    let report = inspect::inspect_text(&loaded.model, &loaded.tokenizer, text)?;
+    selection.check(loaded.config.model.n_layer, loaded.config.model.n_head).map_err(|e| UsageError(e.to_string()))?;
+    let mut report = inspect::inspect_text(&loaded.model, &loaded.tokenizer, text)?;
+    report.select(&selection);
     let mut out = std::io::stdout().lock();
     match args.report.format() {
         super::ReportFormat::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
@@ -96,7 +109,7 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
                 (0..report.alpha[l].len())
                     .map(|h| {
                         let s = &report.heads[l * report.alpha[l].len() + h];
-                        format!("L{l} H{h}  T={:.3}  H={:.3}", s.temperature, s.entropy)
+                        format!("L{} H{}  T={:.3}  H={:.3}", s.layer, s.head, s.temperature, s.entropy)
                     })
                     .collect()
             })
@@ -137,15 +150,25 @@ fn write_heads(out: &mut impl Write, r: &TextInspection) -> Result<()> {
 /// Distances shown in the --rope table (those inside the context).
 const TABLE_DISTANCES: [usize; 8] = [0, 1, 2, 4, 8, 16, 32, 64];
 
-/// Validation windows per forward pass of --sweep and --rope.
+/// Validation windows per forward pass of --sweep and --rope, at most.
 const WINDOW_BATCH: usize = 16;
 
-fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
+/// The windows of --sweep and --rope: as asked, else 32, or 8192 tokens' worth (at least 4) for
+/// long contexts; in passes whose statistics fit in memory.
+fn stats_batches(args: &InspectArgs, loaded: &Loaded, val: &[u32]) -> Result<Vec<data::Batch>> {
+    let cfg = &loaded.config.model;
+    let windows = args.windows.unwrap_or_else(|| (8192 / cfg.context).clamp(4, 32));
+    let per_pass = inspect::stats_windows_per_pass(cfg, WINDOW_BATCH);
+    data::tiled_batches(val, Some(windows), per_pass, cfg.context, loaded.tokenizer.bos(), loaded.model.device())
+}
+
+fn run_rope(args: &InspectArgs, loaded: &Loaded, selection: &Selection) -> Result<()> {
     let (name, val) = validation_tokens(loaded, args.corpus.as_ref(), "inspect --rope")?;
-    let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
-    let batches = data::tiled_batches(&val, Some(args.windows), WINDOW_BATCH, context, bos, loaded.model.device())?;
+    let context = loaded.config.model.context;
+    let batches = stats_batches(args, loaded, &val)?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
-    let profiles = inspect::distance_profiles(&loaded.model, &batches)?;
+    let mut profiles = inspect::distance_profiles(&loaded.model, &batches)?;
+    profiles.retain(|p| selection.keeps(p.layer, p.head));
     let positions = format!("{:?}", loaded.config.model.positions).to_lowercase();
     let mut out = std::io::stdout().lock();
     match args.report.format() {
@@ -178,6 +201,7 @@ fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
         let names: Vec<String> = profiles.iter().map(|p| format!("head {} (T={:.2}, <d>={:.1})", p.head, p.temperature, p.mean_distance)).collect();
         let titles: Vec<String> = (0..n_layer).map(|l| format!("layer {l}: mean score vs distance ({positions})")).collect();
         let panels: Vec<(&str, &str, Vec<Series>)> = (0..n_layer)
+            .filter(|&l| profiles.iter().any(|p| p.layer == l))
             .map(|l| {
                 let series = profiles
                     .iter()
@@ -196,8 +220,8 @@ fn run_rope(args: &InspectArgs, loaded: &Loaded) -> Result<()> {
 
 fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
     let (name, val) = validation_tokens(loaded, args.corpus.as_ref(), "the sweep")?;
-    let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
-    let batches = data::tiled_batches(&val, Some(args.windows), WINDOW_BATCH, context, bos, loaded.model.device())?;
+    let context = loaded.config.model.context;
+    let batches = stats_batches(args, loaded, &val)?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
     let points = inspect::sweep(&loaded.model, &batches, temps)?;
     let mut out = std::io::stdout().lock();

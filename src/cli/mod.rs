@@ -17,6 +17,7 @@ use crate::model::HeadTemperature;
 mod bench;
 mod calibrate;
 mod generate;
+mod import;
 mod inspect;
 mod rl;
 mod score;
@@ -25,6 +26,7 @@ mod train;
 pub use bench::BenchArgs;
 pub use calibrate::CalibrateArgs;
 pub use generate::GenerateArgs;
+pub use import::ImportArgs;
 pub use inspect::InspectArgs;
 pub use rl::RlArgs;
 pub use score::ScoreArgs;
@@ -71,6 +73,9 @@ pub enum Command {
     /// Fine-tune a run toward a reward with maximum-entropy policy gradient or PPO, kept near the
     /// starting model by a KL term; writes an ordinary run directory.
     Rl(RlArgs),
+    /// Import a model trained elsewhere (a nanoGPT ckpt.pt, a Hugging Face GPT-2-family
+    /// directory) as an ordinary run directory that every command reads.
+    Import(ImportArgs),
     /// Measure training, scoring and generation speed (ms/iter, tokens/s, MFU, peak RSS) on named
     /// shapes; `scripts/bench_torch.py` runs the same shapes in PyTorch side by side.
     Bench(BenchArgs),
@@ -143,7 +148,7 @@ impl ReportArgs {
 /// Which checkpoint to load and how to override its attention temperatures for this run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// Run directory written by `thermoformer train`.
+    /// Run directory written by `thermoformer train` or `thermoformer import`.
     #[arg(long, value_name = "DIR", default_value = "checkpoints/shakespeare")]
     pub checkpoint: PathBuf,
     /// Set every head's attention temperature T (> 0) for this run only; the checkpoint is not
@@ -264,6 +269,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => inspect::run_inspect(args),
         Command::Calibrate(args) => calibrate::run_calibrate(args),
         Command::Rl(args) => rl::run_rl(args),
+        Command::Import(args) => import::run_import(args),
         Command::Bench(args) => bench::run_bench(args),
     }
 }

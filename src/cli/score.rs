@@ -10,7 +10,7 @@ use super::{check_temperature, ModelArgs};
 use crate::error::UsageError;
 use crate::physics::inspect::token_label;
 use crate::memory;
-use crate::physics::score::{self, ScoreOptions, Scored};
+use crate::physics::score::{self, ScoreOptions, Scored, WordEnergy};
 use crate::data::tokenizer::Tok;
 
 /// Output format of `score`.
@@ -45,8 +45,15 @@ pub struct ScoreArgs {
     /// per line; in the table: an indented row per token.
     #[arg(long)]
     pub per_token: bool,
+    /// Add each word and its energy (surprisal, nats and bits), as minicons's word_score: a
+    /// byte-level BPE token that starts with a space opens a word, and with a char tokenizer every
+    /// space does (its energy counts toward the word it opens). In jsonl: `word_energies`, a list
+    /// of {"word", "tokens", "energy", "bits"}; in csv: one row per word
+    /// (line,word_index,word,tokens,energy,bits); in the table: an indented row per word.
+    #[arg(long, conflicts_with = "per_token")]
+    pub words: bool,
     /// Output format. jsonl objects have exactly the fields energy, tokens, energy_per_token,
-    /// perplexity, bits (and token_energies with --per-token); an empty line has 0 tokens, energy 0
+    /// perplexity, bits (and token_energies with --per-token, word_energies with --words); an empty line has 0 tokens, energy 0
     /// and null per-token figures.
     #[arg(long, value_enum, default_value_t = ScoreFormat::Table)]
     pub format: ScoreFormat,
@@ -78,6 +85,16 @@ struct Record {
     bits: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     token_energies: Option<Vec<TokenEnergy>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    word_energies: Option<Vec<WordEnergy>>,
+}
+
+/// What to add under each line: nothing, its tokens, or its words.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Detail {
+    Lines,
+    Tokens,
+    Words,
 }
 
 fn read_lines(args: &ScoreArgs) -> Result<Vec<String>> {
@@ -132,15 +149,20 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
     let shape = crate::ModelConfig { context: longest, ..loaded.model.config().clone() };
     memory::ensure_fits_on(loaded.model.device(), &format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), "lower --batch-size")?;
     let scored = score::score_ids(&loaded.model, &seqs, tok.bos(), &opts)?;
+    let detail = match (args.per_token, args.words) {
+        (true, _) => Detail::Tokens,
+        (false, true) => Detail::Words,
+        (false, false) => Detail::Lines,
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match args.format {
         ScoreFormat::Jsonl => {
             for s in &scored {
-                writeln!(out, "{}", serde_json::to_string(&record(s, tok, args.per_token))?)?;
+                writeln!(out, "{}", serde_json::to_string(&record(s, tok, detail)?)?)?;
             }
         }
-        ScoreFormat::Csv => write_csv(&mut out, &scored, tok, args.per_token)?,
-        ScoreFormat::Table => write_table(&mut out, &lines, &scored, tok, args.per_token)?,
+        ScoreFormat::Csv => write_csv(&mut out, &scored, tok, detail)?,
+        ScoreFormat::Table => write_table(&mut out, &lines, &scored, tok, detail)?,
     }
     out.flush()?;
     Ok(())
@@ -150,15 +172,16 @@ fn token_energies(s: &Scored, tok: &Tok) -> Vec<TokenEnergy> {
     s.ids.iter().zip(&s.energies).map(|(&id, &e)| TokenEnergy { token: tok.token_text(id), energy: e }).collect()
 }
 
-fn record(s: &Scored, tok: &Tok, per_token: bool) -> Record {
-    Record {
+fn record(s: &Scored, tok: &Tok, detail: Detail) -> Result<Record> {
+    Ok(Record {
         energy: s.energy(),
         tokens: s.tokens(),
         energy_per_token: s.energy_per_token(),
         perplexity: s.perplexity(),
         bits: s.bits(),
-        token_energies: per_token.then(|| token_energies(s, tok)),
-    }
+        token_energies: (detail == Detail::Tokens).then(|| token_energies(s, tok)),
+        word_energies: if detail == Detail::Words { Some(score::word_energies(s, tok)?) } else { None },
+    })
 }
 
 fn csv_field(s: &str) -> String {
@@ -173,8 +196,15 @@ fn opt(x: Option<f64>) -> String {
     x.map_or(String::new(), |v| format!("{v}"))
 }
 
-fn write_csv(out: &mut impl Write, scored: &[Scored], tok: &Tok, per_token: bool) -> Result<()> {
-    if per_token {
+fn write_csv(out: &mut impl Write, scored: &[Scored], tok: &Tok, detail: Detail) -> Result<()> {
+    if detail == Detail::Words {
+        writeln!(out, "line,word_index,word,tokens,energy,bits")?;
+        for (i, s) in scored.iter().enumerate() {
+            for (w, word) in score::word_energies(s, tok)?.iter().enumerate() {
+                writeln!(out, "{},{w},{},{},{},{}", i + 1, csv_field(&word.word), word.tokens, word.energy, word.bits)?;
+            }
+        }
+    } else if detail == Detail::Tokens {
         writeln!(out, "line,position,token,energy")?;
         for (i, s) in scored.iter().enumerate() {
             for (p, (&id, e)) in s.ids.iter().zip(&s.energies).enumerate() {
@@ -190,7 +220,7 @@ fn write_csv(out: &mut impl Write, scored: &[Scored], tok: &Tok, per_token: bool
     Ok(())
 }
 
-fn write_table(out: &mut impl Write, lines: &[String], scored: &[Scored], tok: &Tok, per_token: bool) -> Result<()> {
+fn write_table(out: &mut impl Write, lines: &[String], scored: &[Scored], tok: &Tok, detail: Detail) -> Result<()> {
     let f = |x: Option<f64>, w: usize| x.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.4}"));
     writeln!(out, "{:>6} {:>7} {:>12} {:>9} {:>10} {:>12}  text", "line", "tokens", "energy", "E/token", "perplexity", "bits")?;
     for (i, (s, line)) in scored.iter().zip(lines).enumerate() {
@@ -206,9 +236,14 @@ fn write_table(out: &mut impl Write, lines: &[String], scored: &[Scored], tok: &
             f(s.perplexity(), 10),
             s.bits()
         )?;
-        if per_token {
+        if detail == Detail::Tokens {
             for (&id, e) in s.ids.iter().zip(&s.energies) {
                 writeln!(out, "{:>14} {:>12.4}  {}", "", e, token_label(tok, id))?;
+            }
+        }
+        if detail == Detail::Words {
+            for w in score::word_energies(s, tok)? {
+                writeln!(out, "{:>14} {:>12.4}  {} ({:.3} bits)", "", w.energy, w.word, w.bits)?;
             }
         }
     }

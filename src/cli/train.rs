@@ -25,6 +25,11 @@ pub struct TrainArgs {
     /// restored. --steps may be raised; options that change the model may not.
     #[arg(long)]
     pub resume: bool,
+    /// Fine-tune the run directory DIR (trained here or imported) on --corpus: its weights and
+    /// tokenizer with a fresh optimizer and schedule (nanoGPT's init_from). Options that shape the
+    /// model or its tokenizer may not be given.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Replace a checkpoint already in --out instead of refusing.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
@@ -70,6 +75,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         options: file.overlay(&args.options),
         out: args.out.clone(),
         resume: args.resume,
+        init_from: args.init_from.clone(),
         overwrite: args.overwrite,
         progress: !args.no_progress,
         stop_after: args.stop_after,

@@ -37,6 +37,9 @@ pub struct Validation {
 /// `trained_hash` (what `state.json` recorded), since its tail would no longer be held out; a
 /// corpus named explicitly is the caller's choice and is not checked.
 pub fn validation_split(run: &RunConfig, tok: &Tok, trained_hash: Option<&str>, corpus: Option<&Path>) -> Result<Validation> {
+    if corpus.is_none() && run.imported_from.is_some() && run.train.init_from.is_none() {
+        bail!("the model was imported ({}) and has no training corpus here; name one with --corpus", run.imported_from.as_deref().unwrap_or_default());
+    }
     let path = corpus.unwrap_or(&run.train.corpus);
     let text = read_corpus(path)?;
     if corpus.is_none() {

@@ -15,10 +15,10 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, Vocab, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::config::TokenizerKind;
+use crate::config::{Start, TokenizerKind};
 
-/// The beginning-of-sequence token, present in every vocabulary.
-pub const BOS: &str = "<|bos|>";
+/// The beginning-of-sequence token, present in every vocabulary trained here.
+pub use crate::config::BOS;
 
 /// A tokenizer with its BOS id and, for the char kind, the set of known characters.
 #[derive(Clone)]
@@ -36,6 +36,17 @@ impl std::fmt::Debug for Tok {
     }
 }
 
+/// One token per character of `vocab`: a BPE model with no merges and a `Fuse` decoder.
+fn char_tokenizer(vocab: Vocab) -> Result<Tokenizer> {
+    let model = BPE::builder()
+        .vocab_and_merges(vocab, vec![])
+        .build()
+        .map_err(|e| anyhow!("building the char tokenizer: {e}"))?;
+    let mut inner = Tokenizer::new(model);
+    inner.with_decoder(Some(Fuse::new()));
+    Ok(inner)
+}
+
 impl Tok {
     /// A character tokenizer over the distinct characters of `text` (sorted, ids 0..n), BOS = n.
     pub fn train_char(text: &str) -> Result<Self> {
@@ -45,14 +56,19 @@ impl Tok {
         }
         let mut vocab: Vocab = chars.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
         vocab.insert(BOS.to_string(), chars.len() as u32);
-        let model = BPE::builder()
-            .vocab_and_merges(vocab, vec![])
-            .build()
-            .map_err(|e| anyhow!("building the char tokenizer: {e}"))?;
-        let mut inner = Tokenizer::new(model);
-        inner.with_decoder(Some(Fuse::new()));
+        let mut inner = char_tokenizer(vocab)?;
         inner.add_special_tokens(&[AddedToken::from(BOS, true)]);
         Self::from_tokenizer(inner)
+    }
+
+    /// A character tokenizer with the ids of `chars` (id i is `chars[i]`) and no BOS token: an
+    /// imported char vocabulary (nanoGPT's `meta.pkl`), whose sequences start as `start` says.
+    pub fn from_chars(chars: &[char], start: &Start) -> Result<Self> {
+        let vocab: Vocab = chars.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
+        if vocab.len() != chars.len() {
+            bail!("the character vocabulary lists a character twice");
+        }
+        Self::build(char_tokenizer(vocab)?, start)
     }
 
     /// Byte-level BPE with `vocab_size` tokens (BOS and the 256 byte tokens included), trained on `text`.
@@ -91,16 +107,39 @@ impl Tok {
         Self::from_json(&json).with_context(|| format!("parsing tokenizer {}", path.display()))
     }
 
-    /// Parse the JSON of a `tokenizer.json`.
+    /// Parse the JSON of a `tokenizer.json` whose sequences start with `<|bos|>`.
     pub fn from_json(json: &str) -> Result<Self> {
-        let inner: Tokenizer = json.parse().map_err(|e| anyhow!("{e}"))?;
-        Self::from_tokenizer(inner)
+        Self::from_json_with_start(json, &Start::default())
     }
 
-    fn from_tokenizer(mut inner: Tokenizer) -> Result<Self> {
+    /// Parse the JSON of a `tokenizer.json` for a model with the start convention `start`.
+    pub fn from_json_with_start(json: &str, start: &Start) -> Result<Self> {
+        let inner: Tokenizer = json.parse().map_err(|e| anyhow!("{e}"))?;
+        Self::from_tokenizer_with_start(inner, start)
+    }
+
+    /// A `tokenizers` tokenizer for a model with the start convention `start`.
+    pub fn from_tokenizer_with_start(inner: Tokenizer, start: &Start) -> Result<Self> {
+        Self::build(inner, start)
+    }
+
+    fn from_tokenizer(inner: Tokenizer) -> Result<Self> {
+        Self::build(inner, &Start::default())
+    }
+
+    fn build(mut inner: Tokenizer, start: &Start) -> Result<Self> {
         // A literal "<|bos|>" in text is text, not the BOS token: only `encode_with_bos` adds BOS.
         inner.set_encode_special_tokens(true);
-        let bos = inner.token_to_id(BOS).ok_or_else(|| anyhow!("the tokenizer has no {BOS} token"))?;
+        let bos = match start {
+            Start::Token(t) => inner.token_to_id(t).ok_or_else(|| anyhow!("the tokenizer has no {t} token"))?,
+            Start::Text(t) => {
+                let enc = inner.encode_fast(t.as_str(), false).map_err(|e| anyhow!("tokenizing the start text {t:?}: {e}"))?;
+                match enc.get_ids() {
+                    [id] => *id,
+                    ids => bail!("the start text {t:?} is {} tokens in this tokenizer; it must be exactly one", ids.len()),
+                }
+            }
+        };
         // Ids index the embedding: they must be exactly 0..n.
         let n = inner.get_vocab_size(true);
         if let Some((token, id)) = inner.get_vocab(true).into_iter().find(|(_, id)| *id as usize >= n) {
@@ -142,7 +181,8 @@ impl Tok {
         self.inner.get_vocab_size(true)
     }
 
-    /// The BOS id.
+    /// The id every sequence starts with: BOS for models trained here, the model's own start
+    /// token or text for imported ones ([`crate::config::Start`]).
     pub fn bos(&self) -> u32 {
         self.bos
     }

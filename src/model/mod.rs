@@ -2,7 +2,9 @@
 //!
 //! Token embedding (+ learned positions, or rotary phases on q and k), `n_layer` pre-LayerNorm blocks of causal multi-head
 //! self-attention and a GELU MLP, a final LayerNorm, and an LM head tied to the token embedding.
-//! Linear layers and LayerNorms have no bias (as nanoGPT with `bias=False`).
+//! Models trained here have no biases in Linear layers and LayerNorms (as nanoGPT with
+//! `bias=False`); imported GPT-2 and nanoGPT models may have biases, GPT-2's tanh GELU, their own
+//! LayerNorm epsilon and an untied head, all fields of [`ModelConfig`].
 //!
 //! Attention of head h at query i over keys j <= i:
 //!
@@ -27,45 +29,52 @@ pub mod rope;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
-use crate::config::{ModelConfig, Positions};
+use crate::config::{Activation, ModelConfig, Positions};
 use crate::kernels::{self, Kernels};
 use crate::model::rope::Rope;
 
-/// LayerNorm without bias, written out of differentiable primitives (candle's fused layer norm has
-/// no backward pass).
+/// LayerNorm (with a bias where the model has them), written out of differentiable primitives
+/// (candle's fused layer norm has no backward pass).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
+    bias: Option<Tensor>,
     eps: f64,
     kernels: Kernels,
 }
 
 impl LayerNorm {
-    pub const EPS: f64 = 1e-5;
-
-    pub fn new(dim: usize, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
-        Ok(Self { weight, eps: Self::EPS, kernels })
+    pub fn new(cfg: &ModelConfig, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(cfg.d_model, "weight", Init::Const(1.0))?;
+        let bias = if cfg.bias { Some(vb.get_with_hints(cfg.d_model, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Self { weight, bias, eps: cfg.ln_eps, kernels })
     }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.kernels.fused_for(x) {
-            return kernels::layer_norm::layer_norm(x, &self.weight, self.eps);
+        let scaled = if self.kernels.fused_for(x) {
+            kernels::layer_norm::layer_norm(x, &self.weight, self.eps)?
+        } else {
+            let mean = x.mean_keepdim(D::Minus1)?; // (..., 1)
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(D::Minus1)?; // biased variance, as torch
+            let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            normed.broadcast_mul(&self.weight)?
+        };
+        match &self.bias {
+            Some(b) => scaled.broadcast_add(b),
+            None => Ok(scaled),
         }
-        let mean = x.mean_keepdim(D::Minus1)?; // (..., 1)
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?; // biased variance, as torch
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)
     }
 }
 
-/// A bias-free linear layer initialised N(0, std).
-fn linear(d_in: usize, d_out: usize, std: f64, vb: VarBuilder) -> Result<Linear> {
+/// A linear layer with weight `(d_out, d_in)` initialised N(0, std) and, where the model has
+/// biases, a bias `(d_out,)` initialised to zero.
+fn linear(d_in: usize, d_out: usize, std: f64, cfg: &ModelConfig, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get_with_hints((d_out, d_in), "weight", Init::Randn { mean: 0.0, stdev: std })?;
-    Ok(Linear::new(weight, None))
+    let bias = if cfg.bias { Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?) } else { None };
+    Ok(Linear::new(weight, bias))
 }
 
 /// `lin(x)` for forward-only use with few rows (KV-cached generation): the parallel
@@ -78,7 +87,12 @@ fn linear_forward_only(lin: &Linear, x: &Tensor, kernels: Kernels) -> Result<Ten
     if kernels.fused_for(x) && rows <= kernels::matvec::MAX_ROWS {
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = lin.weight().dim(0)?;
-        return kernels::matvec::matvec(&x.reshape((rows, k))?, lin.weight())?.reshape(out_dims);
+        let y = kernels::matvec::matvec(&x.reshape((rows, k))?, lin.weight())?; // (rows, d_out)
+        let y = match lin.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        return y.reshape(out_dims);
     }
     lin.forward(x)
 }
@@ -94,22 +108,25 @@ fn residual_std(cfg: &ModelConfig, init_std: f64) -> f64 {
 pub struct Mlp {
     fc: Linear,
     proj: Linear,
+    activation: Activation,
     kernels: Kernels,
 }
 
 impl Mlp {
     pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
-        let fc = linear(d, 4 * d, init_std, vb.pp("fc"))?;
-        let proj = linear(4 * d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
-        Ok(Self { fc, proj, kernels })
+        let fc = linear(d, 4 * d, init_std, cfg, vb.pp("fc"))?;
+        let proj = linear(4 * d, d, residual_std(cfg, init_std), cfg, vb.pp("proj"))?;
+        Ok(Self { fc, proj, activation: cfg.activation, kernels })
     }
 
     fn gelu(&self, h: &Tensor) -> Result<Tensor> {
-        if self.kernels.fused_for(h) {
-            kernels::gelu::gelu(h)
-        } else {
-            h.gelu_erf() // exact (erf) GELU, as torch's default
+        match (self.activation, self.kernels.fused_for(h)) {
+            (Activation::GeluErf, true) => kernels::gelu::gelu(h),
+            (Activation::GeluErf, false) => h.gelu_erf(), // exact (erf) GELU, as torch's default
+            // candle's own one-pass op for the tanh approximation (it has a backward).
+            (Activation::GeluTanh, true) => h.gelu(),
+            (Activation::GeluTanh, false) => gelu_tanh(h),
         }
     }
 
@@ -125,6 +142,13 @@ impl Module for Mlp {
         let h = self.fc.forward(x)?; // (..., 4C)
         self.proj.forward(&self.gelu(&h)?)
     }
+}
+
+/// GPT-2's `gelu_new`, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), composed of primitives:
+/// the reference for the fused path's candle op.
+fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let inner = ((x + (x.powf(3.0)? * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
+    ((inner.tanh()? + 1.0)? * 0.5)?.mul(x)
 }
 
 /// Per-head Boltzmann statistics of one attention layer, for a batch of sequences.
@@ -164,8 +188,8 @@ pub struct Attention {
 impl Attention {
     pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
-        let qkv = linear(d, 3 * d, init_std, vb.pp("qkv"))?;
-        let proj = linear(d, d, residual_std(cfg, init_std), vb.pp("proj"))?;
+        let qkv = linear(d, 3 * d, init_std, cfg, vb.pp("qkv"))?;
+        let proj = linear(d, d, residual_std(cfg, init_std), cfg, vb.pp("proj"))?;
         let log_beta = vb.get_with_hints(cfg.n_head, "log_beta", Init::Const(-cfg.attn_temperature.ln()))?;
         let rope = match cfg.positions {
             Positions::Learned => None,
@@ -325,9 +349,9 @@ pub struct Block {
 impl Block {
     pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            ln1: LayerNorm::new(cfg.d_model, kernels, vb.pp("ln1"))?,
+            ln1: LayerNorm::new(cfg, kernels, vb.pp("ln1"))?,
             attn: Attention::new(cfg, init_std, kernels, vb.pp("attn"))?,
-            ln2: LayerNorm::new(cfg.d_model, kernels, vb.pp("ln2"))?,
+            ln2: LayerNorm::new(cfg, kernels, vb.pp("ln2"))?,
             mlp: Mlp::new(cfg, init_std, kernels, vb.pp("mlp"))?,
         })
     }
@@ -359,6 +383,8 @@ pub struct Gpt {
     pos_emb: Option<Tensor>,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
+    /// An untied LM head `(V, C)`; None when the head is the token embedding.
+    lm_head: Option<Tensor>,
     cfg: ModelConfig,
 }
 
@@ -380,8 +406,13 @@ impl Gpt {
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(cfg, init_std, kernels, vb.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = LayerNorm::new(cfg.d_model, kernels, vb.pp("ln_f"))?;
-        Ok(Self { tok_emb: Embedding::new(tok, cfg.d_model), pos_emb, blocks, ln_f, cfg: cfg.clone() })
+        let ln_f = LayerNorm::new(cfg, kernels, vb.pp("ln_f"))?;
+        let lm_head = if cfg.tied_head {
+            None
+        } else {
+            Some(vb.pp("lm_head").get_with_hints((cfg.vocab_size, cfg.d_model), "weight", normal)?)
+        };
+        Ok(Self { tok_emb: Embedding::new(tok, cfg.d_model), pos_emb, blocks, ln_f, lm_head, cfg: cfg.clone() })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -440,11 +471,12 @@ impl Gpt {
         Ok((x, mask))
     }
 
-    /// Tied LM head: `(B, T, C)` -> logits `(B, T, V)`.
+    /// LM head, the token embedding's transpose unless untied: `(B, T, C)` -> logits `(B, T, V)`.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let x = self.ln_f.forward(x)?.reshape((b * t, c))?; // (B*T, C)
-        x.matmul(&self.tok_emb.embeddings().t()?)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
+        let w = self.lm_head.as_ref().unwrap_or(self.tok_emb.embeddings()); // (V, C)
+        x.matmul(&w.t()?)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
     }
 
     /// Logits `(B, T, V)` of the next token at every position of `ids` `(B, T)`, T <= context.

@@ -46,12 +46,16 @@ impl Predictions {
     pub fn collect(model: &Gpt, batches: &[Batch]) -> Result<Self> {
         let vocab = model.config().vocab_size;
         let (mut logits, mut targets) = (Vec::new(), Vec::new());
+        let bar = crate::progress::bar(batches.len(), 0, true);
+        bar.set_message("predictions");
         for batch in batches {
+            bar.inc(1);
             let (_, t) = batch.targets.dims2()?;
             let z = model.forward(&batch.inputs)?.i((.., 1..t, ..))?.to_dtype(DType::F32)?; // (B, T-1, V)
             logits.extend(z.flatten_all()?.to_vec1::<f32>()?);
             targets.extend(batch.targets.i((.., 1..t))?.flatten_all()?.to_vec1::<u32>()?);
         }
+        bar.finish_and_clear();
         Self::new(logits, targets, vocab)
     }
 

@@ -217,10 +217,13 @@ impl<'a> Generator<'a> {
         opts.validate()?;
         let mut out = Generation { ids: Vec::new(), energies: Vec::new(), entropies: Vec::new() };
         for _ in 0..n {
-            // BOS marks the start of a sequence and is never text: it is not sampled.
+            // A start token (BOS) marks the start of a sequence and is never text: it is not
+            // sampled. A start that is text (nanoGPT's newline) is an ordinary token.
             let mut logits = self.logits()?.to_vec();
-            if let Some(l) = logits.get_mut(self.bos as usize) {
-                *l = f32::NEG_INFINITY;
+            if self.model.config().start.is_token() {
+                if let Some(l) = logits.get_mut(self.bos as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
             }
             let dist = sampling_distribution(&logits, opts);
             let id = draw(&dist, rng);

@@ -26,6 +26,51 @@ pub struct TextInspection {
     pub alpha: Vec<Vec<Vec<Vec<f64>>>>,
 }
 
+/// Which layers and heads to report (None: all of them), 0-based.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub layers: Option<Vec<usize>>,
+    pub heads: Option<Vec<usize>>,
+}
+
+impl Selection {
+    /// An error naming the first index the model does not have.
+    pub fn check(&self, n_layer: usize, n_head: usize) -> Result<()> {
+        for (flag, list, n, what) in [("--layers", &self.layers, n_layer, "layers"), ("--heads", &self.heads, n_head, "heads")] {
+            if let Some(bad) = list.iter().flatten().find(|&&i| i >= n) {
+                bail!("{flag} {bad} names no such index: the model has {what} 0..={}", n - 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether head `head` of layer `layer` is selected.
+    pub fn keeps(&self, layer: usize, head: usize) -> bool {
+        self.layers.as_ref().is_none_or(|l| l.contains(&layer)) && self.heads.as_ref().is_none_or(|h| h.contains(&head))
+    }
+}
+
+impl TextInspection {
+    /// Keep only the selected heads (their order in the model kept): the table, the JSON and the
+    /// attention maps then show just those.
+    pub fn select(&mut self, sel: &Selection) {
+        self.heads.retain(|h| sel.keeps(h.layer, h.head));
+        self.alpha = std::mem::take(&mut self.alpha)
+            .into_iter()
+            .enumerate()
+            .map(|(l, heads)| heads.into_iter().enumerate().filter(|(h, _)| sel.keeps(l, *h)).map(|(_, a)| a).collect::<Vec<_>>())
+            .filter(|heads| !heads.is_empty())
+            .collect();
+    }
+}
+
+/// Windows per forward pass that keep the per-head statistics of one pass (weights, energies and
+/// their temporaries, `(B, H, T, T)` per layer) within about 1 GiB, at most `cap`.
+pub fn stats_windows_per_pass(cfg: &crate::config::ModelConfig, cap: usize) -> usize {
+    let per_window = 16u128 * cfg.n_layer as u128 * cfg.n_head as u128 * (cfg.context as u128).pow(2);
+    ((1u128 << 30) / per_window.max(1)).clamp(1, cap.max(1) as u128) as usize
+}
+
 /// A token as a short printable label: whitespace made visible.
 pub fn token_label(tok: &Tok, id: u32) -> String {
     if id == tok.bos() {
@@ -93,7 +138,9 @@ pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64]) -> Result<Vec
     if batches.is_empty() {
         bail!("the sweep needs at least one window of text");
     }
-    temperatures
+    let bar = crate::progress::bar(temperatures.len() * batches.len(), 0, true);
+    bar.set_message("sweep");
+    let points = temperatures
         .iter()
         .map(|&t| {
             let mut m = model.clone();
@@ -101,6 +148,7 @@ pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64]) -> Result<Vec
             let (mut e_sum, mut e_n) = (0.0, 0usize);
             let (mut h, mut hn, mut c, mut rows, mut hnorm_rows) = (0.0, 0.0, 0.0, 0usize, 0usize);
             for batch in batches {
+                bar.inc(1);
                 let (b, len) = batch.targets.dims2()?;
                 let (logits, stats) = m.forward_with_stats(&batch.inputs)?;
                 let energies = loss::token_energies(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?.reshape((b, len))?;
@@ -128,7 +176,9 @@ pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64]) -> Result<Vec
                 heat_capacity: c / rows as f64,
             })
         })
-        .collect()
+        .collect();
+    bar.finish_and_clear();
+    points
 }
 
 /// How far one head looks: its mean score and attention weight against the relative distance

@@ -153,3 +153,42 @@ pub fn score_ids(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions) 
     }
     Ok(out)
 }
+
+/// One word of a scored sequence and its energy (surprisal) -ln p(word | context), the sum of
+/// its tokens' energies.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WordEnergy {
+    /// The word's text, without the space that opens it.
+    pub word: String,
+    /// Tokens it spans.
+    pub tokens: usize,
+    /// Nats.
+    pub energy: f64,
+    /// The same in bits.
+    pub bits: f64,
+}
+
+/// Group a scored sequence's tokens into words, as minicons's `word_score` does: with byte-level
+/// BPE a token that starts with a space (or the first token) opens a word; with a char tokenizer
+/// every space opens one. A space's energy goes to the word it opens, so the word energies add
+/// up to the sequence energy.
+pub fn word_energies(s: &Scored, tok: &crate::data::tokenizer::Tok) -> Result<Vec<WordEnergy>> {
+    let mut groups: Vec<(Vec<u32>, f64)> = Vec::new();
+    for (&id, &e) in s.ids.iter().zip(&s.energies) {
+        let text = tok.token_text(id);
+        // Byte-level BPE spells a leading space as 'Ġ' in its vocabulary.
+        let opens = groups.is_empty() || text.starts_with(char::is_whitespace) || tok.token_str(id).is_some_and(|t| t.starts_with('\u{120}'));
+        if opens {
+            groups.push((Vec::new(), 0.0));
+        }
+        let g = groups.last_mut().expect("a group was opened");
+        g.0.push(id);
+        g.1 += e;
+    }
+    groups
+        .into_iter()
+        .map(|(ids, energy)| {
+            Ok(WordEnergy { word: tok.decode(&ids)?.trim_start().to_string(), tokens: ids.len(), energy, bits: energy / std::f64::consts::LN_2 })
+        })
+        .collect()
+}

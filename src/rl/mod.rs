@@ -188,9 +188,12 @@ impl RlConfig {
 
 /// Additive logit mask `(V,)` that removes BOS from the policy: a large negative number rather
 /// than -inf, so that p ln p stays 0 at BOS.
-fn bos_mask(vocab: usize, bos: u32, dev: &Device) -> Result<Tensor> {
+/// (Zero everywhere where the start is text, which the policy may produce.)
+fn bos_mask(model: &Gpt, vocab: usize, bos: u32, dev: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; vocab];
-    m[bos as usize] = -1e9;
+    if model.config().start.is_token() {
+        m[bos as usize] = -1e9;
+    }
     Ok(Tensor::from_vec(m, vocab, dev)?)
 }
 
@@ -210,7 +213,9 @@ pub fn sample_batch(model: &Gpt, bos: u32, prompt: &[u32], b: usize, tokens: usi
         let mut next = Vec::with_capacity(b);
         for (row, seq) in rows.into_iter().zip(out.iter_mut()) {
             let mut row = row;
-            row[bos as usize] = f32::NEG_INFINITY;
+            if model.config().start.is_token() {
+                row[bos as usize] = f32::NEG_INFINITY;
+            }
             let id = generate::sample_token(&row, opts, rng) as u32;
             seq.push(id);
             next.push(id);
@@ -238,7 +243,7 @@ pub fn continuation_logprobs(model: &Gpt, bos: u32, prompt: &[u32], conts: &[Vec
     let inputs = Tensor::from_vec(inputs, (b, p + t), dev)?;
     let logits = model.forward(&inputs)?.narrow(1, p, t)?; // the positions that predict the continuation: (B, T, V)
     let vocab = logits.dim(2)?;
-    let logits = logits.broadcast_add(&bos_mask(vocab, bos, dev)?.to_dtype(logits.dtype())?)?;
+    let logits = logits.broadcast_add(&bos_mask(model, vocab, bos, dev)?.to_dtype(logits.dtype())?)?;
     let logp_all = candle_nn::ops::log_softmax(&logits, D::Minus1)?; // (B, T, V)
     let targets = Tensor::from_vec(conts.concat(), (b, t, 1), dev)?;
     let logp = logp_all.gather(&targets, 2)?.squeeze(2)?; // (B, T)

@@ -39,6 +39,8 @@ pub struct TrainRequest {
     pub out: PathBuf,
     /// Continue the checkpoint in `out`.
     pub resume: bool,
+    /// Fine-tune this run directory (trained here or imported) instead of initialising afresh.
+    pub init_from: Option<PathBuf>,
     /// Replace a checkpoint already in `out`.
     pub overwrite: bool,
     /// Draw a progress bar on stderr (it is hidden anyway when stderr is not a terminal).
@@ -178,8 +180,51 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
         val_ce: None,
         corpus_hash: checkpoint::corpus_hash(&text),
     };
-    let run = RunConfig { format_version: FORMAT_VERSION, model: model_cfg, train };
+    let run = RunConfig { format_version: FORMAT_VERSION, model: model_cfg, train, imported_from: None };
     Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, splits, resumed: false })
+}
+
+/// A fine-tuning run: the weights and tokenizer of `source`, a fresh optimizer and schedule, on
+/// the corpus of `req` (nanoGPT's `init_from`).
+fn fine_tune(req: &TrainRequest, source: &std::path::Path, dev: &Device) -> Result<Setup> {
+    checkpoint::check_writable(&req.out, req.overwrite, "--overwrite to replace it")?;
+    if source.canonicalize().ok().is_some_and(|s| req.out.canonicalize().ok() == Some(s)) {
+        return Err(UsageError(format!("--init-from and --out both name {}; fine-tune into another directory", source.display())).into());
+    }
+    let mut shaping = req.options.model_options_set();
+    if req.options.tokenizer.is_some() {
+        shaping.push("--tokenizer".into());
+    }
+    if req.options.vocab_size.is_some() {
+        shaping.push("--vocab-size".into());
+    }
+    if !shaping.is_empty() {
+        return Err(UsageError(format!("--init-from takes the model and its tokenizer from {}; drop {}", source.display(), shaping.join(", "))).into());
+    }
+    let src = checkpoint::load_source(source, dev)?;
+    let mut train = req.options.train_config();
+    train.tokenizer = src.tokenizer.kind();
+    train.init_from = Some(source.to_path_buf());
+    train.validate()?;
+    memory::ensure_training_fits(dev, &src.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
+    let text = data::read_corpus(&train.corpus)?;
+    let splits = Splits::new(&text, &src.tokenizer, train.val_fraction, src.config.model.context, &train.corpus.display().to_string())?;
+    let optimizer = match train.optimizer {
+        OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(src.params.trainable(), adamw_config(&train), src.model.kernels())?),
+        OptimizerKind::Sgld => Optimizer::Sgld(Sgld::new(src.params.trainable(), sgld_config(&train))),
+    };
+    let batch_rng = rng(train.seed, RngStream::Batches);
+    let state = TrainState {
+        step: 0,
+        rng_seed: train.seed,
+        rng_word_pos: batch_rng.get_word_pos().to_string(),
+        tokens_seen: 0,
+        elapsed_secs: 0.0,
+        val_ce: None,
+        corpus_hash: checkpoint::corpus_hash(&text),
+    };
+    let run = RunConfig { format_version: FORMAT_VERSION, model: src.config.model, train, imported_from: src.config.imported_from };
+    Ok(Setup { run, tok: src.tokenizer, params: src.params, model: src.model, optimizer, state, batch_rng, splits, resumed: false })
 }
 
 fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
@@ -225,7 +270,7 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     let pos: u128 = saved.state.rng_word_pos.parse().context("state.json: rng_word_pos is not a number")?;
     batch_rng.set_word_pos(pos);
     truncate_metrics(&req.out, done)?;
-    let run = RunConfig { format_version: FORMAT_VERSION, model: saved.config.model, train };
+    let run = RunConfig { format_version: FORMAT_VERSION, model: saved.config.model, train, imported_from: saved.config.imported_from };
     Ok(Setup {
         run,
         tok: saved.tokenizer,
@@ -251,7 +296,11 @@ fn sgld_config(t: &TrainConfig) -> SgldConfig {
 /// Train (or continue training) a model and checkpoint it into `req.out`.
 pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let session_start = Instant::now();
-    let mut s = if req.resume { resumed(req, dev)? } else { fresh(req, dev)? };
+    let mut s = match (&req.init_from, req.resume) {
+        (_, true) => resumed(req, dev)?,
+        (Some(source), false) => fine_tune(req, source, dev)?,
+        (None, false) => fresh(req, dev)?,
+    };
     let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
     let splits = std::mem::replace(&mut s.splits, Splits { train: Vec::new(), val: Vec::new() });
     let evals = data::tiled_batches(&splits.val, Some(cfg.eval_batches.saturating_mul(cfg.batch_size)), cfg.batch_size, context, bos, dev)?;

@@ -112,7 +112,7 @@ pub fn small_run_options(corpus: &Path, steps: usize) -> TrainOptions {
 
 /// A quiet training request into `out`.
 pub fn train_request(options: TrainOptions, out: &Path, resume: bool) -> TrainRequest {
-    TrainRequest { options, out: out.to_path_buf(), resume, overwrite: false, progress: false, stop_after: None }
+    TrainRequest { options, out: out.to_path_buf(), resume, init_from: None, overwrite: false, progress: false, stop_after: None }
 }
 
 /// A decoded PNG: width, height and its pixels as RGB.
