@@ -214,3 +214,22 @@ fn matvec_matches_matmul() {
     }
     assert!(kernels::matvec::matvec(&randn(&[5, 8], 1.0, 0), &randn(&[3, 8], 1.0, 0)).is_err(), "at most 4 rows");
 }
+
+#[test]
+fn fused_model_matches_composed_with_gpt2s_biases_tanh_gelu_and_untied_head() {
+    // What imported GPT-2 models run: every Linear and LayerNorm with a bias, the tanh GELU, an
+    // LM head of its own and another LayerNorm epsilon, on both paths, gradients included.
+    let cfg = ModelConfig {
+        context: 19,
+        n_layer: 2,
+        n_head: 3,
+        d_model: 48,
+        learn_temperature: true,
+        bias: true,
+        activation: thermoformer::config::Activation::GeluTanh,
+        tied_head: false,
+        ln_eps: 1e-6,
+        ..ModelConfig::nano_cpu(37)
+    };
+    compare_model(&cfg, 3, 0.1, 1e-5);
+}

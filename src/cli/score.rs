@@ -68,6 +68,10 @@ pub struct ScoreArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = ScoreOptions::DEFAULT.batch_size)]
     pub batch_size: usize,
+    /// After the report, print to stderr the tokens scored, the seconds the scoring took (loading
+    /// the model and tokenizing excluded) and tokens/s.
+    #[arg(long)]
+    pub show_speed: bool,
 }
 
 #[derive(Serialize)]
@@ -148,7 +152,9 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
     let batch = args.batch_size.min(windows.max(1));
     let shape = crate::ModelConfig { context: longest, ..loaded.model.config().clone() };
     memory::ensure_fits_on(loaded.model.device(), &format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), "lower --batch-size")?;
+    let started = std::time::Instant::now();
     let scored = score::score_ids(&loaded.model, &seqs, tok.bos(), &opts)?;
+    let secs = started.elapsed().as_secs_f64();
     let detail = match (args.per_token, args.words) {
         (true, _) => Detail::Tokens,
         (false, true) => Detail::Words,
@@ -165,6 +171,10 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
         ScoreFormat::Table => write_table(&mut out, &lines, &scored, tok, detail)?,
     }
     out.flush()?;
+    if args.show_speed {
+        let tokens: usize = scored.iter().map(Scored::tokens).sum();
+        crate::progress::note(format!("scored {tokens} tokens in {secs:.3} s: {:.1} tokens/s", tokens as f64 / secs.max(1e-9)));
+    }
     Ok(())
 }
 

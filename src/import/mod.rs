@@ -139,7 +139,7 @@ pub fn to_thermoformer(cfg: &ModelConfig, mut w: HashMap<String, Tensor>) -> Res
         for (theirs, ours, weight_shape) in &layers {
             let (src, dst) = (format!("h.{l}.{theirs}"), format!("blocks.{l}.{ours}"));
             let bias_len = weight_shape[0];
-            out.insert(format!("{dst}.weight"), take(&mut w, &format!("{src}.weight"), &weight_shape)?);
+            out.insert(format!("{dst}.weight"), take(&mut w, &format!("{src}.weight"), weight_shape)?);
             if cfg.bias {
                 out.insert(format!("{dst}.bias"), take(&mut w, &format!("{src}.bias"), &[bias_len])?);
             }

@@ -1,5 +1,6 @@
 //! Fused exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, and its derivative
-//! Phi(x) + x phi(x), with a vectorisable erf.
+//! Phi(x) + x phi(x), with a vectorisable erf; and GPT-2's tanh approximation
+//! 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), with its derivative.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -7,7 +8,40 @@ use super::{f32_slice, parallel_for, simd, SendPtr};
 
 /// GELU of every element of `x`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Gelu)
+    x.contiguous()?.apply_op1(Gelu { tanh: false })
+}
+
+/// GPT-2's tanh-approximated GELU (`gelu_new`) of every element of `x`.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu { tanh: true })
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// sigmoid(2u) of the tanh approximation at x, and du/dx.
+#[inline(always)]
+fn tanh_parts(x: f32) -> (f32, f32) {
+    let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
+    let s = 1.0 / (1.0 + simd::exp(-2.0 * u)); // exp overflows to inf for very negative u: s = 0
+    (s, SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x))
+}
+
+simd::dispatch! {
+    fn forward_tanh_chunk(x: &[f32], y: &mut [f32]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = v * tanh_parts(v).0;
+        }
+    }
+}
+
+simd::dispatch! {
+    fn backward_tanh_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let (s, du) = tanh_parts(v);
+            *o = g * (s + v * 2.0 * s * (1.0 - s) * du);
+        }
+    }
 }
 
 /// Elements per parallel work item.
@@ -62,27 +96,40 @@ fn map_chunks(n: usize, out: &mut [f32], f: impl Fn(std::ops::Range<usize>, &mut
     });
 }
 
-struct Gelu;
+/// The exact GELU, or with `tanh` GPT-2's approximation.
+struct Gelu {
+    tanh: bool,
+}
 
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
-        "gelu"
+        if self.tanh {
+            "gelu-tanh"
+        } else {
+            "gelu"
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
-        map_chunks(x.len(), &mut y, |r, dst| forward_chunk(&x[r], dst));
+        if self.tanh {
+            map_chunks(x.len(), &mut y, |r, dst| forward_tanh_chunk(&x[r], dst));
+        } else {
+            map_chunks(x.len(), &mut y, |r, dst| forward_chunk(&x[r], dst));
+        }
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?))
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward { tanh: self.tanh })?))
     }
 }
 
 /// (x, dy) -> dx.
-struct GeluBackward;
+struct GeluBackward {
+    tanh: bool,
+}
 
 impl CustomOp2 for GeluBackward {
     fn name(&self) -> &'static str {
@@ -93,7 +140,11 @@ impl CustomOp2 for GeluBackward {
         let x = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
         let mut dx = vec![0f32; x.len()];
-        map_chunks(x.len(), &mut dx, |r, dst| backward_chunk(&x[r.clone()], &dy[r], dst));
+        if self.tanh {
+            map_chunks(x.len(), &mut dx, |r, dst| backward_tanh_chunk(&x[r.clone()], &dy[r], dst));
+        } else {
+            map_chunks(x.len(), &mut dx, |r, dst| backward_chunk(&x[r.clone()], &dy[r], dst));
+        }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -124,8 +124,7 @@ impl Mlp {
         match (self.activation, self.kernels.fused_for(h)) {
             (Activation::GeluErf, true) => kernels::gelu::gelu(h),
             (Activation::GeluErf, false) => h.gelu_erf(), // exact (erf) GELU, as torch's default
-            // candle's own one-pass op for the tanh approximation (it has a backward).
-            (Activation::GeluTanh, true) => h.gelu(),
+            (Activation::GeluTanh, true) => kernels::gelu::gelu_tanh(h),
             (Activation::GeluTanh, false) => gelu_tanh(h),
         }
     }
@@ -145,7 +144,7 @@ impl Module for Mlp {
 }
 
 /// GPT-2's `gelu_new`, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), composed of primitives:
-/// the reference for the fused path's candle op.
+/// the reference for the fused kernel.
 fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     let inner = ((x + (x.powf(3.0)? * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
     ((inner.tanh()? + 1.0)? * 0.5)?.mul(x)
@@ -471,12 +470,27 @@ impl Gpt {
         Ok((x, mask))
     }
 
+    /// The LM head's weight `(V, C)`: its own, or the token embedding.
+    fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(self.tok_emb.embeddings())
+    }
+
+    /// [`Gpt::head`] for the few rows of KV-cached generation, through the matrix-vector kernel
+    /// where it applies (the head is the largest matrix of a GPT-2-sized model).
+    fn head_cached(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        if self.kernels().fused_for(x) && b * t <= kernels::matvec::MAX_ROWS {
+            let x = self.ln_f.forward(x)?.reshape((b * t, c))?; // (B*T, C)
+            return kernels::matvec::matvec(&x, self.head_weight())?.reshape((b, t, self.cfg.vocab_size));
+        }
+        self.head(x)
+    }
+
     /// LM head, the token embedding's transpose unless untied: `(B, T, C)` -> logits `(B, T, V)`.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let x = self.ln_f.forward(x)?.reshape((b * t, c))?; // (B*T, C)
-        let w = self.lm_head.as_ref().unwrap_or(self.tok_emb.embeddings()); // (V, C)
-        x.matmul(&w.t()?)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
+        x.matmul(&self.head_weight().t()?)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
     }
 
     /// Logits `(B, T, V)` of the next token at every position of `ids` `(B, T)`, T <= context.
@@ -520,7 +534,7 @@ impl Gpt {
             x = block.forward_cached(&x, mask.as_ref(), kv)?;
         }
         cache.len = past + t;
-        self.head(&x)
+        self.head_cached(&x)
     }
 
     /// T_h of every head, `[layer][head]`.

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""thermoformer against Hugging Face transformers on the GPT-2-small shape (124M parameters), in
+one run on one machine: scoring tokens/s, KV-cached generation tokens/s, peak RSS.
+
+    pip install torch transformers tokenizers
+    cargo build --release
+    python3 scripts/bench_vs_transformers.py [--threads 2] [--batches 4] [--new-tokens 64]
+
+Random weights in GPT-2's config (speed does not depend on them; none can be downloaded here)
+are saved with save_pretrained and imported with `thermoformer import`, so both sides run the
+same weights. The tokenizer is a byte-level BPE trained on the shipped corpus with GPT-2's
+<|endoftext|>; the embedding keeps GPT-2's 50257 rows, so the logits are GPT-2's size.
+
+Scoring: batches of 8 sequences x 128 positions (<|endoftext|> + 127 tokens of the corpus), the
+same ids on both sides: transformers runs GPT2LMHeadModel forward + log_softmax + gather under
+torch.no_grad(), in float32 and under bf16 autocast (PyTorch's fastest CPU mode on chips with
+bf16 instructions); thermoformer runs `score --batch-size 8 --show-speed`, whose time excludes
+loading and tokenizing. Generation: batch 1, a short prompt, --new-tokens sampled tokens with the
+KV cache (transformers' generate(do_sample=True, top_k=0), thermoformer's `generate
+--show-energy`). Peak RSS is each process's own (Python's includes torch itself).
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "thermoformer")
+CORPUS = os.path.join(ROOT, "data", "tinyshakespeare.txt")
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+        fam = [l for l in open("/proc/cpuinfo") if l.startswith(("cpu family", "model\t"))][:2]
+        return name + " (" + ", ".join(l.split(":")[0].strip() + " " + l.split(":")[1].strip() for l in fam) + ")"
+    except OSError:
+        return platform.processor() or "unknown CPU"
+
+
+def hf_child(args, model_dir, lines_ids, prompt_ids):
+    """Measure transformers in this (child) process and print one JSON line."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    torch.set_num_threads(args.threads)
+    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    eot = model.config.bos_token_id
+    batches = [lines_ids[i : i + 8] for i in range(0, len(lines_ids), 8)]
+    out = {}
+    modes = ["float32"] + (["bf16-autocast"] if args.bf16 else [])
+    for mode in modes:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if mode != "float32" else torch.autocast("cpu", enabled=False)
+        times = []
+        for rep in range(2):  # the first is warm-up
+            t0 = time.perf_counter()
+            with torch.no_grad(), ctx:
+                for b in batches:
+                    x = torch.tensor([[eot] + ids[:-1] for ids in b])
+                    y = torch.tensor(b)
+                    logp = torch.log_softmax(model(x).logits.float(), -1)
+                    logp.gather(-1, y.unsqueeze(-1)).sum().item()
+            times.append(time.perf_counter() - t0)
+        out[f"score_{mode}"] = sum(len(b) * len(b[0]) for b in batches) / times[-1]
+        print(f"transformers score {mode}: {out[f'score_{mode}']:.1f} tokens/s", file=sys.stderr, flush=True)
+    torch.manual_seed(0)
+    x = torch.tensor([[eot] + prompt_ids])
+    with torch.no_grad():
+        model.generate(x, max_new_tokens=4, do_sample=True, top_k=0, pad_token_id=eot)  # warm-up
+        t0 = time.perf_counter()
+        g = model.generate(x, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True, top_k=0, pad_token_id=eot)
+        dt = time.perf_counter() - t0
+    out["generate_float32"] = (g.shape[1] - x.shape[1]) / dt
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def run(cmd, env):
+    """Run cmd; its (stdout, stderr), or exit with its error."""
+    p = subprocess.run(cmd, capture_output=True, env=env, text=True)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr}")
+    return p.stdout, p.stderr
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=4, help="scoring batches of 8 x 128")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="also time transformers under bf16 autocast: auto = where the CPU has bf16 instructions (avx512_bf16 or amx_bf16); without them torch emulates bf16 and takes many minutes")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    args.bf16 = args.bf16 == "on" or (args.bf16 == "auto" and ("avx512_bf16" in flags or "amx_bf16" in flags))
+    if args.child:
+        data = json.load(open(args.child[1]))
+        return hf_child(args, args.child[0], data["lines"], data["prompt"])
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    work = tempfile.mkdtemp(prefix="tf-bench-")
+    text = open(CORPUS, encoding="utf-8").read()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(text.splitlines(keepends=True), trainer)
+    eot = tok.token_to_id("<|endoftext|>")
+    model_dir = os.path.join(work, "hf")
+    cfg = GPT2Config(bos_token_id=eot, eos_token_id=eot)  # GPT-2 small: 12 x 12 x 768, 1024, 50257
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(model_dir, safe_serialization=True)
+    tok.save(os.path.join(model_dir, "tokenizer.json"))
+    run_dir = os.path.join(work, "run")
+    subprocess.run([BIN, "import", model_dir, "--out", run_dir], check=True, stdout=subprocess.DEVNULL)
+
+    # Lines of exactly 127 tokens that re-tokenize to the same ids, one per scored window.
+    ids = tok.encode(" ".join(text[:400_000].split())).ids  # one line of prose: no newlines inside a window
+    lines, pos = [], 0
+    while len(lines) < 8 * args.batches:
+        chunk = ids[pos : pos + 127]
+        pos += 127
+        s = tok.decode(chunk)
+        if len(chunk) == 127 and tok.encode(s).ids == chunk:
+            lines.append((s, chunk))
+    with open(os.path.join(work, "lines.txt"), "w") as f:
+        f.write("\n".join(s for s, _ in lines) + "\n")
+    prompt = "ROMEO:"
+    json.dump({"lines": [c for _, c in lines], "prompt": tok.encode(prompt).ids}, open(os.path.join(work, "ids.json"), "w"))
+
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    child = [sys.executable, __file__, "--threads", str(args.threads), "--new-tokens", str(args.new_tokens), "--bf16", "on" if args.bf16 else "off"]
+    hf_out, _ = run(child + ["--child", model_dir, os.path.join(work, "ids.json")], env)
+    hf = json.loads(hf_out.strip().splitlines()[-1])
+
+    score_cmd = [BIN, "score", os.path.join(work, "lines.txt"), "--checkpoint", run_dir, "--batch-size", "8", "--format", "jsonl", "--show-speed"]
+    run(score_cmd, env)  # warm the page cache
+    _, err = run(score_cmd, env)
+    tf_score = float(re.search(r"([0-9.]+) tokens/s", err).group(1))
+    gen_cmd = [BIN, "generate", "--checkpoint", run_dir, "--prompt", prompt, "--tokens", str(args.new_tokens), "--show-energy", "--seed", "1"]
+    # Peak RSS of a fresh process: measured in a child of its own.
+    rss_script = "import resource,subprocess,sys; subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE,check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024)"
+    _, err = run(gen_cmd, env)
+    tf_gen = float(re.search(r"([0-9.]+) tokens/s", err).group(1))
+    tf_rss = max(float(run([sys.executable, "-c", rss_script] + c, env)[0]) for c in [score_cmd, gen_cmd])
+
+    print(json.dumps({"transformers": hf, "thermoformer": {"score": tf_score, "generate": tf_gen, "peak_rss_mib": tf_rss}}))
+    print(f"CPU: {cpu_model()}, {args.threads} threads; GPT-2 small shape (random weights), torch {torch.__version__}")
+    print(f"{'':34} {'transformers':>14} {'thermoformer':>14} {'ratio':>7}")
+    rows = [("score tok/s, 8 x 128 (float32)", hf["score_float32"], tf_score)]
+    if "score_bf16-autocast" in hf:
+        rows.append(("score tok/s vs bf16 autocast", hf["score_bf16-autocast"], tf_score))
+    else:
+        print("(transformers' bf16 autocast not timed: this CPU has no bf16 instructions; --bf16 on forces it)")
+    rows.append((f"generate tok/s, batch 1, {args.new_tokens} new", hf["generate_float32"], tf_gen))
+    for name, a, b in rows:
+        print(f"{name:34} {a:>14.1f} {b:>14.1f} {b / a:>6.2f}x")
+    print(f"{'peak RSS MiB (lower is better)':34} {hf['peak_rss_mib']:>14.0f} {tf_rss:>14.0f} {hf['peak_rss_mib'] / tf_rss:>6.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
