@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::UsageError;
 
 /// Version of the checkpoint layout. Bump it when a change would make old run directories load
-/// wrongly; loaders refuse a newer version with a hint to upgrade.
-pub const FORMAT_VERSION: u32 = 1;
+/// wrongly; loaders refuse a newer version with a hint to upgrade. Version 2 added the model
+/// fields of imported architectures (`bias`, `activation`, `ln_eps`, `tied_head`, `start`) and
+/// `imported_from`; a version-1 directory reads with their defaults, which are what it was.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The position encoding `train` uses unless told otherwise: rotary phases, which won on the
 /// shakespeare recipe (docs/results.md has the runs). Learned positions remain

@@ -3,7 +3,8 @@
 //!
 //! Data flows one way, and the folders follow it: corpus -> [`data`] (the tokenizer, splits,
 //! batches) -> [`model`] (the network, its parameters, the loss) -> [`train`] (the loop and its
-//! optimizers) -> [`checkpoint`] (the run directory) -> [`physics`] (scoring, sampling and reading
+//! optimizers) -> [`checkpoint`] (the run directory, which [`import`] also writes from nanoGPT
+//! and GPT-2 models) -> [`physics`] (scoring, sampling and reading
 //! a model: score, generate, inspect, thermo, calibrate, Langevin, Nadaraya-Watson) and [`rl`]
 //! (fine-tuning toward a reward). [`kernels`] holds the fused CPU kernels the model runs on;
 //! [`cli`] parses the command line on top of all of it. Below [`cli`], only the option types
