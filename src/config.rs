@@ -124,6 +124,11 @@ pub struct ModelConfig {
     /// real token and is never scored.
     #[serde(default)]
     pub start: Start,
+    /// Ids from this one up to `vocab_size` are padding of an imported embedding (nanoGPT pads
+    /// GPT-2's 50257 to 50304): the tokenizer never produces them and sampling never draws them.
+    /// None: every id is a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_vocab_size: Option<usize>,
 }
 
 fn default_ln_eps() -> f64 {
@@ -183,6 +188,15 @@ impl Start {
 }
 
 impl ModelConfig {
+    /// Ids sampling must never draw: the start token (not text) and any padding rows.
+    pub fn unsampled(&self, start: u32) -> Vec<u32> {
+        let mut ids: Vec<u32> = if self.start.is_token() { vec![start] } else { Vec::new() };
+        if let Some(real) = self.real_vocab_size {
+            ids.extend(real as u32..self.vocab_size as u32);
+        }
+        ids
+    }
+
     /// nanoGPT's CPU recipe shape (4 layers, 4 heads, 128 wide, context 64), for a given vocabulary.
     pub fn nano_cpu(vocab_size: usize) -> Self {
         Self {
@@ -199,6 +213,7 @@ impl ModelConfig {
             ln_eps: default_ln_eps(),
             tied_head: true,
             start: Start::default(),
+            real_vocab_size: None,
         }
     }
 

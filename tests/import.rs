@@ -46,7 +46,8 @@ fn assert_matches(run: &Path, e: &Expected) {
     }
     for kernels in [Kernels::Fused, Kernels::Composed] {
         loaded.model.set_kernels(kernels);
-        for (logits, ids) in e.logits.iter().zip(&e.ids) {
+        assert!(!e.logits.is_empty() && e.ids.len() == e.energies.len() && e.ids.len() == e.lines.len());
+    for (logits, ids) in e.logits.iter().zip(&e.ids) {
             let input: Vec<u32> = std::iter::once(e.start).chain(ids.iter().copied()).collect();
             let x = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
             let got = loaded.model.forward(&x).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
@@ -59,6 +60,7 @@ fn assert_matches(run: &Path, e: &Expected) {
         }
         let scored = score::score_ids(&loaded.model, &e.ids, tok.bos(), &ScoreOptions::default()).unwrap();
         for (s, want) in scored.iter().zip(&e.energies) {
+            assert_eq!(s.energies.len(), want.len());
             for (t, (g, w)) in s.energies.iter().zip(want).enumerate() {
                 assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{kernels:?}: energy of token {t}: {g} against {w}");
             }
@@ -100,6 +102,42 @@ fn nanogpt_without_bias_and_with_a_padded_vocabulary_matches_a_float64_reference
     let r = import_fixture(&fixture("nanogpt-nobias/ckpt.pt"), Some(fixture("meta.pkl")), &tmp.path().join("run"));
     assert!(!r.bias && r.vocab_size == 72 && r.tokenizer_vocab_size == 65, "{r:?}");
     assert_matches(&tmp.path().join("run"), &expected("nanogpt-nobias"));
+}
+
+#[test]
+fn cached_generation_matches_the_full_pass_with_biases_and_an_untied_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    import_fixture(&fixture("gpt2-untied"), None, &tmp.path().join("run"));
+    let loaded = checkpoint::load(&tmp.path().join("run"), &Device::Cpu).unwrap();
+    let e = expected("gpt2-untied");
+    let ids: Vec<u32> = std::iter::once(e.start).chain(e.ids[1].iter().copied()).collect();
+    let full = loaded.model.forward(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap().squeeze(0).unwrap();
+    let mut cache = thermoformer::model::KvCache::new();
+    for (t, &id) in ids.iter().enumerate() {
+        let step = loaded.model.forward_cached(&Tensor::new(&[id], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap();
+        let (a, b) = (step.squeeze(0).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap(), full.get(t).unwrap().to_vec1::<f32>().unwrap());
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-4, "position {t}: cached logits differ by {worst}");
+    }
+}
+
+#[test]
+fn padding_rows_are_never_sampled() {
+    // nanogpt-nobias pads 65 tokens to 72 rows; push the padding's logits up so that sampling
+    // would pick them if they were not masked.
+    let tmp = tempfile::tempdir().unwrap();
+    import_fixture(&fixture("nanogpt-nobias/ckpt.pt"), Some(fixture("meta.pkl")), &tmp.path().join("run"));
+    let cfg = checkpoint::load(&tmp.path().join("run"), &Device::Cpu).unwrap().config;
+    assert_eq!(cfg.model.real_vocab_size, Some(65));
+    let mut tensors = checkpoint::read_model_tensors(&tmp.path().join("run"), &Device::Cpu).unwrap();
+    let emb = tensors["tok_emb.weight"].clone();
+    let boosted = Tensor::cat(&[emb.narrow(0, 0, 65).unwrap(), (emb.narrow(0, 65, 7).unwrap() * 50.0).unwrap()], 0).unwrap();
+    tensors.insert("tok_emb.weight".into(), boosted);
+    let model = thermoformer::model::params::Params::model_from_tensors(&cfg.model, tensors, &Device::Cpu).unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let opts = thermoformer::physics::generate::SampleOptions::with_temperature(1.0);
+    let ids = thermoformer::physics::generate::sample(&model, 0, &[], 200, opts, &mut rng).unwrap();
+    assert!(ids.iter().all(|&id| id < 65), "a padding id was sampled: {:?}", ids.iter().find(|&&id| id >= 65));
 }
 
 #[test]
@@ -158,7 +196,16 @@ fn every_command_runs_on(run: &Path, tmp: &Path) {
     assert!(table.contains("bits") && table.contains("ROMEO:"), "{table}");
 
     let text = ok(&["generate", "--checkpoint", ck, "--tokens", "12", "--seed", "3"]);
-    assert!(!text.is_empty());
+    assert!(!text.trim().is_empty(), "{text:?}");
+
+    // Position 0 is the model's start, and only position 0 (a nanoGPT start is its newline).
+    let out = ok(&["inspect", "--checkpoint", ck, "--text", "a\nb", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let loaded = checkpoint::load(run, &Device::Cpu).unwrap();
+    let start = loaded.tokenizer.token_str(loaded.tokenizer.bos()).unwrap();
+    let tokens: Vec<&str> = v["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens.first().copied(), Some(start.as_str()));
+    assert_eq!(tokens[1..].concat(), "a\nb");
 
     // inspect picks layers and heads.
     let png = tmp.join("maps.png");
@@ -200,6 +247,12 @@ fn every_command_runs_on(run: &Path, tmp: &Path) {
     let tuned_run = checkpoint::load(&tuned, &Device::Cpu).unwrap();
     let source = checkpoint::load(run, &Device::Cpu).unwrap();
     assert_eq!(tuned_run.config.model, source.config.model);
+    // Two steps in the warmup (lr 1e-5, 2e-5) move no weight far from the source's; a fresh
+    // initialisation would be ~0.1 away.
+    let (a, b) = (checkpoint::read_model_tensors(&tuned, &Device::Cpu).unwrap(), checkpoint::read_model_tensors(run, &Device::Cpu).unwrap());
+    let w = "blocks.0.attn.qkv.weight";
+    let moved = (&a[w] - &b[w]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(moved > 0.0 && moved < 1e-3, "the fine-tuned weights start from the source's: moved {moved}");
     assert_eq!(tuned_run.config.train.init_from.as_deref(), Some(run));
     let bad = common::run(&["train", "--init-from", ck, "--corpus", corpus, "--out", tmp.join("t2").to_str().unwrap(), "--layers", "3"]);
     common::assert_clean_error(&bad, 2, "drop --layers");

@@ -27,7 +27,8 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "T", default_value_t = 1.0)]
     pub temperature: f64,
     /// Sample only among the K most probable tokens. BOS (the start-of-sequence marker) is never
-    /// sampled, so these are the K most probable tokens other than BOS.
+    /// sampled, so these are the K most probable tokens other than BOS (an imported nanoGPT
+    /// model's start is its newline, which is text and may be sampled).
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
     /// Nucleus sampling: only among the most probable tokens whose probabilities (after

@@ -38,7 +38,7 @@ pub struct Validation {
 /// corpus named explicitly is the caller's choice and is not checked.
 pub fn validation_split(run: &RunConfig, tok: &Tok, trained_hash: Option<&str>, corpus: Option<&Path>) -> Result<Validation> {
     if corpus.is_none() && run.imported_from.is_some() && run.train.init_from.is_none() {
-        bail!("the model was imported ({}) and has no training corpus here; name one with --corpus", run.imported_from.as_deref().unwrap_or_default());
+        bail!("the model was imported ({}) and has no training corpus here", run.imported_from.as_deref().unwrap_or_default());
     }
     let path = corpus.unwrap_or(&run.train.corpus);
     let text = read_corpus(path)?;

@@ -145,8 +145,11 @@ impl Tok {
         if let Some((token, id)) = inner.get_vocab(true).into_iter().find(|(_, id)| *id as usize >= n) {
             bail!("token {token:?} has id {id}, but the ids of a {n}-token vocabulary are 0..={}", n - 1);
         }
-        let is_byte_level = matches!(inner.get_pre_tokenizer(), Some(tokenizers::PreTokenizerWrapper::ByteLevel(_)));
-        let (kind, chars) = if is_byte_level {
+        // A char tokenizer is what `train_char` and `from_chars` build: no pre-tokenizer and a
+        // Fuse decoder. Anything else (byte-level BPE, however its pre-tokenizer is composed)
+        // encodes any text.
+        let is_char = inner.get_pre_tokenizer().is_none() && matches!(inner.get_decoder(), Some(tokenizers::DecoderWrapper::Fuse(_)));
+        let (kind, chars) = if !is_char {
             (TokenizerKind::Bpe, None)
         } else {
             let chars = inner

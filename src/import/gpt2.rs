@@ -133,6 +133,7 @@ pub fn read(dir: &Path, tokenizer: Option<&Path>) -> Result<Imported> {
         ln_eps: hf.layer_norm_epsilon,
         tied_head,
         start: Start::Token(start),
+        real_vocab_size: None,
     };
     Ok(Imported { model, tokenizer: tok, weights, origin: format!("gpt2:{}", dir.display()) })
 }

@@ -72,6 +72,11 @@ pub struct ImportReport {
 
 /// Import `req.source` into the run directory `req.out`.
 pub fn import(req: &ImportRequest) -> Result<ImportReport> {
+    let source_dir = if req.source.is_dir() { Some(req.source.clone()) } else { req.source.parent().map(Path::to_path_buf) };
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
+    if source_dir.as_deref().is_some_and(|d| same(d, &req.out)) {
+        return Err(UsageError(format!("--out {} is where the source is; import into another directory", req.out.display())).into());
+    }
     check_out(&req.out, req.overwrite)?;
     let imported = if req.source.is_dir() {
         if req.meta.is_some() {
@@ -198,6 +203,8 @@ pub fn write_run(out: &Path, imported: Imported) -> Result<ImportReport> {
     let tensors = to_thermoformer(&model, weights)?;
     let (params, _) = Params::from_tensors(&model, tensors, &Device::Cpu)?;
     let train = TrainConfig { tokenizer: tokenizer.kind(), ..TrainConfig::default() };
+    // Rows past the tokenizer's are padding: never produced by it, never sampled.
+    let model = ModelConfig { real_vocab_size: (tokenizer.vocab_size() < model.vocab_size).then_some(tokenizer.vocab_size()), ..model };
     let run = RunConfig { format_version: FORMAT_VERSION, model: model.clone(), train, imported_from: Some(origin.clone()) };
     let state = TrainState {
         step: 0,

@@ -39,14 +39,6 @@ pub fn read(path: &Path, meta: Option<&Path>, tokenizer: Option<&Path>) -> Resul
         None => true, // nanoGPT's GPTConfig default
         Some(other) => bail!("{}: model_args[\"bias\"] is {other:?}, not a bool", path.display()),
     };
-    let tensors = candle_core::pickle::read_all_with_key(path, Some("model"))
-        .map_err(|e| anyhow!("reading the weights of {}: {e}", path.display()))?;
-    if tensors.is_empty() {
-        bail!("{} holds no tensors under \"model\": it is not a nanoGPT checkpoint", path.display());
-    }
-    let weights = normalise_names(tensors);
-    let tied_head = head_is_tied(&weights)?;
-
     let start = Start::Text(START_TEXT.into());
     let tok = match (meta, tokenizer) {
         (Some(_), Some(_)) => return Err(UsageError("pass --meta (a char vocabulary) or --tokenizer, not both".into()).into()),
@@ -63,6 +55,14 @@ pub fn read(path: &Path, meta: Option<&Path>, tokenizer: Option<&Path>) -> Resul
             .into())
         }
     };
+    let tensors = candle_core::pickle::read_all_with_key(path, Some("model"))
+        .map_err(|e| anyhow!("reading the weights of {}: {e}", path.display()))?;
+    if tensors.is_empty() {
+        bail!("{} holds no tensors under \"model\": it is not a nanoGPT checkpoint", path.display());
+    }
+    let weights = normalise_names(tensors);
+    let tied_head = head_is_tied(&weights)?;
+
     let model = ModelConfig {
         vocab_size: int("vocab_size")?,
         context: int("block_size")?,
@@ -77,6 +77,7 @@ pub fn read(path: &Path, meta: Option<&Path>, tokenizer: Option<&Path>) -> Resul
         ln_eps: 1e-5,
         tied_head,
         start,
+        real_vocab_size: None,
     };
     Ok(Imported { model, tokenizer: tok, weights, origin: format!("nanogpt:{}", path.display()) })
 }

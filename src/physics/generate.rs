@@ -1,7 +1,8 @@
 //! Boltzmann sampling from the language model: the next token is drawn from
 //! p_T(x | ctx) = p(x | ctx)^(1/T) / Z_T, i.e. softmax(logits / T), optionally restricted to the k
 //! most probable tokens (top-k) and then to the smallest set holding probability p (top-p);
-//! T = 0 is greedy (argmax). BOS, the start-of-sequence marker, is never sampled.
+//! T = 0 is greedy (argmax). BOS, the start-of-sequence marker, is never sampled (nor an imported
+//! embedding's padding rows); a start that is text, as nanoGPT's newline, may be.
 //!
 //! Generation runs on a KV cache, so each new token costs one position's forward pass. Positions
 //! (learned, or rotary phases) only reach the context the model was trained on, so when the cache
@@ -217,11 +218,12 @@ impl<'a> Generator<'a> {
         opts.validate()?;
         let mut out = Generation { ids: Vec::new(), energies: Vec::new(), entropies: Vec::new() };
         for _ in 0..n {
-            // A start token (BOS) marks the start of a sequence and is never text: it is not
-            // sampled. A start that is text (nanoGPT's newline) is an ordinary token.
+            // A start token (BOS) marks the start of a sequence and is never text, and padding
+            // rows of an imported embedding are no tokens: neither is sampled. A start that is
+            // text (nanoGPT's newline) is an ordinary token.
             let mut logits = self.logits()?.to_vec();
-            if self.model.config().start.is_token() {
-                if let Some(l) = logits.get_mut(self.bos as usize) {
+            for id in self.model.config().unsampled(self.bos) {
+                if let Some(l) = logits.get_mut(id as usize) {
                     *l = f32::NEG_INFINITY;
                 }
             }

@@ -14,7 +14,8 @@ use crate::data::tokenizer::Tok;
 /// A text read through every head.
 #[derive(Debug, Clone, Serialize)]
 pub struct TextInspection {
-    /// Each position's token as the tokenizer spells it, BOS (`<|bos|>`) first.
+    /// Each position's token as the tokenizer spells it, the start (`<|bos|>`, or an imported
+    /// model's own) first.
     pub tokens: Vec<String>,
     /// The same tokens as short printable labels, whitespace made visible ([`token_label`]).
     #[serde(skip)]
@@ -73,9 +74,6 @@ pub fn stats_windows_per_pass(cfg: &crate::config::ModelConfig, cap: usize) -> u
 
 /// A token as a short printable label: whitespace made visible.
 pub fn token_label(tok: &Tok, id: u32) -> String {
-    if id == tok.bos() {
-        return "<bos>".into();
-    }
     tok.token_text(id)
         .chars()
         .map(|c| match c {
@@ -111,8 +109,11 @@ pub fn inspect_text(model: &Gpt, tok: &Tok, text: &str) -> Result<TextInspection
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<Vec<_>>>()?;
-    let tokens = ids.iter().map(|&id| if id == tok.bos() { crate::data::tokenizer::BOS.to_string() } else { tok.token_text(id) }).collect();
-    let labels = ids.iter().map(|&id| token_label(tok, id)).collect();
+    // Position 0 is the start, whatever its id (a nanoGPT model's start is its newline, which
+    // may also occur in the text).
+    let start = tok.token_str(tok.bos()).unwrap_or_else(|| crate::data::tokenizer::BOS.to_string());
+    let tokens = ids.iter().enumerate().map(|(i, &id)| if i == 0 { start.clone() } else { tok.token_text(id) }).collect();
+    let labels = ids.iter().enumerate().map(|(i, &id)| if i == 0 { "<bos>".to_string() } else { token_label(tok, id) }).collect();
     Ok(TextInspection { tokens, labels, heads, alpha })
 }
 

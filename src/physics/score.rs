@@ -177,18 +177,28 @@ pub fn word_energies(s: &Scored, tok: &crate::data::tokenizer::Tok) -> Result<Ve
     for (&id, &e) in s.ids.iter().zip(&s.energies) {
         let text = tok.token_text(id);
         // Byte-level BPE spells a leading space as 'Ġ' in its vocabulary.
-        let opens = groups.is_empty() || text.starts_with(char::is_whitespace) || tok.token_str(id).is_some_and(|t| t.starts_with('\u{120}'));
-        if opens {
+        let byte_level = tok.kind() == crate::config::TokenizerKind::Bpe;
+        let spaced = text.starts_with(' ') || (byte_level && tok.token_str(id).is_some_and(|t| t.starts_with('\u{120}')));
+        // A run of spaces opens one word, not one per space.
+        let only_spaces = |ids: &[u32]| tok.decode(ids).map(|t| t.trim_matches(' ').is_empty()).unwrap_or(false);
+        if groups.is_empty() || (spaced && !only_spaces(&groups.last().expect("not empty").0)) {
             groups.push((Vec::new(), 0.0));
         }
         let g = groups.last_mut().expect("a group was opened");
         g.0.push(id);
         g.1 += e;
     }
+    // Trailing spaces belong to the last word.
+    if groups.len() > 1 && tok.decode(&groups[groups.len() - 1].0).map(|t| t.trim_matches(' ').is_empty()).unwrap_or(false) {
+        let (ids, e) = groups.pop().expect("two groups");
+        let last = groups.last_mut().expect("one group left");
+        last.0.extend(ids);
+        last.1 += e;
+    }
     groups
         .into_iter()
         .map(|(ids, energy)| {
-            Ok(WordEnergy { word: tok.decode(&ids)?.trim_start().to_string(), tokens: ids.len(), energy, bits: energy / std::f64::consts::LN_2 })
+            Ok(WordEnergy { word: tok.decode(&ids)?.trim_matches(' ').to_string(), tokens: ids.len(), energy, bits: energy / std::f64::consts::LN_2 })
         })
         .collect()
 }

@@ -188,11 +188,11 @@ impl RlConfig {
 
 /// Additive logit mask `(V,)` that removes BOS from the policy: a large negative number rather
 /// than -inf, so that p ln p stays 0 at BOS.
-/// (Zero everywhere where the start is text, which the policy may produce.)
+/// (Only padding rows where the start is text, which the policy may produce.)
 fn bos_mask(model: &Gpt, vocab: usize, bos: u32, dev: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; vocab];
-    if model.config().start.is_token() {
-        m[bos as usize] = -1e9;
+    for id in model.config().unsampled(bos) {
+        m[id as usize] = -1e9;
     }
     Ok(Tensor::from_vec(m, vocab, dev)?)
 }
@@ -213,8 +213,8 @@ pub fn sample_batch(model: &Gpt, bos: u32, prompt: &[u32], b: usize, tokens: usi
         let mut next = Vec::with_capacity(b);
         for (row, seq) in rows.into_iter().zip(out.iter_mut()) {
             let mut row = row;
-            if model.config().start.is_token() {
-                row[bos as usize] = f32::NEG_INFINITY;
+            for id in model.config().unsampled(bos) {
+                row[id as usize] = f32::NEG_INFINITY;
             }
             let id = generate::sample_token(&row, opts, rng) as u32;
             seq.push(id);

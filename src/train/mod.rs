@@ -187,10 +187,10 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
 /// A fine-tuning run: the weights and tokenizer of `source`, a fresh optimizer and schedule, on
 /// the corpus of `req` (nanoGPT's `init_from`).
 fn fine_tune(req: &TrainRequest, source: &std::path::Path, dev: &Device) -> Result<Setup> {
-    checkpoint::check_writable(&req.out, req.overwrite, "--overwrite to replace it")?;
     if source.canonicalize().ok().is_some_and(|s| req.out.canonicalize().ok() == Some(s)) {
         return Err(UsageError(format!("--init-from and --out both name {}; fine-tune into another directory", source.display())).into());
     }
+    checkpoint::check_writable(&req.out, req.overwrite, "--overwrite to replace it")?;
     let mut shaping = req.options.model_options_set();
     if req.options.tokenizer.is_some() {
         shaping.push("--tokenizer".into());
@@ -232,6 +232,9 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
         return Err(UsageError(format!("--resume: {} holds no checkpoint to continue", req.out.display())).into());
     }
     let saved = checkpoint::load_resumable(&req.out, dev)?;
+    if saved.config.imported_from.is_some() && saved.state.step == 0 {
+        return Err(UsageError(format!("--resume: {} is an imported model with no training to continue; fine-tune it with --init-from {} --out NEW_DIR", req.out.display(), req.out.display())).into());
+    }
     req.options.check_resumable(&saved.config)?;
     let train = req.options.apply_to(&saved.config.train);
     train.validate()?;
