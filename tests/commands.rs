@@ -196,3 +196,27 @@ fn inspect_prints_every_head_and_draws_pictures() {
     assert_clean_error(&run(&["inspect", "--sweep", "1,-2", "--checkpoint", ck]), 2, "--sweep");
 }
 
+
+#[test]
+fn score_streams_a_file_longer_than_its_chunk_and_numbers_lines_across_chunks() {
+    // More lines than one chunk (4096) holds: the second and third chunks keep the line numbers
+    // and give each line the energy it has alone.
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = trained(tmp.path());
+    let ck = ck.to_str().unwrap();
+    let lines: Vec<String> = (0..9000).map(|i| format!("To be {}", ["or", "not", "to be"][i % 3])).collect();
+    let file = tmp.path().join("many.txt");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let jsonl = ok(&["score", file.to_str().unwrap(), "--checkpoint", ck, "--format", "jsonl"]);
+    let records: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 9000);
+    for i in [0, 4095, 4096, 8999] {
+        let alone: serde_json::Value = serde_json::from_str(ok(&["score", "--text", &lines[i], "--checkpoint", ck, "--format", "jsonl"]).trim()).unwrap();
+        let (a, b) = (records[i]["energy"].as_f64().unwrap(), alone["energy"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-4, "line {}: {a} in the file, {b} alone", i + 1);
+    }
+    let csv = ok(&["score", file.to_str().unwrap(), "--checkpoint", ck, "--format", "csv"]);
+    assert!(csv.lines().last().unwrap().starts_with("9000,"), "{}", csv.lines().last().unwrap());
+    let table = ok(&["score", file.to_str().unwrap(), "--checkpoint", ck]);
+    assert!(table.lines().last().unwrap().contains("(9000 lines)"));
+}

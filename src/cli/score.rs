@@ -1,6 +1,6 @@
 //! `thermoformer score`: sequence energies as a table, JSON lines or CSV.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
@@ -101,36 +101,172 @@ enum Detail {
     Words,
 }
 
-fn read_lines(args: &ScoreArgs) -> Result<Vec<String>> {
-    let text = match (&args.text, args.input.as_deref()) {
-        (Some(t), _) => return Ok(vec![t.clone()]),
-        (None, Some("-")) => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading stdin (is it UTF-8 text?)")?;
-            if s.is_empty() {
-                anyhow::bail!("stdin is empty: nothing to score");
-            }
-            s
-        }
-        (None, Some(path)) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-            if bytes.is_empty() {
-                anyhow::bail!("{path} is empty: nothing to score");
-            }
-            String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{path} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))?
-        }
-        (None, None) => return Err(UsageError("give a FILE to score, - for stdin, or --text \"...\"".into()).into()),
-    };
-    Ok(text.lines().map(str::to_string).collect())
+/// Lines read in a chunk: the most held in memory at once, so a file of any size is scored in
+/// bounded memory, its results written (and flushed) chunk by chunk.
+const CHUNK_LINES: usize = 4096;
+
+/// The input, read a chunk of lines at a time.
+struct Input {
+    /// `--text`, returned once.
+    text: Option<String>,
+    reader: Option<Box<dyn std::io::BufRead>>,
+    /// "stdin" or the file's path, for messages.
+    name: String,
+    /// Bytes read so far (for the offset of a byte that is not UTF-8).
+    offset: usize,
 }
 
-/// `thermoformer score`.
+impl Input {
+    fn open(args: &ScoreArgs) -> Result<Self> {
+        let (reader, name): (Box<dyn std::io::BufRead>, String) = match (&args.text, args.input.as_deref()) {
+            (Some(t), _) => return Ok(Self { text: Some(t.clone()), reader: None, name: "--text".into(), offset: 0 }),
+            (None, Some("-")) => (Box::new(std::io::BufReader::new(std::io::stdin())), "stdin".into()),
+            (None, Some(path)) => {
+                let file = std::fs::File::open(path).with_context(|| format!("reading {path}"))?;
+                (Box::new(std::io::BufReader::new(file)), path.to_string())
+            }
+            (None, None) => return Err(UsageError("give a FILE to score, - for stdin, or --text \"...\"".into()).into()),
+        };
+        Ok(Self { text: None, reader: Some(reader), name, offset: 0 })
+    }
+
+    /// The next lines (as `str::lines` splits them: no `\n`, no trailing `\r`), at most
+    /// [`CHUNK_LINES`]; none at the end. An empty input is an error.
+    fn next_chunk(&mut self) -> Result<Vec<String>> {
+        if let Some(t) = self.text.take() {
+            return Ok(vec![t]);
+        }
+        let Some(reader) = self.reader.as_mut() else { return Ok(Vec::new()) };
+        let mut lines = Vec::new();
+        let mut buf = Vec::new();
+        while lines.len() < CHUNK_LINES {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {}", self.name))?;
+            if n == 0 {
+                if self.offset == 0 {
+                    anyhow::bail!("{} is empty: nothing to score", self.name);
+                }
+                self.reader = None;
+                break;
+            }
+            let start = self.offset;
+            self.offset += n;
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+                if buf.last() == Some(&b'\r') {
+                    buf.pop();
+                }
+            }
+            let line = String::from_utf8(std::mem::take(&mut buf))
+                .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", self.name, start + e.utf8_error().valid_up_to()))?;
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+}
+
+/// Where results go: the format, the detail, the lines written so far and the running totals.
+struct Report<'a, W: Write> {
+    out: W,
+    tok: &'a Tok,
+    format: ScoreFormat,
+    detail: Detail,
+    lines: usize,
+    tokens: usize,
+    energy: f64,
+}
+
+impl<'a, W: Write> Report<'a, W> {
+    fn new(mut out: W, tok: &'a Tok, format: ScoreFormat, detail: Detail) -> Result<Self> {
+        match (format, detail) {
+            (ScoreFormat::Csv, Detail::Words) => writeln!(out, "line,word_index,word,tokens,energy,bits")?,
+            (ScoreFormat::Csv, Detail::Tokens) => writeln!(out, "line,position,token,energy")?,
+            (ScoreFormat::Csv, Detail::Lines) => writeln!(out, "line,tokens,energy,energy_per_token,perplexity,bits")?,
+            (ScoreFormat::Table, _) => writeln!(out, "{:>6} {:>7} {:>12} {:>9} {:>10} {:>12}  text", "line", "tokens", "energy", "E/token", "perplexity", "bits")?,
+            (ScoreFormat::Jsonl, _) => {}
+        }
+        Ok(Self { out, tok, format, detail, lines: 0, tokens: 0, energy: 0.0 })
+    }
+
+    /// Write the results of a chunk of lines, then flush them.
+    fn write(&mut self, lines: &[String], scored: &[Scored]) -> Result<()> {
+        let tok = self.tok;
+        for (line, s) in lines.iter().zip(scored) {
+            self.lines += 1;
+            self.tokens += s.tokens();
+            self.energy += s.energy();
+            let n = self.lines;
+            let out = &mut self.out;
+            match self.format {
+                ScoreFormat::Jsonl => writeln!(out, "{}", serde_json::to_string(&record(s, tok, self.detail)?)?)?,
+                ScoreFormat::Csv => match self.detail {
+                    Detail::Words => {
+                        for (w, word) in score::word_energies(s, tok)?.iter().enumerate() {
+                            writeln!(out, "{n},{w},{},{},{},{}", csv_field(&word.word), word.tokens, word.energy, word.bits)?;
+                        }
+                    }
+                    Detail::Tokens => {
+                        for (p, (&id, e)) in s.ids.iter().zip(&s.energies).enumerate() {
+                            writeln!(out, "{n},{p},{},{e}", csv_field(&tok.token_text(id)))?;
+                        }
+                    }
+                    Detail::Lines => writeln!(out, "{n},{},{},{},{},{}", s.tokens(), s.energy(), opt(s.energy_per_token()), opt(s.perplexity()), s.bits())?,
+                },
+                ScoreFormat::Table => {
+                    let shown: String = line.chars().take(48).collect();
+                    let ellipsis = if line.chars().count() > 48 { "..." } else { "" };
+                    writeln!(out, "{n:>6} {:>7} {:>12.4} {} {} {:>12.4}  {shown}{ellipsis}", s.tokens(), s.energy(), fmt(s.energy_per_token(), 9), fmt(s.perplexity(), 10), s.bits())?;
+                    if self.detail == Detail::Tokens {
+                        for (&id, e) in s.ids.iter().zip(&s.energies) {
+                            writeln!(out, "{:>14} {:>12.4}  {}", "", e, token_label(tok, id))?;
+                        }
+                    }
+                    if self.detail == Detail::Words {
+                        for w in score::word_energies(s, tok)? {
+                            writeln!(out, "{:>14} {:>12.4}  {} ({:.3} bits)", "", w.energy, w.word, w.bits)?;
+                        }
+                    }
+                }
+            }
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// The table's totals row.
+    fn finish(mut self) -> Result<()> {
+        if self.format == ScoreFormat::Table {
+            let per = (self.tokens > 0).then(|| self.energy / self.tokens as f64);
+            writeln!(
+                self.out,
+                "{:>6} {:>7} {:>12.4} {} {} {:>12.4}  ({} lines)",
+                "total",
+                self.tokens,
+                self.energy,
+                fmt(per, 9),
+                fmt(per.map(f64::exp), 10),
+                self.energy / std::f64::consts::LN_2,
+                self.lines
+            )?;
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+/// A figure in a column of width `w`, or `-` where it is undefined.
+fn fmt(x: Option<f64>, w: usize) -> String {
+    x.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.4}"))
+}
+
+/// `thermoformer score`: the input is read, scored and written a chunk of lines at a time.
 pub fn run_score(args: &ScoreArgs) -> Result<()> {
     check_temperature("--temperature", args.temperature)?;
     if args.batch_size == 0 {
         return Err(UsageError("--batch-size must be at least 1".into()).into());
     }
-    let lines = read_lines(args)?;
+    let mut input = Input::open(args)?;
+    let mut chunk = input.next_chunk()?; // an empty or unreadable input fails before the model loads
     let loaded = args.model.load()?;
     let context = loaded.model.config().context;
     if let Some(s) = args.stride {
@@ -139,40 +275,37 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
         }
     }
     let tok = &loaded.tokenizer;
-    let seqs = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| tok.encode(l).with_context(|| format!("line {}", i + 1)))
-        .collect::<Result<Vec<_>>>()?;
     let opts = ScoreOptions { temperature: args.temperature, stride: args.stride, batch_size: args.batch_size };
-    // The first forward pass is the largest: the longest windows, as many as fit the batch.
     let stride = args.stride.unwrap_or_else(|| score::default_stride(context));
-    let windows: usize = seqs.iter().map(|ids| Ok(score::windows(ids.len(), context, stride)?.len())).sum::<Result<usize>>()?;
-    let longest = seqs.iter().map(Vec::len).max().unwrap_or(0).clamp(1, context);
-    let batch = args.batch_size.min(windows.max(1));
-    let shape = crate::ModelConfig { context: longest, ..loaded.model.config().clone() };
-    memory::ensure_fits_on(loaded.model.device(), &format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), "lower --batch-size")?;
-    let started = std::time::Instant::now();
-    let scored = score::score_ids(&loaded.model, &seqs, tok.bos(), &opts)?;
-    let secs = started.elapsed().as_secs_f64();
     let detail = match (args.per_token, args.words) {
         (true, _) => Detail::Tokens,
         (false, true) => Detail::Words,
         (false, false) => Detail::Lines,
     };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match args.format {
-        ScoreFormat::Jsonl => {
-            for s in &scored {
-                writeln!(out, "{}", serde_json::to_string(&record(s, tok, detail)?)?)?;
-            }
-        }
-        ScoreFormat::Csv => write_csv(&mut out, &scored, tok, detail)?,
-        ScoreFormat::Table => write_table(&mut out, &lines, &scored, tok, detail)?,
+    let mut report = Report::new(std::io::BufWriter::new(std::io::stdout().lock()), tok, args.format, detail)?;
+    let mut secs = 0.0;
+    while !chunk.is_empty() {
+        let first = report.lines;
+        let seqs = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, l)| tok.encode(l).with_context(|| format!("line {}", first + i + 1)))
+            .collect::<Result<Vec<_>>>()?;
+        // The first forward pass is the largest: the longest windows, as many as fit the batch.
+        let windows: usize = seqs.iter().map(|ids| Ok(score::windows(ids.len(), context, stride)?.len())).sum::<Result<usize>>()?;
+        let longest = seqs.iter().map(Vec::len).max().unwrap_or(0).clamp(1, context);
+        let batch = args.batch_size.min(windows.max(1));
+        let shape = crate::ModelConfig { context: longest, ..loaded.model.config().clone() };
+        memory::ensure_fits_on(loaded.model.device(), &format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), "lower --batch-size")?;
+        let started = std::time::Instant::now();
+        let scored = score::score_ids(&loaded.model, &seqs, tok.bos(), &opts)?;
+        secs += started.elapsed().as_secs_f64();
+        report.write(&chunk, &scored)?;
+        chunk = input.next_chunk()?;
     }
-    out.flush()?;
+    let tokens = report.tokens;
+    report.finish()?;
     if args.show_speed {
-        let tokens: usize = scored.iter().map(Scored::tokens).sum();
         crate::progress::note(format!("scored {tokens} tokens in {secs:.3} s: {:.1} tokens/s", tokens as f64 / secs.max(1e-9)));
     }
     Ok(())
@@ -204,72 +337,4 @@ fn csv_field(s: &str) -> String {
 
 fn opt(x: Option<f64>) -> String {
     x.map_or(String::new(), |v| format!("{v}"))
-}
-
-fn write_csv(out: &mut impl Write, scored: &[Scored], tok: &Tok, detail: Detail) -> Result<()> {
-    if detail == Detail::Words {
-        writeln!(out, "line,word_index,word,tokens,energy,bits")?;
-        for (i, s) in scored.iter().enumerate() {
-            for (w, word) in score::word_energies(s, tok)?.iter().enumerate() {
-                writeln!(out, "{},{w},{},{},{},{}", i + 1, csv_field(&word.word), word.tokens, word.energy, word.bits)?;
-            }
-        }
-    } else if detail == Detail::Tokens {
-        writeln!(out, "line,position,token,energy")?;
-        for (i, s) in scored.iter().enumerate() {
-            for (p, (&id, e)) in s.ids.iter().zip(&s.energies).enumerate() {
-                writeln!(out, "{},{},{},{e}", i + 1, p, csv_field(&tok.token_text(id)))?;
-            }
-        }
-    } else {
-        writeln!(out, "line,tokens,energy,energy_per_token,perplexity,bits")?;
-        for (i, s) in scored.iter().enumerate() {
-            writeln!(out, "{},{},{},{},{},{}", i + 1, s.tokens(), s.energy(), opt(s.energy_per_token()), opt(s.perplexity()), s.bits())?;
-        }
-    }
-    Ok(())
-}
-
-fn write_table(out: &mut impl Write, lines: &[String], scored: &[Scored], tok: &Tok, detail: Detail) -> Result<()> {
-    let f = |x: Option<f64>, w: usize| x.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.4}"));
-    writeln!(out, "{:>6} {:>7} {:>12} {:>9} {:>10} {:>12}  text", "line", "tokens", "energy", "E/token", "perplexity", "bits")?;
-    for (i, (s, line)) in scored.iter().zip(lines).enumerate() {
-        let shown: String = line.chars().take(48).collect();
-        let ellipsis = if line.chars().count() > 48 { "..." } else { "" };
-        writeln!(
-            out,
-            "{:>6} {:>7} {:>12.4} {} {} {:>12.4}  {shown}{ellipsis}",
-            i + 1,
-            s.tokens(),
-            s.energy(),
-            f(s.energy_per_token(), 9),
-            f(s.perplexity(), 10),
-            s.bits()
-        )?;
-        if detail == Detail::Tokens {
-            for (&id, e) in s.ids.iter().zip(&s.energies) {
-                writeln!(out, "{:>14} {:>12.4}  {}", "", e, token_label(tok, id))?;
-            }
-        }
-        if detail == Detail::Words {
-            for w in score::word_energies(s, tok)? {
-                writeln!(out, "{:>14} {:>12.4}  {} ({:.3} bits)", "", w.energy, w.word, w.bits)?;
-            }
-        }
-    }
-    let tokens: usize = scored.iter().map(Scored::tokens).sum();
-    let energy: f64 = scored.iter().map(Scored::energy).sum();
-    let per = (tokens > 0).then(|| energy / tokens as f64);
-    writeln!(
-        out,
-        "{:>6} {:>7} {:>12.4} {} {} {:>12.4}  ({} lines)",
-        "total",
-        tokens,
-        energy,
-        f(per, 9),
-        f(per.map(f64::exp), 10),
-        energy / std::f64::consts::LN_2,
-        scored.len()
-    )?;
-    Ok(())
 }
