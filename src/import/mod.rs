@@ -91,11 +91,10 @@ pub fn import(req: &ImportRequest) -> Result<ImportReport> {
     write_run(&req.out, imported)
 }
 
-/// Refuse an existing, non-empty `out` unless it may be replaced.
+/// Refuse an existing, non-empty `out` unless it may be replaced: a checkpoint, as any run
+/// refuses one ([`checkpoint::check_writable`]), and any other files too.
 fn check_out(out: &Path, overwrite: bool) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        return Err(UsageError(format!("--out {} is a file; the run directory must be a directory", out.display())).into());
-    }
+    checkpoint::check_writable(out, overwrite, "--overwrite to replace it")?;
     let non_empty = out.is_dir() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
     if non_empty && !overwrite {
         return Err(UsageError(format!("--out {} already exists and is not empty; pass --overwrite to replace it", out.display())).into());

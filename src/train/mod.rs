@@ -166,22 +166,31 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     // The corpus must fit the context before any memory goes to the model.
     let splits = Splits::new(&text, &tok, train.val_fraction, model_cfg.context, &train.corpus.display().to_string())?;
     let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
-    let optimizer = match train.optimizer {
-        OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(params.trainable(), adamw_config(&train), model.kernels())?),
-        OptimizerKind::Sgld => Optimizer::Sgld(Sgld::new(params.trainable(), sgld_config(&train))),
-    };
-    let batch_rng = rng(train.seed, RngStream::Batches);
-    let state = TrainState {
-        step: 0,
-        rng_seed: train.seed,
-        rng_word_pos: batch_rng.get_word_pos().to_string(),
-        tokens_seen: 0,
-        elapsed_secs: 0.0,
-        val_ce: None,
-        corpus_hash: checkpoint::corpus_hash(&text),
-    };
     let run = RunConfig { format_version: FORMAT_VERSION, model: model_cfg, train, imported_from: None };
-    Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, splits, resumed: false })
+    Setup::at_step_zero(run, tok, params, model, splits, &text)
+}
+
+impl Setup {
+    /// A run at step 0 over `params`: a fresh optimizer, the batch RNG at its start, and a state
+    /// that records the corpus `text`.
+    fn at_step_zero(run: RunConfig, tok: Tok, params: Params, model: Gpt, splits: Splits, text: &str) -> Result<Self> {
+        let train = &run.train;
+        let optimizer = match train.optimizer {
+            OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(params.trainable(), adamw_config(train), model.kernels())?),
+            OptimizerKind::Sgld => Optimizer::Sgld(Sgld::new(params.trainable(), sgld_config(train))),
+        };
+        let batch_rng = rng(train.seed, RngStream::Batches);
+        let state = TrainState {
+            step: 0,
+            rng_seed: train.seed,
+            rng_word_pos: batch_rng.get_word_pos().to_string(),
+            tokens_seen: 0,
+            elapsed_secs: 0.0,
+            val_ce: None,
+            corpus_hash: checkpoint::corpus_hash(text),
+        };
+        Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, splits, resumed: false })
+    }
 }
 
 /// A fine-tuning run: the weights and tokenizer of `source`, a fresh optimizer and schedule, on
@@ -209,22 +218,8 @@ fn fine_tune(req: &TrainRequest, source: &std::path::Path, dev: &Device) -> Resu
     memory::ensure_training_fits(dev, &src.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
     let text = data::read_corpus(&train.corpus)?;
     let splits = Splits::new(&text, &src.tokenizer, train.val_fraction, src.config.model.context, &train.corpus.display().to_string())?;
-    let optimizer = match train.optimizer {
-        OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(src.params.trainable(), adamw_config(&train), src.model.kernels())?),
-        OptimizerKind::Sgld => Optimizer::Sgld(Sgld::new(src.params.trainable(), sgld_config(&train))),
-    };
-    let batch_rng = rng(train.seed, RngStream::Batches);
-    let state = TrainState {
-        step: 0,
-        rng_seed: train.seed,
-        rng_word_pos: batch_rng.get_word_pos().to_string(),
-        tokens_seen: 0,
-        elapsed_secs: 0.0,
-        val_ce: None,
-        corpus_hash: checkpoint::corpus_hash(&text),
-    };
     let run = RunConfig { format_version: FORMAT_VERSION, model: src.config.model, train, imported_from: src.config.imported_from };
-    Ok(Setup { run, tok: src.tokenizer, params: src.params, model: src.model, optimizer, state, batch_rng, splits, resumed: false })
+    Setup::at_step_zero(run, src.tokenizer, src.params, src.model, splits, &text)
 }
 
 fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
