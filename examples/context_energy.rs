@@ -20,16 +20,16 @@ fn main() -> Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "checkpoints/shakespeare".into()));
     let dev = Device::Cpu;
     let run = checkpoint::load(&dir, &dev)?;
-    let train = &run.config.train;
     let context = run.config.model.context;
-    let text = data::read_corpus(&train.corpus).context("the run's corpus is needed for its validation split")?;
-    let splits = data::Splits::new(&text, &run.tokenizer, train.val_fraction, context, &train.corpus.display().to_string())?;
+    let hash = run.state.as_ref().map(|s| s.corpus_hash.as_str());
+    let v = data::validation_split(&run.config, &run.tokenizer, hash, None).context("the run's corpus is needed for its validation split")?;
+    let (val, train_split) = (v.splits.val(), v.splits.train());
 
     // Non-overlapping windows: each validation token is a target exactly once.
     let split_name = std::env::args().nth(2).unwrap_or_else(|| "val".into());
     let tokens = match split_name.as_str() {
-        "val" => &splits.val,
-        "train" => &splits.train[..splits.val.len().min(splits.train.len())], // a same-sized slice of the training head
+        "val" => val,
+        "train" => train_split.slice(0..val.len().min(train_split.len())), // a same-sized slice of the training head
         other => anyhow::bail!("unknown split {other:?}: use val or train"),
     };
     let starts: Vec<usize> = (0..=tokens.len() - context).step_by(context).collect();
@@ -46,7 +46,7 @@ fn main() -> Result<()> {
         count += chunk.len();
     }
     let mean: Vec<f64> = sum.iter().map(|s| s / count as f64).collect();
-    println!("{count} windows of BOS + {} tokens over the {split_name} split of {}", context - 1, train.corpus.display());
+    println!("{count} windows of BOS + {} tokens over the {split_name} split of {}", context - 1, v.corpus);
     println!("position  context  energy (nats)");
     let mut p = 0;
     while p < context {

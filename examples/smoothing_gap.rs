@@ -45,11 +45,10 @@ fn main() -> Result<()> {
     if plain.config.train.corpus != smooth.config.train.corpus || plain.config.model.context != smooth.config.model.context {
         bail!("the two runs must share a corpus and a context");
     }
-    let train = &plain.config.train;
     let context = plain.config.model.context;
-    let text = data::read_corpus(&train.corpus).context("the runs' corpus is needed for its validation split")?;
-    let splits = data::Splits::new(&text, &plain.tokenizer, train.val_fraction, context, &train.corpus.display().to_string())?;
-    let batches = data::tiled_batches(&splits.val, None, 32, context, plain.tokenizer.bos(), &dev)?;
+    let hash = plain.state.as_ref().map(|s| s.corpus_hash.as_str());
+    let val = data::validation_split(&plain.config, &plain.tokenizer, hash, None).context("the runs' corpus is needed for its validation split")?;
+    let batches = data::tiled_batches(val.tokens(), None, 32, context, plain.tokenizer.bos(), &dev)?;
     let targets: Vec<usize> = batches
         .iter()
         .map(|b| Ok(b.targets.i((.., 1..))?.flatten_all()?.to_vec1::<u32>()?))
@@ -72,7 +71,7 @@ fn main() -> Result<()> {
         bin.0 += 1;
         bin.1 += lp[y] - lq[y];
     }
-    println!("{} validation tokens of {}, V = {v}, eps = {eps}", targets.len(), train.corpus.display());
+    println!("{} validation tokens of {}, V = {v}, eps = {eps}", targets.len(), val.corpus);
     println!("{:<52} {:>8} {:>8}", "", "E/token", "- plain");
     let row = |label: &str, e: f64| println!("{label:<52} {:>8.4} {:>+8.4}", e / n, (e - e_p) / n);
     row("plain run, p", e_p);

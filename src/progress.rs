@@ -26,3 +26,19 @@ pub fn bar(total: usize, done: usize, visible: bool) -> ProgressBar {
     pb.reset_eta();
     pb
 }
+
+/// A progress bar over `total` bytes of input, with the throughput and the time left, on stderr
+/// (hidden as [`bar`] is).
+pub fn bytes_bar(total: u64, what: &str, visible: bool) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    if !visible {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{msg} {bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} [{elapsed_precise}<{eta_precise}]")
+            .expect("a valid progress template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}

@@ -181,7 +181,7 @@ fn errors_stay_one_line_with_backtraces_enabled() {
     let heads = v["model"]["n_head"].as_u64().unwrap();
     v["model"]["n_head"] = serde_json::json!(heads * 2);
     std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thermoformer"))
+    let out = common::thermoformer()
         .args(["score", "--text", "First", "--checkpoint", dir.to_str().unwrap()])
         .env("RUST_BACKTRACE", "1")
         .output()
@@ -219,7 +219,7 @@ fn a_closed_stderr_does_not_stop_training() {
     let corpus = small_corpus(tmp.path(), 4000);
     let out = tmp.path().join("run");
     let (c, o) = (corpus.to_str().unwrap(), out.to_str().unwrap());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_thermoformer"))
+    let mut child = common::thermoformer()
         .args(tiny_train_flags(c, o))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -239,7 +239,7 @@ fn bad_text_is_named_and_long_text_is_fine() {
     let binary = tmp.path().join("binary.txt");
     std::fs::write(&binary, b"First\n\xff\xfe Citizen\n").unwrap();
     assert_clean_error(&run(&["score", binary.to_str().unwrap(), "--checkpoint", ck]), 1, "not UTF-8");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_thermoformer"))
+    let mut child = common::thermoformer()
         .args(["score", "-", "--checkpoint", ck])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -4,7 +4,7 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::{assert_clean_error, run, trained};
 
@@ -51,7 +51,7 @@ fn score_reports_energies_in_every_format() {
     // --text and stdin give the same numbers as the file.
     let one = json_lines(&ok(&["score", "--text", "First Citizen:", "--checkpoint", ck, "--format", "jsonl"]));
     assert!((one[0]["energy"].as_f64().unwrap() - records[0]["energy"].as_f64().unwrap()).abs() < 1e-5);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_thermoformer"))
+    let mut child = common::thermoformer()
         .args(["score", "-", "--checkpoint", ck, "--format", "jsonl"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

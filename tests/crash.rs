@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -21,7 +21,7 @@ fn train_args<'a>(corpus: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str>
 }
 
 fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_thermoformer")).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting thermoformer")
+    common::thermoformer().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting thermoformer")
 }
 
 /// The run directory holds a whole checkpoint: it scores, and it loads for resuming. Its step.

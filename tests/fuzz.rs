@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 
 use candle_core::Device;
@@ -88,7 +88,7 @@ proptest! {
 
     #[test]
     fn any_bytes_on_stdin_never_panic_the_binary(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_thermoformer"))
+        let mut child = common::thermoformer()
             .args(["score", "-", "--checkpoint", checkpoint(), "--format", "jsonl"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -151,8 +151,8 @@ fn rl_writes_an_ordinary_checkpoint_and_its_metrics() {
         // After is the saved policy's own validation CE, measured again from its files here.
         let saved = thermoformer::checkpoint::load(&tmp.path().join("rl"), &Device::Cpu).unwrap();
         let text = std::fs::read_to_string(tmp.path().join("corpus.txt")).unwrap();
-        let splits = thermoformer::data::Splits::new(&text, &saved.tokenizer, saved.config.train.val_fraction, saved.config.model.context, "corpus").unwrap();
-        let batches = thermoformer::data::tiled_batches(&splits.val, None, 16, saved.config.model.context, saved.tokenizer.bos(), &Device::Cpu).unwrap();
+        let splits = thermoformer::data::Splits::of_text(&text, &saved.tokenizer, saved.config.train.val_fraction, saved.config.model.context, "corpus").unwrap();
+        let batches = thermoformer::data::tiled_batches(splits.val(), None, 16, saved.config.model.context, saved.tokenizer.bos(), &Device::Cpu).unwrap();
         let measured = thermoformer::train::evaluate(&saved.model, &batches, 0.0).unwrap().ce;
         assert!((after_ce - measured).abs() < 1e-6, "{algo}: reported {after_ce}, the saved policy scores {measured}");
         assert!((after_ce - before_ce).abs() > 1e-5, "{algo}: the policy moved: {before_ce} -> {after_ce}");

@@ -53,12 +53,13 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
         return Err(UsageError("--windows must be at least 1".into()).into());
     }
     let loaded = args.model.load()?;
-    let (name, val) = validation_tokens(&loaded, args.corpus.as_ref(), "calibrate")?;
+    let v = validation_tokens(&loaded, args.corpus.as_ref(), "calibrate")?;
+    let (name, val) = (v.corpus.clone(), v.tokens());
     let (context, bos) = (loaded.config.model.context, loaded.tokenizer.bos());
     // Every prediction is held (context x vocab f32 per window) while T* is fitted.
     let budget = ((1usize << 28) / (context * loaded.config.model.vocab_size).max(1)).max(1);
     let windows = args.windows.unwrap_or(budget);
-    let batches = data::tiled_batches(&val, Some(windows), WINDOW_BATCH.min(budget), context, bos, loaded.model.device())?;
+    let batches = data::tiled_batches(val, Some(windows), WINDOW_BATCH.min(budget), context, bos, loaded.model.device())?;
     let preds = Predictions::collect(&loaded.model, &batches)?;
     let c = calibrate::calibrate(&preds, args.bins)?;
     let mut out = std::io::stdout().lock();

@@ -155,7 +155,7 @@ const WINDOW_BATCH: usize = 16;
 
 /// The windows of --sweep and --rope: as asked, else 32, or 8192 tokens' worth (at least 4) for
 /// long contexts; in passes whose statistics fit in memory.
-fn stats_batches(args: &InspectArgs, loaded: &Loaded, val: &[u32]) -> Result<Vec<data::Batch>> {
+fn stats_batches(args: &InspectArgs, loaded: &Loaded, val: data::Tokens) -> Result<Vec<data::Batch>> {
     let cfg = &loaded.config.model;
     let windows = args.windows.unwrap_or_else(|| (8192 / cfg.context).clamp(4, 32));
     let per_pass = inspect::stats_windows_per_pass(cfg, WINDOW_BATCH);
@@ -163,9 +163,10 @@ fn stats_batches(args: &InspectArgs, loaded: &Loaded, val: &[u32]) -> Result<Vec
 }
 
 fn run_rope(args: &InspectArgs, loaded: &Loaded, selection: &Selection) -> Result<()> {
-    let (name, val) = validation_tokens(loaded, args.corpus.as_ref(), "inspect --rope")?;
+    let v = validation_tokens(loaded, args.corpus.as_ref(), "inspect --rope")?;
+    let (name, val) = (v.corpus.clone(), v.tokens());
     let context = loaded.config.model.context;
-    let batches = stats_batches(args, loaded, &val)?;
+    let batches = stats_batches(args, loaded, val)?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
     let mut profiles = inspect::distance_profiles(&loaded.model, &batches)?;
     profiles.retain(|p| selection.keeps(p.layer, p.head));
@@ -219,9 +220,10 @@ fn run_rope(args: &InspectArgs, loaded: &Loaded, selection: &Selection) -> Resul
 }
 
 fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
-    let (name, val) = validation_tokens(loaded, args.corpus.as_ref(), "the sweep")?;
+    let v = validation_tokens(loaded, args.corpus.as_ref(), "the sweep")?;
+    let (name, val) = (v.corpus.clone(), v.tokens());
     let context = loaded.config.model.context;
-    let batches = stats_batches(args, loaded, &val)?;
+    let batches = stats_batches(args, loaded, val)?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
     let points = inspect::sweep(&loaded.model, &batches, temps)?;
     let mut out = std::io::stdout().lock();

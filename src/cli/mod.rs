@@ -184,11 +184,10 @@ impl ModelArgs {
 /// The validation split of `corpus` (default: the checkpoint's training corpus, refused if it
 /// changed since training), split as in training, and the corpus's name; `command` names who
 /// needs it in the error.
-pub(crate) fn validation_tokens(loaded: &Loaded, corpus: Option<&PathBuf>, command: &str) -> Result<(String, Vec<u32>)> {
+pub(crate) fn validation_tokens(loaded: &Loaded, corpus: Option<&PathBuf>, command: &str) -> Result<data::Validation> {
     let hash = loaded.state.as_ref().map(|s| s.corpus_hash.as_str());
-    let v = data::validation_split(&loaded.config, &loaded.tokenizer, hash, corpus.map(PathBuf::as_path))
-        .with_context(|| format!("{command} reads the validation split (name another corpus with --corpus)"))?;
-    Ok((v.corpus, v.tokens))
+    data::validation_split(&loaded.config, &loaded.tokenizer, hash, corpus.map(PathBuf::as_path))
+        .with_context(|| format!("{command} reads the validation split (name another corpus with --corpus)"))
 }
 
 /// `--head-temperature L.H=T`.

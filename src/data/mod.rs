@@ -4,23 +4,29 @@
 //! `context` tokens: the model always learns (and later scores) sequences that start with BOS,
 //! so the first token of a window is predicted from BOS alone.
 
+pub mod corpus;
 pub mod tokenizer;
+pub mod tokens;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TrainConfig};
+use crate::data::corpus::{Corpus, Fnv};
 use crate::data::tokenizer::Tok;
+pub use crate::data::tokens::{TokenFile, Tokens};
 
 /// FNV-1a 64-bit hash of `text`, hex: a cheap fingerprint of the training corpus, kept in a run's
-/// `state.json`.
+/// `state.json` ([`Corpus::read`] computes the same over a corpus's joined text).
 pub fn corpus_hash(text: &str) -> String {
-    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
-    format!("{h:016x}")
+    let mut h = Fnv::default();
+    h.update(text.as_bytes());
+    h.hex()
 }
 
 /// A run's validation split, as every command that measures on it reads it.
@@ -28,8 +34,15 @@ pub fn corpus_hash(text: &str) -> String {
 pub struct Validation {
     /// The corpus it came from, for messages and reports.
     pub corpus: String,
+    /// The corpus's splits; [`Validation::tokens`] is the held-out tail.
+    pub splits: Splits,
+}
+
+impl Validation {
     /// The held-out tail's tokens.
-    pub tokens: Vec<u32>,
+    pub fn tokens(&self) -> Tokens<'_> {
+        self.splits.val()
+    }
 }
 
 /// The validation split of a run: `corpus` if given, else the run's own training corpus, split as
@@ -40,61 +53,125 @@ pub fn validation_split(run: &RunConfig, tok: &Tok, trained_hash: Option<&str>, 
     if corpus.is_none() && run.imported_from.is_some() && run.train.init_from.is_none() {
         bail!("the model was imported ({}) and has no training corpus here", run.imported_from.as_deref().unwrap_or_default());
     }
-    let path = corpus.unwrap_or(&run.train.corpus);
-    let text = read_corpus(path)?;
+    let paths = corpus.map_or_else(|| run.train.corpus.clone(), |p| vec![p.to_path_buf()]);
+    let c = Corpus::open(&paths, &run.train.text_field)?;
+    let file = tokens::tokenize(&c, tok, true)?;
     if corpus.is_none() {
-        if let Some(hash) = trained_hash.filter(|h| *h != corpus_hash(&text)) {
+        if let Some(hash) = trained_hash.filter(|h| *h != file.header().text_hash) {
             bail!(
                 "{} has changed since the run was trained (its hash is no longer {hash}), so its tail is not the held-out split; restore it",
-                path.display()
+                c.name()
             );
         }
     }
-    let name = path.display().to_string();
-    let splits = Splits::new(&text, tok, run.train.val_fraction, run.model.context, &name)?;
-    Ok(Validation { corpus: name, tokens: splits.val })
+    let splits = Splits::new(file, run.train.val_fraction, run.model.context, c.name())?;
+    Ok(Validation { corpus: c.name().to_string(), splits })
 }
 
-/// Read a UTF-8 corpus; missing, unreadable, non-UTF-8 and empty files are errors that name the file.
-pub fn read_corpus(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading corpus {}", path.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("corpus {} is not UTF-8 text (bad byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
-    if text.trim().is_empty() {
-        bail!("corpus {} is empty", path.display());
+/// The tokenizer a fresh run on `corpus` trains (`train.tokenizer`, `--vocab-size`,
+/// `--bpe-sample-bytes`), kept in the token cache beside the corpus's token files: a second run
+/// on the same files with the same settings takes it from there instead of training it again.
+pub fn corpus_tokenizer(corpus: &Corpus, train: &TrainConfig, progress: bool) -> Result<Tok> {
+    let recipe = match train.tokenizer {
+        crate::config::TokenizerKind::Char => "char v1".to_string(),
+        crate::config::TokenizerKind::Bpe => format!("bpe v1 {} {}", train.bpe_vocab_size, train.bpe_sample_bytes.min(corpus.bytes())),
+    };
+    let path = tokens::ensure_cache()?.join(format!("tokenizer-{}-{}.json", corpus.identity(), corpus::fnv_hex(&recipe)));
+    if let Ok(tok) = std::fs::read_to_string(&path).map_err(anyhow::Error::from).and_then(|json| Tok::from_json(&json)) {
+        if tok.kind() == train.tokenizer {
+            return Ok(tok);
+        }
     }
-    Ok(text)
+    let tok = Tok::train_streaming(train.tokenizer, corpus, train.bpe_vocab_size, train.bpe_sample_bytes, progress)?;
+    // A cache that cannot be written costs only the time to train it again next run.
+    let tmp = tokens::temp_beside(&path);
+    if std::fs::write(&tmp, tok.to_json()?).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(tok)
+}
+
+/// Read a UTF-8 corpus (a file, or the joined documents of several: [`corpus`]) into memory;
+/// missing, unreadable, non-UTF-8 and empty files are errors that name the file.
+pub fn read_corpus(path: &Path) -> Result<String> {
+    Corpus::open(&[path.to_path_buf()], "text")?.read_to_string()
+}
+
+/// The paths of a corpus as a list (the `--corpus` values).
+pub fn corpus_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// The tokenized corpus, split into a training head and a validation tail.
 #[derive(Debug, Clone)]
 pub struct Splits {
-    pub train: Vec<u32>,
-    pub val: Vec<u32>,
+    store: Store,
+    n_train: usize,
+    text_hash: String,
+}
+
+/// Where a split's ids are: a memory-mapped token file, or (for a text in memory) a vector.
+#[derive(Debug, Clone)]
+enum Store {
+    File(Arc<TokenFile>),
+    Memory(Arc<Vec<u32>>),
 }
 
 impl Splits {
-    /// Tokenize `text` and hold out the last `val_fraction` of its tokens. Each split must hold at
-    /// least `context + 1` tokens so that one full window fits.
-    pub fn new(text: &str, tok: &Tok, val_fraction: f64, context: usize, name: &str) -> Result<Self> {
+    /// Hold out the last `val_fraction` of the tokens of `file`. Each split must hold at least
+    /// `context + 1` tokens so that one full window fits.
+    pub fn new(file: Arc<TokenFile>, val_fraction: f64, context: usize, name: &str) -> Result<Self> {
+        let text_hash = file.header().text_hash.clone();
+        Self::split(Store::File(file), text_hash, val_fraction, context, name)
+    }
+
+    /// [`Splits::new`] for a text in memory, tokenized now: what a token file of it holds.
+    pub fn of_text(text: &str, tok: &Tok, val_fraction: f64, context: usize, name: &str) -> Result<Self> {
+        let ids = tok.encode(text).with_context(|| format!("tokenizing corpus {name}"))?;
+        Self::split(Store::Memory(Arc::new(ids)), corpus_hash(text), val_fraction, context, name)
+    }
+
+    fn split(store: Store, text_hash: String, val_fraction: f64, context: usize, name: &str) -> Result<Self> {
         if !(val_fraction > 0.0 && val_fraction < 1.0) {
             bail!("the validation fraction must lie in (0, 1), got {val_fraction:?}");
         }
-        let tokens = tok.encode(text).with_context(|| format!("tokenizing corpus {name}"))?;
-        let n_val = ((tokens.len() as f64) * val_fraction).round() as usize;
-        let n_train = tokens.len() - n_val;
+        let n = match &store {
+            Store::File(f) => f.len(),
+            Store::Memory(v) => v.len(),
+        };
+        let n_val = ((n as f64) * val_fraction).round() as usize;
+        let n_train = n - n_val;
         let need = context + 1;
         if n_train < need || n_val < need {
             bail!(
-                "corpus {name} is too short: {} tokens give a {n_train}-token training split and a {n_val}-token validation split, \
-                 each needs at least context + 1 = {need}; use a longer corpus or a smaller --context",
-                tokens.len()
+                "corpus {name} is too short: {n} tokens give a {n_train}-token training split and a {n_val}-token validation split, \
+                 each needs at least context + 1 = {need}; use a longer corpus or a smaller --context"
             );
         }
-        let val = tokens[n_train..].to_vec();
-        let mut train = tokens;
-        train.truncate(n_train);
-        Ok(Self { train, val })
+        Ok(Self { store, n_train, text_hash })
+    }
+
+    fn all(&self) -> Tokens<'_> {
+        match &self.store {
+            Store::File(f) => f.tokens(),
+            Store::Memory(v) => v.as_slice().into(),
+        }
+    }
+
+    /// The training head.
+    pub fn train(&self) -> Tokens<'_> {
+        self.all().slice(0..self.n_train)
+    }
+
+    /// The validation tail.
+    pub fn val(&self) -> Tokens<'_> {
+        let all = self.all();
+        all.slice(self.n_train..all.len())
+    }
+
+    /// FNV-1a hex of the text the tokens came from ([`corpus_hash`]).
+    pub fn text_hash(&self) -> &str {
+        &self.text_hash
     }
 }
 
@@ -107,7 +184,8 @@ pub struct Batch {
 
 /// Build a batch from window start offsets into `tokens`: each window needs `context` tokens from
 /// its start.
-pub fn batch_at(tokens: &[u32], starts: &[usize], context: usize, bos: u32, dev: &Device) -> Result<Batch> {
+pub fn batch_at<'a>(tokens: impl Into<Tokens<'a>>, starts: &[usize], context: usize, bos: u32, dev: &Device) -> Result<Batch> {
+    let tokens = tokens.into();
     if context == 0 {
         bail!("a window needs a context of at least 1 token");
     }
@@ -119,8 +197,8 @@ pub fn batch_at(tokens: &[u32], starts: &[usize], context: usize, bos: u32, dev:
     let mut targets = Vec::with_capacity(b * context);
     for &i in starts {
         inputs.push(bos);
-        inputs.extend_from_slice(&tokens[i..i + context - 1]);
-        targets.extend_from_slice(&tokens[i..i + context]);
+        tokens.extend_into(i..i + context - 1, &mut inputs)?;
+        tokens.extend_into(i..i + context, &mut targets)?;
     }
     Ok(Batch {
         inputs: Tensor::from_vec(inputs, (b, context), dev)?,
@@ -137,19 +215,61 @@ pub fn random_starts(rng: &mut ChaCha8Rng, n_tokens: usize, context: usize, batc
 }
 
 /// Windows tiling `tokens` without overlap (each token is a target once), or, when `max_windows`
-/// is smaller, that many tiles evenly spaced over it, in batches. Deterministic: the validation
-/// curve and the temperature sweep see the same windows every time.
-pub fn tiled_batches(tokens: &[u32], max_windows: Option<usize>, batch_size: usize, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
-    if batch_size == 0 || context == 0 {
-        bail!("tiled batches need a batch size and a context of at least 1, got {batch_size} and {context}");
+/// is smaller, that many tiles evenly spaced over it, in batches built as they are read.
+/// Deterministic: the validation curve and the temperature sweep see the same windows every time.
+#[derive(Debug, Clone)]
+pub struct Windows<'a> {
+    tokens: Tokens<'a>,
+    starts: Vec<usize>,
+    batch_size: usize,
+    context: usize,
+    bos: u32,
+    dev: Device,
+}
+
+impl<'a> Windows<'a> {
+    pub fn tiled(tokens: impl Into<Tokens<'a>>, max_windows: Option<usize>, batch_size: usize, context: usize, bos: u32, dev: &Device) -> Result<Self> {
+        let tokens = tokens.into();
+        if batch_size == 0 || context == 0 {
+            bail!("tiled batches need a batch size and a context of at least 1, got {batch_size} and {context}");
+        }
+        if tokens.len() < context {
+            bail!("{} tokens cannot fill one window of the context ({context})", tokens.len());
+        }
+        let n_tiles = (tokens.len() - context) / context + 1;
+        let starts: Vec<usize> = match max_windows {
+            Some(n) if n < n_tiles => (0..n).map(|k| (k * n_tiles / n) * context).collect(),
+            _ => (0..n_tiles).map(|k| k * context).collect(),
+        };
+        Ok(Self { tokens, starts, batch_size, context, bos, dev: dev.clone() })
     }
-    if tokens.len() < context {
-        bail!("{} tokens cannot fill one window of the context ({context})", tokens.len());
+
+    /// Number of windows.
+    pub fn len(&self) -> usize {
+        self.starts.len()
     }
-    let tiles: Vec<usize> = (0..=tokens.len() - context).step_by(context).collect();
-    let starts: Vec<usize> = match max_windows {
-        Some(n) if n < tiles.len() => (0..n).map(|k| tiles[k * tiles.len() / n]).collect(),
-        _ => tiles,
-    };
-    starts.chunks(batch_size).map(|chunk| batch_at(tokens, chunk, context, bos, dev)).collect()
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Targets over all windows.
+    pub fn targets(&self) -> usize {
+        self.starts.len() * self.context
+    }
+
+    /// The batches, each built when it is reached.
+    pub fn batches(&self) -> impl Iterator<Item = Result<Batch>> + '_ {
+        self.starts.chunks(self.batch_size).map(|chunk| batch_at(self.tokens, chunk, self.context, self.bos, &self.dev))
+    }
+
+    /// Every batch, built now.
+    pub fn collect(&self) -> Result<Vec<Batch>> {
+        self.batches().collect()
+    }
+}
+
+/// [`Windows::tiled`], every batch built now.
+pub fn tiled_batches<'a>(tokens: impl Into<Tokens<'a>>, max_windows: Option<usize>, batch_size: usize, context: usize, bos: u32, dev: &Device) -> Result<Vec<Batch>> {
+    Windows::tiled(tokens, max_windows, batch_size, context, bos, dev)?.collect()
 }

@@ -16,6 +16,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::config::{Start, TokenizerKind};
+use crate::data::corpus::Corpus;
 
 /// The beginning-of-sequence token, present in every vocabulary trained here.
 pub use crate::config::BOS;
@@ -102,7 +103,36 @@ fn char_tokenizer(vocab: Vocab) -> Result<Tokenizer> {
 impl Tok {
     /// A character tokenizer over the distinct characters of `text` (sorted, ids 0..n), BOS = n.
     pub fn train_char(text: &str) -> Result<Self> {
-        let chars: BTreeSet<char> = text.chars().collect();
+        Self::char_of_set(text.chars().collect())
+    }
+
+    /// [`Tok::train_char`] over the text of `corpus`, read streaming (a bar over its bytes when
+    /// `progress`): the same tokenizer as of the joined text in memory.
+    pub fn train_char_streaming(corpus: &Corpus, progress: bool) -> Result<Self> {
+        let pb = crate::progress::bytes_bar(corpus.bytes(), &format!("reading the characters of {}", corpus.name()), progress);
+        let (mut ascii, mut other) = ([false; 128], BTreeSet::new());
+        corpus.read(|piece, read| {
+            if piece.is_ascii() {
+                piece.bytes().for_each(|b| ascii[b as usize] = true);
+            } else {
+                for c in piece.chars() {
+                    if c.is_ascii() {
+                        ascii[c as usize] = true;
+                    } else {
+                        other.insert(c);
+                    }
+                }
+            }
+            pb.set_position(read);
+            Ok(())
+        })?;
+        pb.finish_and_clear();
+        let mut chars: BTreeSet<char> = (0u8..128).filter(|&b| ascii[b as usize]).map(char::from).collect();
+        chars.append(&mut other);
+        Self::char_of_set(chars)
+    }
+
+    fn char_of_set(chars: BTreeSet<char>) -> Result<Self> {
         if chars.is_empty() {
             bail!("cannot build a character vocabulary from empty text");
         }
@@ -125,6 +155,52 @@ impl Tok {
 
     /// Byte-level BPE with `vocab_size` tokens (BOS and the 256 byte tokens included), trained on `text`.
     pub fn train_bpe(text: &str, vocab_size: usize) -> Result<Self> {
+        // Lines keep their newline so that merges across "\n" boundaries are learned as in the text.
+        Self::train_bpe_lines(text.split_inclusive('\n'), vocab_size)
+    }
+
+    /// [`Tok::train_bpe`] on at most `sample_bytes` of the text of `corpus`: every line when the
+    /// corpus is no larger, else whole lines spread evenly over it (a line is taken while the
+    /// sample is behind `sample_bytes` times the share of the corpus read so far), as
+    /// large-corpus pipelines train their BPE on a sample.
+    pub fn train_bpe_streaming(corpus: &Corpus, vocab_size: usize, sample_bytes: u64, progress: bool) -> Result<Self> {
+        let pb = crate::progress::bytes_bar(corpus.bytes(), &format!("sampling {} for BPE", corpus.name()), progress);
+        let total = corpus.bytes().max(1) as f64;
+        let whole = corpus.bytes() <= sample_bytes;
+        let (mut lines, mut partial, mut taken, mut at) = (Vec::new(), String::new(), 0u64, 0u64);
+        let mut offer = |line: &str, at: u64, lines: &mut Vec<String>| {
+            let len = line.len() as u64;
+            if whole || (taken as f64) < sample_bytes as f64 * (at as f64 / total).min(1.0) && taken + len <= sample_bytes {
+                lines.push(line.to_string());
+                taken += len;
+            }
+        };
+        corpus.read(|piece, read| {
+            for line in piece.split_inclusive('\n') {
+                at += line.len() as u64;
+                if line.ends_with('\n') {
+                    if partial.is_empty() {
+                        offer(line, at, &mut lines);
+                    } else {
+                        partial.push_str(line);
+                        offer(&partial, at, &mut lines);
+                        partial.clear();
+                    }
+                } else {
+                    partial.push_str(line);
+                }
+            }
+            pb.set_position(read);
+            Ok(())
+        })?;
+        if !partial.is_empty() {
+            offer(&partial, at, &mut lines);
+        }
+        pb.finish_and_clear();
+        Self::train_bpe_lines(lines.iter().map(String::as_str), vocab_size)
+    }
+
+    fn train_bpe_lines<'a>(lines: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
         let mut inner = Tokenizer::new(BPE::default());
         let byte_level = ByteLevel::new(false, true, true);
         inner.with_pre_tokenizer(Some(byte_level));
@@ -138,9 +214,8 @@ impl Tok {
             .initial_alphabet(alphabet)
             .build()
             .into();
-        // Lines keep their newline so that merges across "\n" boundaries are learned as in the text.
         inner
-            .train(&mut trainer, text.split_inclusive('\n'))
+            .train(&mut trainer, lines)
             .map_err(|e| anyhow!("training the BPE tokenizer: {e}"))?;
         Self::from_tokenizer(inner)
     }
@@ -150,6 +225,14 @@ impl Tok {
         match kind {
             TokenizerKind::Char => Self::train_char(text),
             TokenizerKind::Bpe => Self::train_bpe(text, bpe_vocab_size),
+        }
+    }
+
+    /// Build the tokenizer a training run asks for from `corpus`, streaming.
+    pub fn train_streaming(kind: TokenizerKind, corpus: &Corpus, bpe_vocab_size: usize, bpe_sample_bytes: u64, progress: bool) -> Result<Self> {
+        match kind {
+            TokenizerKind::Char => Self::train_char_streaming(corpus, progress),
+            TokenizerKind::Bpe => Self::train_bpe_streaming(corpus, bpe_vocab_size, bpe_sample_bytes, progress),
         }
     }
 

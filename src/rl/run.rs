@@ -160,5 +160,5 @@ fn read_prompts(path: Option<&PathBuf>, tok: &Tok) -> Result<Vec<Vec<u32>>> {
 fn validation_batches(config: &RunConfig, tok: &Tok, corpus_hash: &str, dev: &Device) -> Result<Vec<Batch>> {
     let val = data::validation_split(config, tok, Some(corpus_hash), None)?;
     memory::ensure_fits_on(dev, &format!("a forward pass over {VAL_BATCH} validation windows"), config.model.forward_bytes(VAL_BATCH), "free some memory")?;
-    data::tiled_batches(&val.tokens, None, VAL_BATCH, config.model.context, tok.bos(), dev)
+    data::tiled_batches(val.tokens(), config.train.eval_tokens.windows(config.model.context), VAL_BATCH, config.model.context, tok.bos(), dev)
 }

@@ -5,7 +5,7 @@ pub mod evaluate;
 pub mod metrics;
 pub mod optim;
 
-pub use evaluate::{evaluate, Eval};
+pub use evaluate::{evaluate, evaluate_windows, Eval};
 pub use metrics::{write_curves, Metrics, CURVES};
 
 use std::fs;
@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::checkpoint::{self, TrainState};
 use crate::config::{OptimizerKind, RunConfig, TrainConfig, TrainOptions, FORMAT_VERSION};
 use crate::data::tokenizer::Tok;
-use crate::data::{self, Batch, Splits};
+use crate::data::corpus::Corpus;
+use crate::data::{self, tokens, Batch, Splits};
 use crate::error::{Diverged, UsageError};
 use crate::memory;
 use crate::model::loss;
@@ -57,6 +58,8 @@ pub struct TrainReport {
     pub steps: usize,
     pub params: usize,
     pub val_ce: f64,
+    /// Validation targets the last evaluation of this session covered (None when it took no step).
+    pub val_tokens: Option<usize>,
     pub train_loss: Option<f64>,
     /// Seconds spent in this session (evaluation and checkpoints included).
     pub wall_secs: f64,
@@ -96,6 +99,14 @@ struct Setup {
     resumed: bool,
 }
 
+/// The windows an evaluation covers: the fixed subset built once, or the last evaluation's,
+/// built as they are read.
+#[derive(Clone, Copy)]
+enum EvalSet<'a, 'w> {
+    Fixed(&'a [Batch]),
+    Windows(&'a data::Windows<'w>),
+}
+
 /// What the steps since the last evaluation measured, for its metrics record.
 struct Record {
     /// Mean training loss over those steps (None before the first step).
@@ -109,9 +120,13 @@ struct Record {
 
 impl Setup {
     /// Evaluate on `batches`, append the metrics record and save a checkpoint into `out`: the
-    /// validation CE and the line to log. A non-finite validation figure saves nothing.
-    fn checkpoint(&mut self, out: &std::path::Path, batches: &[Batch], r: &Record) -> Result<(f64, String)> {
-        let ev = evaluate(&self.params.detached_model(&self.run.model)?, batches, self.run.train.label_smoothing)?;
+    /// validation CE, the targets it covered and the line to log. A non-finite validation figure saves nothing.
+    fn checkpoint(&mut self, out: &std::path::Path, batches: EvalSet, r: &Record) -> Result<(f64, usize, String)> {
+        let model = self.params.detached_model(&self.run.model)?;
+        let ev = match batches {
+            EvalSet::Fixed(b) => evaluate(&model, b, self.run.train.label_smoothing)?,
+            EvalSet::Windows(w) => evaluate::evaluate_windows(&model, w, self.run.train.label_smoothing)?,
+        };
         let val_ce = ev.ce;
         if !(val_ce.is_finite() && ev.loss.is_finite()) {
             bail!(
@@ -130,7 +145,7 @@ impl Setup {
             val_ce,
             val_ce_bos: ev.ce_bos,
             val_loss: ev.loss,
-            val_tokens: batches.iter().map(|b| b.targets.elem_count()).sum(),
+            val_tokens: ev.targets,
             lr: r.lr,
             tokens_per_sec: r.tokens_per_sec,
             elapsed_secs: r.elapsed,
@@ -138,14 +153,15 @@ impl Setup {
         append_metrics(out, &m)?;
         checkpoint::save(out, &self.run, &self.tok, &self.params, self.optimizer.state_tensors()?, &self.state)?;
         let line = format!(
-            "step {:>5}: train loss {}, val CE {val_ce:.4} (with the BOS-only first token {:.4}) nats/token, lr {:.2e}{}",
+            "step {:>5}: train loss {}, val CE {val_ce:.4} (with the BOS-only first token {:.4}) nats/token over {} targets, lr {:.2e}{}",
             self.state.step,
             r.train_loss.map_or("   -  ".into(), |l| format!("{l:.4}")),
             ev.ce_bos,
+            ev.targets,
             r.lr,
             r.tokens_per_sec.map_or(String::new(), |t| format!(", {t:.0} tok/s")),
         );
-        Ok((val_ce, line))
+        Ok((val_ce, ev.targets, line))
     }
 }
 
@@ -158,22 +174,22 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     let shape = req.options.model_config(2);
     shape.validate()?;
     memory::ensure_training_fits(dev, &shape, train.batch_size, train.optimizer.state_copies(), memory::SHAPE_HINT)?;
-    let text = data::read_corpus(&train.corpus)?;
-    let tok = Tok::train(train.tokenizer, &text, train.bpe_vocab_size)?;
+    let corpus = Corpus::open(&train.corpus, &train.text_field)?;
+    let tok = data::corpus_tokenizer(&corpus, &train, req.progress)?;
     let model_cfg = req.options.model_config(tok.vocab_size());
     model_cfg.validate()?;
     memory::ensure_training_fits(dev, &model_cfg, train.batch_size, train.optimizer.state_copies(), memory::SHAPE_HINT)?;
     // The corpus must fit the context before any memory goes to the model.
-    let splits = Splits::new(&text, &tok, train.val_fraction, model_cfg.context, &train.corpus.display().to_string())?;
+    let splits = Splits::new(tokens::tokenize(&corpus, &tok, req.progress)?, train.val_fraction, model_cfg.context, corpus.name())?;
     let (params, model) = Params::init(&model_cfg, train.init_std, train.seed, dev)?;
     let run = RunConfig { format_version: FORMAT_VERSION, model: model_cfg, train, imported_from: None };
-    Setup::at_step_zero(run, tok, params, model, splits, &text)
+    Setup::at_step_zero(run, tok, params, model, splits)
 }
 
 impl Setup {
     /// A run at step 0 over `params`: a fresh optimizer, the batch RNG at its start, and a state
-    /// that records the corpus `text`.
-    fn at_step_zero(run: RunConfig, tok: Tok, params: Params, model: Gpt, splits: Splits, text: &str) -> Result<Self> {
+    /// that records the fingerprint of the corpus text `splits` came from.
+    fn at_step_zero(run: RunConfig, tok: Tok, params: Params, model: Gpt, splits: Splits) -> Result<Self> {
         let train = &run.train;
         let optimizer = match train.optimizer {
             OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(params.trainable(), adamw_config(train), model.kernels())?),
@@ -187,7 +203,7 @@ impl Setup {
             tokens_seen: 0,
             elapsed_secs: 0.0,
             val_ce: None,
-            corpus_hash: checkpoint::corpus_hash(text),
+            corpus_hash: splits.text_hash().to_string(),
         };
         Ok(Setup { run, tok, params, model, optimizer, state, batch_rng, splits, resumed: false })
     }
@@ -216,10 +232,11 @@ fn fine_tune(req: &TrainRequest, source: &std::path::Path, dev: &Device) -> Resu
     train.init_from = Some(source.to_path_buf());
     train.validate()?;
     memory::ensure_training_fits(dev, &src.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
-    let text = data::read_corpus(&train.corpus)?;
-    let splits = Splits::new(&text, &src.tokenizer, train.val_fraction, src.config.model.context, &train.corpus.display().to_string())?;
+    let corpus = Corpus::open(&train.corpus, &train.text_field)?;
+    let file = tokens::tokenize(&corpus, &src.tokenizer, req.progress)?;
+    let splits = Splits::new(file, train.val_fraction, src.config.model.context, corpus.name())?;
     let run = RunConfig { format_version: FORMAT_VERSION, model: src.config.model, train, imported_from: src.config.imported_from };
-    Setup::at_step_zero(run, src.tokenizer, src.params, src.model, splits, &text)
+    Setup::at_step_zero(run, src.tokenizer, src.params, src.model, splits)
 }
 
 fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
@@ -243,15 +260,16 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     if let Some(raise) = raise {
         return Err(UsageError(format!("--resume: {} is already at step {done}; {raise}", req.out.display())).into());
     }
-    let text = data::read_corpus(&train.corpus)?;
-    if checkpoint::corpus_hash(&text) != saved.state.corpus_hash {
+    let corpus = Corpus::open(&train.corpus, &train.text_field)?;
+    let file = tokens::tokenize(&corpus, &saved.tokenizer, req.progress)?;
+    if file.header().text_hash != saved.state.corpus_hash {
         bail!(
             "--resume: corpus {} is not the text {} was trained on (its content changed); resume on the same text",
-            train.corpus.display(),
+            corpus.name(),
             req.out.display()
         );
     }
-    let splits = Splits::new(&text, &saved.tokenizer, train.val_fraction, saved.config.model.context, &train.corpus.display().to_string())?;
+    let splits = Splits::new(file, train.val_fraction, saved.config.model.context, corpus.name())?;
     let optimizer = match train.optimizer {
         OptimizerKind::AdamW if saved.optimizer_state.is_empty() => {
             // Written without moments (an rl output): a step count for them would be a guess.
@@ -300,10 +318,10 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         (None, false) => fresh(req, dev)?,
     };
     let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
-    let splits = std::mem::replace(&mut s.splits, Splits { train: Vec::new(), val: Vec::new() });
-    let evals = data::tiled_batches(&splits.val, Some(cfg.eval_batches.saturating_mul(cfg.batch_size)), cfg.batch_size, context, bos, dev)?;
-    // The last evaluation of a run covers the whole validation split.
-    let full_eval = data::tiled_batches(&splits.val, None, cfg.batch_size, context, bos, dev)?;
+    let splits = s.splits.clone();
+    let evals = data::tiled_batches(splits.val(), Some(cfg.eval_batches.saturating_mul(cfg.batch_size)), cfg.batch_size, context, bos, dev)?;
+    // The last evaluation of a run covers up to --eval-tokens targets, its batches built as it goes.
+    let final_eval = data::Windows::tiled(splits.val(), cfg.eval_tokens.windows(context), cfg.batch_size, context, bos, dev)?;
     fs::create_dir_all(&req.out).with_context(|| format!("creating run directory {}", req.out.display()))?;
 
     let pb = crate::progress::bar(cfg.steps, s.state.step, req.progress);
@@ -318,8 +336,8 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         context,
         s.tok.vocab_size(),
         crate::config::spelled(&s.tok.kind()),
-        splits.train.len(),
-        splits.val.len(),
+        splits.train().len(),
+        splits.val().len(),
     ));
 
     let elapsed_before = s.state.elapsed_secs;
@@ -327,7 +345,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     if !s.resumed {
         // A fresh run starts a fresh metrics file (after every input check has passed).
         let _ = fs::remove_file(req.out.join(checkpoint::METRICS));
-        let (val_ce, line) = s.checkpoint(&req.out, &evals, &Record { train_loss: None, lr: 0.0, tokens_per_sec: None, elapsed: 0.0 })?;
+        let (val_ce, _, line) = s.checkpoint(&req.out, EvalSet::Fixed(&evals), &Record { train_loss: None, lr: 0.0, tokens_per_sec: None, elapsed: 0.0 })?;
         log(line);
         last_val = Some(val_ce);
     }
@@ -337,12 +355,13 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let (mut step_secs, mut session_tokens) = (0f64, 0u64);
     let (mut window_loss, mut window_steps, mut window_secs) = (0f64, 0usize, 0f64);
     let mut last_train_loss = None;
+    let mut last_targets = None;
     let stop_at = req.stop_after.map_or(cfg.steps, |n| n.min(cfg.steps));
     while s.state.step < stop_at {
         let t0 = Instant::now();
         let lr = optim::lr_at(s.state.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
-        let starts = data::random_starts(&mut s.batch_rng, splits.train.len(), context, cfg.batch_size)?;
-        let batch = data::batch_at(&splits.train, &starts, context, bos, dev)?;
+        let starts = data::random_starts(&mut s.batch_rng, splits.train().len(), context, cfg.batch_size)?;
+        let batch = data::batch_at(splits.train(), &starts, context, bos, dev)?;
         let loss_value = match train_step(&s.model, &s.params, &mut s.optimizer, &batch, cfg.label_smoothing, lr, cfg.grad_clip) {
             Ok(l) => l,
             Err(e) if e.is::<Diverged>() => bail!(
@@ -368,9 +387,10 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
             let elapsed = elapsed_before + loop_start.elapsed().as_secs_f64();
             let last = s.state.step == stop_at;
             let record = Record { train_loss: Some(mean_loss), lr, tokens_per_sec: Some(tok_s), elapsed };
-            let (val_ce, line) = s.checkpoint(&req.out, if last { &full_eval } else { &evals }, &record)?;
+            let (val_ce, targets, line) = s.checkpoint(&req.out, if last { EvalSet::Windows(&final_eval) } else { EvalSet::Fixed(&evals) }, &record)?;
             log(line);
             last_val = Some(val_ce);
+            last_targets = Some(targets);
             (window_loss, window_steps, window_secs) = (0.0, 0, 0.0);
         }
         pb.set_position(s.state.step as u64);
@@ -389,6 +409,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         steps: s.state.step,
         params: s.params.count(),
         val_ce: last_val.unwrap_or(f64::NAN),
+        val_tokens: last_targets,
         train_loss: last_train_loss,
         wall_secs: session_start.elapsed().as_secs_f64(),
         tokens_per_sec: if step_secs > 0.0 { session_tokens as f64 / step_secs } else { 0.0 },

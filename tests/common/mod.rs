@@ -27,9 +27,19 @@ pub fn small_corpus(dir: &Path, chars: usize) -> PathBuf {
     path
 }
 
+/// The token cache the tests' runs share (under the build directory, not the user's cache).
+pub const TOKEN_CACHE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/token-cache");
+
+/// The real binary, with the tests' token cache.
+pub fn thermoformer() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thermoformer"));
+    cmd.env("THERMOFORMER_CACHE", TOKEN_CACHE);
+    cmd
+}
+
 /// Run the real binary with `args`.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thermoformer")).args(args).output().expect("running thermoformer")
+    thermoformer().args(args).output().expect("running thermoformer")
 }
 
 /// Flags for a training run that takes well under a second.
@@ -94,7 +104,7 @@ pub fn trained(dir: &Path) -> PathBuf {
 /// Options of a small library-level training run (2 layers x 2 heads x 32 wide, context 32).
 pub fn small_run_options(corpus: &Path, steps: usize) -> TrainOptions {
     TrainOptions {
-        corpus: Some(corpus.to_path_buf()),
+        corpus: Some(vec![corpus.to_path_buf()]),
         steps: Some(steps),
         batch_size: Some(8),
         context: Some(32),
