@@ -4,6 +4,7 @@
 //! `context` tokens: the model always learns (and later scores) sequences that start with BOS,
 //! so the first token of a window is predicted from BOS alone.
 
+pub mod bpe;
 pub mod corpus;
 pub mod tokenizer;
 pub mod tokens;

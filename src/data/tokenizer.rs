@@ -16,6 +16,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::config::{Start, TokenizerKind};
+use crate::data::bpe::ByteLevelBpe;
 use crate::data::corpus::Corpus;
 
 /// The beginning-of-sequence token, present in every vocabulary trained here.
@@ -30,6 +31,8 @@ pub struct Tok {
     /// The char tokenizer's id of every character it knows (None for byte-level BPE, which
     /// encodes any text).
     chars: Option<CharTable>,
+    /// The fast encoder of a GPT-2-style byte-level BPE (None for other pipelines).
+    bpe: Option<ByteLevelBpe>,
 }
 
 impl std::fmt::Debug for Tok {
@@ -296,7 +299,8 @@ impl Tok {
             });
             (TokenizerKind::Char, Some(CharTable::new(chars)))
         };
-        Ok(Self { inner, kind, bos, chars })
+        let bpe = if chars.is_none() { ByteLevelBpe::of(&inner) } else { None };
+        Ok(Self { inner, kind, bos, chars, bpe })
     }
 
     /// The standard `tokenizer.json` text.
@@ -324,6 +328,9 @@ impl Tok {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         if let Some(chars) = &self.chars {
             return chars.encode(text);
+        }
+        if let Some(bpe) = &self.bpe {
+            return bpe.encode(text);
         }
         let enc = self.inner.encode_fast(text, false).map_err(|e| anyhow!("tokenizing text: {e}"))?;
         Ok(enc.get_ids().to_vec())
@@ -370,5 +377,33 @@ mod tests {
             let general = tok.inner.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
             prop_assert_eq!(tok.encode(&text).unwrap(), general);
         }
+
+        /// The fast byte-level BPE gives `encode_fast`'s ids on any text: runs of spaces, tabs
+        /// and newlines before and after words, contractions, digits, punctuation, non-ASCII
+        /// letters and digits, other scripts' spaces, and BOS's spelling.
+        #[test]
+        fn fast_bpe_matches_the_general_encoder(text in "([a-zA-Z]{1,6}|[ \t\n]{1,3}|'s|'ll|'[a-z]|[0-9]{1,3}|[.,;:!?]{1,2}|é|Ω|٣|\u{a0}|\u{3000}|<\\|bos\\|>|日本){0,30}") {
+            let tok = bpe_tokenizer();
+            prop_assert!(tok.bpe.is_some(), "the fast path is taken");
+            let general = tok.inner.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
+            prop_assert_eq!(tok.encode(&text).unwrap(), general);
+        }
+    }
+
+    /// A 400-token BPE trained on the first 50,000 characters of the shipped corpus (built once).
+    fn bpe_tokenizer() -> &'static Tok {
+        static TOK: std::sync::OnceLock<Tok> = std::sync::OnceLock::new();
+        TOK.get_or_init(|| {
+            let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt")).unwrap();
+            Tok::train_bpe(&text[..50_000], 400).unwrap()
+        })
+    }
+
+    #[test]
+    fn fast_bpe_matches_the_general_encoder_on_the_shipped_corpus() {
+        let tok = bpe_tokenizer();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt")).unwrap();
+        let general = tok.inner.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(tok.encode(&text).unwrap(), general);
     }
 }
