@@ -77,7 +77,7 @@ pub fn corpus_tokenizer(corpus: &Corpus, train: &TrainConfig, progress: bool) ->
         crate::config::TokenizerKind::Char => "char v1".to_string(),
         crate::config::TokenizerKind::Bpe => format!("bpe v1 {} {}", train.bpe_vocab_size, train.bpe_sample_bytes.min(corpus.bytes())),
     };
-    let path = tokens::ensure_cache()?.join(format!("tokenizer-{}-{}.json", corpus.identity(), corpus::fnv_hex(&recipe)));
+    let path = tokens::ensure_cache(None)?.join(format!("tokenizer-{}-{}.json", corpus.identity(), corpus::fnv_hex(&recipe)));
     if let Ok(tok) = std::fs::read_to_string(&path).map_err(anyhow::Error::from).and_then(|json| Tok::from_json(&json)) {
         if tok.kind() == train.tokenizer {
             return Ok(tok);

@@ -248,20 +248,25 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// The cache directory, created if need be.
-pub(crate) fn ensure_cache() -> Result<PathBuf> {
-    let dir = cache_dir();
+/// The cache directory `dir` (default [`cache_dir`]), created if need be.
+pub(crate) fn ensure_cache(dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = dir.map_or_else(cache_dir, Path::to_path_buf);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the token cache {}; set THERMOFORMER_CACHE to a writable directory", dir.display()))?;
     Ok(dir)
 }
 
-/// The token file of `corpus` under `tok`: the cached one when it is whole and matches, else
-/// tokenized now (with a progress bar when `progress`).
+/// The token file of `corpus` under `tok` in the cache ([`cache_dir`]): the cached one when it is
+/// whole and matches, else tokenized now (with a progress bar when `progress`).
 pub fn tokenize(corpus: &Corpus, tok: &Tok, progress: bool) -> Result<Arc<TokenFile>> {
+    tokenize_in(None, corpus, tok, progress)
+}
+
+/// [`tokenize`] with the cache in `cache` (None: [`cache_dir`]).
+pub fn tokenize_in(cache: Option<&Path>, corpus: &Corpus, tok: &Tok, progress: bool) -> Result<Arc<TokenFile>> {
     let tokenizer = fnv_hex(&tok.to_json()?);
     let identity = corpus.identity();
-    let path = ensure_cache()?.join(format!("tokens-{identity}-{tokenizer}.bin"));
+    let path = ensure_cache(cache)?.join(format!("tokens-{identity}-{tokenizer}.bin"));
     match TokenFile::open(&path, |h| h.identity == identity && h.tokenizer == tokenizer && h.vocab_size == tok.vocab_size())? {
         Ok(file) => return Ok(Arc::new(file)),
         Err(why) if !why.is_empty() => crate::progress::note(format!("token file {} cannot be used: {why}; rebuilding it", path.display())),
