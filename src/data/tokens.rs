@@ -192,6 +192,10 @@ impl TokenFile {
         // Safety: token files are only ever written under another name and renamed into place,
         // so a mapped file is never modified by this program.
         let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping token file {}", path.display()))?;
+        // Windows are read at random offsets: no read-ahead around them, so the process maps
+        // only the pages it reads (a hint; ignored where unsupported).
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Random);
         let header = match parse_header(&map) {
             Ok(h) => h,
             Err(why) => return Ok(Err(why)),

@@ -99,7 +99,7 @@ pub fn run(req: &RlRequest, dev: &Device) -> Result<RlReport> {
     let mut metrics = OpenOptions::new().create(true).write(true).truncate(true).open(&metrics_path).with_context(|| format!("opening {}", metrics_path.display()))?;
 
     // What the reward costs the language model: cross-entropy on the run's own validation split,
-    // before and after, measured alike (the whole split, as training's last evaluation).
+    // before and after, measured alike (at most the run's --eval-tokens targets, as training's last evaluation).
     let val_batches = validation_batches(&source.config, tok, &source.state.corpus_hash, dev)
         .map_err(|e| crate::progress::note(format!("warning: the validation cross-entropy will not be measured: {e:#}")))
         .ok();
@@ -154,8 +154,8 @@ fn read_prompts(path: Option<&PathBuf>, tok: &Tok) -> Result<Vec<Vec<u32>>> {
     lines.iter().map(|l| tok.encode(l).with_context(|| format!("encoding prompt {l:?}"))).collect()
 }
 
-/// The run's validation split in tiles of BOS + context - 1 tokens (as training's last
-/// evaluation reads it), or why it cannot be read: the corpus is gone or changed, or the pass
+/// The run's validation split in tiles of BOS + context - 1 tokens, at most its --eval-tokens
+/// targets (as training's last evaluation reads it), or why it cannot be read: the corpus is gone or changed, or the pass
 /// would not fit in memory.
 fn validation_batches(config: &RunConfig, tok: &Tok, corpus_hash: &str, dev: &Device) -> Result<Vec<Batch>> {
     let val = data::validation_split(config, tok, Some(corpus_hash), None)?;

@@ -24,8 +24,8 @@ pub struct Metrics {
     pub val_ce_bos: f64,
     /// Validation loss with the run's label smoothing (every position).
     pub val_loss: f64,
-    /// Validation tokens evaluated: a fixed subset at intermediate steps, the whole validation
-    /// split at the last step of a session.
+    /// Validation targets evaluated: a fixed subset at intermediate steps, at most --eval-tokens
+    /// (evenly spaced windows) at the last step of a session.
     pub val_tokens: usize,
     /// Learning rate of the last step.
     pub lr: f64,

@@ -327,7 +327,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let pb = crate::progress::bar(cfg.steps, s.state.step, req.progress);
     let log = |line: String| pb.suspend(|| crate::progress::note(&line));
     log(format!(
-        "{} {} parameters, {} layers x {} heads x {} wide, context {}, vocab {} ({}); {} train / {} val tokens",
+        "{} {} parameters, {} layers x {} heads x {} wide, context {}, vocab {} ({}); {} train / {} val tokens; set up in {:.2} s",
         if s.resumed { format!("resuming {} at step {}:", req.out.display(), s.state.step) } else { "training".to_string() },
         s.params.count(),
         s.run.model.n_layer,
@@ -338,6 +338,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         crate::config::spelled(&s.tok.kind()),
         splits.train().len(),
         splits.val().len(),
+        session_start.elapsed().as_secs_f64(),
     ));
 
     let elapsed_before = s.state.elapsed_secs;
