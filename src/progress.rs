@@ -13,15 +13,7 @@ pub fn note(line: impl std::fmt::Display) {
 /// A progress bar over `total` steps, `done` of them already behind it, on stderr (indicatif
 /// hides it when stderr is not a terminal; `visible: false` hides it anyway).
 pub fn bar(total: usize, done: usize, visible: bool) -> ProgressBar {
-    let pb = ProgressBar::new(total as u64);
-    if !visible {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>5}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("a valid progress template")
-            .progress_chars("=> "),
-    );
+    let pb = styled(total as u64, "{bar:30.cyan/blue} {pos:>5}/{len} [{elapsed_precise}<{eta_precise}] {msg}", visible);
     pb.set_position(done as u64);
     pb.reset_eta();
     pb
@@ -30,15 +22,16 @@ pub fn bar(total: usize, done: usize, visible: bool) -> ProgressBar {
 /// A progress bar over `total` bytes of input, with the throughput and the time left, on stderr
 /// (hidden as [`bar`] is).
 pub fn bytes_bar(total: u64, what: &str, visible: bool) -> ProgressBar {
+    let pb = styled(total, "{msg} {bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} [{elapsed_precise}<{eta_precise}]", visible);
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn styled(total: u64, template: &str, visible: bool) -> ProgressBar {
     let pb = ProgressBar::new(total);
     if !visible {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
-    pb.set_style(
-        ProgressStyle::with_template("{msg} {bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} [{elapsed_precise}<{eta_precise}]")
-            .expect("a valid progress template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
+    pb.set_style(ProgressStyle::with_template(template).expect("a valid progress template").progress_chars("=> "));
     pb
 }

@@ -274,6 +274,17 @@ fn a_truncated_or_damaged_token_file_is_rebuilt_and_a_corrupt_id_is_named() {
         assert_eq!(rebuilt.stdout, expected.stdout, "the same figures from the rebuilt file");
         assert!(std::fs::read(&file).unwrap() == whole, "rebuilt byte for byte");
     }
+    // What a killed run left (a temporary file of a process that is gone) is removed by the next
+    // run that writes the file; one of a live process (this test's) is left alone.
+    let stale = file.with_file_name(format!("{}.4000000000.0.tmp", file.file_name().unwrap().to_str().unwrap()));
+    let live = file.with_file_name(format!("{}.{}.0.tmp", file.file_name().unwrap().to_str().unwrap(), std::process::id()));
+    std::fs::write(&stale, b"partial").unwrap();
+    std::fs::write(&live, b"partial").unwrap();
+    std::fs::write(&file, b"junk").unwrap();
+    assert!(calibrate().status.success());
+    assert!(!stale.exists() && live.exists(), "the stale temporary is removed, the live one kept");
+    std::fs::remove_file(&live).unwrap();
+
     // An id outside the vocabulary, in the validation tail: a one-line error naming it.
     let mut bad = whole.clone();
     let at = bad.len() - 100;

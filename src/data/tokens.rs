@@ -252,6 +252,31 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Remove what killed runs left of `path`: the temporary files [`temp_beside`] named for it, written
+/// by processes that are no longer alive (Linux, where /proc says so; elsewhere nothing is removed).
+fn remove_stale_temps(path: &Path) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let pid = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|r| r.strip_prefix('.'))
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .and_then(|r| r.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// The cache directory `dir` (default [`cache_dir`]), created if need be.
 pub(crate) fn ensure_cache(dir: Option<&Path>) -> Result<PathBuf> {
     let dir = dir.map_or_else(cache_dir, Path::to_path_buf);
@@ -288,6 +313,7 @@ pub fn tokenize_in(cache: Option<&Path>, corpus: &Corpus, tok: &Tok, progress: b
         bytes: corpus.bytes(),
         text_hash: String::new(),
     };
+    remove_stale_temps(&path);
     let tmp = temp_beside(&path);
     let started = std::time::Instant::now();
     let written = write(&tmp, corpus, tok, header, progress);
