@@ -330,6 +330,10 @@ pub struct TrainConfig {
     /// The string field of a JSON Lines record that holds its document.
     #[serde(default = "default_text_field")]
     pub text_field: String,
+    /// Whether `*.jsonl` files are read as JSON Lines. Runs written before corpora could be
+    /// JSON Lines have no such field and read every file as text, as they were trained.
+    #[serde(default)]
+    pub json_lines: bool,
     /// Optimizer steps in total (a resumed run continues up to this number).
     pub steps: usize,
     /// Sequences per step.
@@ -392,6 +396,7 @@ impl Default for TrainConfig {
         Self {
             corpus: vec![PathBuf::from("data/tinyshakespeare.txt")],
             text_field: default_text_field(),
+            json_lines: true,
             steps: 5000,
             batch_size: 12,
             lr: OptimizerKind::AdamW.default_lr(),
@@ -446,10 +451,11 @@ impl EvalTokens {
     /// seconds of forward passes on the default model.
     pub const DEFAULT: usize = 1 << 17;
 
-    /// Windows of `context` tokens that cover at most this many targets (None: all of them).
+    /// Windows of `context` tokens that cover at most this many targets, at least one (None: all
+    /// of them).
     pub fn windows(&self, context: usize) -> Option<usize> {
         match *self {
-            EvalTokens::AtMost(n) => Some(n.div_ceil(context.max(1)).max(1)),
+            EvalTokens::AtMost(n) => Some((n / context.max(1)).max(1)),
             EvalTokens::All => None,
         }
     }
@@ -567,6 +573,11 @@ pub fn valid_temperature(t: f64) -> bool {
 pub const MAX_BPE_VOCAB: usize = 1 << 20;
 
 impl TrainConfig {
+    /// The JSON Lines field to read `*.jsonl` files by, or None where every file is text.
+    pub fn json_field(&self) -> Option<&str> {
+        self.json_lines.then_some(self.text_field.as_str())
+    }
+
     /// Check the ranges of every option; the message names the flag.
     pub fn validate(&self) -> Result<()> {
         let usage = |msg: String| -> Result<()> { Err(UsageError(msg).into()) };

@@ -4,8 +4,8 @@
 //! - A text file is one document. A file named `*.jsonl` holds one document per line: the string
 //!   field `--text-field` (default `text`, as Hugging Face dataset exports write them) of each
 //!   JSON record. Blank lines are skipped.
-//! - A directory stands for its files, recursively, in path order; names starting with `.` are
-//!   skipped.
+//! - A directory stands for its files, recursively, in path order; names starting with `.` and
+//!   links to directories are skipped.
 //! - Documents are joined in the order given, with a newline between two documents when the
 //!   first does not already end with one. A corpus of one file is therefore that file's text,
 //!   byte for byte, and hashes as it always has ([`super::corpus_hash`]).
@@ -34,6 +34,8 @@ struct Source {
     bytes: u64,
     /// Modification time, nanoseconds since the epoch (0 where the platform gives none).
     modified: u128,
+    /// Inode and change time (unix; 0 elsewhere).
+    changed: u128,
 }
 
 /// FNV-1a, 64 bits, fed in pieces: the corpus fingerprint `state.json` records. Written here
@@ -67,7 +69,7 @@ pub fn fnv_hex(s: &str) -> String {
 impl Corpus {
     /// The corpus of `paths` (files and directories). Missing paths and directories with no
     /// files are errors naming them; the files are only stat'ed here, read by [`Corpus::read`].
-    pub fn open(paths: &[PathBuf], text_field: &str) -> Result<Self> {
+    pub fn open(paths: &[PathBuf], json_field: Option<&str>) -> Result<Self> {
         if paths.is_empty() {
             bail!("no corpus given; name one or more files or directories with --corpus");
         }
@@ -82,10 +84,10 @@ impl Corpus {
                 }
                 files.sort();
                 for f in files {
-                    sources.push(Source::stat(&f)?);
+                    sources.push(Source::stat(&f, json_field.is_some())?);
                 }
             } else {
-                sources.push(Source::stat(path)?);
+                sources.push(Source::stat(path, json_field.is_some())?);
             }
         }
         let name = match paths {
@@ -93,7 +95,7 @@ impl Corpus {
             [first, rest @ ..] => format!("{} and {} more", first.display(), rest.len()),
             [] => unreachable!("checked above"),
         };
-        Ok(Self { sources, text_field: text_field.to_string(), name })
+        Ok(Self { sources, text_field: json_field.unwrap_or_default().to_string(), name })
     }
 
     /// The corpus as the command line named it, for messages.
@@ -111,14 +113,14 @@ impl Corpus {
         self.sources.len()
     }
 
-    /// A fingerprint of what is on disk without reading it: every file's absolute path, size and
-    /// modification time, and the JSON field read. Equal fingerprints mean the token file made
+    /// A fingerprint of what is on disk without reading it: every file's absolute path, size,
+    /// modification time, inode and change time, and the JSON field read. Equal fingerprints mean the token file made
     /// from it still holds; any edit, added or removed file changes it.
     pub fn identity(&self) -> String {
         let mut id = String::from("corpus v1");
         for s in &self.sources {
             let abs = s.path.canonicalize().unwrap_or_else(|_| s.path.clone());
-            id.push_str(&format!("\n{}\t{}\t{}\t{}", abs.display(), s.bytes, s.modified, s.json_lines));
+            id.push_str(&format!("\n{}\t{}\t{}\t{}\t{}", abs.display(), s.bytes, s.modified, s.changed, s.json_lines));
         }
         if self.sources.iter().any(|s| s.json_lines) {
             id.push_str(&format!("\nfield {}", self.text_field));
@@ -191,15 +193,24 @@ impl Joiner {
 }
 
 impl Source {
-    fn stat(path: &Path) -> Result<Self> {
+    fn stat(path: &Path, json_lines: bool) -> Result<Self> {
         let meta = std::fs::metadata(path).with_context(|| format!("reading corpus {}", path.display()))?;
         let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-        let json_lines = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
-        Ok(Self { path: path.to_path_buf(), json_lines, bytes: meta.len(), modified })
+        // The inode and the change time too, where there are: an edit that keeps the size and
+        // sets the modification time back (`cp -p`, `touch -r`) still changes the change time.
+        #[cfg(unix)]
+        let changed = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.ino() as u128) << 64 | (meta.ctime() as u128 * 1_000_000_000 + meta.ctime_nsec() as u128)
+        };
+        #[cfg(not(unix))]
+        let changed = 0;
+        let json_lines = json_lines && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
+        Ok(Self { path: path.to_path_buf(), json_lines, bytes: meta.len(), modified, changed })
     }
 }
 
-/// The files under `dir`, recursively, skipping names that start with `.`.
+/// The files under `dir`, recursively, skipping names that start with `.` and links to directories.
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading corpus directory {}", dir.display()))? {
         let entry = entry.with_context(|| format!("reading corpus directory {}", dir.display()))?;
@@ -207,8 +218,12 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
             continue;
         }
         let path = entry.path();
-        if std::fs::metadata(&path).with_context(|| format!("reading corpus {}", path.display()))?.is_dir() {
+        let kind = entry.file_type().with_context(|| format!("reading corpus {}", path.display()))?;
+        if kind.is_dir() {
             walk(&path, files)?;
+        } else if kind.is_symlink() && path.is_dir() {
+            // A linked directory is not entered: a link to a parent would never end.
+            continue;
         } else {
             files.push(path);
         }

@@ -55,7 +55,7 @@ pub fn validation_split(run: &RunConfig, tok: &Tok, trained_hash: Option<&str>, 
         bail!("the model was imported ({}) and has no training corpus here", run.imported_from.as_deref().unwrap_or_default());
     }
     let paths = corpus.map_or_else(|| run.train.corpus.clone(), |p| vec![p.to_path_buf()]);
-    let c = Corpus::open(&paths, &run.train.text_field)?;
+    let c = Corpus::open(&paths, run.train.json_field())?;
     let file = tokens::tokenize(&c, tok, true)?;
     if corpus.is_none() {
         if let Some(hash) = trained_hash.filter(|h| *h != file.header().text_hash) {
@@ -95,7 +95,7 @@ pub fn corpus_tokenizer(corpus: &Corpus, train: &TrainConfig, progress: bool) ->
 /// Read a UTF-8 corpus (a file, or the joined documents of several: [`corpus`]) into memory;
 /// missing, unreadable, non-UTF-8 and empty files are errors that name the file.
 pub fn read_corpus(path: &Path) -> Result<String> {
-    Corpus::open(&[path.to_path_buf()], "text")?.read_to_string()
+    Corpus::open(&[path.to_path_buf()], None)?.read_to_string()
 }
 
 /// The paths of a corpus as a list (the `--corpus` values).

@@ -19,6 +19,10 @@ use crate::config::{Start, TokenizerKind};
 use crate::data::bpe::ByteLevelBpe;
 use crate::data::corpus::Corpus;
 
+/// BPE training sees lines of at most this many bytes: a longer line is offered to the sample in
+/// parts, so a corpus of one huge line is sampled too, in bounded memory.
+const LONGEST_SAMPLE_LINE: usize = 1 << 20;
+
 /// The beginning-of-sequence token, present in every vocabulary trained here.
 pub use crate::config::BOS;
 
@@ -173,7 +177,8 @@ impl Tok {
         let (mut lines, mut partial, mut taken, mut at) = (Vec::new(), String::new(), 0u64, 0u64);
         let mut offer = |line: &str, at: u64, lines: &mut Vec<String>| {
             let len = line.len() as u64;
-            if whole || (taken as f64) < sample_bytes as f64 * (at as f64 / total).min(1.0) && taken + len <= sample_bytes {
+            // The first line is always taken, so a sample is never empty.
+            if whole || taken == 0 || (taken as f64) < sample_bytes as f64 * (at as f64 / total).min(1.0) && taken + len <= sample_bytes {
                 lines.push(line.to_string());
                 taken += len;
             }
@@ -191,6 +196,12 @@ impl Tok {
                     }
                 } else {
                     partial.push_str(line);
+                    // A line longer than this is offered in parts (cut at a character
+                    // boundary), so one huge line neither fills memory nor misses the sample.
+                    if partial.len() >= LONGEST_SAMPLE_LINE {
+                        offer(&partial, at, &mut lines);
+                        partial.clear();
+                    }
                 }
             }
             pb.set_position(read);
@@ -306,6 +317,11 @@ impl Tok {
     /// The standard `tokenizer.json` text.
     pub fn to_json(&self) -> Result<String> {
         self.inner.to_string(true).map_err(|e| anyhow!("serialising the tokenizer: {e}"))
+    }
+
+    /// Whether this is a byte-level BPE with exactly GPT-2's pipeline (the fast encoder's).
+    pub fn is_gpt2_bpe(&self) -> bool {
+        self.bpe.is_some()
     }
 
     /// Which kind of tokenizer this is.

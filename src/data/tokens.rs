@@ -40,6 +40,8 @@ const VERSION: u32 = 1;
 /// Text per encoding job: large enough that threads rarely wait, small enough that a few in
 /// flight stay far below the memory bound.
 const CHUNK: usize = 4 << 20;
+/// A job is cut here even with no safe cut point, so memory stays bounded whatever the text.
+const HARD_LIMIT: usize = 64 << 20;
 
 /// What a token file says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,7 +205,9 @@ impl TokenFile {
         if !expect(&header) {
             return Ok(Err("its header does not match its name".into()));
         }
-        let want = HEADER_BYTES as u64 + header.tokens * header.width as u64;
+        let Some(want) = header.tokens.checked_mul(header.width as u64).and_then(|b| b.checked_add(HEADER_BYTES as u64)) else {
+            return Ok(Err(format!("its header counts {} tokens, more than any file holds", header.tokens)));
+        };
         if map.len() as u64 != want {
             return Ok(Err(format!("it has {} bytes where its header says {want}", map.len())));
         }
@@ -252,25 +256,20 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Remove what killed runs left of `path`: the temporary files [`temp_beside`] named for it, written
-/// by processes that are no longer alive (Linux, where /proc says so; elsewhere nothing is removed).
+/// Remove what killed runs left of `path`: the temporary files [`temp_beside`] named for it that
+/// no writer holds. A writer holds an exclusive lock on its temporary file until it has renamed
+/// it, so a file whose lock can be taken is a dead writer's (across processes and containers
+/// sharing the directory, whatever their process ids).
 fn remove_stale_temps(path: &Path) {
-    if !cfg!(target_os = "linux") {
-        return;
-    }
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        let file = entry.file_name();
-        let pid = file
-            .to_str()
-            .and_then(|f| f.strip_prefix(name))
-            .and_then(|r| r.strip_prefix('.'))
-            .and_then(|r| r.strip_suffix(".tmp"))
-            .and_then(|r| r.split('.').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+        let ours = entry.file_name().to_str().and_then(|f| f.strip_prefix(name)).is_some_and(|r| r.starts_with('.') && r.ends_with(".tmp"));
+        if !ours {
+            continue;
+        }
+        if let Ok(f) = std::fs::File::open(entry.path()) {
+            if f.try_lock().is_ok() {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -316,12 +315,16 @@ pub fn tokenize_in(cache: Option<&Path>, corpus: &Corpus, tok: &Tok, progress: b
     remove_stale_temps(&path);
     let tmp = temp_beside(&path);
     let started = std::time::Instant::now();
-    let written = write(&tmp, corpus, tok, header, progress);
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let held = match write(&tmp, corpus, tok, header, progress) {
+        Ok(held) => held,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    // Renamed while its lock is held, so no cleaner takes it for a dead writer's.
     std::fs::rename(&tmp, &path).with_context(|| format!("moving the token file into {}", path.display()))?;
+    drop(held);
     let file = match TokenFile::open(&path, |h| h.identity == identity && h.tokenizer == tokenizer)? {
         Ok(file) => file,
         Err(why) => bail!("the token file just written to {} cannot be read back: {why}", path.display()),
@@ -338,47 +341,161 @@ pub fn tokenize_in(cache: Option<&Path>, corpus: &Corpus, tok: &Tok, progress: b
     Ok(Arc::new(file))
 }
 
-/// Where a cut between two encoding jobs changes no token: anywhere for a char tokenizer (one
-/// token per character); for byte-level BPE, after a newline that sits between two
-/// non-whitespace characters, where GPT-2's pre-tokenizer always splits (a newline alone is a
-/// pre-token there, and merges never cross pre-tokens). The byte index after the cut, if any.
-fn safe_cut(text: &str, char_level: bool) -> Option<usize> {
-    if char_level {
-        return Some(text.len());
-    }
-    let b = text.as_bytes();
-    (1..b.len().saturating_sub(1)).rev().find(|&i| b[i] == b'\n' && !b[i - 1].is_ascii_whitespace() && !b[i + 1].is_ascii_whitespace()).map(|i| i + 1)
+/// Where a cut between two encoding jobs is known to change no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutRule {
+    /// Anywhere: a char tokenizer encodes each character alone.
+    Anywhere,
+    /// Where GPT-2's pre-tokenizer always splits, so no merge crosses the cut: before a single
+    /// space between two non-whitespace characters (the space opens the next pre-token), or
+    /// after a newline between two non-whitespace characters (a newline alone is a pre-token).
+    Gpt2,
+    /// Nowhere: a tokenizer whose pipeline is not known here is given the text whole.
+    Never,
 }
 
-/// Split `text` into the jobs [`tokenize`] encodes in parallel (exposed for the test that the
-/// jobs' tokens are the whole text's).
-pub fn chunks(text: &str, char_level: bool, chunk: usize) -> Vec<&str> {
-    let mut out = Vec::new();
+impl CutRule {
+    /// The rule for `tok`.
+    pub fn of(tok: &Tok) -> Self {
+        if tok.kind() == crate::config::TokenizerKind::Char {
+            CutRule::Anywhere
+        } else if tok.is_gpt2_bpe() {
+            CutRule::Gpt2
+        } else {
+            CutRule::Never
+        }
+    }
+
+    /// Whether `text` may be cut at byte `i` (a character boundary, 0 < i < len).
+    fn allows(self, text: &str, i: usize) -> bool {
+        match self {
+            CutRule::Anywhere => true,
+            CutRule::Never => false,
+            CutRule::Gpt2 => {
+                let (before, after) = text.split_at(i);
+                let mut back = before.chars().rev();
+                let mut fwd = after.chars();
+                let solid = |c: Option<char>| c.is_some_and(|c| !c.is_whitespace());
+                match (back.next(), fwd.next()) {
+                    // Before a lone space: "a| b".
+                    (b, Some(' ')) => solid(b) && solid(fwd.next()),
+                    // After a lone newline: "a\n|b".
+                    (Some('\n'), a) => solid(back.next()) && solid(a),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// Cuts a stream of text into encoding jobs of about `chunk` bytes at the cut points of a
+/// [`CutRule`], scanning each byte once. Past `hard_limit` bytes with no cut point (a text with
+/// no spaces or newlines in it, or a tokenizer cut nowhere) it cuts anyway, on a character
+/// boundary, and says so: tokens may then differ at that one place.
+pub struct Chunker {
+    rule: CutRule,
+    chunk: usize,
+    hard_limit: usize,
+    pending: String,
+    /// Bytes of `pending` already searched for cut points.
+    scanned: usize,
+    /// The last cut point found in `pending`.
+    last_cut: Option<usize>,
+    /// Forced cuts so far.
+    pub forced: usize,
+}
+
+impl Chunker {
+    pub fn new(rule: CutRule, chunk: usize, hard_limit: usize) -> Self {
+        Self { rule, chunk: chunk.max(1), hard_limit: hard_limit.max(chunk), pending: String::new(), scanned: 0, last_cut: None, forced: 0 }
+    }
+
+    /// Add `text`; the jobs now complete.
+    pub fn push(&mut self, text: &str) -> Vec<String> {
+        self.pending.push_str(text);
+        let mut jobs = Vec::new();
+        while self.pending.len() >= self.chunk {
+            // Search the bytes not yet searched (a cut needs a character of context either side,
+            // so the last few bytes are searched again next time). Only a space or a newline
+            // can be a cut point other than anywhere.
+            let end = self.pending.len();
+            match self.rule {
+                CutRule::Anywhere => self.last_cut = Some(end),
+                CutRule::Never => {}
+                CutRule::Gpt2 => {
+                    let from = self.scanned.saturating_sub(8);
+                    for (k, &b) in self.pending.as_bytes()[from..].iter().enumerate() {
+                        let i = match b {
+                            b' ' => from + k,
+                            b'\n' => from + k + 1,
+                            _ => continue,
+                        };
+                        if i > 0 && i < end && self.rule.allows(&self.pending, i) {
+                            self.last_cut = Some(i);
+                        }
+                    }
+                }
+            }
+            self.scanned = end;
+            let cut = match self.last_cut {
+                Some(c) if self.rule == CutRule::Anywhere || c >= self.chunk / 2 || end >= self.hard_limit => c,
+                None if end >= self.hard_limit => {
+                    self.forced += 1;
+                    let mut c = self.chunk;
+                    while !self.pending.is_char_boundary(c) {
+                        c += 1;
+                    }
+                    c
+                }
+                _ => break,
+            };
+            let rest = self.pending.split_off(cut);
+            jobs.push(std::mem::replace(&mut self.pending, rest));
+            self.scanned = self.scanned.saturating_sub(cut);
+            self.last_cut = None;
+            // The remainder was searched before the cut: look again from its start.
+            self.scanned = 0;
+        }
+        jobs
+    }
+
+    /// The last job.
+    pub fn finish(self) -> String {
+        self.pending
+    }
+}
+
+/// Split `text` into the jobs [`tokenize`] would encode, fed to a [`Chunker`] in pieces of
+/// `piece` bytes (exposed for the tests that the jobs' tokens are the whole text's).
+pub fn chunks(text: &str, rule: CutRule, chunk: usize, piece: usize) -> Vec<String> {
+    let mut chunker = Chunker::new(rule, chunk, 16 * chunk);
+    let mut jobs = Vec::new();
     let mut rest = text;
-    while rest.len() > chunk {
-        let mut end = chunk;
+    while !rest.is_empty() {
+        let mut end = piece.min(rest.len());
         while !rest.is_char_boundary(end) {
             end += 1;
         }
-        match safe_cut(&rest[..end], char_level) {
-            Some(cut) => {
-                out.push(&rest[..cut]);
-                rest = &rest[cut..];
-            }
-            None => break,
-        }
+        jobs.extend(chunker.push(&rest[..end]));
+        rest = &rest[end..];
     }
-    out.push(rest);
-    out
+    jobs.push(chunker.finish());
+    jobs
 }
 
 /// Tokenize `corpus` into `path`: a reader thread reads, fingerprints and cuts the text into
 /// jobs; the jobs are encoded in parallel, a group at a time, and written in order.
-fn write(path: &Path, corpus: &Corpus, tok: &Tok, mut header: Header, progress: bool) -> Result<()> {
+fn write(path: &Path, corpus: &Corpus, tok: &Tok, mut header: Header, progress: bool) -> Result<std::fs::File> {
     let file = std::fs::File::create(path).with_context(|| format!("creating token file {}", path.display()))?;
+    file.lock().with_context(|| format!("locking token file {}", path.display()))?;
+    // The header must fit its 4 KiB whatever the counts turn out to be.
+    let widest = Header { tokens: u64::MAX, text_hash: "0".repeat(16), ..header.clone() };
+    if MAGIC.len() + 4 + serde_json::to_vec(&widest)?.len() > HEADER_BYTES {
+        bail!("the token file header for corpus {} does not fit {HEADER_BYTES} bytes (its name is too long)", corpus.name());
+    }
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     out.write_all(&[0u8; HEADER_BYTES])?;
-    let char_level = tok.kind() == crate::config::TokenizerKind::Char;
+    let rule = CutRule::of(tok);
     let threads = rayon::current_num_threads().max(1);
     let pb = crate::progress::bytes_bar(corpus.bytes(), &format!("tokenizing {}", corpus.name()), progress);
     // Jobs: text, file bytes read when it was cut, and its byte offset in the joined text.
@@ -386,22 +503,26 @@ fn write(path: &Path, corpus: &Corpus, tok: &Tok, mut header: Header, progress: 
     let mut tokens = 0u64;
     let hash = std::thread::scope(|scope| -> Result<String> {
         let reader = scope.spawn(move || -> Result<String> {
-            let (mut pending, mut offset) = (String::new(), 0u64);
+            let mut chunker = Chunker::new(rule, CHUNK, HARD_LIMIT);
+            let mut offset = 0u64;
             let hash = corpus.read(|piece, read| {
-                pending.push_str(piece);
-                if pending.len() >= CHUNK {
-                    if let Some(cut) = safe_cut(&pending, char_level) {
-                        let rest = pending.split_off(cut);
-                        let job = std::mem::replace(&mut pending, rest);
-                        let len = job.len() as u64;
-                        // A closed channel means the writer failed: its error is the one to report.
-                        send.send((job, read, offset)).map_err(|_| anyhow!("tokenizing stopped"))?;
-                        offset += len;
-                    }
+                for job in chunker.push(piece) {
+                    let len = job.len() as u64;
+                    // A closed channel means the writer failed: its error is the one to report.
+                    send.send((job, read, offset)).map_err(|_| anyhow!("tokenizing stopped"))?;
+                    offset += len;
                 }
                 Ok(())
             })?;
-            send.send((pending, corpus.bytes(), offset)).map_err(|_| anyhow!("tokenizing stopped"))?;
+            if chunker.forced > 0 {
+                crate::progress::note(format!(
+                    "note: {} had {} stretches of {} MiB with no place where a cut is known to change no token; they were cut anyway, which may change a token or two at each cut",
+                    corpus.name(),
+                    chunker.forced,
+                    HARD_LIMIT >> 20
+                ));
+            }
+            send.send((chunker.finish(), corpus.bytes(), offset)).map_err(|_| anyhow!("tokenizing stopped"))?;
             Ok(hash)
         });
         let written = (|| -> Result<()> {
@@ -453,7 +574,7 @@ fn write(path: &Path, corpus: &Corpus, tok: &Tok, mut header: Header, progress: 
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&head)?;
     file.sync_all().with_context(|| format!("writing token file {}", path.display()))?;
-    Ok(())
+    Ok(file)
 }
 
 fn write_ids(out: &mut impl Write, ids: &[u32], width: usize) -> Result<()> {

@@ -174,7 +174,7 @@ fn fresh(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     let shape = req.options.model_config(2);
     shape.validate()?;
     memory::ensure_training_fits(dev, &shape, train.batch_size, train.optimizer.state_copies(), memory::SHAPE_HINT)?;
-    let corpus = Corpus::open(&train.corpus, &train.text_field)?;
+    let corpus = Corpus::open(&train.corpus, train.json_field())?;
     let tok = data::corpus_tokenizer(&corpus, &train, req.progress)?;
     let model_cfg = req.options.model_config(tok.vocab_size());
     model_cfg.validate()?;
@@ -232,7 +232,7 @@ fn fine_tune(req: &TrainRequest, source: &std::path::Path, dev: &Device) -> Resu
     train.init_from = Some(source.to_path_buf());
     train.validate()?;
     memory::ensure_training_fits(dev, &src.config.model, train.batch_size, train.optimizer.state_copies(), "lower --batch-size")?;
-    let corpus = Corpus::open(&train.corpus, &train.text_field)?;
+    let corpus = Corpus::open(&train.corpus, train.json_field())?;
     let file = tokens::tokenize(&corpus, &src.tokenizer, req.progress)?;
     let splits = Splits::new(file, train.val_fraction, src.config.model.context, corpus.name())?;
     let run = RunConfig { format_version: FORMAT_VERSION, model: src.config.model, train, imported_from: src.config.imported_from };
@@ -260,7 +260,7 @@ fn resumed(req: &TrainRequest, dev: &Device) -> Result<Setup> {
     if let Some(raise) = raise {
         return Err(UsageError(format!("--resume: {} is already at step {done}; {raise}", req.out.display())).into());
     }
-    let corpus = Corpus::open(&train.corpus, &train.text_field)?;
+    let corpus = Corpus::open(&train.corpus, train.json_field())?;
     let file = tokens::tokenize(&corpus, &saved.tokenizer, req.progress)?;
     if file.header().text_hash != saved.state.corpus_hash {
         bail!(
