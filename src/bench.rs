@@ -222,7 +222,7 @@ pub fn bench_generate(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -
     let n_new = shape.context - PROMPT;
     let secs = time(1, iters, || {
         let mut g = Generator::new(&model, bos, &prompt)?;
-        g.generate(n_new, SampleOptions::with_temperature(1.0), &mut rng, |_| Ok(()))?;
+        g.generate(n_new, SampleOptions::with_temperature(1.0), &mut rng, |_, _| Ok(()))?;
         Ok(())
     })?;
     Ok(measurement(shape, "generate", secs, n_new, shape.train_flops_per_token() / 3.0 * n_new as f64, ceiling))

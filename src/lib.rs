@@ -32,6 +32,7 @@ pub mod rl;
 // Measuring it, and the command line on top.
 pub mod bench;
 pub mod golden;
+pub mod serve;
 pub mod cli;
 
 pub use config::{ModelConfig, RunConfig, TokenizerKind, TrainConfig, TrainOptions};

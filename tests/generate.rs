@@ -121,7 +121,7 @@ fn greedy_picks_the_argmax_at_every_step() {
     let (tok, model) = model();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut g = Generator::new(&model, tok.bos(), &[5]).unwrap();
-    let out = g.generate(12, SampleOptions::with_temperature(0.0), &mut rng, |_| Ok(())).unwrap();
+    let out = g.generate(12, SampleOptions::with_temperature(0.0), &mut rng, |_, _| Ok(())).unwrap();
     let mut ids = vec![tok.bos(), 5];
     for &id in &out.ids {
         let logits = last_logits(&model, &ids);

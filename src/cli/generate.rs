@@ -64,7 +64,7 @@ pub fn run_generate(args: &GenerateArgs) -> Result<()> {
     let mut generator = Generator::new(&loaded.model, tok.bos(), &prompt)?;
     // Byte-level tokens may end inside a UTF-8 character: print once the pending ids decode cleanly.
     let mut pending: Vec<u32> = Vec::new();
-    let generation = generator.generate(args.tokens, opts, &mut rng, |id| {
+    let generation = generator.generate(args.tokens, opts, &mut rng, |id, _| {
         pending.push(id);
         let text = tok.decode(&pending)?;
         if !text.ends_with('\u{FFFD}') || pending.len() >= 16 {

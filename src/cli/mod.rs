@@ -21,6 +21,7 @@ mod import;
 mod inspect;
 mod rl;
 mod score;
+mod serve;
 mod train;
 
 pub use bench::BenchArgs;
@@ -30,6 +31,7 @@ pub use import::ImportArgs;
 pub use inspect::InspectArgs;
 pub use rl::RlArgs;
 pub use score::ScoreArgs;
+pub use serve::ServeArgs;
 pub use train::TrainArgs;
 
 /// Train tiny decoder-only transformers and read them like a statistical physicist.
@@ -79,6 +81,9 @@ pub enum Command {
     /// Measure training, scoring and generation speed (ms/iter, tokens/s, MFU, peak RSS) on named
     /// shapes; `scripts/bench_torch.py` runs the same shapes in PyTorch side by side.
     Bench(BenchArgs),
+    /// Explore a model in the browser: turn each head's attention temperature and watch the
+    /// attention maps, head statistics and token energies respond (a local web app and a JSON API).
+    Serve(ServeArgs),
 }
 
 /// Where tensors live. Accelerators need the crate built with their feature (`--features cuda`
@@ -270,5 +275,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rl(args) => rl::run_rl(args),
         Command::Import(args) => import::run_import(args),
         Command::Bench(args) => bench::run_bench(args),
+        Command::Serve(args) => serve::run_serve(args),
     }
 }

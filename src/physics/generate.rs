@@ -207,13 +207,13 @@ impl<'a> Generator<'a> {
         Ok(())
     }
 
-    /// Sample `n` tokens, calling `on_token` with each as soon as it is drawn.
+    /// Sample `n` tokens, calling `on_token` with each and its energy as soon as it is drawn.
     pub fn generate(
         &mut self,
         n: usize,
         opts: SampleOptions,
         rng: &mut ChaCha8Rng,
-        mut on_token: impl FnMut(u32) -> Result<()>,
+        mut on_token: impl FnMut(u32, f64) -> Result<()>,
     ) -> Result<Generation> {
         opts.validate()?;
         let mut out = Generation { ids: Vec::new(), energies: Vec::new(), entropies: Vec::new() };
@@ -230,9 +230,10 @@ impl<'a> Generator<'a> {
             let dist = sampling_distribution(&logits, opts);
             let id = draw(&dist, rng);
             out.entropies.push(thermo::entropy(&dist.iter().map(|&(_, q)| q).collect::<Vec<_>>()));
-            out.energies.push(energy_of(&self.next, id)); // self.next is fresh: logits() above
+            let energy = energy_of(&self.next, id); // self.next is fresh: logits() above
+            out.energies.push(energy);
             out.ids.push(id as u32);
-            on_token(id as u32)?;
+            on_token(id as u32, energy)?;
             self.push(id as u32)?;
         }
         Ok(out)
@@ -248,5 +249,5 @@ fn energy_of(logits: &[f32], id: usize) -> f64 {
 
 /// Continue `prompt` (token ids, BOS not included) by `n` sampled tokens; the new ids.
 pub fn sample(model: &Gpt, bos: u32, prompt: &[u32], n: usize, opts: SampleOptions, rng: &mut ChaCha8Rng) -> Result<Vec<u32>> {
-    Ok(Generator::new(model, bos, prompt)?.generate(n, opts, rng, |_| Ok(()))?.ids)
+    Ok(Generator::new(model, bos, prompt)?.generate(n, opts, rng, |_, _| Ok(()))?.ids)
 }

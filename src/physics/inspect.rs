@@ -89,7 +89,14 @@ pub fn token_label(tok: &Tok, id: u32) -> String {
 /// Run `text` (as BOS + tokens) through `model` and read every head. The text must fit the
 /// context.
 pub fn inspect_text(model: &Gpt, tok: &Tok, text: &str) -> Result<TextInspection> {
-    let ids = tok.encode_with_bos(text)?;
+    Ok(inspect_ids(model, tok, &tok.encode(text)?)?.0)
+}
+
+/// [`inspect_text`] of token ids (the start not included), with the logits `(1, T, V)` of the
+/// same pass.
+pub fn inspect_ids(model: &Gpt, tok: &Tok, text_ids: &[u32]) -> Result<(TextInspection, Tensor)> {
+    let mut ids = vec![tok.bos()];
+    ids.extend_from_slice(text_ids);
     let context = model.config().context;
     if ids.len() > context {
         bail!(
@@ -99,7 +106,7 @@ pub fn inspect_text(model: &Gpt, tok: &Tok, text: &str) -> Result<TextInspection
         );
     }
     let input = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?; // (1, T)
-    let (_, stats) = model.forward_with_stats(&input)?;
+    let (logits, stats) = model.forward_with_stats(&input)?;
     let heads = thermo::head_summaries(&stats)?;
     let alpha = stats
         .iter()
@@ -114,7 +121,7 @@ pub fn inspect_text(model: &Gpt, tok: &Tok, text: &str) -> Result<TextInspection
     let start = tok.token_str(tok.bos()).unwrap_or_else(|| crate::data::tokenizer::BOS.to_string());
     let tokens = ids.iter().enumerate().map(|(i, &id)| if i == 0 { start.clone() } else { tok.token_text(id) }).collect();
     let labels = ids.iter().enumerate().map(|(i, &id)| if i == 0 { "<bos>".to_string() } else { token_label(tok, id) }).collect();
-    Ok(TextInspection { tokens, labels, heads, alpha })
+    Ok((TextInspection { tokens, labels, heads, alpha }, logits))
 }
 
 /// One temperature of a sweep.

@@ -1,0 +1,341 @@
+// thermoformer explorer: the page over the JSON API of `thermoformer serve`. Plain JS and canvas,
+// nothing loaded from anywhere but this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  info: null,
+  trained: [],      // [layer][head] as trained
+  temps: [],        // [layer][head] as set on the page
+  layers: [],       // layers whose maps are shown
+  last: null,       // the last score response
+  seq: 0,           // request counter: only the newest response is drawn
+  latencies: [],    // ms from a slider's input to the page showing its result
+};
+// For tests and the curious: the latest response and the measured latencies.
+window.thermoformer = state;
+
+const log10 = Math.log10;
+const fmt = (x, d = 4) => (x === null || x === undefined || Number.isNaN(x)) ? "-" : x.toFixed(d);
+
+async function api(path, body) {
+  const r = await fetch(path, body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  if (!r.ok) {
+    let msg = r.statusText;
+    try { msg = (await r.json()).error; } catch (_) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return r;
+}
+
+function status(text) { $("status").textContent = text; }
+
+// ---- temperatures ---------------------------------------------------------------------------
+
+function sliderFor(input, t, [lo, hi]) {
+  input.min = log10(lo); input.max = log10(hi); input.value = log10(t);
+}
+
+function overrides() {
+  const out = {};
+  state.temps.forEach((row, l) => row.forEach((t, h) => {
+    if (Math.abs(t - state.trained[l][h]) > 1e-12) out[`${l}.${h}`] = t;
+  }));
+  return out;
+}
+
+// ---- scoring --------------------------------------------------------------------------------
+
+let timer = null;
+function schedule(started) {
+  clearTimeout(timer);
+  timer = setTimeout(() => rescore(started), 40);
+}
+
+async function rescore(started) {
+  const seq = ++state.seq;
+  const text = $("text").value;
+  status("scoring...");
+  try {
+    const r = await api("/api/score", { text, temperatures: overrides(), layers: state.layers });
+    const res = await r.json();
+    if (seq !== state.seq) return; // a newer request is on its way
+    state.last = res;
+    draw(res);
+    if (started !== undefined) state.latencies.push(performance.now() - started);
+    status("");
+  } catch (e) {
+    if (seq === state.seq) status("error: " + e.message);
+  }
+}
+
+function energyColour(e, max) {
+  const x = Math.min(1, Math.max(0, e / max));
+  // white -> orange -> dark red
+  const r = 255 - Math.round(80 * Math.max(0, x - 0.5) * 2);
+  const g = Math.round(255 - 200 * x);
+  const b = Math.round(255 - 235 * Math.min(1, x * 1.5));
+  return `rgb(${r},${g},${b})`;
+}
+
+function visible(t) { return t.replace(/\n/g, "\\n").replace(/\t/g, "\\t").replace(/ /g, "\u00b7"); }
+
+function draw(res) {
+  const max = Math.max(1e-9, ...res.energies, 1);
+  const tokens = $("tokens");
+  tokens.replaceChildren();
+  res.tokens.forEach((t, i) => {
+    const span = document.createElement("span");
+    span.textContent = i === 0 ? "\u27e8start\u27e9" : visible(t);
+    if (i === 0) span.className = "start";
+    else {
+      const e = res.energies[i - 1];
+      span.dataset.energy = e;
+      span.style.background = energyColour(e, max);
+    }
+    span.addEventListener("mouseenter", (ev) => tooltip(ev, res, i));
+    span.addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
+    tokens.appendChild(span);
+  });
+  $("total-energy").textContent = fmt(res.energy, 4);
+  $("total-energy").dataset.energy = res.energy;
+  $("n-tokens").textContent = res.energies.length;
+  $("energy-per-token").textContent = fmt(res.energy_per_token, 4);
+  $("legend-range").textContent = `0 .. ${fmt(max, 2)} nats`;
+  drawHeads(res);
+}
+
+function tooltip(ev, res, i) {
+  const tip = $("tooltip");
+  const lines = [];
+  if (i > 0) lines.push(`${JSON.stringify(res.tokens[i])}: E = ${fmt(res.energies[i - 1])} nats, p = ${fmt(Math.exp(-res.energies[i - 1]))}`);
+  lines.push("next:");
+  for (const c of res.top[i]) lines.push(`  ${JSON.stringify(c.token).padEnd(12)} ${fmt(c.p, 4)}`);
+  tip.textContent = lines.join("\n");
+  tip.style.whiteSpace = "pre";
+  tip.style.left = `${ev.clientX + 12}px`;
+  tip.style.top = `${ev.clientY + 12}px`;
+  tip.hidden = false;
+}
+
+// ---- heads ----------------------------------------------------------------------------------
+
+function buildHeads() {
+  const { n_layer, n_head, slider_range } = state.info;
+  const root = $("heads");
+  root.replaceChildren();
+  for (let l = 0; l < n_layer; l++) {
+    const row = document.createElement("div");
+    row.className = "layer";
+    row.id = `layer-${l}`;
+    row.hidden = !state.layers.includes(l);
+    const name = document.createElement("div");
+    name.className = "layer-name";
+    name.textContent = `layer ${l}`;
+    row.appendChild(name);
+    for (let h = 0; h < n_head; h++) {
+      const box = document.createElement("div");
+      box.className = "head";
+      box.id = `head-${l}-${h}`;
+      const title = document.createElement("div");
+      title.className = "name";
+      title.textContent = `${l}.${h}`;
+      const canvas = document.createElement("canvas");
+      canvas.width = 180; canvas.height = 180;
+      canvas.addEventListener("click", () => zoom(l, h));
+      const slider = document.createElement("input");
+      slider.type = "range"; slider.step = "0.001";
+      slider.id = `t-${l}-${h}`;
+      slider.setAttribute("aria-label", `temperature of head ${l}.${h}`);
+      sliderFor(slider, state.temps[l][h], slider_range);
+      slider.addEventListener("input", () => {
+        const started = performance.now();
+        state.temps[l][h] = 10 ** Number(slider.value);
+        schedule(started);
+      });
+      const trained = document.createElement("div");
+      trained.className = "trained";
+      trained.textContent = `trained T = ${fmt(state.trained[l][h], 3)}`;
+      const stats = document.createElement("div");
+      stats.className = "stats";
+      box.append(title, canvas, slider, trained, stats);
+      row.appendChild(box);
+    }
+    root.appendChild(row);
+  }
+}
+
+function drawMap(canvas, weights) {
+  const n = weights.length;
+  const ctx = canvas.getContext("2d");
+  const cell = canvas.width / Math.max(n, 1);
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  for (let q = 0; q < n; q++) {
+    const row = weights[q];
+    for (let k = 0; k <= q; k++) {
+      const a = Math.sqrt(row[k]); // sqrt: small weights stay visible
+      ctx.fillStyle = `rgba(29, 43, 110, ${a})`;
+      ctx.fillRect(k * cell, q * cell, Math.ceil(cell), Math.ceil(cell));
+    }
+  }
+}
+
+function drawHeads(res) {
+  const maps = new Map(res.attention.map((m) => [`${m.layer}.${m.head}`, m.weights]));
+  for (const s of res.heads) {
+    const box = $(`head-${s.layer}-${s.head}`);
+    if (!box) continue;
+    const w = maps.get(`${s.layer}.${s.head}`);
+    if (w) drawMap(box.querySelector("canvas"), w);
+    const stats = box.querySelector(".stats");
+    stats.textContent = [
+      `T      ${fmt(s.temperature, 4)}`,
+      `H      ${fmt(s.entropy, 4)}`,
+      `H/ln n ${fmt(s.normalized_entropy, 4)}`,
+      `ln Z   ${fmt(s.ln_z, 4)}`,
+      `<E>    ${fmt(s.mean_energy, 4)}`,
+      `C      ${fmt(s.heat_capacity, 4)}`,
+    ].join("\n");
+    for (const [k, v] of Object.entries({ temperature: s.temperature, entropy: s.entropy, lnZ: s.ln_z, energy: s.mean_energy, heatCapacity: s.heat_capacity })) {
+      stats.dataset[k] = v;
+    }
+  }
+}
+
+function zoom(l, h) {
+  const res = state.last;
+  if (!res) return;
+  const m = res.attention.find((a) => a.layer === l && a.head === h);
+  if (!m) return;
+  drawMap($("zoom-canvas"), m.weights);
+  const s = res.heads.find((x) => x.layer === l && x.head === h);
+  $("zoom-title").textContent = `head ${l}.${h}: T ${fmt(s.temperature)}, H ${fmt(s.entropy)}, ln Z ${fmt(s.ln_z)}, <E> ${fmt(s.mean_energy)}, C ${fmt(s.heat_capacity)}; rows are queries, columns keys: ${res.tokens.map((t, i) => i === 0 ? "start" : visible(t)).join(" ")}`;
+  $("zoom").showModal();
+}
+
+// ---- sweep ----------------------------------------------------------------------------------
+
+async function runSweep() {
+  status("sweeping...");
+  try {
+    const points = await (await api("/api/sweep", { text: $("text").value })).json();
+    plotSweep(points);
+    status("");
+  } catch (e) { status("error: " + e.message); }
+}
+
+function plotSweep(points) {
+  const c = $("sweep-plot"), ctx = c.getContext("2d");
+  const W = c.width, H = c.height, pad = 40;
+  ctx.clearRect(0, 0, W, H);
+  const xs = points.map((p) => log10(p.temperature));
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  const X = (t) => pad + (log10(t) - x0) / Math.max(1e-9, x1 - x0) * (W - 2 * pad);
+  const series = [["energy_per_token", "#b22", "E/token (nats)"], ["entropy", "#22b", "attention H (nats)"]];
+  ctx.font = "11px sans-serif";
+  series.forEach(([key, colour, label], si) => {
+    const ys = points.map((p) => p[key]);
+    const [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    const Y = (v) => H - pad - (v - y0) / Math.max(1e-9, y1 - y0) * (H - 2 * pad);
+    ctx.strokeStyle = colour; ctx.beginPath();
+    points.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, X(p.temperature), Y(p[key])));
+    ctx.stroke();
+    ctx.fillStyle = colour;
+    ctx.fillText(`${label}: ${fmt(y0, 3)} .. ${fmt(y1, 3)}`, pad + si * 250, 14);
+  });
+  const t = 10 ** Number($("global-t").value);
+  ctx.strokeStyle = "#888"; ctx.setLineDash([4, 3]);
+  ctx.beginPath(); ctx.moveTo(X(t), pad); ctx.lineTo(X(t), H - pad); ctx.stroke(); ctx.setLineDash([]);
+  ctx.fillStyle = "#444";
+  ctx.fillText(`T = ${fmt(t, 3)} (every head, log scale ${fmt(10 ** x0, 2)} .. ${fmt(10 ** x1, 2)})`, pad, H - 12);
+}
+
+// ---- generation -----------------------------------------------------------------------------
+
+async function generate() {
+  const out = $("generated");
+  out.textContent = $("prompt").value;
+  const num = (id) => $(id).value === "" ? undefined : Number($(id).value);
+  const body = {
+    prompt: $("prompt").value, tokens: num("gen-tokens"), temperature: num("gen-temperature"),
+    top_k: num("gen-top-k"), top_p: num("gen-top-p"), seed: num("gen-seed"), temperatures: overrides(),
+  };
+  status("sampling...");
+  try {
+    const r = await api("/api/generate", body);
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const msg = JSON.parse(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        if (msg.error) throw new Error(msg.error);
+        if (msg.done) { out.textContent = $("prompt").value + msg.text; status(`${msg.tokens} tokens, E = ${fmt(msg.energy, 2)} nats`); }
+        else out.textContent += msg.token;
+      }
+    }
+  } catch (e) { status("error: " + e.message); }
+}
+
+// ---- start ----------------------------------------------------------------------------------
+
+async function start() {
+  const info = await (await api("/api/info")).json();
+  state.info = info;
+  state.trained = info.temperatures.map((r) => r.slice());
+  state.temps = info.temperatures.map((r) => r.slice());
+  // Up to 32 heads are all shown; a larger model starts with its first two layers.
+  const all = [...Array(info.n_layer).keys()];
+  state.layers = info.n_layer * info.n_head <= 32 ? all : all.slice(0, 2);
+  $("model").textContent = `${info.checkpoint}: ${info.n_layer} layers x ${info.n_head} heads, context ${info.context}, vocab ${info.vocab_size} (${info.tokenizer})${info.imported_from ? ", imported from " + info.imported_from : ""}`;
+  $("max-tokens").textContent = info.context - 1;
+  $("text").value = info.sample_text;
+  $("prompt").value = info.sample_text.split(" ")[0] || "";
+  if (info.n_layer * info.n_head > 32) {
+    $("layer-picker").hidden = false;
+    for (const l of all) {
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox"; box.checked = state.layers.includes(l);
+      box.addEventListener("change", () => {
+        state.layers = all.filter((x) => document.querySelectorAll("#layer-boxes input")[x].checked);
+        all.forEach((x) => { $(`layer-${x}`).hidden = !state.layers.includes(x); });
+        schedule();
+      });
+      label.append(box, ` ${l} `);
+      $("layer-boxes").appendChild(label);
+    }
+  }
+  const mean = info.temperatures.flat().reduce((a, b) => a + b, 0) / (info.n_layer * info.n_head);
+  sliderFor($("global-t"), mean, info.slider_range);
+  $("global-t-value").textContent = fmt(mean, 3);
+  $("global-t").addEventListener("input", () => {
+    const started = performance.now();
+    const t = 10 ** Number($("global-t").value);
+    $("global-t-value").textContent = fmt(t, 3);
+    state.temps = state.temps.map((r) => r.map(() => t));
+    document.querySelectorAll(".head input[type=range]").forEach((s) => { s.value = log10(t); });
+    schedule(started);
+  });
+  $("reset").addEventListener("click", () => {
+    state.temps = state.trained.map((r) => r.slice());
+    state.temps.forEach((r, l) => r.forEach((t, h) => { $(`t-${l}-${h}`).value = log10(t); }));
+    schedule();
+  });
+  buildHeads();
+  const legend = $("legend-bar").getContext("2d");
+  for (let x = 0; x < 160; x++) { legend.fillStyle = energyColour(x / 159, 1); legend.fillRect(x, 0, 1, 10); }
+  $("text").addEventListener("input", () => schedule());
+  $("sweep").addEventListener("click", runSweep);
+  $("generate").addEventListener("click", generate);
+  $("zoom-close").addEventListener("click", () => $("zoom").close());
+  await rescore();
+}
+
+start().catch((e) => status("error: " + e.message));
