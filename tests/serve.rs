@@ -4,37 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-
-use common::{small_corpus, tiny_train_flags};
+use common::{serve_model as trained, start, Server};
 use serde_json::{json, Value};
-
-/// A running server, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(checkpoint: &str) -> Server {
-    let mut child = common::thermoformer()
-        .args(["serve", "--checkpoint", checkpoint, "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no URL in {line:?}")).trim_end_matches('/').to_string();
-    Server { child, url }
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().into()
@@ -50,17 +21,6 @@ fn post_raw(s: &Server, path: &str, body: &str) -> (u16, Value) {
 
 fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
     post_raw(s, path, &body.to_string())
-}
-
-/// A trained tiny run (4 layers x 2 heads) in `dir`.
-fn trained(dir: &std::path::Path) -> String {
-    let corpus = small_corpus(dir, 20_000);
-    let run = dir.join("run");
-    let mut flags = tiny_train_flags(corpus.to_str().unwrap(), run.to_str().unwrap());
-    flags.extend(["--layers", "2", "--steps", "6"]);
-    let o = common::run(&flags);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    run.display().to_string()
 }
 
 fn cli_json(args: &[&str]) -> Value {

@@ -60,6 +60,11 @@ pub struct InspectArgs {
     /// --rope, the mean score against distance, one panel per layer, one line per head.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
+    /// With --text: also write one self-contained HTML file (no network, no server) with every
+    /// selected head's attention map and a temperature slider per head that recomputes the
+    /// head's weights, H, ln Z, <E> and C in the browser from the stored energies.
+    #[arg(long, value_name = "FILE", requires = "text")]
+    pub html: Option<PathBuf>,
     #[command(flatten)]
     pub report: super::ReportArgs,
     #[command(flatten)]
@@ -116,6 +121,11 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
             .collect();
         plot::attention_grid(png, &report.labels, &report.alpha, &titles)?;
         crate::progress::note(format!("attention maps written to {}", png.display()));
+    }
+    if let Some(html) = &args.html {
+        let title = format!("{}: {:?}", args.model.checkpoint.display(), text);
+        crate::serve::export::write_html(html, &report, &title)?;
+        crate::progress::note(format!("head grid written to {}", html.display()));
     }
     Ok(())
 }

@@ -25,6 +25,10 @@ pub struct TextInspection {
     /// Attention weights `[layer][head][query][key]`.
     #[serde(skip)]
     pub alpha: Vec<Vec<Vec<Vec<f64>>>>,
+    /// Energies E_ij = -s_ij `[layer][head][query][key]` for the keys each query may see
+    /// (`key <= query`): what the weights are a Boltzmann distribution of.
+    #[serde(skip)]
+    pub energies: Vec<Vec<Vec<Vec<f64>>>>,
 }
 
 /// Which layers and heads to report (None: all of them), 0-based.
@@ -56,12 +60,15 @@ impl TextInspection {
     /// attention maps then show just those.
     pub fn select(&mut self, sel: &Selection) {
         self.heads.retain(|h| sel.keeps(h.layer, h.head));
-        self.alpha = std::mem::take(&mut self.alpha)
-            .into_iter()
-            .enumerate()
-            .map(|(l, heads)| heads.into_iter().enumerate().filter(|(h, _)| sel.keeps(l, *h)).map(|(_, a)| a).collect::<Vec<_>>())
-            .filter(|heads| !heads.is_empty())
-            .collect();
+        let keep = |maps: Vec<Vec<Vec<Vec<f64>>>>| -> Vec<Vec<Vec<Vec<f64>>>> {
+            maps.into_iter()
+                .enumerate()
+                .map(|(l, heads)| heads.into_iter().enumerate().filter(|(h, _)| sel.keeps(l, *h)).map(|(_, a)| a).collect::<Vec<_>>())
+                .filter(|heads| !heads.is_empty())
+                .collect()
+        };
+        self.alpha = keep(std::mem::take(&mut self.alpha));
+        self.energies = keep(std::mem::take(&mut self.energies));
     }
 }
 
@@ -116,12 +123,26 @@ pub fn inspect_ids(model: &Gpt, tok: &Tok, text_ids: &[u32]) -> Result<(TextInsp
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<Vec<_>>>()?;
+    let energies = stats
+        .iter()
+        .map(|s| {
+            (0..s.energy.dim(1)?)
+                .map(|h| {
+                    let rows = s.energy.i((0, h))?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+                    Ok(rows.into_iter().enumerate().map(|(q, mut row)| {
+                        row.truncate(q + 1);
+                        row
+                    }).collect())
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
     // Position 0 is the start, whatever its id (a nanoGPT model's start is its newline, which
     // may also occur in the text).
     let start = tok.token_str(tok.bos()).unwrap_or_else(|| crate::data::tokenizer::BOS.to_string());
     let tokens = ids.iter().enumerate().map(|(i, &id)| if i == 0 { start.clone() } else { tok.token_text(id) }).collect();
     let labels = ids.iter().enumerate().map(|(i, &id)| if i == 0 { "<bos>".to_string() } else { token_label(tok, id) }).collect();
-    Ok((TextInspection { tokens, labels, heads, alpha }, logits))
+    Ok((TextInspection { tokens, labels, heads, alpha, energies }, logits))
 }
 
 /// One temperature of a sweep.

@@ -118,10 +118,11 @@ pub struct Info {
 pub const SLIDER_RANGE: (f64, f64) = (0.05, 20.0);
 
 pub fn info(model: &Gpt, tok: &Tok, config: &RunConfig, checkpoint: &str) -> Result<Info> {
-    let sample_text = if tok.kind() == crate::config::TokenizerKind::Char && tok.encode("ROMEO:").is_err() {
-        String::new()
-    } else {
-        "ROMEO: I will not be entreated.".to_string()
+    // A line of the shipped corpus, cut to the context, where the tokenizer can spell it.
+    let sample: String = "ROMEO: I will not be entreated.".chars().take(config.model.context.saturating_sub(1)).collect();
+    let sample_text = match tok.encode(&sample) {
+        Ok(ids) if ids.len() < config.model.context => sample,
+        _ => String::new(),
     };
     let temperatures = model.temperatures()?;
     let range = temperatures.iter().flatten().fold(SLIDER_RANGE, |(lo, hi), &t| (lo.min(t), hi.max(t)));

@@ -18,6 +18,7 @@
 //! shared. The model work runs on tokio's blocking pool, so the server keeps answering while it runs.
 
 pub mod api;
+pub mod export;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

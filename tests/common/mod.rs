@@ -162,3 +162,40 @@ pub fn assert_picture(path: &Path, size: Option<(u32, u32)>, min_ink: f64, min_c
     assert!(counts.len() >= min_colours, "{}: {} colours, expected at least {min_colours}", path.display(), counts.len());
     pic
 }
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start(checkpoint: &str) -> Server {
+    let mut child = thermoformer()
+        .args(["serve", "--checkpoint", checkpoint, "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no URL in {line:?}")).trim_end_matches('/').to_string();
+    Server { child, url }
+}
+
+/// A trained tiny run for the explorer (2 layers x 2 heads, context 16) in `dir`.
+pub fn serve_model(dir: &std::path::Path) -> String {
+    let corpus = small_corpus(dir, 20_000);
+    let out = dir.join("run");
+    let mut flags = tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap());
+    flags.extend(["--layers", "2", "--steps", "60", "--eval-every", "60", "--lr", "3e-3"]);
+    let o = run(&flags);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out.display().to_string()
+}

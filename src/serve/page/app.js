@@ -11,6 +11,7 @@ const state = {
   last: null,       // the last score response
   seq: 0,           // request counter: only the newest response is drawn
   latencies: [],    // ms from a slider's input to the page showing its result
+  timings: [],      // the same, in parts: debounce wait, fetch, JSON parse, draw
 };
 // For tests and the curious: the latest response and the measured latencies.
 window.thermoformer = state;
@@ -49,7 +50,7 @@ function overrides() {
 let timer = null;
 function schedule(started) {
   clearTimeout(timer);
-  timer = setTimeout(() => rescore(started), 40);
+  timer = setTimeout(() => rescore(started), 16);
 }
 
 async function rescore(started) {
@@ -57,12 +58,19 @@ async function rescore(started) {
   const text = $("text").value;
   status("scoring...");
   try {
+    const t0 = performance.now();
     const r = await api("/api/score", { text, temperatures: overrides(), layers: state.layers });
+    const t1 = performance.now();
     const res = await r.json();
+    const t2 = performance.now();
     if (seq !== state.seq) return; // a newer request is on its way
     state.last = res;
     draw(res);
-    if (started !== undefined) state.latencies.push(performance.now() - started);
+    const t3 = performance.now();
+    if (started !== undefined) {
+      state.latencies.push(t3 - started);
+      state.timings.push({ wait: t0 - started, fetch: t1 - t0, parse: t2 - t1, draw: t3 - t2 });
+    }
     status("");
   } catch (e) {
     if (seq === state.seq) status("error: " + e.message);
@@ -165,20 +173,29 @@ function buildHeads() {
   }
 }
 
+// One pixel per weight, drawn into a small canvas and scaled up without smoothing: a single
+// putImageData per map instead of a fill per cell.
+const pixels = document.createElement("canvas");
 function drawMap(canvas, weights) {
-  const n = weights.length;
-  const ctx = canvas.getContext("2d");
-  const cell = canvas.width / Math.max(n, 1);
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  for (let q = 0; q < n; q++) {
+  const n = Math.max(weights.length, 1);
+  pixels.width = n; pixels.height = n;
+  const small = pixels.getContext("2d");
+  const img = small.createImageData(n, n);
+  for (let q = 0; q < weights.length; q++) {
     const row = weights[q];
-    for (let k = 0; k <= q; k++) {
-      const a = Math.sqrt(row[k]); // sqrt: small weights stay visible
-      ctx.fillStyle = `rgba(29, 43, 110, ${a})`;
-      ctx.fillRect(k * cell, q * cell, Math.ceil(cell), Math.ceil(cell));
+    for (let k = 0; k < n; k++) {
+      const a = k <= q ? Math.sqrt(row[k]) : 0; // sqrt: small weights stay visible
+      const o = 4 * (q * n + k);
+      img.data[o] = 255 - Math.round(a * 226);
+      img.data[o + 1] = 255 - Math.round(a * 212);
+      img.data[o + 2] = 255 - Math.round(a * 145);
+      img.data[o + 3] = 255;
     }
   }
+  small.putImageData(img, 0, 0);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(pixels, 0, 0, canvas.width, canvas.height);
 }
 
 function drawHeads(res) {
