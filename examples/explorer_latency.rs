@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Needs Chromium on the PATH (Debian's `chromium`). Defaults: `checkpoints/shakespeare`, 40 moves,
-//! and a 63-token line (64 positions with the start, the default model's whole context).
+//! and a 63-character line (64 positions with the start for the default char model, its whole
+//! context; fewer tokens for a BPE).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -29,13 +30,13 @@ fn main() -> Result<()> {
     let url = line.split_whitespace().find(|w| w.starts_with("http://")).context("no URL from the server")?.to_string();
     let result = measure(&url, moves);
     let _ = server.kill();
-    let (p50, p90, n) = result?;
+    let (p50, p90, n, tokens) = result?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
-    println!("{n} slider moves on {run}, a 63-token text: p50 {p50:.1} ms, p90 {p90:.1} ms (CPU: {cpu})");
+    println!("{n} slider moves on {run}, a text of {tokens} tokens: p50 {p50:.1} ms, p90 {p90:.1} ms (CPU: {cpu})");
     Ok(())
 }
 
-fn measure(url: &str, moves: usize) -> Result<(f64, f64, usize)> {
+fn measure(url: &str, moves: usize) -> Result<(f64, f64, usize, u64)> {
     let path = ["chromium", "chromium-browser", "google-chrome"]
         .iter()
         .flat_map(|n| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(move |d| d.join(n)).collect::<Vec<PathBuf>>())
@@ -59,7 +60,7 @@ fn measure(url: &str, moves: usize) -> Result<(f64, f64, usize)> {
     wait("window.thermoformer && window.thermoformer.last !== null")?;
     let text = "ROMEO: I will not be entreated. Go, then; for 'tis in vain to s";
     eval(&format!("const t = document.getElementById('text'); t.value = {text:?}; t.dispatchEvent(new Event('input')); true"))?;
-    wait(&format!("window.thermoformer.last.tokens.length === {}", text.len() + 1))?;
+    wait(&format!("window.thermoformer.last.tokens.slice(1).join('') === {text:?}"))?;
     tab.wait_for_element("#global-t")?.focus()?;
     for k in 0..moves {
         // Alternate directions so the temperature stays near its trained value.
@@ -76,5 +77,6 @@ fn measure(url: &str, moves: usize) -> Result<(f64, f64, usize)> {
     }
     let mut ms: Vec<f64> = serde_json::from_str(eval("JSON.stringify(window.thermoformer.latencies)")?.as_str().context("latencies")?)?;
     ms.sort_by(f64::total_cmp);
-    Ok((ms[ms.len() / 2], ms[ms.len() * 9 / 10], ms.len()))
+    let tokens = eval("window.thermoformer.last.energies.length")?.as_u64().unwrap_or(0);
+    Ok((ms[ms.len() / 2], ms[ms.len() * 9 / 10], ms.len(), tokens))
 }

@@ -237,3 +237,38 @@ fn eight_clients_share_the_model_and_every_answer_is_right() {
     // Reported, not asserted (timings belong in benchmarks): docs/serve.md quotes a run.
     eprintln!("load: 400 requests, p50 {:.1} ms, p99 {:.1} ms", sorted[200], sorted[396]);
 }
+
+#[test]
+fn an_imported_gpt2_is_served_as_score_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import/gpt2-untied");
+    let run = tmp.path().join("gpt2");
+    let o = common::run(&["import", src.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = run.display().to_string();
+    let server = start(&run);
+    let info: Value = agent().get(&format!("{}/api/info", server.url)).call().unwrap().body_mut().read_json().unwrap();
+    assert!(info["imported_from"].as_str().unwrap().starts_with("gpt2:"), "{info}");
+    let text = "Where is the king?";
+    let (status, got) = post(&server, "/api/score", &json!({"text": text, "temperatures": {"1.3": 0.4}}));
+    assert_eq!(status, 200, "{got}");
+    let want = cli_json(&["score", "--checkpoint", &run, "--text", text, "--format", "jsonl", "--head-temperature", "1.3=0.4"]);
+    close(&got["energy"], &want["energy"], "energy of an imported model");
+    assert_eq!(got["heads"].as_array().unwrap().len(), 8);
+    // Its start is its own <|endoftext|>.
+    assert_eq!(got["tokens"][0], "<|endoftext|>");
+}
+
+#[test]
+fn ctrl_c_stops_the_server_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained(tmp.path());
+    let mut server = start(&run);
+    let (status, _) = post(&server, "/api/score", &json!({"text": "First"}));
+    assert_eq!(status, 200);
+    let pid = server.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let (code, stderr) = server.wait();
+    assert_eq!(code, Some(0), "exit after Ctrl-C; stderr: {stderr}");
+    assert!(stderr.contains("stopped") && !stderr.contains("panicked"), "{stderr}");
+}

@@ -2,9 +2,9 @@
 //! with its request and response types. The HTTP layer ([`super`]) only moves bytes; tests and
 //! scripts may call these directly.
 //!
-//! Every figure is computed by the same library calls the commands use: energies by
-//! [`score_ids`] (`thermoformer score`), head statistics by [`inspect_ids`] (`thermoformer
-//! inspect --text`), samples by [`Generator`] (`thermoformer generate`), the sweep by
+//! Every figure is computed by the same library calls the commands use: head statistics and
+//! energies from one pass of [`inspect_ids`] (`thermoformer inspect --text`; the energies are
+//! `thermoformer score`'s for a text that fits the context, which the tests check), samples by [`Generator`] (`thermoformer generate`), the sweep by
 //! [`inspect::sweep`], each on a copy of the model with the request's temperatures, so a request
 //! gives what the command prints with the same `--head-temperature` flags.
 
@@ -22,7 +22,7 @@ use crate::data::Batch;
 use crate::model::{Gpt, HeadTemperature};
 use crate::physics::generate::{Generator, SampleOptions};
 use crate::physics::inspect::{self, inspect_ids, SweepPoint};
-use crate::physics::score::{score_ids, ScoreOptions};
+use crate::physics::score::Scored;
 use crate::physics::thermo::HeadSummary;
 
 /// A request the API refuses: an HTTP status (4xx) and a message for the JSON body.
@@ -213,8 +213,10 @@ pub fn score(model: &Gpt, tok: &Tok, req: &ScoreRequest) -> Result<ScoreResponse
     if let Some(bad) = req.layers.iter().flatten().find(|&&l| l >= cfg.n_layer) {
         return Err(ApiError::bad_request(format!("layer {bad} names no layer: the model has layers 0..={}", cfg.n_layer - 1)));
     }
-    let scored = score_ids(&m, std::slice::from_ref(&ids), tok.bos(), &ScoreOptions::default())?.remove(0);
+    // One forward pass gives everything: the heads, the candidates, and the energies, which are
+    // what `score` computes for a text that fits one window (tests hold them to 1e-5).
     let (inspection, logits) = inspect_ids(&m, tok, &ids)?;
+    let scored = Scored { energies: text_energies(&logits, &ids)?, ids: ids.clone() };
     let top = top_candidates(&logits, tok, 5)?;
     let attention = if req.no_attention {
         Vec::new()
@@ -244,6 +246,16 @@ pub fn score(model: &Gpt, tok: &Tok, req: &ScoreRequest) -> Result<ScoreResponse
         temperatures: m.temperatures()?,
         attention,
     })
+}
+
+/// -ln p(ids[t] | start, ids[..t]) from the logits `(1, T, V)` of start + ids.
+fn text_energies(logits: &Tensor, ids: &[u32]) -> Result<Vec<f64>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let predicting = logits.i(0)?.narrow(0, 0, ids.len())?; // (n, V): positions that predict a text token
+    let targets = Tensor::new(ids, logits.device())?;
+    Ok(crate::model::loss::token_energies(&predicting, &targets)?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }
 
 /// The `k` most probable next tokens at every position of `logits` `(1, T, V)`.

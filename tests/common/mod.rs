@@ -169,6 +169,22 @@ pub struct Server {
     pub url: String,
 }
 
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the server to exit: its exit code and what it wrote to stderr.
+    pub fn wait(&mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().expect("waiting for the server");
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        (status.code(), stderr)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -8,6 +8,7 @@ const state = {
   trained: [],      // [layer][head] as trained
   temps: [],        // [layer][head] as set on the page
   layers: [],       // layers whose maps are shown
+  heads: [],        // heads (in every layer) whose maps are shown
   last: null,       // the last score response
   seq: 0,           // request counter: only the newest response is drawn
   latencies: [],    // ms from a slider's input to the page showing its result
@@ -156,6 +157,13 @@ function buildHeads() {
       slider.id = `t-${l}-${h}`;
       slider.setAttribute("aria-label", `temperature of head ${l}.${h}`);
       sliderFor(slider, state.temps[l][h], slider_range);
+      // A tick at the trained temperature.
+      const ticks = document.createElement("datalist");
+      ticks.id = `trained-${l}-${h}`;
+      const tick = document.createElement("option");
+      tick.value = log10(state.trained[l][h]);
+      ticks.appendChild(tick);
+      slider.setAttribute("list", ticks.id);
       slider.addEventListener("input", () => {
         const started = performance.now();
         state.temps[l][h] = 10 ** Number(slider.value);
@@ -166,7 +174,8 @@ function buildHeads() {
       trained.textContent = `trained T = ${fmt(state.trained[l][h], 3)}`;
       const stats = document.createElement("div");
       stats.className = "stats";
-      box.append(title, canvas, slider, trained, stats);
+      box.hidden = !state.heads.includes(h);
+      box.append(title, canvas, slider, ticks, trained, stats);
       row.appendChild(box);
     }
     root.appendChild(row);
@@ -310,6 +319,8 @@ async function start() {
   // Up to 32 heads are all shown; a larger model starts with its first two layers.
   const all = [...Array(info.n_layer).keys()];
   state.layers = info.n_layer * info.n_head <= 32 ? all : all.slice(0, 2);
+  const allHeads = [...Array(info.n_head).keys()];
+  state.heads = allHeads;
   $("model").textContent = `${info.checkpoint}: ${info.n_layer} layers x ${info.n_head} heads, context ${info.context}, vocab ${info.vocab_size} (${info.tokenizer})${info.imported_from ? ", imported from " + info.imported_from : ""}`;
   $("max-tokens").textContent = info.context - 1;
   $("text").value = info.sample_text;
@@ -327,6 +338,17 @@ async function start() {
       });
       label.append(box, ` ${l} `);
       $("layer-boxes").appendChild(label);
+    }
+    for (const h of allHeads) {
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox"; box.checked = true;
+      box.addEventListener("change", () => {
+        state.heads = allHeads.filter((x) => document.querySelectorAll("#head-boxes input")[x].checked);
+        for (let l = 0; l < info.n_layer; l++) allHeads.forEach((x) => { $(`head-${l}-${x}`).hidden = !state.heads.includes(x); });
+      });
+      label.append(box, ` ${h} `);
+      $("head-boxes").appendChild(label);
     }
   }
   const mean = info.temperatures.flat().reduce((a, b) => a + b, 0) / (info.n_layer * info.n_head);
