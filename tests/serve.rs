@@ -137,6 +137,8 @@ fn bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving() {
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("/api/score", "{\"text\":".into(), 400, "not the JSON"),
         ("/api/score", "[1, 2]".into(), 400, "not the JSON"),
+        ("/api/score", json!({"text": "x", "temprature": 2.0}).to_string(), 400, "unknown field \"temprature\""),
+        ("/api/generate", json!({"tokens": 5, "topk": 3}).to_string(), 400, "unknown field \"topk\""),
         ("/api/score", json!({"text": "x", "temperatures": {"7.0": 1.0}}).to_string(), 400, "names no head"),
         ("/api/score", json!({"text": "x", "temperatures": {"0.9": 1.0}}).to_string(), 400, "names no head"),
         ("/api/score", json!({"text": "x", "temperatures": {"0.1": 0.0}}).to_string(), 400, "at least"),

@@ -235,7 +235,7 @@ fn run_sweep(args: &InspectArgs, loaded: &Loaded, temps: &[f64]) -> Result<()> {
     let context = loaded.config.model.context;
     let batches = stats_batches(args, loaded, val)?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
-    let points = inspect::sweep(&loaded.model, &batches, temps)?;
+    let points = inspect::sweep(&loaded.model, &batches, temps, true)?;
     let mut out = std::io::stdout().lock();
     match args.report.format() {
         super::ReportFormat::Json => {

@@ -162,12 +162,12 @@ pub struct SweepPoint {
 }
 
 /// For each temperature, set every head of a copy of `model` to it and measure the energy per
-/// token and the attention entropy on `batches`.
-pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64]) -> Result<Vec<SweepPoint>> {
+/// token and the attention entropy on `batches`, with a progress bar on stderr when `progress`.
+pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64], progress: bool) -> Result<Vec<SweepPoint>> {
     if batches.is_empty() {
         bail!("the sweep needs at least one window of text");
     }
-    let bar = crate::progress::bar(temperatures.len() * batches.len(), 0, true);
+    let bar = crate::progress::bar(temperatures.len() * batches.len(), 0, progress);
     bar.set_message("sweep");
     let points = temperatures
         .iter()

@@ -375,5 +375,5 @@ pub fn sweep(model: &Gpt, tok: &Tok, req: &SweepRequest) -> Result<Vec<SweepPoin
         inputs: Tensor::from_vec(inputs, (1, ids.len()), dev).map_err(anyhow::Error::from)?,
         targets: Tensor::from_vec(ids.clone(), (1, ids.len()), dev).map_err(anyhow::Error::from)?,
     };
-    Ok(inspect::sweep(model, &[batch], &temps)?)
+    Ok(inspect::sweep(model, &[batch], &temps, false)?)
 }

@@ -86,11 +86,18 @@ fn page(body: &'static str, kind: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
-/// The body as `T`: a body over the cap is a 413, anything that is not that JSON a 400, both
-/// with a message.
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+/// The body as `T`, an object with only the keys in `keys`: a body over the cap is a 413, an
+/// unknown key or anything that is not that JSON a 400, each with a message. (The keys are
+/// checked here because serde's `deny_unknown_fields` does not work with the flattened
+/// temperatures.)
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, keys: &[&str]) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| ApiError { status: e.status().as_u16(), message: format!("{} (the limit is {MAX_BODY} bytes)", e.body_text()) })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the request is not the JSON this endpoint takes: {e}")))
+    let not_ours = |e: serde_json::Error| ApiError::bad_request(format!("the request is not the JSON this endpoint takes: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(not_ours)?;
+    if let Some(unknown) = value.as_object().and_then(|o| o.keys().find(|k| !keys.contains(&k.as_str()))) {
+        return Err(ApiError::bad_request(format!("unknown field {unknown:?}: this endpoint takes {}", keys.join(", "))));
+    }
+    serde_json::from_value(value).map_err(not_ours)
 }
 
 /// Run `f` on the blocking pool (model work must not stall the server's threads).
@@ -103,19 +110,19 @@ async fn info(State(app): State<Arc<App>>) -> Result<axum::Json<api::Info>, ApiE
 }
 
 async fn score(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<api::ScoreResponse>, ApiError> {
-    let req: api::ScoreRequest = parse(body)?;
+    let req: api::ScoreRequest = parse(body, &["text", "temperatures", "attn_temperature", "layers", "no_attention"])?;
     blocking(move || api::score(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
 }
 
 async fn sweep(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<Vec<crate::physics::inspect::SweepPoint>>, ApiError> {
-    let req: api::SweepRequest = parse(body)?;
+    let req: api::SweepRequest = parse(body, &["text", "temperatures"])?;
     blocking(move || api::sweep(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
 }
 
 /// Sampled tokens as JSON lines (`application/x-ndjson`), each sent as soon as it is drawn, then
 /// `{"done": true, ...}`; a failure after the first token ends the stream with `{"error": ...}`.
 async fn generate(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let req: api::GenerateRequest = parse(body)?;
+    let req: api::GenerateRequest = parse(body, &["prompt", "tokens", "temperature", "top_k", "top_p", "seed", "temperatures", "attn_temperature"])?;
     let app2 = app.clone();
     let req2 = req.clone();
     let (model, prompt, opts) = blocking(move || api::prepare_generation(&app2.loaded.model, &app2.loaded.tokenizer, &req2)).await?;
