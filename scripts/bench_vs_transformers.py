@@ -107,22 +107,14 @@ def main():
         return hf_child(args, args.child[0], data["lines"], data["prompt"])
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_random_gpt2 import save_random_gpt2
 
     work = tempfile.mkdtemp(prefix="tf-bench-")
     text = open(CORPUS, encoding="utf-8").read()
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(text.splitlines(keepends=True), trainer)
-    eot = tok.token_to_id("<|endoftext|>")
     model_dir = os.path.join(work, "hf")
-    cfg = GPT2Config(bos_token_id=eot, eos_token_id=eot)  # GPT-2 small: 12 x 12 x 768, 1024, 50257
-    torch.manual_seed(0)
-    GPT2LMHeadModel(cfg).save_pretrained(model_dir, safe_serialization=True)
-    tok.save(os.path.join(model_dir, "tokenizer.json"))
+    tok = save_random_gpt2(model_dir)  # GPT-2 small: 12 x 12 x 768, 1024, 50257
+    eot = tok.token_to_id("<|endoftext|>")
     run_dir = os.path.join(work, "run")
     subprocess.run([BIN, "import", model_dir, "--out", run_dir], check=True, stdout=subprocess.DEVNULL)
 

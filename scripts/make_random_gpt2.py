@@ -19,10 +19,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    out = sys.argv[1]
+def save_random_gpt2(out: str) -> Tokenizer:
+    """Save the model and tokenizer into `out`; returns the tokenizer."""
     text = open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8").read()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -33,7 +31,14 @@ def main() -> None:
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(bos_token_id=eot, eos_token_id=eot)).save_pretrained(out, safe_serialization=True)
     tok.save(os.path.join(out, "tokenizer.json"))
-    print(f"wrote a random GPT-2 small to {out}")
+    return tok
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    save_random_gpt2(sys.argv[1])
+    print(f"wrote a random GPT-2 small to {sys.argv[1]}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ pub mod corpus;
 pub mod tokenizer;
 pub mod tokens;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -96,11 +96,6 @@ pub fn corpus_tokenizer(corpus: &Corpus, train: &TrainConfig, progress: bool) ->
 /// missing, unreadable, non-UTF-8 and empty files are errors that name the file.
 pub fn read_corpus(path: &Path) -> Result<String> {
     Corpus::open(&[path.to_path_buf()], None)?.read_to_string()
-}
-
-/// The paths of a corpus as a list (the `--corpus` values).
-pub fn corpus_paths(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// The tokenized corpus, split into a training head and a validation tail.

@@ -451,7 +451,6 @@ impl Chunker {
             };
             let rest = self.pending.split_off(cut);
             jobs.push(std::mem::replace(&mut self.pending, rest));
-            self.scanned = self.scanned.saturating_sub(cut);
             self.last_cut = None;
             // The remainder was searched before the cut: look again from its start.
             self.scanned = 0;
