@@ -21,6 +21,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod bf16;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;
@@ -117,6 +118,11 @@ impl SendPtr {
 /// Run `f(i)` for every i in 0..n on candle's CPU thread pool.
 fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+}
+
+/// Run `f` over ranges that together cover 0..n on candle's CPU thread pool.
+fn parallel_for_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, f);
 }
 
 /// `dst (m, n) = lhs (m, k) . rhs (k, n)` for f32 matrices given by row and column strides, on

@@ -1,0 +1,337 @@
+//! The blocked bf16 GEMM: `C (m, n) = A (m, k) . B (k, n)` with bf16 operands and f32 outputs.
+//!
+//! Operands are read from f32 (rounded while packed, [`super::round::to_bf16`]) or from bf16 bits,
+//! at any row and column strides, packed into the strips of [`super::micro`], and multiplied tile
+//! by tile. Each output is the chain of [`super::micro::dp_pair`] over the pairs of k in order,
+//! started from +0: k-blocks carry the accumulator through C exactly and threads split only m and
+//! n, so the bits depend on neither the blocking, the thread count nor the microkernel.
+
+use std::cell::RefCell;
+
+use super::micro::{self, MR, NR};
+use super::Kernel;
+
+/// Pairs of k per block: the A and B strips of one block stay in L1/L2 while a tile runs.
+const KCP: usize = 192;
+/// A strips per block of rows: the A block (MCS * MR rows x KCP pairs) stays in L2.
+const MCS: usize = 24;
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MACS: usize = 1 << 18;
+
+/// Where an operand's element (i, j) is: `ptr[i * rs + j * cs]`, as f32 (rounded when packed) or
+/// as bf16 bits.
+#[derive(Clone, Copy, Debug)]
+pub enum Src {
+    F32 { ptr: *const f32, rs: usize, cs: usize },
+    Bf16 { ptr: *const u16, rs: usize, cs: usize },
+}
+
+impl Src {
+    /// A row-major f32 matrix with `cols` columns.
+    pub fn f32_rows(v: &[f32], cols: usize) -> Self {
+        Src::F32 { ptr: v.as_ptr(), rs: cols, cs: 1 }
+    }
+
+    /// The transpose of a row-major f32 matrix with `cols` columns.
+    pub fn f32_cols(v: &[f32], cols: usize) -> Self {
+        Src::F32 { ptr: v.as_ptr(), rs: 1, cs: cols }
+    }
+
+    /// The transposed view: element (i, j) is this one's (j, i).
+    pub fn t(self) -> Self {
+        match self {
+            Src::F32 { ptr, rs, cs } => Src::F32 { ptr, rs: cs, cs: rs },
+            Src::Bf16 { ptr, rs, cs } => Src::Bf16 { ptr, rs: cs, cs: rs },
+        }
+    }
+}
+
+/// The bf16 pair (i, 2p), (i, 2p + 1) of `src` as u32, zero beyond `rows` x `cols`.
+#[inline(always)]
+unsafe fn pair_at(get: &impl Fn(usize, usize) -> u16, i: usize, p: usize, rows: usize, cols: usize) -> u32 {
+    if i >= rows {
+        return 0;
+    }
+    let lo = if 2 * p < cols { get(i, 2 * p) } else { 0 };
+    let hi = if 2 * p + 1 < cols { get(i, 2 * p + 1) } else { 0 };
+    lo as u32 | (hi as u32) << 16
+}
+
+/// Pack `rows` x `cols` of `src` (pairs along the columns) into strips of `width` rows:
+/// `out[s * kp * width + p * width + r]` for row `s * width + r`.
+unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mut Vec<u32>) {
+    let kp = cols.div_ceil(2);
+    let strips = rows.div_ceil(width);
+    out.clear();
+    out.resize(strips * kp * width, 0);
+    fn fill(out: &mut [u32], rows: usize, cols: usize, width: usize, get: impl Fn(usize, usize) -> u16) {
+        let kp = cols.div_ceil(2);
+        for (s, strip) in out.chunks_exact_mut(kp * width).enumerate() {
+            for p in 0..kp {
+                for r in 0..width {
+                    // SAFETY (of the closure's reads): pair_at reads only inside rows x cols.
+                    strip[p * width + r] = unsafe { pair_at(&get, s * width + r, p, rows, cols) };
+                }
+            }
+        }
+    }
+    match src {
+        Src::F32 { ptr, rs, cs } => fill(out, rows, cols, width, |i, j| super::round::to_bf16(*ptr.add(i * rs + j * cs))),
+        Src::Bf16 { ptr, rs, cs } => fill(out, rows, cols, width, |i, j| *ptr.add(i * rs + j * cs)),
+    }
+}
+
+/// A B operand `(k, n)` packed once, to be multiplied many times (a weight during generation,
+/// or during one training step).
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    data: Vec<u32>,
+}
+
+impl PackedB {
+    /// Pack `src` as a `(k, n)` matrix.
+    ///
+    /// # Safety
+    /// Every element `src` names for `(k, n)` must be readable.
+    pub unsafe fn new(src: Src, k: usize, n: usize) -> Self {
+        let mut data = Vec::new();
+        pack_strips(src.t(), n, k, NR, &mut data); // B's columns are the strips' rows
+        Self { k, n, data }
+    }
+
+    /// A Linear layer's weight `w (n, k)`, row-major, as the B of `x . w^T`.
+    pub fn of_weight(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "PackedB::of_weight: {} values for ({n}, {k})", w.len());
+        // SAFETY: w holds n x k values.
+        unsafe { Self::new(Src::f32_cols(w, k), k, n) }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes the packed copy holds.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+thread_local! {
+    /// Per-thread packing buffers (A, B), reused across calls.
+    static SCRATCH: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `c (m, n) = a (m, k) . b (k, n)` with bf16 operands, packing both. `c` has row stride `ldc`.
+/// `parallel`: spread large products over candle's CPU thread pool (never from inside it).
+///
+/// # Safety
+/// The elements `a` and `b` name must be readable, `c`'s tile writable and not aliasing them.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(kernel: Kernel, m: usize, n: usize, k: usize, a: Src, b: Src, c: *mut f32, ldc: usize, parallel: bool) {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let (pa, pb) = &mut *s;
+        pack_strips(b.t(), n, k, NR, pb);
+        pack_strips(a, m, k, MR, pa);
+        multiply(kernel, m, n, k.div_ceil(2), pa, pb, c, ldc, parallel);
+    })
+}
+
+/// [`gemm`] with a B packed beforehand.
+///
+/// # Safety
+/// As [`gemm`]; `b` is `(k, n)`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_packed(kernel: Kernel, m: usize, a: Src, b: &PackedB, c: *mut f32, ldc: usize, parallel: bool) {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let pa = &mut s.0;
+        pack_strips(a, m, b.k, MR, pa);
+        multiply(kernel, m, b.n, b.k.div_ceil(2), pa, &b.data, c, ldc, parallel);
+    })
+}
+
+/// A raw output pointer shared by the workers, each writing its own tiles.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Multiply packed strips, split over the pool by blocks of columns (or rows when there are few
+/// columns).
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply(kernel: Kernel, m: usize, n: usize, kp: usize, pa: &[u32], pb: &[u32], c: *mut f32, ldc: usize, parallel: bool) {
+    let (ms, ns) = (m.div_ceil(MR), n.div_ceil(NR));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let out = Out(c);
+    if !parallel || threads < 2 || m * n * kp * 2 < PARALLEL_MACS {
+        return block(kernel, m, n, kp, pa, pb, out.0, ldc, 0..ms, 0..ns);
+    }
+    // Units of two B strips (the AVX-512 tile's width), or of A strips when columns are few.
+    let col_units = ns.div_ceil(2);
+    if col_units >= 2 * threads || col_units >= ms.div_ceil(MCS) {
+        crate::kernels::parallel_for_ranges(col_units, |units| {
+            block(kernel, m, n, kp, pa, pb, out.get(), ldc, 0..ms, 2 * units.start..(2 * units.end).min(ns))
+        });
+    } else {
+        crate::kernels::parallel_for_ranges(ms, |strips| block(kernel, m, n, kp, pa, pb, out.get(), ldc, strips, 0..ns));
+    }
+}
+
+/// The tiles of A strips `is` x B strips `js`, k-block by k-block.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    kernel: Kernel,
+    m: usize,
+    n: usize,
+    kp: usize,
+    pa: &[u32],
+    pb: &[u32],
+    c: *mut f32,
+    ldc: usize,
+    is: std::ops::Range<usize>,
+    js: std::ops::Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    let _env = (kernel == Kernel::Avx2).then(micro::x86::FtzDaz::set);
+    let step = if kernel == Kernel::Avx512Bf16 { 2 } else { 1 };
+    let mut k0 = 0;
+    while k0 < kp {
+        let kc = KCP.min(kp - k0);
+        let mut i_block = is.start;
+        while i_block < is.end {
+            let i_end = (i_block + MCS).min(is.end);
+            let mut j = js.start;
+            while j < js.end {
+                let strips = step.min(js.end - j);
+                for i in i_block..i_end {
+                    let a = pa.as_ptr().add(i * kp * MR + k0 * MR);
+                    let b0 = pb.as_ptr().add(j * kp * NR + k0 * NR);
+                    let b1 = if strips == 2 { b0.add(kp * NR) } else { b0 };
+                    let rows = MR.min(m - i * MR);
+                    let cols = (strips * NR).min(n - j * NR);
+                    let ct = c.add(i * MR * ldc + j * NR);
+                    tile(kernel, kc, a, b0, b1, strips, ct, ldc, rows, cols, k0 > 0);
+                }
+                j += strips;
+            }
+            i_block = i_end;
+        }
+        k0 += kc;
+    }
+}
+
+/// One tile of `rows` x `cols` (cols <= strips * NR), through a scratch tile where it is narrower
+/// than the kernel's width.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    kernel: Kernel,
+    kc: usize,
+    a: *const u32,
+    b0: *const u32,
+    b1: *const u32,
+    strips: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    load: bool,
+) {
+    let width = strips * NR;
+    if cols < width {
+        let mut tmp = [0f32; MR * 2 * NR];
+        if load {
+            for r in 0..rows {
+                std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr().add(r * width), cols);
+            }
+        }
+        tile_full(kernel, kc, a, b0, b1, strips, tmp.as_mut_ptr(), width, rows, load);
+        for r in 0..rows {
+            std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * width), c.add(r * ldc), cols);
+        }
+    } else {
+        tile_full(kernel, kc, a, b0, b1, strips, c, ldc, rows, load);
+    }
+}
+
+/// A tile of `rows` x `strips * NR` through the chosen microkernel.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_full(
+    kernel: Kernel,
+    kc: usize,
+    a: *const u32,
+    b0: *const u32,
+    b1: *const u32,
+    strips: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    load: bool,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 => {
+            use micro::x86::tile_avx512bf16 as t;
+            macro_rules! rows {
+                ($s:literal) => {
+                    match rows {
+                        1 => t::<1, $s>(kc, a, b0, b1, c, ldc, load),
+                        2 => t::<2, $s>(kc, a, b0, b1, c, ldc, load),
+                        3 => t::<3, $s>(kc, a, b0, b1, c, ldc, load),
+                        4 => t::<4, $s>(kc, a, b0, b1, c, ldc, load),
+                        5 => t::<5, $s>(kc, a, b0, b1, c, ldc, load),
+                        6 => t::<6, $s>(kc, a, b0, b1, c, ldc, load),
+                        7 => t::<7, $s>(kc, a, b0, b1, c, ldc, load),
+                        _ => t::<8, $s>(kc, a, b0, b1, c, ldc, load),
+                    }
+                };
+            }
+            if strips == 2 {
+                rows!(2)
+            } else {
+                rows!(1)
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            use micro::x86::tile_avx2 as t;
+            for s in 0..strips {
+                let b = if s == 0 { b0 } else { b1 };
+                for half in 0..2 {
+                    let (b, c) = (b.add(half * 8), c.add(s * NR + half * 8));
+                    match rows {
+                        1 => t::<1>(kc, a, b, c, ldc, load),
+                        2 => t::<2>(kc, a, b, c, ldc, load),
+                        3 => t::<3>(kc, a, b, c, ldc, load),
+                        4 => t::<4>(kc, a, b, c, ldc, load),
+                        5 => t::<5>(kc, a, b, c, ldc, load),
+                        6 => t::<6>(kc, a, b, c, ldc, load),
+                        7 => t::<7>(kc, a, b, c, ldc, load),
+                        _ => t::<8>(kc, a, b, c, ldc, load),
+                    }
+                }
+            }
+        }
+        _ => {
+            for s in 0..strips {
+                let b = if s == 0 { b0 } else { b1 };
+                micro::tile_scalar(kc, a, b, c.add(s * NR), ldc, rows, NR, load);
+            }
+        }
+    }
+}

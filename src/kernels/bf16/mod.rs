@@ -1,0 +1,96 @@
+//! bf16 products with f32 accumulation whose bits are the same on every CPU.
+//!
+//! - [`round`]: f32 -> bf16 rounding to nearest-even, as `vcvtne2ps2bf16` rounds.
+//! - [`micro`]: the microkernels: `vdpbf16ps` itself where the CPU has AVX512-BF16, an exact
+//!   emulation of it in AVX2/FMA elsewhere, and the scalar formula.
+//! - [`gemm`]: the blocked product with packed operands, split over candle's thread pool.
+//! - [`ops`]: the candle ops the model's bf16 path runs (Linear layers with their backward).
+//!
+//! `THERMOFORMER_BF16_KERNEL` = `avx512bf16`, `avx2` or `scalar` forces a microkernel (an error
+//! where the CPU lacks it); unset or `auto` takes the fastest this CPU has. Every choice gives
+//! the same bits, only at a different speed.
+
+pub mod gemm;
+pub mod micro;
+pub mod ops;
+pub mod round;
+
+use std::sync::OnceLock;
+
+/// A bf16 microkernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// `vdpbf16ps` (AVX512F + AVX512-BF16).
+    Avx512Bf16,
+    /// The emulation: f32 FMAs in AVX2 under MXCSR's flush-to-zero and denormals-are-zero.
+    Avx2,
+    /// The formula, one element at a time (any CPU).
+    Scalar,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Avx512Bf16, Kernel::Avx2, Kernel::Scalar];
+
+    /// The name `THERMOFORMER_BF16_KERNEL` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Bf16 => "avx512bf16",
+            Kernel::Avx2 => "avx2",
+            Kernel::Scalar => "scalar",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 => std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            Kernel::Scalar => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest kernel this CPU has.
+    pub fn best() -> Kernel {
+        Kernel::ALL.into_iter().find(|k| k.available()).unwrap_or(Kernel::Scalar)
+    }
+
+    /// The kernel `name` names, if this CPU has it.
+    pub fn parse(name: &str) -> Result<Kernel, String> {
+        match name {
+            "" | "auto" => Ok(Kernel::best()),
+            _ => {
+                let k = Kernel::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+                    format!("THERMOFORMER_BF16_KERNEL={name:?} names no bf16 kernel: use auto, avx512bf16, avx2 or scalar")
+                })?;
+                if !k.available() {
+                    return Err(format!(
+                        "THERMOFORMER_BF16_KERNEL={name} asks for {}, which this CPU lacks (it has {})",
+                        k.describe(),
+                        Kernel::best().name()
+                    ));
+                }
+                Ok(k)
+            }
+        }
+    }
+
+    /// What the kernel needs, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kernel::Avx512Bf16 => "the AVX512-BF16 instruction vdpbf16ps",
+            Kernel::Avx2 => "AVX2 and FMA",
+            Kernel::Scalar => "nothing",
+        }
+    }
+
+    /// The process's kernel: `THERMOFORMER_BF16_KERNEL`, read once, or the fastest available.
+    pub fn from_env() -> Result<Kernel, String> {
+        static CHOSEN: OnceLock<Result<Kernel, String>> = OnceLock::new();
+        CHOSEN.get_or_init(|| Kernel::parse(std::env::var("THERMOFORMER_BF16_KERNEL").unwrap_or_default().trim())).clone()
+    }
+}
