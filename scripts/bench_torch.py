@@ -2,13 +2,20 @@
 """Run thermoformer's benchmark shapes in PyTorch and print both side by side, with ratios.
 
     .venv/bin/python scripts/bench_torch.py [--shape small,large] [--work train,score,generate] [--iters N]
+                                            [--precision f32,bf16]
 
 The PyTorch model is the architecture of scripts/crosscheck_torch.py as a float32 nn.Module (pre-LN,
 bias-free LayerNorm and Linear, exact GELU, tied head, a per-head inverse temperature), trained
 with torch.optim.AdamW (decay on matrices only) and gradient clipping, as thermoformer trains.
 Thermoformer's figures come from `target/release/thermoformer bench --json` with the same flags
 (built first with `cargo build --release`). Both use 2 threads unless --threads says otherwise.
+
+PyTorch runs each workload twice: in float32, and under torch.autocast("cpu", dtype=torch.bfloat16),
+PyTorch's fastest CPU mode on chips with bf16 instructions (oneDNN's AVX512-BF16 or AMX kernels).
+Each thermoformer row (one per --precision) is compared with both. The CPU model and its bf16
+flags are printed first: a ratio holds for that CPU only.
 """
+import contextlib
 import argparse
 import json
 import math
@@ -83,7 +90,8 @@ def timed(fn, warmup, iters):
     return statistics.median(ts)
 
 
-def bench(shape, work, iters):
+def bench(shape, work, iters, autocast=False):
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
     s = SHAPES[shape]
     torch.manual_seed(0)
     model = Gpt(s)
@@ -97,7 +105,8 @@ def bench(shape, work, iters):
 
         def step():
             x, y = torch.randint(0, V - 1, (B, T)), torch.randint(0, V - 1, (B, T))
-            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            with cast():
+                loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -108,7 +117,7 @@ def bench(shape, work, iters):
         x, y = torch.randint(0, V - 1, (SCORE_BATCH, T)), torch.randint(0, V - 1, (SCORE_BATCH, T))
 
         def score():
-            with torch.inference_mode():
+            with torch.inference_mode(), cast():
                 F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none").view(SCORE_BATCH, T).sum(1)
         secs, tokens = timed(score, 2, iters), SCORE_BATCH * T
     else:
@@ -117,7 +126,7 @@ def bench(shape, work, iters):
         n_new = T - PROMPT
 
         def generate():
-            with torch.inference_mode():
+            with torch.inference_mode(), cast():
                 caches = [[] for _ in model.blocks]
                 logits = model(prompt, caches, 0)[:, -1]
                 for i in range(n_new):
@@ -129,27 +138,53 @@ def bench(shape, work, iters):
                 peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def cpu_model():
+    """The CPU's model name and which bf16 instructions it has, from /proc/cpuinfo."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown CPU"
+    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown CPU")
+    fam = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("cpu family")), "?")
+    mod = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model\t")), "?")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} (family {fam}, model {mod}; {' '.join(has) or 'no AVX2'})"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="small")
     ap.add_argument("--work", default="train,score,generate")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="f32", help="thermoformer's precisions, comma-separated (f32,bf16)")
+    ap.add_argument("--no-autocast", action="store_true", help="skip PyTorch's bf16 autocast runs")
     ap.add_argument("--thermoformer", default="target/release/thermoformer")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    cmd = [a.thermoformer, "bench", "--shape", a.shape, "--work", a.work, "--iters", str(a.iters), "--json"]
+    cmd = [a.thermoformer, "bench", "--shape", a.shape, "--work", a.work, "--iters", str(a.iters),
+           "--precision", a.precision, "--json"]
     ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
                                      env={"RAYON_NUM_THREADS": str(a.threads)}).stdout)
-    print(f"torch {torch.__version__}, {a.threads} threads; thermoformer matmul ceiling "
-          f"{ours['matmul_ceiling_gflops']:.0f} GFLOP/s")
-    print(f"{'shape':<6} {'work':<9} {'thermoformer ms':>16} {'pytorch ms':>11} {'tok/s ratio':>12} "
-          f"{'RSS MiB (tf/pt)':>16}")
+    print(f"CPU: {cpu_model()}")
+    ceil = ", ".join(f"{p} {c:.0f}" for p, c in ours["matmul_ceilings_gflops"].items())
+    print(f"torch {torch.__version__}, {a.threads} threads; thermoformer matmul ceilings (GFLOP/s): {ceil}")
+    print(f"{'shape':<6} {'work':<9} {'prec':<5} {'thermoformer ms':>16} {'pt fp32 ms':>11} {'ratio':>7} "
+          f"{'pt bf16 ms':>11} {'ratio':>7} {'RSS MiB (tf/pt)':>16}")
+    cache = {}
     for r in ours["results"]:
-        pt = bench(r["shape"], r["work"], a.iters)
-        ratio = r["tokens_per_sec"] / pt["tokens_per_sec"]
-        print(f"{r['shape']:<6} {r['work']:<9} {r['ms_per_iter']:>16.2f} {pt['ms_per_iter']:>11.2f} {ratio:>11.2f}x "
-              f"{r['peak_rss_mib']:>8.0f}/{pt['peak_rss_mib']:<7.0f}", flush=True)
+        key = (r["shape"], r["work"])
+        if key not in cache:
+            fp32 = bench(r["shape"], r["work"], a.iters)
+            bf16 = None if a.no_autocast else bench(r["shape"], r["work"], a.iters, autocast=True)
+            cache[key] = (fp32, bf16)
+        fp32, bf16 = cache[key]
+        ratio = r["tokens_per_sec"] / fp32["tokens_per_sec"]
+        b_ms = f"{bf16['ms_per_iter']:>11.2f}" if bf16 else f"{'-':>11}"
+        b_ratio = f"{r['tokens_per_sec'] / bf16['tokens_per_sec']:>6.2f}x" if bf16 else f"{'-':>7}"
+        print(f"{r['shape']:<6} {r['work']:<9} {r['precision']:<5} {r['ms_per_iter']:>16.2f} {fp32['ms_per_iter']:>11.2f} "
+              f"{ratio:>6.2f}x {b_ms} {b_ratio} {r['peak_rss_mib']:>8.0f}/{fp32['peak_rss_mib']:<7.0f}", flush=True)
 
 
 if __name__ == "__main__":

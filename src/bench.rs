@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::config::{ModelConfig, Positions};
+use crate::config::{ModelConfig, Positions, Precision};
 use crate::data::Batch;
 use crate::physics::generate::{Generator, SampleOptions};
 use crate::train::optim::{AdamW, Optimizer};
@@ -72,11 +72,11 @@ pub enum Work {
 }
 
 /// Measure `work` on `shape`: `iters` timed iterations after warm-up.
-pub fn bench(work: Work, shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
+pub fn bench(work: Work, shape: &Shape, iters: usize, precision: Precision, ceiling: f64, dev: &Device) -> Result<Measurement> {
     match work {
-        Work::Train => bench_train(shape, iters, ceiling, dev),
-        Work::Score => bench_score(shape, iters, ceiling, dev),
-        Work::Generate => bench_generate(shape, iters, ceiling, dev),
+        Work::Train => bench_train(shape, iters, precision, ceiling, dev),
+        Work::Score => bench_score(shape, iters, precision, ceiling, dev),
+        Work::Generate => bench_generate(shape, iters, precision, ceiling, dev),
     }
 }
 
@@ -110,13 +110,15 @@ impl Shape {
 pub struct Measurement {
     pub shape: &'static str,
     pub work: &'static str,
+    /// The arithmetic of the products.
+    pub precision: Precision,
     /// Median milliseconds per iteration (a training step, a scoring batch, a whole generation).
     pub ms_per_iter: f64,
     /// Tokens per second (new tokens only for generation).
     pub tokens_per_sec: f64,
     /// Achieved GFLOP/s (nanoGPT's estimate; forward-only work counts a third of training's).
     pub gflops: f64,
-    /// gflops / the measured matmul ceiling.
+    /// gflops / the measured matmul ceiling of this precision.
     pub mfu: f64,
     /// Peak resident set of the process so far, MiB (None off Linux).
     pub peak_rss_mib: Option<f64>,
@@ -148,6 +150,33 @@ fn time(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Resul
     Ok(median(ts))
 }
 
+/// The matmul ceiling of a precision: GFLOP/s of a 1024 x 1024 x 1024 product (median of 5),
+/// through candle in f32, through the bf16 GEMM (its process kernel) in bf16.
+pub fn ceiling(precision: Precision, dev: &Device) -> Result<f64> {
+    match precision {
+        Precision::F32 => matmul_ceiling(dev),
+        Precision::Bf16 => bf16_ceiling(),
+    }
+}
+
+/// GFLOP/s of a 1024^3 product through the bf16 GEMM with both operands packed per call, as the
+/// model's products are.
+pub fn bf16_ceiling() -> Result<f64> {
+    use crate::kernels::bf16::{gemm, Kernel};
+    let kernel = Kernel::from_env().map_err(anyhow::Error::msg)?;
+    let n = 1024;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut c = vec![0f32; n * n];
+    let secs = time(1, 5, || {
+        // SAFETY: a, b and c are n x n, row-major.
+        unsafe { gemm::gemm(kernel, n, n, n, gemm::Src::f32_rows(&a, n), gemm::Src::f32_rows(&b, n), c.as_mut_ptr(), n, true) };
+        Ok(())
+    })?;
+    Ok(2.0 * (n * n * n) as f64 / secs / 1e9)
+}
+
 /// The matmul ceiling: GFLOP/s of a 1024 x 1024 x 1024 f32 matmul (median of 5).
 pub fn matmul_ceiling(dev: &Device) -> Result<f64> {
     let n = 1024;
@@ -164,11 +193,12 @@ fn random_ids(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(0..vocab as u32 - 1)).collect()
 }
 
-fn measurement(shape: &Shape, work: &'static str, secs: f64, tokens: usize, flops: f64, ceiling: f64) -> Measurement {
+fn measurement(shape: &Shape, work: &'static str, precision: Precision, secs: f64, tokens: usize, flops: f64, ceiling: f64) -> Measurement {
     let gflops = flops / secs / 1e9;
     Measurement {
         shape: shape.name,
         work,
+        precision,
         ms_per_iter: secs * 1e3,
         tokens_per_sec: tokens as f64 / secs,
         gflops,
@@ -178,9 +208,10 @@ fn measurement(shape: &Shape, work: &'static str, secs: f64, tokens: usize, flop
 }
 
 /// Training steps (forward, loss, backward, clipping, AdamW) on random batches.
-pub fn bench_train(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
+pub fn bench_train(shape: &Shape, iters: usize, precision: Precision, ceiling: f64, dev: &Device) -> Result<Measurement> {
     let cfg = shape.config();
-    let (params, model) = Params::init(&cfg, 0.02, 1, dev)?;
+    let (params, mut model) = Params::init(&cfg, 0.02, 1, dev)?;
+    model.set_precision(precision);
     let mut opt = Optimizer::AdamW(AdamW::new(params.trainable(), crate::train::adamw_config(&crate::TrainConfig::default()), model.kernels())?);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let (b, t) = (shape.batch, shape.context);
@@ -192,13 +223,14 @@ pub fn bench_train(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> R
         train::train_step(&model, &params, &mut opt, &batch, 0.0, 1e-4, 1.0)?;
         Ok(())
     })?;
-    Ok(measurement(shape, "train", secs, b * t, shape.train_flops_per_token() * (b * t) as f64, ceiling))
+    Ok(measurement(shape, "train", precision, secs, b * t, shape.train_flops_per_token() * (b * t) as f64, ceiling))
 }
 
 /// Scoring: energies of SCORE_BATCH sequences filling the context, one forward pass.
-pub fn bench_score(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
+pub fn bench_score(shape: &Shape, iters: usize, precision: Precision, ceiling: f64, dev: &Device) -> Result<Measurement> {
     let cfg = shape.config();
-    let model = Params::init(&cfg, 0.02, 1, dev)?.0.detached_model(&cfg)?; // forward-only
+    let mut model = Params::init(&cfg, 0.02, 1, dev)?.0.detached_model(&cfg)?; // forward-only
+    model.set_precision(precision);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let seqs: Vec<Vec<u32>> = (0..SCORE_BATCH).map(|_| random_ids(&mut rng, shape.context, shape.vocab)).collect();
     let opts = ScoreOptions { batch_size: SCORE_BATCH, ..ScoreOptions::default() };
@@ -208,14 +240,15 @@ pub fn bench_score(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> R
         Ok(())
     })?;
     let tokens = SCORE_BATCH * shape.context;
-    Ok(measurement(shape, "score", secs, tokens, shape.train_flops_per_token() / 3.0 * tokens as f64, ceiling))
+    Ok(measurement(shape, "score", precision, secs, tokens, shape.train_flops_per_token() / 3.0 * tokens as f64, ceiling))
 }
 
 /// Generation on the KV cache: batch 1, a PROMPT-token prompt, then new tokens until the context
 /// is full; tokens/s of the new tokens.
-pub fn bench_generate(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -> Result<Measurement> {
+pub fn bench_generate(shape: &Shape, iters: usize, precision: Precision, ceiling: f64, dev: &Device) -> Result<Measurement> {
     let cfg = shape.config();
-    let model = Params::init(&cfg, 0.02, 1, dev)?.0.detached_model(&cfg)?;
+    let mut model = Params::init(&cfg, 0.02, 1, dev)?.0.detached_model(&cfg)?;
+    model.set_precision(precision);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let prompt = random_ids(&mut rng, PROMPT - 1, shape.vocab);
     let bos = shape.vocab as u32 - 1;
@@ -225,5 +258,5 @@ pub fn bench_generate(shape: &Shape, iters: usize, ceiling: f64, dev: &Device) -
         g.generate(n_new, SampleOptions::with_temperature(1.0), &mut rng, |_, _| Ok(()))?;
         Ok(())
     })?;
-    Ok(measurement(shape, "generate", secs, n_new, shape.train_flops_per_token() / 3.0 * n_new as f64, ceiling))
+    Ok(measurement(shape, "generate", precision, secs, n_new, shape.train_flops_per_token() / 3.0 * n_new as f64, ceiling))
 }

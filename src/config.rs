@@ -33,6 +33,19 @@ pub enum Positions {
     Rope,
 }
 
+/// The arithmetic of the model's products (Linear layers, the LM head, attention's q.k and
+/// alpha.v): f32 throughout, or bf16 operands with f32 accumulation and outputs, as PyTorch's
+/// autocast runs them but writing f32. Master weights, optimizer state, LayerNorm, softmax, the
+/// loss and the residual stream stay f32 either way. A bf16 run gives the same bits on every
+/// CPU (`vdpbf16ps` where present, an exact emulation elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
 /// Which tokenizer a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -361,6 +374,10 @@ pub struct TrainConfig {
     /// The optimizer.
     #[serde(default)]
     pub optimizer: OptimizerKind,
+    /// The arithmetic of the products, in training and in its evaluations. Runs from before
+    /// bf16 have no such field and trained in f32.
+    #[serde(default)]
+    pub precision: Precision,
     /// SGLD temperature T: the noise is sqrt(2 lr T) per step (0: plain SGD).
     #[serde(default)]
     pub sgld_temperature: f64,
@@ -410,6 +427,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             seed: 1337,
             optimizer: OptimizerKind::AdamW,
+            precision: Precision::F32,
             sgld_temperature: 0.0,
             eval_every: 500,
             eval_batches: 40,
@@ -809,6 +827,11 @@ pub struct TrainOptions {
     /// Optimizer; a resumed run keeps its own.
     #[arg(long, value_enum)]
     optimizer: OptimizerKind => train.optimizer,
+    /// Arithmetic of the products: f32, or bf16 operands with f32 accumulation (master weights,
+    /// optimizer, LayerNorm, softmax and loss stay f32); the same bits on every CPU, fastest where
+    /// it has AVX512-BF16. A resumed run keeps its own.
+    #[arg(long, value_enum)]
+    precision: Precision => train.precision,
     /// SGLD temperature T >= 0 (with --optimizer sgld): each step adds N(0, 2 lr T) noise to every
     /// parameter, so training samples exp(-loss/T) with the loss in mean nats per token;
     /// T = 1/(training tokens) is the Bayesian posterior, 0 is plain SGD.
@@ -931,6 +954,7 @@ impl TrainOptions {
         }
         same!(self.seed, t.seed, "--seed");
         same!(self.optimizer, t.optimizer, "--optimizer");
+        same!(self.precision, t.precision, "--precision");
         same!(self.corpus.as_ref(), &t.corpus, "--corpus");
         same!(self.val_fraction, t.val_fraction, "--val-fraction");
         Ok(())

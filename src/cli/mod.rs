@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::checkpoint::{self, Loaded};
 use crate::data;
 use crate::error::UsageError;
-use crate::config::{valid_temperature, MIN_TEMPERATURE};
+use crate::config::{valid_temperature, Precision, MIN_TEMPERATURE};
 use crate::model::HeadTemperature;
 
 mod bench;
@@ -167,6 +167,11 @@ pub struct ModelArgs {
     /// Device to run on.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// Arithmetic of the model's products: f32 (the default: energies as PyTorch and
+    /// transformers compute them, to 1e-5), or bf16 operands with f32 accumulation, the same bits
+    /// on every CPU, with each weight kept in bf16 (half the bytes per generated token).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 impl ModelArgs {
@@ -176,6 +181,10 @@ impl ModelArgs {
             check_temperature("--attn-temperature", t)?;
         }
         let mut loaded = checkpoint::load(&self.checkpoint, &self.device.device()?)?;
+        loaded.model.set_precision(self.precision);
+        if self.precision == Precision::Bf16 {
+            crate::kernels::bf16::Kernel::from_env().map_err(UsageError)?;
+        }
         if self.attn_temperature.is_some() || !self.head_temperature.is_empty() {
             loaded
                 .model

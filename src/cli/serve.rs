@@ -23,11 +23,15 @@ pub struct ServeArgs {
     /// Device to run the model on.
     #[arg(long, value_enum, default_value_t = super::DeviceArg::Cpu)]
     pub device: super::DeviceArg,
+    /// Arithmetic of the model's products, as for score and generate.
+    #[arg(long, value_enum, default_value_t = crate::config::Precision::F32)]
+    pub precision: crate::config::Precision,
 }
 
 /// `thermoformer serve`: load the run, print the URL, serve until Ctrl-C.
 pub fn run_serve(args: &ServeArgs) -> Result<()> {
-    let loaded = crate::checkpoint::load(&args.checkpoint, &args.device.device()?)?;
+    let mut loaded = crate::checkpoint::load(&args.checkpoint, &args.device.device()?)?;
+    loaded.model.set_precision(args.precision);
     if !args.host.is_loopback() {
         crate::progress::note(format!(
             "warning: listening on {}, so other machines can reach the explorer and run the model; use --host 127.0.0.1 to keep it local",

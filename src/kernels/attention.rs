@@ -12,17 +12,55 @@
 //! Gradients: with dA = dY V^T and dS_ij = alpha_ij (dA_ij - sum_j' alpha_ij' dA_ij'),
 //! dq'_i = sum_j dS_ij k_j, dk_j = sum_i dS_ij q'_i, dv_j = sum_i alpha_ij dy_i; then
 //! dq_i = scale_h dq'_i and d scale_h = sum_i dq'_i . q_i.
+//!
+//! With a bf16 kernel ([`causal_attention_in`]) the six products (q'.k and alpha.v forward, and
+//! the four of backward) take bf16 operands and accumulate in f32; the softmax stays f32.
 
 use std::cell::RefCell;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::bf16::{gemm::Src, Kernel};
 use super::{f32_slice, matmul, parallel_for, simd, SendPtr};
+
+/// `dst (m, n) = lhs (m, k) . rhs (k, n)` on the calling thread, in f32 or, given a bf16 kernel,
+/// with bf16 operands.
+///
+/// # Safety
+/// As [`matmul`], with a column stride of 1 for `dst`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm(
+    bf16: Option<Kernel>,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    match bf16 {
+        None => matmul(m, n, k, dst, (dst_rs, dst_cs), lhs, (lhs_rs, lhs_cs), rhs, (rhs_rs, rhs_cs)),
+        Some(kernel) => {
+            debug_assert_eq!(dst_cs, 1);
+            let a = Src::F32 { ptr: lhs, rs: lhs_rs, cs: lhs_cs };
+            let b = Src::F32 { ptr: rhs, rs: rhs_rs, cs: rhs_cs };
+            super::bf16::gemm::gemm(kernel, m, n, k, a, b, dst, dst_rs, false)
+        }
+    }
+}
 
 /// Merged-head Boltzmann attention of `qkv` `(B, T, 3C)` with `scale` `(H,)` -> `(B, T, C)`.
 pub fn causal_attention(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<Tensor> {
+    causal_attention_in(qkv, scale, n_head, None)
+}
+
+/// [`causal_attention`] with its products in f32 (`bf16` None) or with bf16 operands.
+pub fn causal_attention_in(qkv: &Tensor, scale: &Tensor, n_head: usize, bf16: Option<Kernel>) -> Result<Tensor> {
     check(qkv, scale, n_head)?;
-    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { n_head, keep_weights: false })
+    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { n_head, keep_weights: false, bf16 })
 }
 
 /// Forward-only [`causal_attention`] that also hands back the weights it applied: the merged
@@ -30,10 +68,15 @@ pub fn causal_attention(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<T
 /// training forward, with each head's weights copied out of its scratch after they were used, so
 /// what a reader sees is what the kernel ran. Off the hot path: it materialises every (T, T).
 pub fn causal_attention_with_weights(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<(Tensor, Tensor)> {
+    causal_attention_with_weights_in(qkv, scale, n_head, None)
+}
+
+/// [`causal_attention_with_weights`] with its products in f32 or bf16, as [`causal_attention_in`].
+pub fn causal_attention_with_weights_in(qkv: &Tensor, scale: &Tensor, n_head: usize, bf16: Option<Kernel>) -> Result<(Tensor, Tensor)> {
     check(qkv, scale, n_head)?;
     let (b, t, c3) = qkv.dims3()?;
     let c = c3 / 3;
-    let flat = qkv.contiguous()?.apply_op2_no_bwd(&scale.contiguous()?, &CausalAttention { n_head, keep_weights: true })?;
+    let flat = qkv.contiguous()?.apply_op2_no_bwd(&scale.contiguous()?, &CausalAttention { n_head, keep_weights: true, bf16 })?;
     let y = flat.narrow(0, 0, b * t * c)?.reshape((b, t, c))?;
     let alpha = flat.narrow(0, b * t * c, b * n_head * t * t)?.reshape((b, n_head, t, t))?;
     Ok((y, alpha))
@@ -97,7 +140,7 @@ impl Dims {
 ///
 /// # Safety
 /// `qkv` must be the whole `(B, T, 3C)` buffer of `dims`.
-unsafe fn weights(qkv: &[f32], dims: Dims, q0: usize, scale: f32, qs: &mut [f32], a: &mut [f32]) {
+unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, scale: f32, qs: &mut [f32], a: &mut [f32]) {
     let Dims { t, d, .. } = dims;
     let rs = 3 * dims.c();
     for i in 0..t {
@@ -107,7 +150,7 @@ unsafe fn weights(qkv: &[f32], dims: Dims, q0: usize, scale: f32, qs: &mut [f32]
         }
     }
     // beta_h s_ij = q'_i . k_j: (T, D) x (D, T)
-    matmul(t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(q0 + dims.c()), (1, rs));
+    mm(bf16, t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(q0 + dims.c()), (1, rs));
     for i in 0..t {
         simd::softmax_row(&mut a[i * t..(i + 1) * t], i + 1);
     }
@@ -118,6 +161,8 @@ struct CausalAttention {
     /// Append every head's weights `(B, H, T, T)` to the output, which is then flat:
     /// `[y (B*T*C) | alpha (B*H*T*T)]`. Forward-only.
     keep_weights: bool,
+    /// The bf16 kernel of the products, None for f32.
+    bf16: Option<Kernel>,
 }
 
 impl CustomOp2 for CausalAttention {
@@ -141,9 +186,9 @@ impl CustomOp2 for CausalAttention {
                 // SAFETY: offsets come from dims, which describe qkv and y; each (b, h) writes
                 // only its own D columns of y.
                 unsafe {
-                    weights(qkv, dims, q0, scale[hi], qs, a);
+                    weights(self.bf16, qkv, dims, q0, scale[hi], qs, a);
                     // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
-                    matmul(t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + 2 * dims.c()), (3 * dims.c(), 1));
+                    mm(self.bf16, t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + 2 * dims.c()), (3 * dims.c(), 1));
                     if self.keep_weights {
                         // The weights just applied, into this (b, h)'s own (T, T) block.
                         out.slice(y_len + bh * t * t, t * t).copy_from_slice(a);
@@ -160,7 +205,7 @@ impl CustomOp2 for CausalAttention {
             candle_core::bail!("causal_attention_with_weights is forward-only")
         }
         let (b, t, c3) = qkv.dims3()?;
-        let grads = qkv.apply_op3_no_bwd(scale, &grad.contiguous()?, &CausalAttentionBackward { n_head: self.n_head })?;
+        let grads = qkv.apply_op3_no_bwd(scale, &grad.contiguous()?, &CausalAttentionBackward { n_head: self.n_head, bf16: self.bf16 })?;
         let d_qkv = grads.narrow(0, 0, b * t * c3)?.reshape((b, t, c3))?;
         let d_scale = grads.narrow(0, b * t * c3, self.n_head)?;
         Ok((Some(d_qkv), Some(d_scale)))
@@ -170,6 +215,7 @@ impl CustomOp2 for CausalAttention {
 /// Gradients of [`CausalAttention`]: (qkv, scale, dy) -> [d qkv (B*T*3C) | d scale (H)], flat.
 struct CausalAttentionBackward {
     n_head: usize,
+    bf16: Option<Kernel>,
 }
 
 impl CustomOp3 for CausalAttentionBackward {
@@ -199,20 +245,20 @@ impl CustomOp3 for CausalAttentionBackward {
                 // SAFETY: as in the forward pass; each (b, h) writes only its own columns of
                 // d qkv and its own d scale slot.
                 unsafe {
-                    weights(qkv, dims, q0, scale[hi], qs, a);
+                    weights(self.bf16, qkv, dims, q0, scale[hi], qs, a);
                     let dq_kv = ptr.get().add(q0);
                     let (rs, dy0) = (3 * c, dy.as_ptr().add(y0));
                     // dv = A^T dY: (T, T)^T x (T, D)
-                    matmul(t, d, t, dq_kv.add(2 * c), (rs, 1), a.as_ptr(), (1, t), dy0, (c, 1));
+                    mm(self.bf16, t, d, t, dq_kv.add(2 * c), (rs, 1), a.as_ptr(), (1, t), dy0, (c, 1));
                     // dA = dY V^T: (T, D) x (D, T)
-                    matmul(t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(q0 + 2 * c), (1, rs));
+                    mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(q0 + 2 * c), (1, rs));
                     for i in 0..t {
                         softmax_backward_row(&a[i * t..(i + 1) * t], &mut da[i * t..(i + 1) * t], i + 1);
                     }
                     // dq' = dS K: (T, T) x (T, D)
-                    matmul(t, d, t, dq.as_mut_ptr(), (d, 1), da.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + c), (rs, 1));
+                    mm(self.bf16, t, d, t, dq.as_mut_ptr(), (d, 1), da.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + c), (rs, 1));
                     // dk = dS^T q': (T, T)^T x (T, D)
-                    matmul(t, d, t, dq_kv.add(c), (rs, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
+                    mm(self.bf16, t, d, t, dq_kv.add(c), (rs, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
                     // dq = scale dq', d scale = sum dq' . q
                     let mut d_scale = 0f64;
                     for i in 0..t {

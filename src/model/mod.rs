@@ -22,15 +22,18 @@
 //! reference. For f32 on the CPU, `forward` runs the same functions as the fused kernels of
 //! [`crate::kernels`] unless [`Gpt::set_kernels`] asks for [`Kernels::Composed`].
 
+pub mod dense;
 pub mod loss;
 pub mod params;
 pub mod rope;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 
-use crate::config::{Activation, ModelConfig, Positions};
+use crate::config::{Activation, ModelConfig, Positions, Precision};
+use crate::kernels::bf16::ops::WeightCache;
 use crate::kernels::{self, Kernels};
+use crate::model::dense::{head_product, round_bf16, runs_bf16, Dense};
 use crate::model::rope::Rope;
 
 /// LayerNorm (with a bias where the model has them), written out of differentiable primitives
@@ -69,34 +72,6 @@ impl Module for LayerNorm {
     }
 }
 
-/// A linear layer with weight `(d_out, d_in)` initialised N(0, std) and, where the model has
-/// biases, a bias `(d_out,)` initialised to zero.
-fn linear(d_in: usize, d_out: usize, std: f64, cfg: &ModelConfig, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get_with_hints((d_out, d_in), "weight", Init::Randn { mean: 0.0, stdev: std })?;
-    let bias = if cfg.bias { Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?) } else { None };
-    Ok(Linear::new(weight, bias))
-}
-
-/// `lin(x)` for forward-only use with few rows (KV-cached generation): the parallel
-/// matrix-vector kernel where it applies, the layer's own matmul otherwise. Never on a training
-/// path: the kernel has no backward.
-fn linear_forward_only(lin: &Linear, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = *dims.last().unwrap_or(&0);
-    let rows = x.elem_count() / k.max(1);
-    if kernels.fused_for(x) && rows <= kernels::matvec::MAX_ROWS {
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = lin.weight().dim(0)?;
-        let y = kernels::matvec::matvec(&x.reshape((rows, k))?, lin.weight())?; // (rows, d_out)
-        let y = match lin.bias() {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        return y.reshape(out_dims);
-    }
-    lin.forward(x)
-}
-
 /// Standard deviation of the residual-branch output projections: GPT-2 scales them by
 /// 1/sqrt(2 n_layer) so that the residual stream's variance does not grow with depth.
 fn residual_std(cfg: &ModelConfig, init_std: f64) -> f64 {
@@ -106,18 +81,19 @@ fn residual_std(cfg: &ModelConfig, init_std: f64) -> f64 {
 /// Position-wise feed-forward network: d -> 4d -> GELU -> d.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    fc: Linear,
-    proj: Linear,
+    fc: Dense,
+    proj: Dense,
     activation: Activation,
     kernels: Kernels,
+    precision: Precision,
 }
 
 impl Mlp {
     pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
-        let fc = linear(d, 4 * d, init_std, cfg, vb.pp("fc"))?;
-        let proj = linear(4 * d, d, residual_std(cfg, init_std), cfg, vb.pp("proj"))?;
-        Ok(Self { fc, proj, activation: cfg.activation, kernels })
+        let fc = Dense::new(d, 4 * d, init_std, cfg, vb.pp("fc"))?;
+        let proj = Dense::new(4 * d, d, residual_std(cfg, init_std), cfg, vb.pp("proj"))?;
+        Ok(Self { fc, proj, activation: cfg.activation, kernels, precision: Precision::F32 })
     }
 
     fn gelu(&self, h: &Tensor) -> Result<Tensor> {
@@ -131,15 +107,15 @@ impl Mlp {
 
     /// Forward-only, for the few rows of KV-cached generation.
     fn forward_cached(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.gelu(&linear_forward_only(&self.fc, x, self.kernels)?)?;
-        linear_forward_only(&self.proj, &h, self.kernels)
+        let h = self.gelu(&self.fc.forward_only(x, self.kernels, self.precision)?)?;
+        self.proj.forward_only(&h, self.kernels, self.precision)
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.fc.forward(x)?; // (..., 4C)
-        self.proj.forward(&self.gelu(&h)?)
+        let h = self.fc.forward(x, self.kernels, self.precision)?; // (..., 4C)
+        self.proj.forward(&self.gelu(&h)?, self.kernels, self.precision)
     }
 }
 
@@ -173,8 +149,8 @@ pub struct AttnStats {
 /// Causal multi-head self-attention with a per-head inverse temperature.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    qkv: Linear,
-    proj: Linear,
+    qkv: Dense,
+    proj: Dense,
     /// ln beta_h, `(H,)`.
     log_beta: Tensor,
     n_head: usize,
@@ -182,19 +158,20 @@ pub struct Attention {
     /// Rotary phases applied to queries and keys (`Positions::Rope`), else None.
     rope: Option<Rope>,
     kernels: Kernels,
+    precision: Precision,
 }
 
 impl Attention {
     pub fn new(cfg: &ModelConfig, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
-        let qkv = linear(d, 3 * d, init_std, cfg, vb.pp("qkv"))?;
-        let proj = linear(d, d, residual_std(cfg, init_std), cfg, vb.pp("proj"))?;
+        let qkv = Dense::new(d, 3 * d, init_std, cfg, vb.pp("qkv"))?;
+        let proj = Dense::new(d, d, residual_std(cfg, init_std), cfg, vb.pp("proj"))?;
         let log_beta = vb.get_with_hints(cfg.n_head, "log_beta", Init::Const(-cfg.attn_temperature.ln()))?;
         let rope = match cfg.positions {
             Positions::Learned => None,
             Positions::Rope => Some(Rope::new(cfg.head_dim(), cfg.context, vb.dtype(), vb.device())?),
         };
-        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim(), rope, kernels })
+        Ok(Self { qkv, proj, log_beta, n_head: cfg.n_head, head_dim: cfg.head_dim(), rope, kernels, precision: Precision::F32 })
     }
 
     /// The temperature T_h = 1/beta_h of every head.
@@ -255,25 +232,38 @@ impl Attention {
         self.log_beta.exp()? / (self.head_dim as f64).sqrt()
     }
 
+    /// The bf16 kernel of the fused attention's products, None in f32.
+    fn bf16_kernel(&self, x: &Tensor) -> Result<Option<kernels::bf16::Kernel>> {
+        if runs_bf16(self.precision, x) {
+            Ok(Some(kernels::bf16::ops::kernel()?))
+        } else {
+            Ok(None)
+        }
+    }
+
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        if self.kernels.fused_for(x) {
+        let (p, kern) = (self.precision, self.kernels);
+        if kern.fused_for(x) {
             // The same function in one op, from the fused projection to the merged heads.
-            let qkv = self.rotate_fused(self.qkv.forward(x)?, 0)?; // (B, T, 3C)
-            let y = kernels::attention::causal_attention(&qkv, &self.query_scale()?, self.n_head)?; // (B, T, C)
-            return self.proj.forward(&y);
+            let qkv = self.rotate_fused(self.qkv.forward(x, kern, p)?, 0)?; // (B, T, 3C)
+            let y = kernels::attention::causal_attention_in(&qkv, &self.query_scale()?, self.n_head, self.bf16_kernel(x)?)?; // (B, T, C)
+            return self.proj.forward(&y, kern, p);
         }
         // The readable reference: queries, keys and values (B, H, T, D) each, the Boltzmann
         // weights over the allowed keys, the heads merged and projected back.
-        let (q, k, v) = self.split_heads(&self.qkv.forward(x)?, 0)?;
-        let y = boltzmann_attention(&q, &k, &v, &self.log_beta.exp()?, Some(mask))?; // (B, H, T, D)
-        self.proj.forward(&Self::merge_heads(&y)?) // (B, T, C)
+        let (q, k, v) = self.split_heads(&self.qkv.forward(x, kern, p)?, 0)?;
+        let y = match p {
+            Precision::F32 => boltzmann_attention(&q, &k, &v, &self.log_beta.exp()?, Some(mask))?, // (B, H, T, D)
+            Precision::Bf16 => rounded_attention(&q, &k, &v, &self.log_beta.exp()?, mask)?,
+        };
+        self.proj.forward(&Self::merge_heads(&y)?, kern, p) // (B, T, C)
     }
 
     /// Forward pass for new positions only, appending their keys and values to `cache`
     /// (preallocated for the whole context, so appending copies only the new positions).
     fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
         let past = cache.current_seq_len();
-        let qkv = linear_forward_only(&self.qkv, x, self.kernels)?; // (B, Tnew, 3C)
+        let qkv = self.qkv.forward_only(x, self.kernels, self.precision)?; // (B, Tnew, 3C)
         let (q, k, v) = if self.kernels.fused_for(&qkv) {
             self.split_plain(&self.rotate_fused(qkv, past)?)?
         } else {
@@ -283,7 +273,7 @@ impl Attention {
         // into one batch dimension of the matmuls and no copy is needed.
         let (k, v) = cache.append(&k, &v)?;
         let y = Self::merge_heads(&boltzmann_attention(&q, &k, &v, &self.log_beta.exp()?, mask)?)?;
-        linear_forward_only(&self.proj, &y, self.kernels)
+        self.proj.forward_only(&y, self.kernels, self.precision)
     }
 
     /// Forward pass that also returns, for every head, the weights alpha the attention actually
@@ -291,16 +281,18 @@ impl Attention {
     /// apart from them, the energies E_ij = -s_ij and ln Z_i = logsumexp_j(beta_h s_ij) of scores
     /// recomputed from q and k by the composed path. Forward-only.
     fn forward_with_stats(&self, x: &Tensor, mask: &Tensor) -> Result<(Tensor, AttnStats)> {
-        let projected = self.qkv.forward(x)?; // (B, T, 3C)
+        let (p, kern) = (self.precision, self.kernels);
+        let projected = self.qkv.forward(x, kern, p)?; // (B, T, 3C)
         let (q, k, v) = self.split_heads(&projected, 0)?; // (B, H, T, D) each, composed rotary phases
         let beta = self.log_beta.exp()?; // (H,)
         let (y, alpha) = if self.kernels.fused_for(x) {
             let qkv = self.rotate_fused(projected, 0)?;
-            let (y, alpha) = kernels::attention::causal_attention_with_weights(&qkv, &self.query_scale()?, self.n_head)?;
-            (self.proj.forward(&y)?, alpha)
+            let bf16 = self.bf16_kernel(x)?;
+            let (y, alpha) = kernels::attention::causal_attention_with_weights_in(&qkv, &self.query_scale()?, self.n_head, bf16)?;
+            (self.proj.forward(&y, kern, p)?, alpha)
         } else {
             let alpha = boltzmann_weights(&q, &k, &beta, Some(mask))?;
-            (self.proj.forward(&Self::merge_heads(&alpha.matmul(&v)?)?)?, alpha)
+            (self.proj.forward(&Self::merge_heads(&alpha.matmul(&v)?)?, kern, p)?, alpha)
         };
         // The reported side, independent of alpha: s_ij = q_i.k_j / sqrt(d) and its log-sum-exp.
         let s = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?; // -inf masked: (B, H, T, T)
@@ -321,6 +313,18 @@ impl Attention {
 /// `(B, H, Tq, Dv)`. Any float dtype; differentiable.
 pub fn boltzmann_attention(q: &Tensor, k: &Tensor, v: &Tensor, beta: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     boltzmann_weights(q, k, beta, bias)?.matmul(v) // (B, H, Tq, Dv)
+}
+
+/// [`boltzmann_attention`] with causal `mask` and every product's operands rounded to bf16 (the
+/// scaled queries, the keys, the weights and the values): the composed reference of the fused
+/// kernel's bf16 path.
+fn rounded_attention(q: &Tensor, k: &Tensor, v: &Tensor, beta: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (_, h, _, d) = q.dims4()?;
+    let scale = (beta / (d as f64).sqrt())?.reshape((1, h, 1, 1))?;
+    let q = round_bf16(&q.broadcast_mul(&scale)?)?;
+    let logits = q.matmul(&round_bf16(k)?.t()?)?.broadcast_add(mask)?; // beta_h s_ij: (B, H, Tq, Tk)
+    let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?;
+    round_bf16(&alpha)?.matmul(&round_bf16(v)?) // (B, H, Tq, Dv)
 }
 
 /// The weights of [`boltzmann_attention`]: alpha `(B, H, Tq, Tk)`, each row summing to 1.
@@ -384,6 +388,9 @@ pub struct Gpt {
     ln_f: LayerNorm,
     /// An untied LM head `(V, C)`; None when the head is the token embedding.
     lm_head: Option<Tensor>,
+    /// The head's weight packed in bf16 for forward-only use.
+    head_packed: WeightCache,
+    precision: Precision,
     cfg: ModelConfig,
 }
 
@@ -411,7 +418,16 @@ impl Gpt {
         } else {
             Some(vb.pp("lm_head").get_with_hints((cfg.vocab_size, cfg.d_model), "weight", normal)?)
         };
-        Ok(Self { tok_emb: Embedding::new(tok, cfg.d_model), pos_emb, blocks, ln_f, lm_head, cfg: cfg.clone() })
+        Ok(Self {
+            tok_emb: Embedding::new(tok, cfg.d_model),
+            pos_emb,
+            blocks,
+            ln_f,
+            lm_head,
+            head_packed: WeightCache::default(),
+            precision: Precision::F32,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -431,6 +447,21 @@ impl Gpt {
             b.ln2.kernels = kernels;
             b.attn.kernels = kernels;
             b.mlp.kernels = kernels;
+        }
+    }
+
+    /// The arithmetic of the products: f32 unless set.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Run the products (Linear layers, the LM head, attention's q.k and alpha.v) in f32 or
+    /// with bf16 operands and f32 accumulation.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        for b in &mut self.blocks {
+            b.attn.precision = precision;
+            b.mlp.precision = precision;
         }
     }
 
@@ -479,7 +510,7 @@ impl Gpt {
     /// where it applies (the head is the largest matrix of a GPT-2-sized model).
     fn head_cached(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        if self.kernels().fused_for(x) && b * t <= kernels::matvec::MAX_ROWS {
+        if self.kernels().fused_for(x) && b * t <= kernels::matvec::MAX_ROWS && !runs_bf16(self.precision, x) {
             let x = self.ln_f.forward(x)?.reshape((b * t, c))?; // (B*T, C)
             return kernels::matvec::matvec(&x, self.head_weight())?.reshape((b, t, self.cfg.vocab_size));
         }
@@ -490,7 +521,7 @@ impl Gpt {
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let x = self.ln_f.forward(x)?.reshape((b * t, c))?; // (B*T, C)
-        x.matmul(&self.head_weight().t()?)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
+        head_product(&x, self.head_weight(), self.kernels(), self.precision, &self.head_packed)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
     }
 
     /// Logits `(B, T, V)` of the next token at every position of `ids` `(B, T)`, T <= context.

@@ -122,7 +122,8 @@ impl Setup {
     /// Evaluate on `batches`, append the metrics record and save a checkpoint into `out`: the
     /// validation CE, the targets it covered and the line to log. A non-finite validation figure saves nothing.
     fn checkpoint(&mut self, out: &std::path::Path, batches: EvalSet, r: &Record) -> Result<(f64, usize, String)> {
-        let model = self.params.detached_model(&self.run.model)?;
+        let mut model = self.params.detached_model(&self.run.model)?;
+        model.set_precision(self.run.train.precision);
         let ev = match batches {
             EvalSet::Fixed(b) => evaluate(&model, b, self.run.train.label_smoothing)?,
             EvalSet::Windows(w) => evaluate::evaluate_windows(&model, w, self.run.train.label_smoothing)?,
@@ -317,6 +318,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         (Some(source), false) => fine_tune(req, source, dev)?,
         (None, false) => fresh(req, dev)?,
     };
+    s.model.set_precision(s.run.train.precision);
     let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
     let splits = s.splits.clone();
     let evals = data::tiled_batches(splits.val(), Some(cfg.eval_batches.saturating_mul(cfg.batch_size)), cfg.batch_size, context, bos, dev)?;

@@ -17,6 +17,8 @@ const KCP: usize = 192;
 const MCS: usize = 24;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MACS: usize = 1 << 18;
+/// Below this many elements an operand is packed on the calling thread.
+const PARALLEL_PACK: usize = 1 << 15;
 
 /// Where an operand's element (i, j) is: `ptr[i * rs + j * cs]`, as f32 (rounded when packed) or
 /// as bf16 bits.
@@ -25,6 +27,11 @@ pub enum Src {
     F32 { ptr: *const f32, rs: usize, cs: usize },
     Bf16 { ptr: *const u16, rs: usize, cs: usize },
 }
+
+// SAFETY: a Src is a read-only view that the caller of the unsafe product promises is valid for
+// the call; workers only read through it.
+unsafe impl Send for Src {}
+unsafe impl Sync for Src {}
 
 impl Src {
     /// A row-major f32 matrix with `cols` columns.
@@ -46,38 +53,75 @@ impl Src {
     }
 }
 
-/// The bf16 pair (i, 2p), (i, 2p + 1) of `src` as u32, zero beyond `rows` x `cols`.
+/// Elements `start, start + stride, ...` of `src` (as many as `dst` holds) as bf16 bits.
 #[inline(always)]
-unsafe fn pair_at(get: &impl Fn(usize, usize) -> u16, i: usize, p: usize, rows: usize, cols: usize) -> u32 {
-    if i >= rows {
-        return 0;
+unsafe fn fetch(src: Src, start: usize, stride: usize, dst: &mut [u16]) {
+    match src {
+        Src::F32 { ptr, .. } if stride == 1 => super::round::round_slice(std::slice::from_raw_parts(ptr.add(start), dst.len()), dst),
+        Src::F32 { ptr, .. } => {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = super::round::to_bf16(*ptr.add(start + i * stride));
+            }
+        }
+        Src::Bf16 { ptr, .. } => {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = *ptr.add(start + i * stride);
+            }
+        }
     }
-    let lo = if 2 * p < cols { get(i, 2 * p) } else { 0 };
-    let hi = if 2 * p + 1 < cols { get(i, 2 * p + 1) } else { 0 };
-    lo as u32 | (hi as u32) << 16
 }
 
 /// Pack `rows` x `cols` of `src` (pairs along the columns) into strips of `width` rows:
-/// `out[s * kp * width + p * width + r]` for row `s * width + r`.
-unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mut Vec<u32>) {
+/// `out[s * kp * width + p * width + r]` for row `s * width + r`, zero beyond the matrix.
+/// Large operands are packed on the pool when `parallel`.
+unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mut Vec<u32>, parallel: bool) {
     let kp = cols.div_ceil(2);
     let strips = rows.div_ceil(width);
     out.clear();
     out.resize(strips * kp * width, 0);
-    fn fill(out: &mut [u32], rows: usize, cols: usize, width: usize, get: impl Fn(usize, usize) -> u16) {
-        let kp = cols.div_ceil(2);
-        for (s, strip) in out.chunks_exact_mut(kp * width).enumerate() {
-            for p in 0..kp {
-                for r in 0..width {
-                    // SAFETY (of the closure's reads): pair_at reads only inside rows x cols.
-                    strip[p * width + r] = unsafe { pair_at(&get, s * width + r, p, rows, cols) };
+    let (rs, cs) = match src {
+        Src::F32 { rs, cs, .. } | Src::Bf16 { rs, cs, .. } => (rs, cs),
+    };
+    let dst = Out(out.as_mut_ptr() as *mut f32);
+    let pack = |range: std::ops::Range<usize>| {
+        let mut run = vec![0u16; 2 * kp.max(width)];
+        let mut run2 = vec![0u16; width];
+        for s in range {
+            // SAFETY: each strip is written by one worker only, inside `out`.
+            let strip = std::slice::from_raw_parts_mut((dst.get() as *mut u32).add(s * kp * width), kp * width);
+            let w = width.min(rows - s * width);
+            if cs == 1 || rs != 1 {
+                // Along each row: its pairs are adjacent bf16 values, read as one u32.
+                for r in 0..w {
+                    let row = &mut run[..2 * kp];
+                    row[cols..].iter_mut().for_each(|x| *x = 0);
+                    fetch(src, (s * width + r) * rs, cs, &mut row[..cols]);
+                    for p in 0..kp {
+                        strip[p * width + r] = row[2 * p] as u32 | (row[2 * p + 1] as u32) << 16;
+                    }
+                }
+            } else {
+                // Down the columns (rs == 1): a strip's rows are adjacent in memory.
+                for p in 0..kp {
+                    let lo = &mut run[..w];
+                    fetch(src, s * width + 2 * p * cs, rs, lo);
+                    let hi = &mut run2[..w];
+                    if 2 * p + 1 < cols {
+                        fetch(src, s * width + (2 * p + 1) * cs, rs, hi);
+                    } else {
+                        hi.iter_mut().for_each(|x| *x = 0);
+                    }
+                    for r in 0..w {
+                        strip[p * width + r] = run[r] as u32 | (run2[r] as u32) << 16;
+                    }
                 }
             }
         }
-    }
-    match src {
-        Src::F32 { ptr, rs, cs } => fill(out, rows, cols, width, |i, j| super::round::to_bf16(*ptr.add(i * rs + j * cs))),
-        Src::Bf16 { ptr, rs, cs } => fill(out, rows, cols, width, |i, j| *ptr.add(i * rs + j * cs)),
+    };
+    if parallel && rows * cols >= PARALLEL_PACK && strips > 1 {
+        crate::kernels::parallel_for_ranges(strips, pack);
+    } else {
+        pack(0..strips);
     }
 }
 
@@ -97,7 +141,7 @@ impl PackedB {
     /// Every element `src` names for `(k, n)` must be readable.
     pub unsafe fn new(src: Src, k: usize, n: usize) -> Self {
         let mut data = Vec::new();
-        pack_strips(src.t(), n, k, NR, &mut data); // B's columns are the strips' rows
+        pack_strips(src.t(), n, k, NR, &mut data, true); // B's columns are the strips' rows
         Self { k, n, data }
     }
 
@@ -137,8 +181,8 @@ pub unsafe fn gemm(kernel: Kernel, m: usize, n: usize, k: usize, a: Src, b: Src,
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let (pa, pb) = &mut *s;
-        pack_strips(b.t(), n, k, NR, pb);
-        pack_strips(a, m, k, MR, pa);
+        pack_strips(b.t(), n, k, NR, pb, parallel);
+        pack_strips(a, m, k, MR, pa, parallel);
         multiply(kernel, m, n, k.div_ceil(2), pa, pb, c, ldc, parallel);
     })
 }
@@ -152,7 +196,7 @@ pub unsafe fn gemm_packed(kernel: Kernel, m: usize, a: Src, b: &PackedB, c: *mut
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let pa = &mut s.0;
-        pack_strips(a, m, b.k, MR, pa);
+        pack_strips(a, m, b.k, MR, pa, parallel);
         multiply(kernel, m, b.n, b.k.div_ceil(2), pa, &b.data, c, ldc, parallel);
     })
 }

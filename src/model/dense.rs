@@ -1,0 +1,104 @@
+//! The model's Linear layers, in f32 or bf16 ([`Precision`]).
+//!
+//! In f32 a layer is candle's `Linear` (gemm's f32 kernels), with the parallel matrix-vector
+//! kernel for the few rows of KV-cached generation. In bf16 its product takes bf16 operands and
+//! accumulates in f32 ([`crate::kernels::bf16::ops::linear`]), backward included; a forward-only
+//! model keeps each weight packed in bf16 across calls, so generation reads half the bytes.
+//! With the composed kernels ([`Kernels::Composed`]) bf16 is the readable reference instead: each
+//! operand rounded to bf16 ([`round_bf16`]), then an ordinary f32 product, whose products of two
+//! bf16 values are exact, so only the order of the f32 sums differs from the fused path.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use crate::config::{ModelConfig, Precision};
+use crate::kernels::bf16::ops::{self as bf16, WeightCache};
+use crate::kernels::{self, Kernels};
+
+/// Whether the bf16 product serves `x` in `precision`: f32 on the CPU.
+pub(crate) fn runs_bf16(precision: Precision, x: &Tensor) -> bool {
+    precision == Precision::Bf16 && x.dtype() == DType::F32 && matches!(x.device(), Device::Cpu)
+}
+
+/// `t` rounded to bf16 and widened back (candle's conversion: nearest-even; it keeps subnormal
+/// inputs that the fused path flushes). Differentiable.
+pub(crate) fn round_bf16(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::BF16)?.to_dtype(t.dtype())
+}
+
+/// `x (..., K) . w (N, K)^T` with both operands rounded to bf16 first: the composed reference.
+fn rounded_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().unwrap_or(&0);
+    let y = round_bf16(&x.reshape((x.elem_count() / k.max(1), k))?)?.matmul(&round_bf16(w)?.t()?)?;
+    let mut out = dims;
+    *out.last_mut().expect("x has a last dimension") = w.dim(0)?;
+    y.reshape(out)
+}
+
+/// A linear layer: weight `(d_out, d_in)` and, where the model has biases, a bias `(d_out,)`.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    lin: Linear,
+    /// The weight packed in bf16 for forward-only use, made on first use.
+    packed: WeightCache,
+}
+
+impl Dense {
+    /// Weight initialised N(0, std), bias (if any) zero.
+    pub fn new(d_in: usize, d_out: usize, std: f64, cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((d_out, d_in), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+        let bias = if cfg.bias { Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Self { lin: Linear::new(weight, bias), packed: WeightCache::default() })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.lin.weight()
+    }
+
+    /// `x (..., d_in) -> (..., d_out)`, differentiable.
+    pub fn forward(&self, x: &Tensor, kernels: Kernels, precision: Precision) -> Result<Tensor> {
+        let y = match precision {
+            Precision::F32 => return self.lin.forward(x),
+            Precision::Bf16 if kernels.fused_for(x) && runs_bf16(precision, x) => bf16::linear(x, self.lin.weight(), Some(&self.packed))?,
+            Precision::Bf16 => rounded_product(x, self.lin.weight())?,
+        };
+        match self.lin.bias() {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// [`Dense::forward`] for the few rows of KV-cached generation: in f32 the parallel
+    /// matrix-vector kernel where it applies. Never on a training path (that kernel has no
+    /// backward).
+    pub fn forward_only(&self, x: &Tensor, kernels: Kernels, precision: Precision) -> Result<Tensor> {
+        if precision == Precision::Bf16 {
+            return self.forward(x, kernels, precision);
+        }
+        let dims = x.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / k.max(1);
+        if kernels.fused_for(x) && rows <= kernels::matvec::MAX_ROWS {
+            let mut out_dims = dims;
+            *out_dims.last_mut().expect("x has a last dimension") = self.lin.weight().dim(0)?;
+            let y = kernels::matvec::matvec(&x.reshape((rows, k))?, self.lin.weight())?; // (rows, d_out)
+            let y = match self.lin.bias() {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            };
+            return y.reshape(out_dims);
+        }
+        self.lin.forward(x)
+    }
+}
+
+/// The LM head's product `x (N, C) . w (V, C)^T -> (N, V)` in `precision`; `packed` keeps the
+/// bf16 copy of a forward-only head.
+pub(crate) fn head_product(x: &Tensor, w: &Tensor, kernels: Kernels, precision: Precision, packed: &WeightCache) -> Result<Tensor> {
+    match precision {
+        Precision::F32 => x.matmul(&w.t()?),
+        Precision::Bf16 if kernels.fused_for(x) && runs_bf16(precision, x) => bf16::linear(x, w, Some(packed)),
+        Precision::Bf16 => rounded_product(x, w),
+    }
+}
