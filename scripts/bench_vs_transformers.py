@@ -137,29 +137,36 @@ def main():
     hf_out, _ = run(child + ["--child", model_dir, os.path.join(work, "ids.json")], env)
     hf = json.loads(hf_out.strip().splitlines()[-1])
 
-    score_cmd = [BIN, "score", os.path.join(work, "lines.txt"), "--checkpoint", run_dir, "--batch-size", "8", "--format", "jsonl", "--show-speed"]
-    run(score_cmd, env)  # warm the page cache
-    _, err = run(score_cmd, env)
-    tf_score = float(re.search(r"([0-9.]+) tokens/s", err).group(1))
-    gen_cmd = [BIN, "generate", "--checkpoint", run_dir, "--prompt", prompt, "--tokens", str(args.new_tokens), "--show-energy", "--seed", "1"]
-    # Peak RSS of a fresh process: measured in a child of its own.
-    rss_script = "import resource,subprocess,sys; subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE,check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024)"
-    _, err = run(gen_cmd, env)
-    tf_gen = float(re.search(r"([0-9.]+) tokens/s", err).group(1))
-    tf_rss = max(float(run([sys.executable, "-c", rss_script] + c, env)[0]) for c in [score_cmd, gen_cmd])
+    tf = {}
+    for prec in ("f32", "bf16"):
+        score_cmd = [BIN, "score", os.path.join(work, "lines.txt"), "--checkpoint", run_dir, "--batch-size", "8", "--format", "jsonl", "--show-speed", "--precision", prec]
+        run(score_cmd, env)  # warm the page cache
+        _, err = run(score_cmd, env)
+        tf[f"score_{prec}"] = float(re.search(r"([0-9.]+) tokens/s", err).group(1))
+        gen_cmd = [BIN, "generate", "--checkpoint", run_dir, "--prompt", prompt, "--tokens", str(args.new_tokens), "--show-energy", "--seed", "1", "--precision", prec]
+        _, err = run(gen_cmd, env)
+        tf[f"generate_{prec}"] = float(re.search(r"([0-9.]+) tokens/s", err).group(1))
+        # Peak RSS of a fresh process: measured in a child of its own.
+        rss_script = "import resource,subprocess,sys; subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE,check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024)"
+        tf[f"peak_rss_mib_{prec}"] = max(float(run([sys.executable, "-c", rss_script] + c, env)[0]) for c in [score_cmd, gen_cmd])
 
-    print(json.dumps({"transformers": hf, "thermoformer": {"score": tf_score, "generate": tf_gen, "peak_rss_mib": tf_rss}}))
+    print(json.dumps({"transformers": hf, "thermoformer": tf}))
     print(f"CPU: {cpu_model()}, {args.threads} threads; GPT-2 small shape (random weights), torch {torch.__version__}")
-    print(f"{'':34} {'transformers':>14} {'thermoformer':>14} {'ratio':>7}")
-    rows = [("score tok/s, 8 x 128 (float32)", hf["score_float32"], tf_score)]
+    print(f"{'':40} {'transformers':>14} {'thermoformer':>14} {'ratio':>7}")
+    rows = [("score tok/s, 8 x 128, fp32 vs f32", hf["score_float32"], tf["score_f32"]),
+            ("score tok/s, fp32 vs bf16", hf["score_float32"], tf["score_bf16"])]
     if "score_bf16-autocast" in hf:
-        rows.append(("score tok/s vs bf16 autocast", hf["score_bf16-autocast"], tf_score))
+        rows.append(("score tok/s, bf16 autocast vs f32", hf["score_bf16-autocast"], tf["score_f32"]))
+        rows.append(("score tok/s, bf16 autocast vs bf16", hf["score_bf16-autocast"], tf["score_bf16"]))
     else:
         print("(transformers' bf16 autocast not timed: this CPU has no bf16 instructions; --bf16 on forces it)")
-    rows.append((f"generate tok/s, batch 1, {args.new_tokens} new", hf["generate_float32"], tf_gen))
+    rows.append((f"generate tok/s, batch 1, {args.new_tokens} new, f32", hf["generate_float32"], tf["generate_f32"]))
+    rows.append((f"generate tok/s, the same, bf16", hf["generate_float32"], tf["generate_bf16"]))
     for name, a, b in rows:
-        print(f"{name:34} {a:>14.1f} {b:>14.1f} {b / a:>6.2f}x")
-    print(f"{'peak RSS MiB (lower is better)':34} {hf['peak_rss_mib']:>14.0f} {tf_rss:>14.0f} {hf['peak_rss_mib'] / tf_rss:>6.2f}x")
+        print(f"{name:40} {a:>14.1f} {b:>14.1f} {b / a:>6.2f}x")
+    for prec in ("f32", "bf16"):
+        r = tf[f"peak_rss_mib_{prec}"]
+        print(f"{'peak RSS MiB (lower is better), ' + prec:40} {hf['peak_rss_mib']:>14.0f} {r:>14.0f} {hf['peak_rss_mib'] / r:>6.2f}x")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ pub struct RlArgs {
     /// Device to run on.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// Arithmetic of the products (policy, reference, sampling and evaluation): f32, or bf16
+    /// operands with f32 accumulation.
+    #[arg(long, value_enum, default_value_t = crate::config::Precision::F32)]
+    pub precision: crate::config::Precision,
 }
 
 /// `thermoformer rl`: run it and print the report.
@@ -54,6 +58,7 @@ pub fn run_rl(args: &RlArgs) -> Result<()> {
         prompts: args.prompts.clone(),
         config: args.config.clone(),
         progress: !args.no_progress,
+        precision: args.precision,
     };
     let r = rl::run(&request, &args.device.device()?)?;
     let mut out = std::io::stdout().lock();

@@ -313,6 +313,12 @@ impl Trainer {
         Ok(Self { params, policy, reference, optimizer, cfg, log_alpha, rng, step: 0, bos })
     }
 
+    /// Run the policy, the reference and the sampler's copies in `precision`.
+    pub fn set_precision(&mut self, precision: crate::config::Precision) {
+        self.policy.set_precision(precision);
+        self.reference.set_precision(precision);
+    }
+
     /// The current entropy weight.
     pub fn alpha(&self) -> f64 {
         self.log_alpha.exp()
@@ -335,7 +341,8 @@ impl Trainer {
     /// `for_update`, ln pi is computed through the policy's graph for the loss, else through a
     /// detached copy (no graph is built).
     fn rollout(&mut self, prompt: &[u32], reward: &dyn Reward, tok: &Tok, b: usize, for_update: bool) -> Result<Rollout> {
-        let sampler = self.params.detached_model(self.policy.config())?;
+        let mut sampler = self.params.detached_model(self.policy.config())?;
+        sampler.set_precision(self.policy.precision());
         let conts = sample_batch(&sampler, self.bos, prompt, b, self.cfg.tokens, &mut self.rng)?;
         let texts = conts.iter().map(|c| tok.decode(c)).collect::<Result<Vec<String>>>()?;
         let batch: Vec<(&str, &[u32])> = texts.iter().zip(&conts).map(|(t, c)| (t.as_str(), c.as_slice())).collect();

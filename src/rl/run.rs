@@ -42,6 +42,8 @@ pub struct RlRequest {
     pub config: RlConfig,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The arithmetic of the products, for the policy, the reference and the evaluations.
+    pub precision: crate::config::Precision,
 }
 
 /// The outcome of an rl run.
@@ -105,12 +107,15 @@ pub fn run(req: &RlRequest, dev: &Device) -> Result<RlReport> {
         .ok();
     let val_ce = |params: &Params| -> Result<Option<f64>> {
         let Some(batches) = &val_batches else { return Ok(None) };
-        Ok(Some(crate::train::evaluate(&params.detached_model(&source.config.model)?, batches, 0.0)?.ce))
+        let mut model = params.detached_model(&source.config.model)?;
+        model.set_precision(req.precision);
+        Ok(Some(crate::train::evaluate(&model, batches, 0.0)?.ce))
     };
     let val_ce_before = val_ce(&source.params)?;
 
     let model_cfg = source.config.model.clone();
     let mut trainer = Trainer::new(source.params, source.model, &model_cfg, tok.bos(), cfg.clone())?;
+    trainer.set_precision(req.precision);
     let before = trainer.evaluate(&prompts, reward.as_ref(), tok, eval_n)?;
 
     let pb = crate::progress::bar(cfg.steps, 0, req.progress);
