@@ -179,3 +179,40 @@ fn bf16_training_is_bit_identical_across_kernels() {
     }
     assert!(run("f32", "f32", None).0 != first.0, "bf16 training gave f32's weights");
 }
+
+/// A bf16 kernel the environment names but the CPU lacks, or no kernel at all, is a one-line
+/// usage error (exit 2) before any work, for every command that takes --precision bf16; f32
+/// runs never read the variable.
+#[test]
+fn an_unusable_bf16_kernel_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = common::trained(dir.path());
+    let corpus = common::small_corpus(dir.path(), 4000);
+    let out = dir.path().join("again");
+    let missing = Kernel::ALL.into_iter().find(|k| !k.available());
+    let mut cases = vec![("bogus", "names no bf16 kernel")];
+    if let Some(k) = missing {
+        cases.push((k.name(), "which this CPU lacks"));
+    }
+    for (value, needle) in cases {
+        let mut train = common::tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap());
+        train.extend(["--precision", "bf16", "--overwrite"]);
+        let commands: Vec<Vec<&str>> = vec![
+            train,
+            vec!["score", "--checkpoint", run.to_str().unwrap(), "--text", "To be", "--precision", "bf16"],
+            vec!["generate", "--checkpoint", run.to_str().unwrap(), "--tokens", "5", "--precision", "bf16"],
+            vec!["bench", "--precision", "bf16", "--iters", "1"],
+        ];
+        for args in commands {
+            let o = common::thermoformer().env("THERMOFORMER_BF16_KERNEL", value).args(&args).output().unwrap();
+            common::assert_clean_error(&o, 2, needle);
+        }
+        let o = common::thermoformer()
+            .env("THERMOFORMER_BF16_KERNEL", value)
+            .args(["score", "--checkpoint", run.to_str().unwrap(), "--text", "To be"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "f32 scoring read THERMOFORMER_BF16_KERNEL: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(!out.join("model.safetensors").exists(), "the refused training run wrote a checkpoint");
+}

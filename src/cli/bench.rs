@@ -46,9 +46,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let dev = args.device.device()?;
     let mut ceilings = Vec::new();
     for &p in &args.precision {
-        if p == crate::config::Precision::Bf16 {
-            crate::kernels::bf16::Kernel::from_env().map_err(UsageError)?;
-        }
+        crate::kernels::bf16::require(p)?;
         ceilings.push((p, bench::ceiling(p, &dev)?));
     }
     let mut out = std::io::stdout().lock();

@@ -181,10 +181,8 @@ impl ModelArgs {
             check_temperature("--attn-temperature", t)?;
         }
         let mut loaded = checkpoint::load(&self.checkpoint, &self.device.device()?)?;
+        crate::kernels::bf16::require(self.precision)?;
         loaded.model.set_precision(self.precision);
-        if self.precision == Precision::Bf16 {
-            crate::kernels::bf16::Kernel::from_env().map_err(UsageError)?;
-        }
         if self.attn_temperature.is_some() || !self.head_temperature.is_empty() {
             loaded
                 .model

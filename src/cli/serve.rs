@@ -31,6 +31,7 @@ pub struct ServeArgs {
 /// `thermoformer serve`: load the run, print the URL, serve until Ctrl-C.
 pub fn run_serve(args: &ServeArgs) -> Result<()> {
     let mut loaded = crate::checkpoint::load(&args.checkpoint, &args.device.device()?)?;
+    crate::kernels::bf16::require(args.precision)?;
     loaded.model.set_precision(args.precision);
     if !args.host.is_loopback() {
         crate::progress::note(format!(

@@ -66,6 +66,7 @@ pub struct RlReport {
 
 /// Run `req` on `dev`.
 pub fn run(req: &RlRequest, dev: &Device) -> Result<RlReport> {
+    crate::kernels::bf16::require(req.precision)?;
     let cfg = &req.config;
     if req.out == req.checkpoint || req.out.canonicalize().ok().is_some_and(|o| req.checkpoint.canonicalize().is_ok_and(|c| c == o)) {
         return Err(UsageError("--out must differ from --checkpoint: the starting run is the frozen reference and is never overwritten".into()).into());

@@ -318,6 +318,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
         (Some(source), false) => fine_tune(req, source, dev)?,
         (None, false) => fresh(req, dev)?,
     };
+    crate::kernels::bf16::require(s.run.train.precision)?;
     s.model.set_precision(s.run.train.precision);
     let (cfg, context, bos) = (s.run.train.clone(), s.run.model.context, s.tok.bos());
     let splits = s.splits.clone();

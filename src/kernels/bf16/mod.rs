@@ -17,6 +17,15 @@ pub mod round;
 
 use std::sync::OnceLock;
 
+/// Where `precision` is bf16, the process's kernel must exist: a usage error naming
+/// `THERMOFORMER_BF16_KERNEL`'s problem otherwise, before any work starts.
+pub fn require(precision: crate::config::Precision) -> Result<(), crate::error::UsageError> {
+    match precision {
+        crate::config::Precision::F32 => Ok(()),
+        crate::config::Precision::Bf16 => Kernel::from_env().map(|_| ()).map_err(crate::error::UsageError),
+    }
+}
+
 /// A bf16 microkernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
