@@ -11,6 +11,7 @@
 //! - [`layer_norm`]: bias-free LayerNorm in one pass forward and one backward.
 //! - [`cross_entropy`]: label-smoothed cross-entropy straight from the logits.
 //! - [`adamw`]: the optimizer step in one pass per parameter, moments updated in place.
+//! - [`linear`]: the Linear layer's product and both backward products on candle's pool.
 //! - [`matvec`]: forward-only products of a few rows with a weight matrix, for generation.
 //! - [`rope`]: rotary phases on the q and k thirds of the fused projection, forward and backward
 //!   (the inverse rotation) in one pass each.
@@ -25,6 +26,7 @@ pub mod bf16;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;
+pub mod linear;
 pub mod matvec;
 pub mod rope;
 mod simd;

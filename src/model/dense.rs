@@ -59,6 +59,7 @@ impl Dense {
     /// `x (..., d_in) -> (..., d_out)`, differentiable.
     pub fn forward(&self, x: &Tensor, kernels: Kernels, precision: Precision) -> Result<Tensor> {
         let y = match precision {
+            Precision::F32 if kernels.fused_for(x) => kernels::linear::linear(x, self.lin.weight())?,
             Precision::F32 => return self.lin.forward(x),
             Precision::Bf16 if kernels.fused_for(x) && runs_bf16(precision, x) => bf16::linear(x, self.lin.weight(), Some(&self.packed))?,
             Precision::Bf16 => rounded_product(x, self.lin.weight())?,
@@ -97,6 +98,7 @@ impl Dense {
 /// bf16 copy of a forward-only head.
 pub(crate) fn head_product(x: &Tensor, w: &Tensor, kernels: Kernels, precision: Precision, packed: &WeightCache) -> Result<Tensor> {
     match precision {
+        Precision::F32 if kernels.fused_for(x) => kernels::linear::linear(x, w),
         Precision::F32 => x.matmul(&w.t()?),
         Precision::Bf16 if kernels.fused_for(x) && runs_bf16(precision, x) => bf16::linear(x, w, Some(packed)),
         Precision::Bf16 => rounded_product(x, w),
