@@ -1,19 +1,19 @@
 //! The f32 Linear layer as one op: `y = x . w^T`, and its backward `dx = dy . w`,
-//! `dw = dy^T . x`, each a gemm product split by blocks of output rows over candle's own thread
-//! pool.
+//! `dw = dy^T . x`, each a gemm product split by blocks of output rows or columns over candle's
+//! own thread pool.
 //!
 //! Candle's matmul runs gemm on rayon's pool while every other op (the fused kernels, candle's
 //! elementwise ops) runs on candle's barrier pool, so each product handed the cores from one pool
 //! to the other, with a futex wake-up each way; its backward also goes through transposed views.
-//! Here every product runs on the barrier pool. Blocks have a fixed number of rows, so the bits
-//! depend on neither the thread count nor which thread runs a block.
+//! Here every product runs on the barrier pool. Blocks are fixed by the shape, so the bits depend on
+//! neither the thread count nor which thread runs a block.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::{f32_slice, matmul, parallel_for_ranges, SendPtr};
 
-/// Output rows per block of work for `m` rows: about an eighth of them, a multiple of 32 from 32
-/// to 512. It depends on the shape only, never on the thread count.
+/// Rows (or columns) per block of work out of `m`: about an eighth of them, a multiple of 32 from
+/// 32 to 512. It depends on the shape only, never on the thread count.
 fn block_rows(m: usize) -> usize {
     (m / 8).div_ceil(32).clamp(1, 16) * 32
 }
@@ -33,21 +33,31 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     y.reshape(out)
 }
 
-/// `dst (m, n) = a (m, k) . b (k, n)` with strides, by blocks of [`block_rows`] rows on the pool.
+/// `dst (m, n) = a (m, k) . b (k, n)` with strides, by blocks on the pool: of rows, or of
+/// columns when there are more columns than rows and b is large, so that b is packed once (each
+/// block packs its own slice of it and the whole of a).
 ///
 /// # Safety
 /// As [`matmul`]: every index the strides reach lies in its buffer; `dst` is (m, n), row-major.
 unsafe fn product(m: usize, n: usize, k: usize, dst: &mut [f32], a: (*const f32, usize, usize), b: (*const f32, usize, usize)) {
     let out = SendPtr::new(dst);
     let (a_ptr, b_ptr) = (a.0 as usize, b.0 as usize); // plain addresses, shared read-only by the workers
-    let per = block_rows(m);
-    parallel_for_ranges(m.div_ceil(per), |blocks| {
+    // Columns only where the other operand is large (a GPT-2 LM head's 50257 x 768): at small
+    // shapes rows balance better.
+    let by_rows = m >= n || k * n < 1 << 20;
+    let (len, per) = if by_rows { (m, block_rows(m)) } else { (n, block_rows(n)) };
+    parallel_for_ranges(len.div_ceil(per), |blocks| {
         for blk in blocks {
-            let (r0, rows) = (blk * per, per.min(m - blk * per));
-            // SAFETY: each block writes its own rows of dst; the reads stay inside a and b.
+            let (start, size) = (blk * per, per.min(len - blk * per));
+            // SAFETY: each block writes its own rows (or columns) of dst; the reads stay inside a
+            // and b.
             unsafe {
-                let lhs = (a_ptr as *const f32).add(r0 * a.1);
-                matmul(rows, n, k, out.get().add(r0 * n), (n, 1), lhs, (a.1, a.2), b_ptr as *const f32, (b.1, b.2));
+                let (a0, b0) = (a_ptr as *const f32, b_ptr as *const f32);
+                if by_rows {
+                    matmul(size, n, k, out.get().add(start * n), (n, 1), a0.add(start * a.1), (a.1, a.2), b0, (b.1, b.2));
+                } else {
+                    matmul(m, size, k, out.get().add(start), (n, 1), a0, (a.1, a.2), b0.add(start * b.2), (b.1, b.2));
+                }
             }
         }
     });
