@@ -10,27 +10,33 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{f32_slice, matmul, parallel_for_ranges, SendPtr};
+use super::{f32_slice, matmul, parallel_for_ranges, written, SendPtr};
 
-/// Rows (or columns) per block of work out of `m`: about an eighth of them, a multiple of 32 from
+/// Rows (or columns) per block of work out of `m`: about a quarter of them, a multiple of 32 from
 /// 32 to 512. It depends on the shape only, never on the thread count.
 fn block_rows(m: usize) -> usize {
-    (m / 8).div_ceil(32).clamp(1, 16) * 32
+    (m / 4).div_ceil(32).clamp(1, 16) * 32
 }
 
-/// `x (..., K) . w (N, K)^T -> (..., N)`, differentiable in both.
+/// `x (..., K) . w (N, K)^T -> (..., N)`, differentiable in both. The leading dimensions are the
+/// rows of one product, kept as they are: no reshape enters the graph (each node of the graph
+/// costs a zeroed gradient and an add in candle's backward).
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = *dims.last().unwrap_or(&0);
-    let (n, kw) = w.dims2()?;
-    if k != kw {
+    let k = x.dims().last().copied().unwrap_or(0);
+    let (_, kw) = w.dims2()?;
+    if k != kw || x.rank() == 0 {
         candle_core::bail!("linear: x {:?} and w {:?} do not fit", x.shape(), w.shape())
     }
-    let m = x.elem_count() / k.max(1);
-    let y = x.reshape((m, k))?.contiguous()?.apply_op2(&w.contiguous()?, Linear)?; // (M, N)
-    let mut out = dims;
-    *out.last_mut().expect("x has a last dimension") = n;
-    y.reshape(out)
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+}
+
+/// `dims` with the last one replaced by `last`.
+pub(crate) fn with_last(dims: &[usize], last: usize) -> Shape {
+    let mut d = dims.to_vec();
+    if let Some(l) = d.last_mut() {
+        *l = last;
+    }
+    Shape::from(d)
 }
 
 /// `dst (m, n) = a (m, k) . b (k, n)` with strides, by blocks on the pool: of rows, or of
@@ -39,8 +45,18 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 ///
 /// # Safety
 /// As [`matmul`]: every index the strides reach lies in its buffer; `dst` is (m, n), row-major.
-unsafe fn product(m: usize, n: usize, k: usize, dst: &mut [f32], a: (*const f32, usize, usize), b: (*const f32, usize, usize)) {
-    let out = SendPtr::new(dst);
+unsafe fn product(m: usize, n: usize, k: usize, a: (*const f32, usize, usize), b: (*const f32, usize, usize)) -> Vec<f32> {
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    // SAFETY: the blocks below cover every row (or column) of the m x n output, and gemm writes
+    // each element of its block (it does not read the destination).
+    written(m * n, |dst| unsafe { fill(m, n, k, dst, a, b) })
+}
+
+/// [`product`] into `dst`.
+unsafe fn fill(m: usize, n: usize, k: usize, dst: *mut f32, a: (*const f32, usize, usize), b: (*const f32, usize, usize)) {
+    let out = SendPtr(dst);
     let (a_ptr, b_ptr) = (a.0 as usize, b.0 as usize); // plain addresses, shared read-only by the workers
     // Columns only where the other operand is large (a GPT-2 LM head's 50257 x 768): at small
     // shapes rows balance better.
@@ -72,12 +88,11 @@ impl CustomOp2 for Linear {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_slice(s1, l1, "linear")?, f32_slice(s2, l2, "linear")?);
-        let (m, k) = l1.shape().dims2()?;
-        let (n, _) = l2.shape().dims2()?;
-        let mut y = vec![0f32; m * n];
+        let (n, k) = l2.shape().dims2()?;
+        let m = x.len() / k.max(1);
         // SAFETY: x (m, k) and w (n, k) row-major; w read transposed.
-        unsafe { product(m, n, k, &mut y, (x.as_ptr(), k, 1), (w.as_ptr(), 1, k)) };
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        let y = unsafe { product(m, n, k, (x.as_ptr(), k, 1), (w.as_ptr(), 1, k)) };
+        Ok((CpuStorage::F32(y), with_last(l1.dims(), n)))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -103,19 +118,18 @@ impl CustomOp2 for Backward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let dy = f32_slice(s1, l1, "linear-backward")?;
         let other = f32_slice(s2, l2, "linear-backward")?;
-        let (m, n) = l1.shape().dims2()?;
-        let (_, k) = l2.shape().dims2()?;
+        let n = l1.dims().last().copied().unwrap_or(0);
+        let m = dy.len() / n.max(1);
+        let k = l2.dims().last().copied().unwrap_or(0);
         match self {
             Backward::Input => {
-                let mut dx = vec![0f32; m * k];
                 // SAFETY: dy (m, n), w (n, k), both row-major.
-                unsafe { product(m, k, n, &mut dx, (dy.as_ptr(), n, 1), (other.as_ptr(), k, 1)) };
-                Ok((CpuStorage::F32(dx), Shape::from((m, k))))
+                let dx = unsafe { product(m, k, n, (dy.as_ptr(), n, 1), (other.as_ptr(), k, 1)) };
+                Ok((CpuStorage::F32(dx), with_last(l1.dims(), k)))
             }
             Backward::Weight => {
-                let mut dw = vec![0f32; n * k];
                 // SAFETY: dy (m, n) read transposed, x (m, k) row-major.
-                unsafe { product(n, k, m, &mut dw, (dy.as_ptr(), 1, n), (other.as_ptr(), k, 1)) };
+                let dw = unsafe { product(n, k, m, (dy.as_ptr(), 1, n), (other.as_ptr(), k, 1)) };
                 Ok((CpuStorage::F32(dw), Shape::from((n, k))))
             }
         }

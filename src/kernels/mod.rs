@@ -117,6 +117,20 @@ impl SendPtr {
     }
 }
 
+/// A vector of `len` f32 that `fill` writes in full, without zeroing it first (the products
+/// overwrite their outputs; zeroing them was a memset per op).
+///
+/// # Safety
+/// `fill` must write every one of the `len` values through the pointer it gets.
+unsafe fn written(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
+    v.set_len(len);
+    fill(v.as_mut_ptr() as *mut f32);
+    // SAFETY: every value was written (the caller's promise); MaybeUninit<f32> has f32's layout.
+    let mut v = std::mem::ManuallyDrop::new(v);
+    Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, len, v.capacity())
+}
+
 /// Run `f(i)` for every i in 0..n on candle's CPU thread pool.
 fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));

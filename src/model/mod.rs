@@ -519,9 +519,13 @@ impl Gpt {
 
     /// LM head, the token embedding's transpose unless untied: `(B, T, C)` -> logits `(B, T, V)`.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.ln_f.forward(x)?; // (B, T, C)
+        if self.kernels().fused_for(&x) {
+            // The fused products take (B, T, C) as B*T rows: no reshape in the graph.
+            return head_product(&x, self.head_weight(), self.kernels(), self.precision, &self.head_packed); // (B, T, V)
+        }
         let (b, t, c) = x.dims3()?;
-        let x = self.ln_f.forward(x)?.reshape((b * t, c))?; // (B*T, C)
-        head_product(&x, self.head_weight(), self.kernels(), self.precision, &self.head_packed)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
+        head_product(&x.reshape((b * t, c))?, self.head_weight(), self.kernels(), self.precision, &self.head_packed)?.reshape((b, t, self.cfg.vocab_size)) // (B, T, V)
     }
 
     /// Logits `(B, T, V)` of the next token at every position of `ids` `(B, T)`, T <= context.

@@ -13,6 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use super::gemm::{self, PackedB, Src};
 use super::Kernel;
 use crate::kernels::f32_slice;
+use crate::kernels::linear::with_last;
 
 /// The process's bf16 kernel as a candle error where the environment names one the CPU lacks.
 pub fn kernel() -> Result<Kernel> {
@@ -38,23 +39,18 @@ impl WeightCache {
 /// `x (..., K) . w (N, K)^T -> (..., N)` in bf16 with f32 accumulation; differentiable in both.
 /// `cache` keeps the packed weight when `w` is not a trainable variable.
 pub fn linear(x: &Tensor, w: &Tensor, cache: Option<&WeightCache>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = *dims.last().unwrap_or(&0);
-    let (n, kw) = w.dims2()?;
-    if k != kw {
+    let k = x.dims().last().copied().unwrap_or(0);
+    let (_, kw) = w.dims2()?;
+    if k != kw || x.rank() == 0 {
         candle_core::bail!("bf16 linear: x {:?} and w {:?} do not fit", x.shape(), w.shape())
     }
-    let m = x.elem_count() / k.max(1);
     let packed = match cache {
         Some(c) if !w.is_variable() => Some(c.get(w)?),
         _ => None,
     };
     let op = Linear { kernel: kernel()?, w_bf16: Arc::new(OnceLock::new()), packed };
-    let x2 = x.reshape((m, k))?.contiguous()?;
-    let y = x2.apply_op2(&w.contiguous()?, op)?; // (M, N)
-    let mut out = dims;
-    *out.last_mut().expect("x has a last dimension") = n;
-    y.reshape(out)
+    // The leading dimensions are the product's rows, kept as they are (no reshape node).
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
 struct Linear {
@@ -80,8 +76,8 @@ impl CustomOp2 for Linear {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_slice(s1, l1, "bf16-linear")?, f32_slice(s2, l2, "bf16-linear")?);
-        let (m, k) = l1.shape().dims2()?;
-        let (n, _) = l2.shape().dims2()?;
+        let (n, k) = l2.shape().dims2()?;
+        let m = x.len() / k.max(1);
         let mut y = vec![0f32; m * n];
         // SAFETY: x is (m, k), the weight (n, k), y (m, n), all contiguous.
         unsafe {
@@ -94,7 +90,7 @@ impl CustomOp2 for Linear {
                 }
             }
         }
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        Ok((CpuStorage::F32(y), with_last(l1.dims(), n)))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -127,8 +123,9 @@ impl CustomOp2 for Backward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let dy = f32_slice(s1, l1, "bf16-linear-backward")?;
         let other = f32_slice(s2, l2, "bf16-linear-backward")?;
-        let (m, n) = l1.shape().dims2()?;
-        let (_, k) = l2.shape().dims2()?;
+        let n = l1.dims().last().copied().unwrap_or(0);
+        let m = dy.len() / n.max(1);
+        let k = l2.dims().last().copied().unwrap_or(0);
         match self.part {
             Part::Input => {
                 let mut dx = vec![0f32; m * k];
@@ -138,7 +135,7 @@ impl CustomOp2 for Backward {
                     let w = Src::Bf16 { ptr: wb.as_ptr(), rs: k, cs: 1 };
                     gemm::gemm(self.kernel, m, k, n, Src::f32_rows(dy, n), w, dx.as_mut_ptr(), k, true);
                 }
-                Ok((CpuStorage::F32(dx), Shape::from((m, k))))
+                Ok((CpuStorage::F32(dx), with_last(l1.dims(), k)))
             }
             Part::Weight => {
                 let mut dw = vec![0f32; n * k];
