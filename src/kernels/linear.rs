@@ -1,6 +1,6 @@
-//! The f32 Linear layer as one op: `y = x . w^T`, and its backward `dx = dy . w`,
-//! `dw = dy^T . x`, each a gemm product split by blocks of output rows or columns over candle's
-//! own thread pool.
+//! The Linear layer as one op: `y = x . w^T`, and its backward `dx = dy . w`, `dw = dy^T . x`, in
+//! f32 (each a gemm product split by blocks of output rows or columns over candle's own thread
+//! pool) or with bf16 operands ([`crate::kernels::bf16::ops::linear`], the bf16 GEMM).
 //!
 //! Candle's matmul runs gemm on rayon's pool while every other op (the fused kernels, candle's
 //! elementwise ops) runs on candle's barrier pool, so each product handed the cores from one pool
@@ -8,7 +8,12 @@
 //! Here every product runs on the barrier pool. Blocks are fixed by the shape, so the bits depend on
 //! neither the thread count nor which thread runs a block.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::bf16::gemm::{self as bf16_gemm, PackedB, Src};
+use super::bf16::Kernel;
 
 use super::{f32_slice, matmul, parallel_for_ranges, written, SendPtr};
 
@@ -22,12 +27,104 @@ fn block_rows(m: usize) -> usize {
 /// rows of one product, kept as they are: no reshape enters the graph (each node of the graph
 /// costs a zeroed gradient and an add in candle's backward).
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    apply(x, w, Arith::F32)
+}
+
+/// How the op's three products are computed.
+#[derive(Clone)]
+pub(crate) enum Arith {
+    /// f32 throughout.
+    F32,
+    /// bf16 operands, f32 accumulation, through `kernel`.
+    Bf16 {
+        kernel: Kernel,
+        /// The weight rounded to bf16, `(N, K)`: made by the forward, read by the backward, so a
+        /// training step rounds each weight once.
+        w_bf16: Arc<OnceLock<Vec<u16>>>,
+        /// The weight packed beforehand (forward-only models).
+        packed: Option<Arc<PackedB>>,
+    },
+}
+
+/// [`linear`] in the given arithmetic.
+pub(crate) fn apply(x: &Tensor, w: &Tensor, arith: Arith) -> Result<Tensor> {
     let k = x.dims().last().copied().unwrap_or(0);
     let (_, kw) = w.dims2()?;
     if k != kw || x.rank() == 0 {
         candle_core::bail!("linear: x {:?} and w {:?} do not fit", x.shape(), w.shape())
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear(arith))
+}
+
+/// `w` rounded to bf16, made once per cell.
+fn rounded<'a>(cell: &'a OnceLock<Vec<u16>>, w: &[f32]) -> &'a [u16] {
+    cell.get_or_init(|| {
+        let mut v = vec![0u16; w.len()];
+        super::bf16::round::round_slice(w, &mut v);
+        v
+    })
+}
+
+impl Arith {
+    /// `y (m, n) = x (m, k) . w (n, k)^T`.
+    fn forward(&self, m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+        match self {
+            // SAFETY: x (m, k) and w (n, k) row-major; w read transposed.
+            Arith::F32 => unsafe { product(m, n, k, (x.as_ptr(), k, 1), (w.as_ptr(), 1, k)) },
+            Arith::Bf16 { kernel, w_bf16, packed } => {
+                let fresh;
+                let b = match packed {
+                    Some(p) => p.as_ref(),
+                    None => {
+                        let wb = rounded(w_bf16, w);
+                        // SAFETY: wb is (n, k), read transposed as (k, n).
+                        fresh = unsafe { PackedB::new(Src::Bf16 { ptr: wb.as_ptr(), rs: 1, cs: k }, k, n) };
+                        &fresh
+                    }
+                };
+                // SAFETY: x (m, k); the output (m, n) is written in full by the product.
+                unsafe { bf16_out(m, n, k, |c| bf16_gemm::gemm_packed(*kernel, m, Src::f32_rows(x, k), b, c, n, true)) }
+            }
+        }
+    }
+
+    /// `dx (m, k) = dy (m, n) . w (n, k)`.
+    fn input_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        match self {
+            // SAFETY: dy (m, n), w (n, k), both row-major.
+            Arith::F32 => unsafe { product(m, k, n, (dy.as_ptr(), n, 1), (w.as_ptr(), k, 1)) },
+            Arith::Bf16 { kernel, w_bf16, .. } => {
+                let wb = rounded(w_bf16, w); // made by the forward unless it ran packed
+                let b = Src::Bf16 { ptr: wb.as_ptr(), rs: k, cs: 1 };
+                // SAFETY: as above; the output is written in full.
+                unsafe { bf16_out(m, k, n, |c| bf16_gemm::gemm(*kernel, m, k, n, Src::f32_rows(dy, n), b, c, k, true)) }
+            }
+        }
+    }
+
+    /// `dw (n, k) = dy (m, n)^T . x (m, k)`.
+    fn weight_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], x: &[f32]) -> Vec<f32> {
+        match self {
+            // SAFETY: dy (m, n) read transposed, x (m, k) row-major.
+            Arith::F32 => unsafe { product(n, k, m, (dy.as_ptr(), 1, n), (x.as_ptr(), k, 1)) },
+            Arith::Bf16 { kernel, .. } => {
+                // SAFETY: as above; the output is written in full.
+                unsafe { bf16_out(n, k, m, |c| bf16_gemm::gemm(*kernel, n, k, m, Src::f32_cols(dy, n), Src::f32_rows(x, k), c, k, true)) }
+            }
+        }
+    }
+}
+
+/// An (rows, cols) output of a bf16 product over `depth` that `run` writes in full (zeros when
+/// `depth` is 0, where the product writes nothing).
+///
+/// # Safety
+/// `run` must write all rows x cols values at the pointer it gets, row stride cols.
+unsafe fn bf16_out(rows: usize, cols: usize, depth: usize, run: impl FnOnce(*mut f32)) -> Vec<f32> {
+    if depth == 0 {
+        return vec![0f32; rows * cols];
+    }
+    written(rows * cols, run)
 }
 
 /// `dims` with the last one replaced by `last`.
@@ -79,7 +176,7 @@ unsafe fn fill(m: usize, n: usize, k: usize, dst: *mut f32, a: (*const f32, usiz
     });
 }
 
-struct Linear;
+struct Linear(Arith);
 
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
@@ -90,24 +187,28 @@ impl CustomOp2 for Linear {
         let (x, w) = (f32_slice(s1, l1, "linear")?, f32_slice(s2, l2, "linear")?);
         let (n, k) = l2.shape().dims2()?;
         let m = x.len() / k.max(1);
-        // SAFETY: x (m, k) and w (n, k) row-major; w read transposed.
-        let y = unsafe { product(m, n, k, (x.as_ptr(), k, 1), (w.as_ptr(), 1, k)) };
-        Ok((CpuStorage::F32(y), with_last(l1.dims(), n)))
+        Ok((CpuStorage::F32(self.0.forward(m, n, k, x, w)), with_last(l1.dims(), n)))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &Backward::Input)?;
-        let dw = grad.apply_op2_no_bwd(x, &Backward::Weight)?;
+        let dx = grad.apply_op2_no_bwd(w, &Backward { arith: self.0.clone(), part: Part::Input })?;
+        let dw = grad.apply_op2_no_bwd(x, &Backward { arith: self.0.clone(), part: Part::Weight })?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-enum Backward {
-    /// `dx (M, K) = dy (M, N) . w (N, K)`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// `dx (M, K) = dy (M, N) . w (N, K)`: the second argument is the weight.
     Input,
-    /// `dw (N, K) = dy^T (N, M) . x (M, K)`.
+    /// `dw (N, K) = dy^T (N, M) . x (M, K)`: the second argument is the input.
     Weight,
+}
+
+struct Backward {
+    arith: Arith,
+    part: Part,
 }
 
 impl CustomOp2 for Backward {
@@ -121,17 +222,9 @@ impl CustomOp2 for Backward {
         let n = l1.dims().last().copied().unwrap_or(0);
         let m = dy.len() / n.max(1);
         let k = l2.dims().last().copied().unwrap_or(0);
-        match self {
-            Backward::Input => {
-                // SAFETY: dy (m, n), w (n, k), both row-major.
-                let dx = unsafe { product(m, k, n, (dy.as_ptr(), n, 1), (other.as_ptr(), k, 1)) };
-                Ok((CpuStorage::F32(dx), with_last(l1.dims(), k)))
-            }
-            Backward::Weight => {
-                // SAFETY: dy (m, n) read transposed, x (m, k) row-major.
-                let dw = unsafe { product(n, k, m, (dy.as_ptr(), 1, n), (other.as_ptr(), k, 1)) };
-                Ok((CpuStorage::F32(dw), Shape::from((n, k))))
-            }
-        }
+        Ok(match self.part {
+            Part::Input => (CpuStorage::F32(self.arith.input_grad(m, n, k, dy, other)), with_last(l1.dims(), k)),
+            Part::Weight => (CpuStorage::F32(self.arith.weight_grad(m, n, k, dy, other)), Shape::from((n, k))),
+        })
     }
 }

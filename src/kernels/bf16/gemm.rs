@@ -327,47 +327,38 @@ unsafe fn tile_full(
     rows: usize,
     load: bool,
 ) {
+    // Monomorphised for each row count 1..=MR: `$body` sees it as the const `R`.
+    macro_rules! with_rows {
+        ($body:expr) => {
+            match rows {
+                1 => { const R: usize = 1; $body }
+                2 => { const R: usize = 2; $body }
+                3 => { const R: usize = 3; $body }
+                4 => { const R: usize = 4; $body }
+                5 => { const R: usize = 5; $body }
+                6 => { const R: usize = 6; $body }
+                7 => { const R: usize = 7; $body }
+                _ => { const R: usize = 8; $body }
+            }
+        };
+    }
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Bf16 => {
             use micro::x86::tile_avx512bf16 as t;
-            macro_rules! rows {
-                ($s:literal) => {
-                    match rows {
-                        1 => t::<1, $s>(kc, a, b0, b1, c, ldc, load),
-                        2 => t::<2, $s>(kc, a, b0, b1, c, ldc, load),
-                        3 => t::<3, $s>(kc, a, b0, b1, c, ldc, load),
-                        4 => t::<4, $s>(kc, a, b0, b1, c, ldc, load),
-                        5 => t::<5, $s>(kc, a, b0, b1, c, ldc, load),
-                        6 => t::<6, $s>(kc, a, b0, b1, c, ldc, load),
-                        7 => t::<7, $s>(kc, a, b0, b1, c, ldc, load),
-                        _ => t::<8, $s>(kc, a, b0, b1, c, ldc, load),
-                    }
-                };
-            }
             if strips == 2 {
-                rows!(2)
+                with_rows!(t::<R, 2>(kc, a, b0, b1, c, ldc, load))
             } else {
-                rows!(1)
+                with_rows!(t::<R, 1>(kc, a, b0, b1, c, ldc, load))
             }
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
-            use micro::x86::tile_avx2 as t;
             for s in 0..strips {
                 let b = if s == 0 { b0 } else { b1 };
                 for half in 0..2 {
                     let (b, c) = (b.add(half * 8), c.add(s * NR + half * 8));
-                    match rows {
-                        1 => t::<1>(kc, a, b, c, ldc, load),
-                        2 => t::<2>(kc, a, b, c, ldc, load),
-                        3 => t::<3>(kc, a, b, c, ldc, load),
-                        4 => t::<4>(kc, a, b, c, ldc, load),
-                        5 => t::<5>(kc, a, b, c, ldc, load),
-                        6 => t::<6>(kc, a, b, c, ldc, load),
-                        7 => t::<7>(kc, a, b, c, ldc, load),
-                        _ => t::<8>(kc, a, b, c, ldc, load),
-                    }
+                    with_rows!(micro::x86::tile_avx2::<R>(kc, a, b, c, ldc, load))
                 }
             }
         }
