@@ -133,7 +133,7 @@ unsafe fn written(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
 
 /// Run `f(i)` for every i in 0..n on candle's CPU thread pool.
 fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+    parallel_for_ranges(n, |range| range.for_each(&f));
 }
 
 /// Run `f` over ranges that together cover 0..n on candle's CPU thread pool.

@@ -8,17 +8,12 @@
 //! operand rounded to bf16 ([`round_bf16`]), then an ordinary f32 product, whose products of two
 //! bf16 values are exact, so only the order of the f32 sums differs from the fused path.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::config::{ModelConfig, Precision};
 use crate::kernels::bf16::ops::{self as bf16, WeightCache};
 use crate::kernels::{self, Kernels};
-
-/// Whether the bf16 product serves `x` in `precision`: f32 on the CPU.
-pub(crate) fn runs_bf16(precision: Precision, x: &Tensor) -> bool {
-    precision == Precision::Bf16 && x.dtype() == DType::F32 && matches!(x.device(), Device::Cpu)
-}
 
 /// `t` rounded to bf16 and widened back (candle's conversion: nearest-even; it keeps subnormal
 /// inputs that the fused path flushes). Differentiable.
@@ -61,7 +56,7 @@ impl Dense {
         let y = match precision {
             Precision::F32 if kernels.fused_for(x) => kernels::linear::linear(x, self.lin.weight())?,
             Precision::F32 => return self.lin.forward(x),
-            Precision::Bf16 if kernels.fused_for(x) && runs_bf16(precision, x) => bf16::linear(x, self.lin.weight(), Some(&self.packed))?,
+            Precision::Bf16 if kernels.fused_for(x) => bf16::linear(x, self.lin.weight(), Some(&self.packed))?,
             Precision::Bf16 => rounded_product(x, self.lin.weight())?,
         };
         match self.lin.bias() {
@@ -100,7 +95,7 @@ pub(crate) fn head_product(x: &Tensor, w: &Tensor, kernels: Kernels, precision: 
     match precision {
         Precision::F32 if kernels.fused_for(x) => kernels::linear::linear(x, w),
         Precision::F32 => x.matmul(&w.t()?),
-        Precision::Bf16 if kernels.fused_for(x) && runs_bf16(precision, x) => bf16::linear(x, w, Some(packed)),
+        Precision::Bf16 if kernels.fused_for(x) => bf16::linear(x, w, Some(packed)),
         Precision::Bf16 => rounded_product(x, w),
     }
 }

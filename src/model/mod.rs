@@ -33,7 +33,7 @@ use candle_nn::{Embedding, Init, VarBuilder};
 use crate::config::{Activation, ModelConfig, Positions, Precision};
 use crate::kernels::bf16::ops::WeightCache;
 use crate::kernels::{self, Kernels};
-use crate::model::dense::{head_product, round_bf16, runs_bf16, Dense};
+use crate::model::dense::{head_product, round_bf16, Dense};
 use crate::model::rope::Rope;
 
 /// LayerNorm (with a bias where the model has them), written out of differentiable primitives
@@ -233,8 +233,8 @@ impl Attention {
     }
 
     /// The bf16 kernel of the fused attention's products, None in f32.
-    fn bf16_kernel(&self, x: &Tensor) -> Result<Option<kernels::bf16::Kernel>> {
-        if runs_bf16(self.precision, x) {
+    fn bf16_kernel(&self) -> Result<Option<kernels::bf16::Kernel>> {
+        if self.precision == Precision::Bf16 {
             Ok(Some(kernels::bf16::ops::kernel()?))
         } else {
             Ok(None)
@@ -246,7 +246,7 @@ impl Attention {
         if kern.fused_for(x) {
             // The same function in one op, from the fused projection to the merged heads.
             let qkv = self.rotate_fused(self.qkv.forward(x, kern, p)?, 0)?; // (B, T, 3C)
-            let y = kernels::attention::causal_attention_in(&qkv, &self.query_scale()?, self.n_head, self.bf16_kernel(x)?)?; // (B, T, C)
+            let y = kernels::attention::causal_attention_in(&qkv, &self.query_scale()?, self.n_head, self.bf16_kernel()?)?; // (B, T, C)
             return self.proj.forward(&y, kern, p);
         }
         // The readable reference: queries, keys and values (B, H, T, D) each, the Boltzmann
@@ -287,7 +287,7 @@ impl Attention {
         let beta = self.log_beta.exp()?; // (H,)
         let (y, alpha) = if self.kernels.fused_for(x) {
             let qkv = self.rotate_fused(projected, 0)?;
-            let bf16 = self.bf16_kernel(x)?;
+            let bf16 = self.bf16_kernel()?;
             let (y, alpha) = kernels::attention::causal_attention_with_weights_in(&qkv, &self.query_scale()?, self.n_head, bf16)?;
             (self.proj.forward(&y, kern, p)?, alpha)
         } else {
@@ -510,7 +510,7 @@ impl Gpt {
     /// where it applies (the head is the largest matrix of a GPT-2-sized model).
     fn head_cached(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        if self.kernels().fused_for(x) && b * t <= kernels::matvec::MAX_ROWS && !runs_bf16(self.precision, x) {
+        if self.kernels().fused_for(x) && b * t <= kernels::matvec::MAX_ROWS && self.precision == Precision::F32 {
             let x = self.ln_f.forward(x)?.reshape((b * t, c))?; // (B*T, C)
             return kernels::matvec::matvec(&x, self.head_weight())?.reshape((b, t, self.cfg.vocab_size));
         }

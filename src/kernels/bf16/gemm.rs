@@ -280,8 +280,8 @@ unsafe fn block(
     }
 }
 
-/// One tile of `rows` x `cols` (cols <= strips * NR), through a scratch tile where it is narrower
-/// than the kernel's width.
+/// One tile of `rows` x `cols` (cols <= strips * NR) through the chosen microkernel, via a
+/// scratch tile where it is narrower than the kernel's width.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     kernel: Kernel,
@@ -290,43 +290,21 @@ unsafe fn tile(
     b0: *const u32,
     b1: *const u32,
     strips: usize,
-    c: *mut f32,
-    ldc: usize,
+    c_out: *mut f32,
+    ldc_out: usize,
     rows: usize,
     cols: usize,
     load: bool,
 ) {
     let width = strips * NR;
-    if cols < width {
-        let mut tmp = [0f32; MR * 2 * NR];
-        if load {
-            for r in 0..rows {
-                std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr().add(r * width), cols);
-            }
-        }
-        tile_full(kernel, kc, a, b0, b1, strips, tmp.as_mut_ptr(), width, rows, load);
+    let mut tmp = [0f32; MR * 2 * NR];
+    let narrow = cols < width;
+    let (c, ldc) = if narrow { (tmp.as_mut_ptr(), width) } else { (c_out, ldc_out) };
+    if narrow && load {
         for r in 0..rows {
-            std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * width), c.add(r * ldc), cols);
+            std::ptr::copy_nonoverlapping(c_out.add(r * ldc_out), c.add(r * width), cols);
         }
-    } else {
-        tile_full(kernel, kc, a, b0, b1, strips, c, ldc, rows, load);
     }
-}
-
-/// A tile of `rows` x `strips * NR` through the chosen microkernel.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_full(
-    kernel: Kernel,
-    kc: usize,
-    a: *const u32,
-    b0: *const u32,
-    b1: *const u32,
-    strips: usize,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    load: bool,
-) {
     // Monomorphised for each row count 1..=MR: `$body` sees it as the const `R`.
     macro_rules! with_rows {
         ($body:expr) => {
@@ -367,6 +345,11 @@ unsafe fn tile_full(
                 let b = if s == 0 { b0 } else { b1 };
                 micro::tile_scalar(kc, a, b, c.add(s * NR), ldc, rows, NR, load);
             }
+        }
+    }
+    if narrow {
+        for r in 0..rows {
+            std::ptr::copy_nonoverlapping(c.add(r * width), c_out.add(r * ldc_out), cols);
         }
     }
 }
