@@ -134,6 +134,7 @@ pub fn read(dir: &Path, tokenizer: Option<&Path>) -> Result<Imported> {
         tied_head,
         start: Start::Token(start),
         real_vocab_size: None,
+        ..ModelConfig::nano_cpu(2)
     };
     Ok(Imported { model, tokenizer: tok, weights, origin: format!("gpt2:{}", dir.display()) })
 }

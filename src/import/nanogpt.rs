@@ -78,6 +78,7 @@ pub fn read(path: &Path, meta: Option<&Path>, tokenizer: Option<&Path>) -> Resul
         tied_head,
         start,
         real_vocab_size: None,
+        ..ModelConfig::nano_cpu(2)
     };
     Ok(Imported { model, tokenizer: tok, weights, origin: format!("nanogpt:{}", path.display()) })
 }

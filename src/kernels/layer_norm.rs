@@ -3,6 +3,9 @@
 //! x^ = (x - mean) / sigma and g = dy * w:
 //!
 //!   dx = (g - mean(g) - x^ mean(g x^)) / sigma,   dw = sum over rows of dy * x^
+//!
+//! RMSNorm is the same op without the centring: y = x / sqrt(mean(x^2) + eps) * w, whose
+//! backward drops the mean(g) term.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -14,7 +17,16 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if w.dims1()? != c {
         candle_core::bail!("layer_norm: weight {:?} does not fit rows of {c}", w.shape())
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, LayerNorm { eps: eps as f32 })
+    x.contiguous()?.apply_op2(&w.contiguous()?, LayerNorm { eps: eps as f32, centred: true })
+}
+
+/// RMSNorm of `x` `(..., C)` with weight `w` `(C,)` (Llama's, with its epsilon inside the root).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let c = x.dim(candle_core::D::Minus1)?;
+    if w.dims1()? != c {
+        candle_core::bail!("rms_norm: weight {:?} does not fit rows of {c}", w.shape())
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, LayerNorm { eps: eps as f32, centred: false })
 }
 
 /// Rows per parallel work item.
@@ -22,12 +34,14 @@ const ROWS_PER_ITEM: usize = 64;
 
 struct LayerNorm {
     eps: f32,
+    /// Subtract the row mean (LayerNorm) or not (RMSNorm).
+    centred: bool,
 }
 
 #[inline(always)]
-fn stats(x: &[f32], eps: f32) -> (f32, f32) {
+fn stats(x: &[f32], eps: f32, centred: bool) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = simd::sum(x) / n;
+    let mean = if centred { simd::sum(x) / n } else { 0.0 };
     let mut acc = [0f32; simd::LANES];
     let chunks = x.chunks_exact(simd::LANES);
     let rest = chunks.remainder();
@@ -42,8 +56,8 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
 }
 
 simd::dispatch! {
-    fn forward_row(x: &[f32], w: &[f32], y: &mut [f32], eps: f32) {
-        let (mean, rstd) = stats(x, eps);
+    fn forward_row(x: &[f32], w: &[f32], y: &mut [f32], eps: f32, centred: bool) {
+        let (mean, rstd) = stats(x, eps, centred);
         for ((o, &v), &wv) in y.iter_mut().zip(x).zip(w) {
             *o = (v - mean) * rstd * wv;
         }
@@ -52,11 +66,11 @@ simd::dispatch! {
 
 simd::dispatch! {
     /// dx of one row; adds the row's dy * x^ to `dw`.
-    fn backward_row(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], eps: f32) {
+    fn backward_row(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], eps: f32, centred: bool) {
         let len = x.len();
         let (w, dy, dx, dw) = (&w[..len], &dy[..len], &mut dx[..len], &mut dw[..len]);
         let n = len as f32;
-        let (mean, rstd) = stats(x, eps);
+        let (mean, rstd) = stats(x, eps, centred);
         let (mut sg, mut sgx) = ([0f32; simd::LANES], [0f32; simd::LANES]);
         let mut i = 0;
         while i + simd::LANES <= x.len() {
@@ -77,7 +91,7 @@ simd::dispatch! {
             mgx += g * xh;
             dw[j] += dy[j] * xh;
         }
-        let (mg, mgx) = (mg / n, mgx / n);
+        let (mg, mgx) = (if centred { mg / n } else { 0.0 }, mgx / n);
         for j in 0..x.len() {
             let xh = (x[j] - mean) * rstd;
             dx[j] = rstd * (dy[j] * w[j] - mg - xh * mgx);
@@ -101,7 +115,7 @@ impl CustomOp2 for LayerNorm {
             for r in item * ROWS_PER_ITEM..rows.min((item + 1) * ROWS_PER_ITEM) {
                 // SAFETY: each row is written by one item only.
                 let dst = unsafe { out.slice(r * c, c) };
-                forward_row(&x[r * c..(r + 1) * c], w, dst, self.eps);
+                forward_row(&x[r * c..(r + 1) * c], w, dst, self.eps, self.centred);
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -109,7 +123,7 @@ impl CustomOp2 for LayerNorm {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = x.elem_count();
-        let grads = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBackward { eps: self.eps })?;
+        let grads = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBackward { eps: self.eps, centred: self.centred })?;
         let dx = grads.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = grads.narrow(0, n, w.elem_count())?;
         Ok((Some(dx), Some(dw)))
@@ -119,6 +133,7 @@ impl CustomOp2 for LayerNorm {
 /// (x, w, dy) -> [dx | dw], flat.
 struct LayerNormBackward {
     eps: f32,
+    centred: bool,
 }
 
 impl CustomOp3 for LayerNormBackward {
@@ -142,7 +157,7 @@ impl CustomOp3 for LayerNormBackward {
             for r in item * ROWS_PER_ITEM..rows.min((item + 1) * ROWS_PER_ITEM) {
                 let dx = unsafe { out_ptr.slice(r * c, c) };
                 let row = r * c..(r + 1) * c;
-                backward_row(&x[row.clone()], w, &dy[row], dx, dw, self.eps);
+                backward_row(&x[row.clone()], w, &dy[row], dx, dw, self.eps, self.centred);
             }
         });
         let dw = &mut out[x.len()..];

@@ -29,6 +29,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod matvec;
 pub mod rope;
+pub mod swiglu;
 mod simd;
 
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -11,7 +11,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use crate::config::{ModelConfig, Precision};
+use crate::config::Precision;
 use crate::kernels::bf16::ops::{self as bf16, WeightCache};
 use crate::kernels::{self, Kernels};
 
@@ -41,9 +41,9 @@ pub struct Dense {
 
 impl Dense {
     /// Weight initialised N(0, std), bias (if any) zero.
-    pub fn new(d_in: usize, d_out: usize, std: f64, cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(d_in: usize, d_out: usize, std: f64, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints((d_out, d_in), "weight", Init::Randn { mean: 0.0, stdev: std })?;
-        let bias = if cfg.bias { Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?) } else { None };
+        let bias = if bias { Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?) } else { None };
         Ok(Self { lin: Linear::new(weight, bias), packed: WeightCache::default() })
     }
 

@@ -16,6 +16,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::config::{ModelConfig, RopeScaling};
 use crate::kernels::rope::Tables;
 
 /// The frequency base of the original paper.
@@ -44,6 +45,18 @@ impl Rope {
         Self::at(&frequencies(head_dim, BASE), &p, dtype, dev)
     }
 
+    /// The tables of a model: its first `cfg.rotary_dims()` dimensions per head rotate, at
+    /// frequencies theta^(-2m/r) (rescaled as Llama 3 does where the config says so), for
+    /// positions 0..context.
+    pub fn for_model(cfg: &ModelConfig, dtype: DType, dev: &Device) -> Result<Self> {
+        let mut freqs = frequencies(cfg.rotary_dims(), cfg.rope_theta);
+        if let Some(s) = cfg.rope_scaling {
+            freqs = llama3_scaled(&freqs, s);
+        }
+        let p: Vec<f64> = (0..cfg.context).map(|p| p as f64).collect();
+        Self::at(&freqs, &p, dtype, dev)
+    }
+
     /// Tables for the given frequencies and positions (angles computed in f64).
     pub fn at(freqs: &[f64], positions: &[f64], dtype: DType, dev: &Device) -> Result<Self> {
         let (n, half) = (positions.len(), freqs.len());
@@ -59,9 +72,20 @@ impl Rope {
         self.cos.dims()[0]
     }
 
-    /// Rotate `x` `(B, H, T, D)` as if its T rows sat at positions `offset..offset + T`.
+    /// Dimensions the tables rotate (2 per frequency).
+    pub fn dims(&self) -> usize {
+        2 * self.host.half
+    }
+
+    /// Rotate `x` `(B, H, T, D)` as if its T rows sat at positions `offset..offset + T`: its
+    /// first [`Rope::dims`] dimensions, the rest passing through (partial rotary).
     pub fn apply_bhtd(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, h, t, d) = x.dims4()?;
+        let r = self.dims();
+        if d > r {
+            let rotated = self.apply_bhtd(&x.narrow(3, 0, r)?, offset)?;
+            return Tensor::cat(&[rotated, x.narrow(3, r, d - r)?], 3);
+        }
         let (cos, sin) = self.window(offset, t)?;
         let shape = (t, d / 2, 1); // broadcast over (B, H, T, D/2, 1)
         rotate(&x.reshape((b, h, t, d / 2, 2))?, &cos.reshape(shape)?, &sin.reshape(shape)?)?.reshape((b, h, t, d))
@@ -86,6 +110,28 @@ impl Rope {
         }
         Ok((self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?))
     }
+}
+
+/// Llama 3's rescaled frequencies (`rope_type` "llama3" in transformers): wavelengths 2 pi/omega
+/// above original_context / low_freq_factor are stretched by `factor`, those below
+/// original_context / high_freq_factor kept, and those between interpolated smoothly.
+pub fn llama3_scaled(freqs: &[f64], s: RopeScaling) -> Vec<f64> {
+    let ctx = s.original_context as f64;
+    let (low_wavelen, high_wavelen) = (ctx / s.low_freq_factor, ctx / s.high_freq_factor);
+    freqs
+        .iter()
+        .map(|&w| {
+            let wavelen = 2.0 * std::f64::consts::PI / w;
+            if wavelen < high_wavelen {
+                w
+            } else if wavelen > low_wavelen {
+                w / s.factor
+            } else {
+                let smooth = (ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * w / s.factor + smooth * w
+            }
+        })
+        .collect()
 }
 
 /// (x0 + i x1) (cos + i sin) for pairs on the last axis of `x` `(..., D/2, 2)`.

@@ -1,0 +1,342 @@
+//! Causal multi-head self-attention with a per-head inverse temperature.
+//!
+//! Attention of query head h at query i over the keys j it may see (j <= i, and within the
+//! layer's local window where it has one):
+//!
+//!   s_ij = beta_0 q_i . k_j                  (the score; E_ij = -s_ij is the energy)
+//!   alpha_ij = exp(beta_h s_ij) / Z_i,  Z_i = sum_j exp(beta_h s_ij),  beta_h = 1 / T_h
+//!
+//! beta_0 is the architecture's score scale (1/sqrt(d_head) for most families, 1 for GPT-Neo),
+//! so T_h = 1 for every head is the model as trained. `ln beta_h` is stored per layer as
+//! `blocks.L.attn.log_beta` `(n_head,)` and trained when `learn_temperature` is set. With
+//! grouped-query attention (n_kv_head < n_head) a group of query heads reads one key/value head,
+//! and each query head keeps its own beta.
+//!
+//! The projection `qkv` `(H D + 2 K D, d)` holds the queries' rows, then the keys', then the
+//! values'. Queries and keys may pass a per-head RMSNorm (Qwen3) and then the rotary phases of
+//! [`crate::model::rope`] (adjacent pairs; importers permute rotate-half models into this layout).
+//!
+//! The composed path below is the readable reference. For f32 on the CPU the same function runs
+//! through the fused attention kernel ([`crate::kernels::attention`]), and for the GPT shape the
+//! fused rotary kernel too.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use super::dense::{round_bf16, Dense};
+use super::norm::Norm;
+use super::residual_std;
+use super::rope::Rope;
+use crate::config::{ModelConfig, Norm as NormKind, Positions, Precision};
+use crate::kernels::{self, Kernels};
+
+/// Per-head Boltzmann statistics of one attention layer, for a batch of sequences.
+///
+/// `alpha` is what the attention applied; `ln_z` and `energy` come from scores recomputed apart
+/// from it. So `alpha` is the Boltzmann distribution of `energy` at `beta` exactly when
+/// `H(alpha) = beta <E>_alpha + ln Z`, the residual that [`crate::physics::thermo`] reports.
+#[derive(Debug, Clone)]
+pub struct AttnStats {
+    /// Attention weights alpha_ij as the layer applied them (the fused kernel's own on the CPU in
+    /// f32, the composed softmax elsewhere), `(B, H, T, T)`; zero where a key is not seen.
+    pub alpha: Tensor,
+    /// ln Z_i = ln sum_j exp(beta_h s_ij) of every query over the keys it sees, `(B, H, T)`, from
+    /// the recomputed scores (not from alpha).
+    pub ln_z: Tensor,
+    /// Energies E_ij = -s_ij = -beta_0 q_i.k_j, `(B, H, T, T)`; +inf for keys a query may not see
+    /// (the future, and outside a local window).
+    pub energy: Tensor,
+    /// Inverse temperature of every head, `(H,)`.
+    pub beta: Tensor,
+}
+
+/// Causal multi-head self-attention with a per-head inverse temperature.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: Dense,
+    proj: Dense,
+    /// Per-head RMSNorm of queries and keys (Qwen3), else None.
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
+    /// ln beta_h, `(H,)`.
+    log_beta: Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    /// beta_0.
+    score_scale: f64,
+    /// The local window of this layer, None where it is global.
+    window: Option<usize>,
+    /// The GPT shape, which the fused rotary kernel takes straight from the projection.
+    classic: bool,
+    /// Rotary phases applied to queries and keys (`Positions::Rope`), else None.
+    rope: Option<Rope>,
+    pub(crate) kernels: Kernels,
+    pub(crate) precision: Precision,
+}
+
+impl Attention {
+    /// Layer `layer` of the model `cfg` describes.
+    pub fn new(cfg: &ModelConfig, layer: usize, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+        let (d, h, kv, hd) = (cfg.d_model, cfg.n_head, cfg.kv_heads(), cfg.head_dim());
+        let qkv = Dense::new(d, (h + 2 * kv) * hd, init_std, cfg.has_qkv_bias(), vb.pp("qkv"))?;
+        let proj = Dense::new(h * hd, d, residual_std(cfg, init_std), cfg.bias, vb.pp("proj"))?;
+        let head_norm = |name: &str| -> Result<Option<Norm>> {
+            cfg.qk_norm.then(|| Norm::of_width(NormKind::RmsNorm, hd, false, cfg.ln_eps, kernels, vb.pp(name))).transpose()
+        };
+        let (q_norm, k_norm) = (head_norm("q_norm")?, head_norm("k_norm")?);
+        let log_beta = vb.get_with_hints(h, "log_beta", Init::Const(-cfg.attn_temperature.ln()))?;
+        let rope = match cfg.positions {
+            Positions::Learned => None,
+            Positions::Rope => Some(Rope::for_model(cfg, vb.dtype(), vb.device())?),
+        };
+        let window = cfg.window(layer);
+        let classic = kv == h && hd * h == d && !cfg.qk_norm && cfg.rotary_dims() == hd;
+        Ok(Self {
+            qkv,
+            proj,
+            q_norm,
+            k_norm,
+            log_beta,
+            n_head: h,
+            n_kv_head: kv,
+            head_dim: hd,
+            score_scale: cfg.score_scale(),
+            window,
+            classic,
+            rope,
+            kernels,
+            precision: Precision::F32,
+        })
+    }
+
+    /// The temperature T_h = 1/beta_h of every head.
+    pub fn temperatures(&self) -> Result<Vec<f64>> {
+        Ok(self.log_beta.to_dtype(DType::F64)?.to_vec1::<f64>()?.into_iter().map(|lb| (-lb).exp()).collect())
+    }
+
+    /// Replace every head's temperature (forward-only use: the new values are constants).
+    pub fn set_temperatures(&mut self, temps: &[f64]) -> Result<()> {
+        if temps.len() != self.n_head || !temps.iter().all(|&t| crate::config::valid_temperature(t)) {
+            candle_core::bail!(
+                "need {} temperatures, each finite and at least {:?}, got {temps:?}",
+                self.n_head,
+                crate::config::MIN_TEMPERATURE
+            )
+        }
+        let log_beta: Vec<f32> = temps.iter().map(|t| -(t.ln()) as f32).collect();
+        self.log_beta = Tensor::from_vec(log_beta, self.n_head, self.log_beta.device())?.to_dtype(self.log_beta.dtype())?;
+        Ok(())
+    }
+
+    /// Queries `(B, H, T, D)`, keys and values `(B, K, T, D)` of the projection `(B, T, (H + 2K) D)`
+    /// of rows at positions `offset..`: queries and keys normalised (Qwen3) and rotated where
+    /// the model does so.
+    fn heads(&self, qkv: &Tensor, offset: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        let (mut q, mut k, v) = self.split_plain(qkv)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            (q, k) = (qn.forward(&q)?, kn.forward(&k)?);
+        }
+        match &self.rope {
+            Some(rope) => Ok((rope.apply_bhtd(&q, offset)?, rope.apply_bhtd(&k, offset)?, v)),
+            None => Ok((q, k, v)),
+        }
+    }
+
+    /// Queries `(B, H, T, D)`, keys and values `(B, K, T, D)`, split from the projection as they
+    /// are (no norm, no rotary phases).
+    fn split_plain(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = qkv.dims3()?;
+        let (h, kv, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let part = |start: usize, heads: usize| qkv.narrow(2, start * d, heads * d)?.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
+        Ok((part(0, h)?, part(h, kv)?, part(h + kv, kv)?))
+    }
+
+    /// Keys or values `(B, K, T, D)` read by every query head: `(B, H, T, D)`, query head h
+    /// reading key head h / (H / K). Unchanged without grouping.
+    fn expand_kv(&self, x: &Tensor) -> Result<Tensor> {
+        let group = self.n_head / self.n_kv_head;
+        if group == 1 {
+            return Ok(x.clone());
+        }
+        let (b, kv, t, d) = x.dims4()?;
+        x.unsqueeze(2)?.expand((b, kv, group, t, d))?.reshape((b, kv * group, t, d))
+    }
+
+    /// The projection `(B, T, 3C)` of rows at positions `offset..` with its q and k thirds
+    /// rotated by the fused kernel (GPT shape only; unchanged without rotary positions).
+    fn rotate_fused(&self, qkv: Tensor, offset: usize) -> Result<Tensor> {
+        match &self.rope {
+            Some(rope) => kernels::rope::rotate_qk(&qkv, rope.tables(), offset),
+            None => Ok(qkv),
+        }
+    }
+
+    /// The fused attention kernel's input `(B, T, 3 H D)`: queries and (expanded) keys and values
+    /// after their norm and rotary phases.
+    fn packed(&self, qkv: Tensor) -> Result<Tensor> {
+        if self.classic {
+            return self.rotate_fused(qkv, 0);
+        }
+        let (q, k, v) = self.heads(&qkv, 0)?;
+        let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
+        Tensor::cat(&[Self::merge_heads(&q)?, Self::merge_heads(&k)?, Self::merge_heads(&v)?], 2)
+    }
+
+    /// Merge heads: `(B, H, T, D)` -> `(B, T, H D)`.
+    fn merge_heads(y: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = y.dims4()?;
+        y.transpose(1, 2)?.reshape((b, t, h * d))
+    }
+
+    /// beta_h beta_0, `(H,)`: the factor folded into the queries.
+    fn query_scale(&self) -> Result<Tensor> {
+        self.log_beta.exp()? * self.score_scale
+    }
+
+    /// The bf16 kernel of the fused attention's products, None in f32.
+    fn bf16_kernel(&self) -> Result<Option<kernels::bf16::Kernel>> {
+        if self.precision == Precision::Bf16 {
+            Ok(Some(kernels::bf16::ops::kernel()?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// This layer's additive mask for queries whose causal mask is `causal` `(Tq, Tk)`: the
+    /// same, with keys outside the local window masked too.
+    fn layer_mask(&self, causal: Option<&Tensor>, tq: usize, tk: usize, dev: &Device) -> Result<Option<Tensor>> {
+        match self.window {
+            Some(w) if tk > w => Ok(Some(causal_mask(tk - tq, tq, Some(w), DType::F32, dev)?)),
+            _ => Ok(causal.cloned()),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (p, kern) = (self.precision, self.kernels);
+        let projected = self.qkv.forward(x, kern, p)?; // (B, T, (H + 2K) D)
+        if kern.fused_for(x) && self.window.is_none() {
+            // The same function in one op, from the queries, keys and values to the merged heads.
+            let y = kernels::attention::causal_attention_in(&self.packed(projected)?, &self.query_scale()?, self.n_head, self.bf16_kernel()?)?; // (B, T, H D)
+            return self.proj.forward(&y, kern, p);
+        }
+        // The readable reference: queries, keys and values (B, H, T, D) each, the Boltzmann
+        // weights over the allowed keys, the heads merged and projected back.
+        let (b, t, _) = x.dims3()?;
+        let (q, k, v) = self.heads(&projected, 0)?;
+        let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
+        let mask = self.layer_mask(Some(mask), t, t, x.device())?.expect("a causal mask was given");
+        let scale = self.query_scale()?;
+        let y = match p {
+            Precision::F32 => scaled_attention(&q, &k, &v, &scale, Some(&mask))?, // (B, H, T, D)
+            Precision::Bf16 => rounded_attention(&q, &k, &v, &scale, &mask)?,
+        };
+        debug_assert_eq!(y.dims4()?.0, b);
+        self.proj.forward(&Self::merge_heads(&y)?, kern, p) // (B, T, d)
+    }
+
+    /// Forward pass for new positions only, appending their keys and values to `cache`
+    /// (preallocated for the whole context, so appending copies only the new positions).
+    pub(crate) fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
+        let past = cache.current_seq_len();
+        let qkv = self.qkv.forward_only(x, self.kernels, self.precision)?; // (B, Tnew, (H + 2K) D)
+        let (q, k, v) = if self.classic && self.kernels.fused_for(&qkv) {
+            self.split_plain(&self.rotate_fused(qkv, past)?)?
+        } else {
+            self.heads(&qkv, past)?
+        }; // (B, H, Tnew, D), (B, K, Tnew, D) twice
+        // Views of the cache, (B, K, Tpast+Tnew, D): strided only along T, so B and H still fold
+        // into one batch dimension of the matmuls and no copy is needed.
+        let (k, v) = cache.append(&k, &v)?;
+        let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
+        let (tq, tk) = (q.dim(2)?, k.dim(2)?);
+        let mask = self.layer_mask(mask, tq, tk, x.device())?;
+        let y = Self::merge_heads(&scaled_attention(&q, &k, &v, &self.query_scale()?, mask.as_ref())?)?;
+        self.proj.forward_only(&y, self.kernels, self.precision)
+    }
+
+    /// Forward pass that also returns, for every head, the weights alpha the attention actually
+    /// applied (the fused kernel's own where it runs, else the composed softmax) and, computed
+    /// apart from them, the energies E_ij = -s_ij and ln Z_i = logsumexp_j(beta_h s_ij) of scores
+    /// recomputed from q and k by the composed path. Forward-only.
+    pub(crate) fn forward_with_stats(&self, x: &Tensor, mask: &Tensor) -> Result<(Tensor, AttnStats)> {
+        let (p, kern) = (self.precision, self.kernels);
+        let t = x.dim(1)?;
+        let projected = self.qkv.forward(x, kern, p)?; // (B, T, (H + 2K) D)
+        let (q, k, v) = self.heads(&projected, 0)?; // composed norm and rotary phases
+        let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?); // (B, H, T, D)
+        let mask = self.layer_mask(Some(mask), t, t, x.device())?.expect("a causal mask was given");
+        let beta = self.log_beta.exp()?; // (H,)
+        let (y, alpha) = if kern.fused_for(x) && self.window.is_none() {
+            let bf16 = self.bf16_kernel()?;
+            let (y, alpha) = kernels::attention::causal_attention_with_weights_in(&self.packed(projected)?, &self.query_scale()?, self.n_head, bf16)?;
+            (self.proj.forward(&y, kern, p)?, alpha)
+        } else {
+            let alpha = scaled_weights(&q, &k, &self.query_scale()?, Some(&mask))?;
+            (self.proj.forward(&Self::merge_heads(&alpha.matmul(&v)?)?, kern, p)?, alpha)
+        };
+        // The reported side, independent of alpha: s_ij = beta_0 q_i.k_j and its log-sum-exp.
+        let s = (q.matmul(&k.t()?)? * self.score_scale)?.broadcast_add(&mask)?; // -inf masked: (B, H, T, T)
+        let bs = s.broadcast_mul(&beta.reshape((1, self.n_head, 1, 1))?)?; // beta_h s_ij
+        let max = bs.max_keepdim(D::Minus1)?; // (B, H, T, 1), finite: the diagonal is always allowed
+        let ln_z = (bs.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (B, H, T, 1)
+        let stats = AttnStats { alpha, ln_z: ln_z.squeeze(D::Minus1)?, energy: s.neg()?, beta };
+        Ok((y, stats))
+    }
+}
+
+/// Additive mask `(T, past + T)` in `dtype` for T queries that follow `past` cached positions:
+/// query i (absolute position past + i) may see keys j <= past + i, and with a local `window`
+/// w only those with j > past + i - w; 0 where it may, -inf elsewhere. With past = 0 and no
+/// window, the usual lower-triangular `(T, T)` mask.
+pub fn causal_mask(past: usize, t: usize, window: Option<usize>, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let w = window.unwrap_or(usize::MAX);
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..past + t).map(move |j| if j <= past + i && past + i - j < w { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (t, past + t), dev)?.to_dtype(dtype)
+}
+
+/// Boltzmann attention on explicit queries, keys and values:
+///
+///   alpha_ij = exp(beta_h q_i.k_j / sqrt(D) + b_ij) / Z_i,   out_i = sum_j alpha_ij v_j
+///
+/// q `(B, H, Tq, D)`, k `(B, H, Tk, D)`, v `(B, H, Tk, Dv)`, beta `(H,)`, and an additive bias
+/// `(Tq, Tk)` (the causal mask's 0 / -inf, or any per-key energy shift; None: 0) ->
+/// `(B, H, Tq, Dv)`. Any float dtype; differentiable.
+pub fn boltzmann_attention(q: &Tensor, k: &Tensor, v: &Tensor, beta: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    boltzmann_weights(q, k, beta, bias)?.matmul(v) // (B, H, Tq, Dv)
+}
+
+/// The weights of [`boltzmann_attention`]: alpha `(B, H, Tq, Tk)`, each row summing to 1.
+pub fn boltzmann_weights(q: &Tensor, k: &Tensor, beta: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let d = q.dim(3)?;
+    scaled_weights(q, k, &(beta / (d as f64).sqrt())?, bias)
+}
+
+/// [`boltzmann_attention`] with the whole per-head factor `scale` `(H,)` = beta_h beta_0 given.
+fn scaled_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    scaled_weights(q, k, scale, bias)?.matmul(v) // (B, H, Tq, Dv)
+}
+
+/// Softmax over keys of `scale_h q_i.k_j + bias_ij`: `(B, H, Tq, Tk)`.
+fn scaled_weights(q: &Tensor, k: &Tensor, scale: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let h = q.dim(1)?;
+    // The factor folded into q: cheaper than scaling the (Tq, Tk) scores, same numbers.
+    let q = q.broadcast_mul(&scale.reshape((1, h, 1, 1))?)?;
+    let mut logits = q.matmul(&k.t()?)?; // beta_h s_ij: (B, H, Tq, Tk)
+    if let Some(bias) = bias {
+        logits = logits.broadcast_add(bias)?; // e.g. -inf where a key is in the future
+    }
+    candle_nn::ops::softmax(&logits, D::Minus1) // (B, H, Tq, Tk)
+}
+
+/// [`scaled_attention`] with every product's operands rounded to bf16 (the scaled queries, the
+/// keys, the weights and the values): the composed reference of the fused kernel's bf16 path.
+fn rounded_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let h = q.dim(1)?;
+    let q = round_bf16(&q.broadcast_mul(&scale.reshape((1, h, 1, 1))?)?)?;
+    let logits = q.matmul(&round_bf16(k)?.t()?)?.broadcast_add(mask)?; // beta_h s_ij: (B, H, Tq, Tk)
+    let alpha = candle_nn::ops::softmax(&logits, D::Minus1)?;
+    round_bf16(&alpha)?.matmul(&round_bf16(v)?) // (B, H, Tq, Dv)
+}

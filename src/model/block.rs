@@ -1,0 +1,60 @@
+//! One pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(.)); or, with a
+//! parallel residual (Pythia), x + attn(norm1(x)) + mlp(norm2(x)).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::attention::{AttnStats, Attention};
+use super::mlp::Mlp;
+use super::norm::Norm;
+use crate::config::ModelConfig;
+use crate::kernels::Kernels;
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub(crate) ln1: Norm,
+    pub(crate) attn: Attention,
+    pub(crate) ln2: Norm,
+    pub(crate) mlp: Mlp,
+    parallel: bool,
+}
+
+impl Block {
+    /// Layer `layer` of the model `cfg` describes.
+    pub fn new(cfg: &ModelConfig, layer: usize, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            ln1: Norm::new(cfg, kernels, vb.pp("ln1"))?,
+            attn: Attention::new(cfg, layer, init_std, kernels, vb.pp("attn"))?,
+            ln2: Norm::new(cfg, kernels, vb.pp("ln2"))?,
+            mlp: Mlp::new(cfg, init_std, kernels, vb.pp("mlp"))?,
+            parallel: cfg.parallel_residual,
+        })
+    }
+
+    /// The residual update around the attention output `a` of `x`, with `mlp` the MLP's
+    /// forward (cached or not).
+    fn residual(&self, x: &Tensor, a: Tensor, mlp: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        if self.parallel {
+            // Both branches read the block's input.
+            return x + (a + mlp(&self.ln2.forward(x)?)?)?;
+        }
+        // Attention is the only layer that mixes information across positions.
+        let x = (x + a)?;
+        &x + mlp(&self.ln2.forward(&x)?)?
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let a = self.attn.forward(&self.ln1.forward(x)?, mask)?;
+        self.residual(x, a, |h| self.mlp.forward(h))
+    }
+
+    pub(crate) fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
+        let a = self.attn.forward_cached(&self.ln1.forward(x)?, mask, cache)?;
+        self.residual(x, a, |h| self.mlp.forward_cached(h))
+    }
+
+    pub(crate) fn forward_with_stats(&self, x: &Tensor, mask: &Tensor) -> Result<(Tensor, AttnStats)> {
+        let (a, stats) = self.attn.forward_with_stats(&self.ln1.forward(x)?, mask)?;
+        Ok((self.residual(x, a, |h| self.mlp.forward(h))?, stats))
+    }
+}
