@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use serde::Deserialize;
 
-use super::{head_is_tied, normalise_names, Imported};
+use super::{head_is_tied, normalise_names, to_thermoformer, Imported};
 use crate::config::{Activation, ModelConfig, Positions, Start};
 use crate::data::tokenizer::Tok;
 use crate::error::UsageError;
@@ -136,7 +136,10 @@ pub fn read(dir: &Path, tokenizer: Option<&Path>) -> Result<Imported> {
         real_vocab_size: None,
         ..ModelConfig::nano_cpu(2)
     };
-    Ok(Imported { model, tokenizer: tok, weights, origin: format!("gpt2:{}", dir.display()) })
+    let origin = format!("gpt2:{}", dir.display());
+    model.validate().with_context(|| format!("the model in {origin}"))?;
+    let weights = to_thermoformer(&model, weights)?;
+    Ok(Imported { model, tokenizer: tok, weights, origin })
 }
 
 /// The token GPT-2 starts sequences with: `bos_token_id`'s, else `<|endoftext|>`.

@@ -1,19 +1,27 @@
 //! `thermoformer import`: models trained elsewhere as ordinary run directories.
 //!
-//! Two sources, each a module that reads its format into an [`Imported`] (the model config, the
-//! tokenizer, and the weights under GPT-2's module names), which [`write_run`] maps onto this
-//! crate's tensor names and saves like a trained run:
+//! One module per family, each reading its format into an [`Imported`] (the model config, the
+//! tokenizer, and the weights under this crate's tensor names), which [`write_run`] saves like a
+//! trained run. A family is a table of names and transforms onto the one model, not a model of
+//! its own:
 //!
-//! - [`gpt2`]: a Hugging Face GPT-2-family directory (`config.json`, `model.safetensors`,
-//!   `tokenizer.json`), whose Conv1D weights are stored `(in, out)`;
-//! - [`nanogpt`]: a nanoGPT `ckpt.pt` (a torch zip pickle), whose Linear weights are `(out, in)`,
-//!   with its char `meta.pkl` or a `tokenizer.json`.
+//! - [`gpt2`]: Hugging Face GPT-2 folders, whose Conv1D weights are stored `(in, out)`;
+//! - [`llama`]: Llama, Qwen2 and Qwen3 folders (RMSNorm, SwiGLU, grouped-query attention);
+//! - [`gpt_neox`]: GPT-NeoX (Pythia) folders (partial rotary, parallel residual);
+//! - [`gpt_neo`]: GPT-Neo (TinyStories) folders (local layers, unscaled scores);
+//! - [`nanogpt`]: a nanoGPT `ckpt.pt` (a torch zip pickle), with its char `meta.pkl` or a
+//!   `tokenizer.json`.
 //!
-//! Both name their modules as GPT-2 does (`wte`, `wpe`, `h.L.ln_1`, `h.L.attn.c_attn`, ...), so
-//! the mapping onto `tok_emb`, `pos_emb`, `blocks.L.ln1`, `blocks.L.attn.qkv`, ... is written once,
-//! here. Every head starts at T = 1 (`log_beta` = 0).
+//! [`hf`] holds what the Hugging Face folders share (config fields, safetensors, shards and
+//! `pytorch_model.bin`, the tokenizer and start token). GPT-2 and nanoGPT name their modules
+//! alike (`wte`, `h.L.attn.c_attn`, ...), so their mapping is [`to_thermoformer`]. Every head
+//! starts at T = 1 (`log_beta` = 0), which is the model as trained.
 
 pub mod gpt2;
+pub mod gpt_neo;
+pub mod gpt_neox;
+pub mod hf;
+pub mod llama;
 pub mod nanogpt;
 
 use std::collections::HashMap;
@@ -43,13 +51,14 @@ pub struct ImportRequest {
     pub overwrite: bool,
 }
 
-/// A source model read into memory: its config, tokenizer, and weights by GPT-2 module name with
-/// every matrix `(out, in)` (as `nn.Linear` stores it) and no prefix.
+/// A source model read into memory: its config, tokenizer, and weights under this crate's tensor
+/// names, every matrix `(out, in)` (as `nn.Linear` stores it).
 pub struct Imported {
     pub model: ModelConfig,
     pub tokenizer: Tok,
     pub weights: HashMap<String, Tensor>,
-    /// `gpt2:PATH` or `nanogpt:PATH`, saved as the run's `imported_from`.
+    /// `FAMILY:PATH` (`gpt2:`, `llama:`, `qwen2:`, `gpt_neox:`, `nanogpt:`, ...), saved as the
+    /// run's `imported_from`.
     pub origin: String,
 }
 
@@ -61,6 +70,7 @@ pub struct ImportReport {
     pub params: usize,
     pub n_layer: usize,
     pub n_head: usize,
+    pub n_kv_head: usize,
     pub d_model: usize,
     pub context: usize,
     pub vocab_size: usize,
@@ -82,13 +92,35 @@ pub fn import(req: &ImportRequest) -> Result<ImportReport> {
         if req.meta.is_some() {
             return Err(UsageError("--meta is nanoGPT's char vocabulary; a Hugging Face directory has its own tokenizer.json".into()).into());
         }
-        gpt2::read(&req.source, req.tokenizer.as_deref())?
+        read_folder(&req.source, req.tokenizer.as_deref())?
     } else if req.source.is_file() {
         nanogpt::read(&req.source, req.meta.as_deref(), req.tokenizer.as_deref())?
     } else {
-        return Err(UsageError(format!("{} does not exist (import reads a Hugging Face GPT-2 directory or a nanoGPT ckpt.pt)", req.source.display())).into());
+        return Err(UsageError(format!("{} does not exist (import reads a Hugging Face model folder or a nanoGPT ckpt.pt)", req.source.display())).into());
     };
     write_run(&req.out, imported)
+}
+
+/// The `model_type`s import reads from a Hugging Face folder.
+pub const MODEL_TYPES: [&str; 6] = ["gpt2", "llama", "qwen2", "qwen3", "gpt_neox", "gpt_neo"];
+
+/// A Hugging Face folder, by its config's `model_type`.
+fn read_folder(dir: &Path, tokenizer: Option<&Path>) -> Result<Imported> {
+    let cfg = hf::HfConfig::read(dir)?;
+    let supported = MODEL_TYPES.join(", ");
+    match cfg.model_type() {
+        Some("gpt2") => gpt2::read(dir, tokenizer),
+        Some(t) if llama::MODEL_TYPES.contains(&t) => llama::read(dir, &cfg, tokenizer),
+        Some(gpt_neox::MODEL_TYPE) => gpt_neox::read(dir, &cfg, tokenizer),
+        Some(gpt_neo::MODEL_TYPE) => gpt_neo::read(dir, &cfg, tokenizer),
+        Some(other) => Err(UsageError(format!("{}: unknown model_type {other:?}; import reads {supported}", cfg.path.display())).into()),
+        None => Err(UsageError(format!("{} has no model_type; import reads {supported}", cfg.path.display())).into()),
+    }
+}
+
+/// ln beta = 0 for `heads` heads: T = 1, the model as trained.
+pub(crate) fn unit_temperatures(heads: usize) -> Result<Tensor> {
+    Ok(Tensor::zeros(heads, DType::F32, &Device::Cpu)?)
 }
 
 /// Refuse an existing, non-empty `out` unless it may be replaced: a checkpoint, as any run
@@ -199,8 +231,7 @@ pub fn write_run(out: &Path, imported: Imported) -> Result<ImportReport> {
     let Imported { model, tokenizer, weights, origin } = imported;
     model.validate().with_context(|| format!("the model in {origin}"))?;
     check_vocab_fits(&tokenizer, &model, &origin)?;
-    let tensors = to_thermoformer(&model, weights)?;
-    let (params, _) = Params::from_tensors(&model, tensors, &Device::Cpu)?;
+    let (params, _) = Params::from_tensors(&model, weights, &Device::Cpu)?;
     let train = TrainConfig { tokenizer: tokenizer.kind(), ..TrainConfig::default() };
     // Rows past the tokenizer's are padding: never produced by it, never sampled.
     let model = ModelConfig { real_vocab_size: (tokenizer.vocab_size() < model.vocab_size).then_some(tokenizer.vocab_size()), ..model };
@@ -224,6 +255,7 @@ pub fn write_run(out: &Path, imported: Imported) -> Result<ImportReport> {
         params: params.count(),
         n_layer: model.n_layer,
         n_head: model.n_head,
+        n_kv_head: model.kv_heads(),
         d_model: model.d_model,
         context: model.context,
         vocab_size: model.vocab_size,

@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::pickle::{Object, Stack};
 
-use super::{head_is_tied, normalise_names, Imported};
+use super::{head_is_tied, normalise_names, to_thermoformer, Imported};
 use crate::config::{Activation, ModelConfig, Positions, Start};
 use crate::data::tokenizer::Tok;
 use crate::error::UsageError;
@@ -80,7 +80,10 @@ pub fn read(path: &Path, meta: Option<&Path>, tokenizer: Option<&Path>) -> Resul
         real_vocab_size: None,
         ..ModelConfig::nano_cpu(2)
     };
-    Ok(Imported { model, tokenizer: tok, weights, origin: format!("nanogpt:{}", path.display()) })
+    let origin = format!("nanogpt:{}", path.display());
+    model.validate().with_context(|| format!("the model in {origin}"))?;
+    let weights = to_thermoformer(&model, weights)?;
+    Ok(Imported { model, tokenizer: tok, weights, origin })
 }
 
 /// The `model_args` dict of a torch checkpoint, or an error saying the file is not one of nanoGPT's.

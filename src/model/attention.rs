@@ -27,7 +27,7 @@ use super::dense::{round_bf16, Dense};
 use super::norm::Norm;
 use super::residual_std;
 use super::rope::Rope;
-use crate::config::{ModelConfig, Norm as NormKind, Positions, Precision};
+use crate::config::{ModelConfig, Norm as NormKind, Precision};
 use crate::kernels::{self, Kernels};
 
 /// Per-head Boltzmann statistics of one attention layer, for a batch of sequences.
@@ -76,8 +76,9 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// Layer `layer` of the model `cfg` describes.
-    pub fn new(cfg: &ModelConfig, layer: usize, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+    /// Layer `layer` of the model `cfg` describes, with the model's rotary tables (shared by
+    /// every layer) where it has them.
+    pub fn new(cfg: &ModelConfig, layer: usize, rope: Option<&Rope>, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let (d, h, kv, hd) = (cfg.d_model, cfg.n_head, cfg.kv_heads(), cfg.head_dim());
         let qkv = Dense::new(d, (h + 2 * kv) * hd, init_std, cfg.has_qkv_bias(), vb.pp("qkv"))?;
         let proj = Dense::new(h * hd, d, residual_std(cfg, init_std), cfg.bias, vb.pp("proj"))?;
@@ -86,10 +87,7 @@ impl Attention {
         };
         let (q_norm, k_norm) = (head_norm("q_norm")?, head_norm("k_norm")?);
         let log_beta = vb.get_with_hints(h, "log_beta", Init::Const(-cfg.attn_temperature.ln()))?;
-        let rope = match cfg.positions {
-            Positions::Learned => None,
-            Positions::Rope => Some(Rope::for_model(cfg, vb.dtype(), vb.device())?),
-        };
+        let rope = rope.cloned();
         let window = cfg.window(layer);
         let classic = kv == h && hd * h == d && !cfg.qk_norm && cfg.rotary_dims() == hd;
         Ok(Self {
@@ -247,7 +245,7 @@ impl Attention {
         }; // (B, H, Tnew, D), (B, K, Tnew, D) twice
         // Views of the cache, (B, K, Tpast+Tnew, D): strided only along T, so B and H still fold
         // into one batch dimension of the matmuls and no copy is needed.
-        let (k, v) = cache.append(&k, &v)?;
+        let (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
         let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
         let (tq, tk) = (q.dim(2)?, k.dim(2)?);
         let mask = self.layer_mask(mask, tq, tk, x.device())?;

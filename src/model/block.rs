@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use super::attention::{AttnStats, Attention};
 use super::mlp::Mlp;
 use super::norm::Norm;
+use super::rope::Rope;
 use crate::config::ModelConfig;
 use crate::kernels::Kernels;
 
@@ -20,11 +21,11 @@ pub struct Block {
 }
 
 impl Block {
-    /// Layer `layer` of the model `cfg` describes.
-    pub fn new(cfg: &ModelConfig, layer: usize, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+    /// Layer `layer` of the model `cfg` describes; `rope`: the model's rotary tables, if any.
+    pub fn new(cfg: &ModelConfig, layer: usize, rope: Option<&Rope>, init_std: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             ln1: Norm::new(cfg, kernels, vb.pp("ln1"))?,
-            attn: Attention::new(cfg, layer, init_std, kernels, vb.pp("attn"))?,
+            attn: Attention::new(cfg, layer, rope, init_std, kernels, vb.pp("attn"))?,
             ln2: Norm::new(cfg, kernels, vb.pp("ln2"))?,
             mlp: Mlp::new(cfg, init_std, kernels, vb.pp("mlp"))?,
             parallel: cfg.parallel_residual,

@@ -81,8 +81,13 @@ impl Gpt {
             Positions::Learned => Some(vb.pp("pos_emb").get_with_hints((cfg.context, cfg.d_model), "weight", normal)?),
             Positions::Rope => None, // positions enter as phases of q and k, inside attention
         };
+        // One table of rotary phases for every layer.
+        let rope = match cfg.positions {
+            Positions::Learned => None,
+            Positions::Rope => Some(rope::Rope::for_model(cfg, vb.dtype(), vb.device())?),
+        };
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(cfg, i, init_std, kernels, vb.pp("blocks").pp(i)))
+            .map(|i| Block::new(cfg, i, rope.as_ref(), init_std, kernels, vb.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = Norm::new(cfg, kernels, vb.pp("ln_f"))?;
         let lm_head = if cfg.tied_head {
