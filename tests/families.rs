@@ -155,6 +155,13 @@ fn a_local_heads_ensemble_is_its_window() {
     let ids: Vec<u32> = std::iter::once(e.start).chain(e.ids[1].iter().copied()).collect();
     let x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let (logits, stats) = loaded.model.forward_with_stats(&x).unwrap();
+    // Every head's thermodynamics is finite, and alpha is the Boltzmann distribution of the
+    // energies it saw: H = beta <E> + ln Z, row by row.
+    for s in thermoformer::physics::thermo::head_summaries(&stats).unwrap() {
+        let values = [s.entropy, s.ln_z, s.mean_energy, s.heat_capacity, s.normalized_entropy];
+        assert!(values.iter().all(|v| v.is_finite()), "head {}.{}: {s:?}", s.layer, s.head);
+        assert!(s.identity_residual < 1e-4, "head {}.{}: residual {}", s.layer, s.head, s.identity_residual);
+    }
     let plain = loaded.model.forward(&x).unwrap();
     let gap = (logits - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(gap < 1e-5, "the stats path's logits differ by {gap}");

@@ -241,25 +241,37 @@ fn eight_clients_share_the_model_and_every_answer_is_right() {
     eprintln!("load: 400 requests, p50 {:.1} ms, p99 {:.1} ms", sorted[200], sorted[396]);
 }
 
+/// Imported models are served as `score` reads them: GPT-2, and a Qwen3 whose four query heads
+/// share one key/value head, where a slider moves its own head's temperature only.
 #[test]
-fn an_imported_gpt2_is_served_as_score_reads_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import/gpt2-untied");
-    let run = tmp.path().join("gpt2");
-    let o = common::run(&["import", src.to_str().unwrap(), "--out", run.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let run = run.display().to_string();
-    let server = start(&run);
-    let info: Value = agent().get(&format!("{}/api/info", server.url)).call().unwrap().body_mut().read_json().unwrap();
-    assert!(info["imported_from"].as_str().unwrap().starts_with("gpt2:"), "{info}");
-    let text = "Where is the king?";
-    let (status, got) = post(&server, "/api/score", &json!({"text": text, "temperatures": {"1.3": 0.4}}));
-    assert_eq!(status, 200, "{got}");
-    let want = cli_json(&["score", "--checkpoint", &run, "--text", text, "--format", "jsonl", "--head-temperature", "1.3=0.4"]);
-    close(&got["energy"], &want["energy"], "energy of an imported model");
-    assert_eq!(got["heads"].as_array().unwrap().len(), 8);
-    // Its start is its own <|endoftext|>.
-    assert_eq!(got["tokens"][0], "<|endoftext|>");
+fn imported_models_are_served_as_score_reads_them() {
+    for (fixture, family, head) in [("import/gpt2-untied", "gpt2:", "1.3"), ("families/qwen3", "qwen3:", "0.2")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+        let run = tmp.path().join("run");
+        let o = common::run(&["import", src.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let run = run.display().to_string();
+        let server = start(&run);
+        let info: Value = agent().get(&format!("{}/api/info", server.url)).call().unwrap().body_mut().read_json().unwrap();
+        assert!(info["imported_from"].as_str().unwrap().starts_with(family), "{info}");
+        let text = "Where is the king?";
+        let (status, got) = post(&server, "/api/score", &json!({"text": text, "temperatures": {head: 0.4}}));
+        assert_eq!(status, 200, "{got}");
+        let flag = format!("{head}=0.4");
+        let want = cli_json(&["score", "--checkpoint", &run, "--text", text, "--format", "jsonl", "--head-temperature", &flag]);
+        close(&got["energy"], &want["energy"], "energy of an imported model");
+        let heads = got["heads"].as_array().unwrap();
+        assert_eq!(heads.len(), 8);
+        // Only the named head is at T = 0.4, even where others read the same keys.
+        let (l, h): (u64, u64) = (head[..1].parse().unwrap(), head[2..].parse().unwrap());
+        for s in heads {
+            let named = s["layer"] == l && s["head"] == h;
+            close(&s["temperature"], &json!(if named { 0.4 } else { 1.0 }), "a head's temperature");
+        }
+        // Its start is its own <|endoftext|>.
+        assert_eq!(got["tokens"][0], "<|endoftext|>");
+    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::plot::{self, Series};
 pub struct InspectArgs {
     /// Text to read (as BOS + tokens; at most context-1 tokens). For every layer and head prints:
     /// T, mean entropy H (nats), H/ln(keys allowed), <exp H> (effective keys), mean ln Z, mean
-    /// energy <E> under alpha (E_ij = -q_i.k_j/sqrt(d)), heat capacity C = beta^2 Var(E), each
+    /// energy <E> under alpha (E_ij = -beta_0 q_i.k_j, beta_0 = 1/sqrt(d_head) for most families), heat capacity C = beta^2 Var(E), each
     /// averaged over query positions (the first, with one key, left out of H/ln n), and the largest
     /// |H - beta<E> - ln Z| over the rows.
     #[arg(long)]
@@ -189,7 +189,7 @@ fn run_rope(args: &InspectArgs, loaded: &Loaded, selection: &Selection) -> Resul
         }
         super::ReportFormat::Table => {
             writeln!(out, "{windows} validation windows of {context} tokens from {name}; positions: {positions}")?;
-            writeln!(out, "mean score s_ij = q_i.k_j/sqrt(d) at distance d = i - j, and the mean attended distance <d>")?;
+            writeln!(out, "mean score s_ij = beta_0 q_i.k_j at distance d = i - j, and the mean attended distance <d>")?;
             let ds: Vec<usize> = TABLE_DISTANCES.iter().copied().filter(|&d| d < context).chain(std::iter::once(context - 1)).collect();
             let mut ds = ds;
             ds.dedup();

@@ -1,26 +1,21 @@
-//! A GPT-style decoder-only transformer whose attention is a Boltzmann distribution per head.
+//! A decoder-only transformer whose attention is a Boltzmann distribution per head.
 //!
-//! Token embedding (+ learned positions, or rotary phases on q and k), `n_layer` pre-LayerNorm blocks of causal multi-head
-//! self-attention and a GELU MLP, a final LayerNorm, and an LM head tied to the token embedding.
-//! Models trained here have no biases in Linear layers and LayerNorms (as nanoGPT with
-//! `bias=False`); imported GPT-2 and nanoGPT models may have biases, GPT-2's tanh GELU, their own
-//! LayerNorm epsilon and an untied head, all fields of [`ModelConfig`].
+//! Token embedding (+ learned positions, or rotary phases on q and k), `n_layer` pre-norm blocks
+//! of causal multi-head self-attention and an MLP, a final norm, and an LM head (tied to the
+//! token embedding unless untied). One model for every family: the fields of [`ModelConfig`]
+//! choose LayerNorm or RMSNorm, a GELU MLP or SwiGLU, grouped kv heads, rotary theta, width and
+//! scaling, q/k norms, the parallel residual, the score scale beta_0 and local windows. Models
+//! trained here have no biases (as nanoGPT with `bias=False`); imported ones may.
 //!
-//! Attention of head h at query i over keys j <= i:
-//!
-//!   s_ij = q_i . k_j / sqrt(d_head)          (the score; E_ij = -s_ij is the energy)
-//!   alpha_ij = exp(beta_h s_ij) / Z_i,  Z_i = sum_{j<=i} exp(beta_h s_ij),  beta_h = 1 / T_h
-//!
-//! T_h = 1 for every head is standard attention. `ln beta_h` is stored per layer as the tensor
-//! `blocks.L.attn.log_beta` (shape `(n_head,)`) and is trained when `learn_temperature` is set.
+//! The parts, smallest first: [`norm`], [`mlp`], [`attention`] (with the Boltzmann weights and
+//! the statistics read from them), [`block`], and [`Gpt`] here. Each is written as a composition
+//! of candle primitives, the readable reference; for f32 on the CPU, `forward` runs the same
+//! functions as the fused kernels of [`crate::kernels`] unless [`Gpt::set_kernels`] asks for
+//! [`Kernels::Composed`].
 //!
 //! `forward` is the training path. `forward_with_stats` is a forward-only path through the same
-//! attention (the fused kernel where `forward` uses it) that also returns, per layer, the weights
-//! that attention applied, and ln Z and the energies from scores recomputed apart from them.
-//!
-//! Attention and LayerNorm are written here as compositions of candle primitives: the readable
-//! reference. For f32 on the CPU, `forward` runs the same functions as the fused kernels of
-//! [`crate::kernels`] unless [`Gpt::set_kernels`] asks for [`Kernels::Composed`].
+//! attention that also returns, per layer, the weights that attention applied, and ln Z and the
+//! energies from scores recomputed apart from them ([`AttnStats`]).
 
 pub mod attention;
 pub mod block;

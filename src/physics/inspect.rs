@@ -219,8 +219,9 @@ pub struct DistanceProfile {
     pub head: usize,
     /// T_h of the head.
     pub temperature: f64,
-    /// Mean score s_ij = q_i.k_j / sqrt(d_head) over the (window, query) pairs with a key at
-    /// distance d, for d = 0..context.
+    /// Mean score s_ij = beta_0 q_i.k_j (beta_0 = 1/sqrt(d_head) for most families) over the
+    /// (window, query) pairs with a key at distance d, for d = 0..context; NaN past a local
+    /// layer's window, where no query sees a key.
     pub mean_score: Vec<f64>,
     /// Mean attention weight alpha_ij on the key at distance d, likewise.
     pub mean_weight: Vec<f64>,
@@ -239,7 +240,7 @@ pub fn distance_profiles(model: &Gpt, batches: &[Batch]) -> Result<Vec<DistanceP
     // Per head: sums of score and weight by distance, pairs by distance, sum of attended distance, rows.
     let mut score = vec![vec![0f64; t]; n_layer * n_head];
     let mut weight = vec![vec![0f64; t]; n_layer * n_head];
-    let mut pairs = vec![0usize; t];
+    let mut pairs = vec![vec![0usize; t]; n_layer * n_head];
     let (mut attended, mut rows) = (vec![0f64; n_layer * n_head], 0usize);
     for batch in batches {
         let (b, tb) = batch.inputs.dims2()?;
@@ -254,17 +255,14 @@ pub fn distance_profiles(model: &Gpt, batches: &[Batch]) -> Result<Vec<DistanceP
                 let k = l * n_head + bh % n_head;
                 for i in 0..t {
                     let row = (bh * t + i) * t;
-                    for j in 0..=i {
+                    // Keys j <= i, those outside a local layer's window (energy +inf) left out.
+                    for j in (0..=i).filter(|&j| energy[row + j].is_finite()) {
                         score[k][i - j] -= energy[row + j];
+                        pairs[k][i - j] += 1;
                         weight[k][i - j] += alpha[row + j];
                         attended[k] += alpha[row + j] * (i - j) as f64;
                     }
                 }
-            }
-        }
-        for i in 0..t {
-            for p in &mut pairs[..=i] {
-                *p += b; // distance d = i - j for j = i..=0
             }
         }
         rows += b * t;
@@ -274,8 +272,8 @@ pub fn distance_profiles(model: &Gpt, batches: &[Batch]) -> Result<Vec<DistanceP
             layer: k / n_head,
             head: k % n_head,
             temperature: temps[k / n_head][k % n_head],
-            mean_score: score[k].iter().zip(&pairs).map(|(s, &n)| s / n as f64).collect(),
-            mean_weight: weight[k].iter().zip(&pairs).map(|(w, &n)| w / n as f64).collect(),
+            mean_score: score[k].iter().zip(&pairs[k]).map(|(s, &n)| s / n as f64).collect(),
+            mean_weight: weight[k].iter().zip(&pairs[k]).map(|(w, &n)| w / n as f64).collect(),
             mean_distance: attended[k] / rows as f64,
         })
         .collect())

@@ -94,8 +94,12 @@ pub fn head_rows(stats: &AttnStats) -> Result<Vec<HeadRows>> {
             .zip(&ln_z[h])
             .enumerate()
             .map(|(r, ((a, e), &lz))| {
-                let keys = r % t + 1; // query i sees keys 0..=i
-                let (a, e) = (&a[..keys], &e[..keys]);
+                // Query i sees keys j <= i, and in a local layer only those of its window: the
+                // keys of finite energy.
+                let i = r % t;
+                let first = e[..=i].iter().position(|e| e.is_finite()).unwrap_or(i);
+                let (a, e) = (&a[first..=i], &e[first..=i]);
+                let keys = a.len();
                 let mean_energy: f64 = a.iter().zip(e).map(|(x, e)| x * e).sum();
                 let var: f64 = a.iter().zip(e).map(|(x, e)| x * (e - mean_energy).powi(2)).sum();
                 let row = RowStats { ln_z: lz, entropy: entropy(a), mean_energy, heat_capacity: b * b * var };
