@@ -39,7 +39,7 @@ fn weights(cfg: &ModelConfig) -> HashMap<String, Tensor> {
     names.sort();
     for (k, name) in names.iter().enumerate() {
         let t = tensors.get_mut(name).unwrap();
-        if name.ends_with("log_beta") || name.contains("ln") {
+        if name.ends_with("log_beta") || name.contains("ln") || name.contains("norm") {
             *t = (&*t + randn(t.dims(), 0.4, k as u64)).unwrap();
         }
     }
@@ -232,4 +232,62 @@ fn fused_model_matches_composed_with_gpt2s_biases_tanh_gelu_and_untied_head() {
         ..ModelConfig::nano_cpu(37)
     };
     compare_model(&cfg, 3, 0.1, 1e-5);
+}
+
+/// The families' shapes on both paths, gradients included: the fused RMSNorm, SiLU-and-multiply,
+/// grouped kv heads through the fused attention, q/k norms, partial rotary and the parallel
+/// residual against their composed references.
+#[test]
+fn fused_model_matches_composed_on_every_familys_shape() {
+    use thermoformer::config::{MlpKind, Norm, Positions, RopeScaling};
+    let base = ModelConfig { context: 19, n_layer: 2, n_head: 4, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
+    let llama = ModelConfig {
+        positions: Positions::Rope,
+        norm: Norm::RmsNorm,
+        mlp: MlpKind::SwiGlu,
+        d_ff: Some(40),
+        n_kv_head: Some(2),
+        rope_theta: 500.0,
+        rope_scaling: Some(RopeScaling { factor: 4.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 8 }),
+        tied_head: false,
+        ..base.clone()
+    };
+    let qwen2 = ModelConfig { qkv_bias: Some(true), tied_head: true, ..llama.clone() };
+    let qwen3 = ModelConfig { n_kv_head: Some(1), d_head: Some(10), qk_norm: true, ..llama.clone() };
+    let pythia = ModelConfig { positions: Positions::Rope, bias: true, rope_dims: Some(6), parallel_residual: true, tied_head: false, ..base.clone() };
+    let neo = ModelConfig { bias: true, qkv_bias: Some(false), score_scale: Some(1.0), windows: vec![None, Some(5)], ..base };
+    for (name, cfg) in [("llama", llama), ("qwen2", qwen2), ("qwen3", qwen3), ("pythia", pythia), ("gpt-neo", neo)] {
+        cfg.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        println!("{name}");
+        compare_model(&cfg, 3, 0.1, 1e-5);
+    }
+}
+
+#[test]
+fn fused_rms_norm_and_silu_mul_match_composed() {
+    use candle_core::Var;
+    let x = Var::from_tensor(&randn(&[5, 7, 24], 1.5, 1)).unwrap();
+    let w = Var::from_tensor(&(randn(&[24], 0.3, 2) + 1.0).unwrap()).unwrap();
+    let dy = randn(&[5, 7, 24], 1.0, 3);
+    let fused = kernels::layer_norm::rms_norm(&x, &w, 1e-5).unwrap();
+    let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    let composed = x.broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap();
+    assert!(rel_diff(&fused, &composed) < 1e-6);
+    let gf = (fused * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let gc = (composed * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    for v in [&x, &w] {
+        let d = rel_diff(gf.get(v).unwrap(), gc.get(v).unwrap());
+        assert!(d < 1e-5, "rms_norm gradient differs by {d}");
+    }
+
+    let h = Var::from_tensor(&randn(&[5, 7, 2 * 13], 2.0, 4)).unwrap();
+    let dy = randn(&[5, 7, 13], 1.0, 5);
+    let fused = kernels::swiglu::silu_mul(&h).unwrap();
+    let (gate, up) = (h.narrow(2, 0, 13).unwrap(), h.narrow(2, 13, 13).unwrap());
+    let composed = candle_nn::ops::silu(&gate).unwrap().mul(&up).unwrap();
+    assert!(rel_diff(&fused, &composed) < 1e-6);
+    let gf = (fused * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let gc = (composed * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let d = rel_diff(gf.get(&h).unwrap(), gc.get(&h).unwrap());
+    assert!(d < 1e-5, "silu_mul gradient differs by {d}");
 }

@@ -203,9 +203,9 @@ impl Attention {
 
     /// This layer's additive mask for queries whose causal mask is `causal` `(Tq, Tk)`: the
     /// same, with keys outside the local window masked too.
-    fn layer_mask(&self, causal: Option<&Tensor>, tq: usize, tk: usize, dev: &Device) -> Result<Option<Tensor>> {
+    fn layer_mask(&self, causal: Option<&Tensor>, tq: usize, tk: usize, like: &Tensor) -> Result<Option<Tensor>> {
         match self.window {
-            Some(w) if tk > w => Ok(Some(causal_mask(tk - tq, tq, Some(w), DType::F32, dev)?)),
+            Some(w) if tk > w => Ok(Some(causal_mask(tk - tq, tq, Some(w), like.dtype(), like.device())?)),
             _ => Ok(causal.cloned()),
         }
     }
@@ -223,7 +223,7 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.heads(&projected, 0)?;
         let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
-        let mask = self.layer_mask(Some(mask), t, t, x.device())?.expect("a causal mask was given");
+        let mask = self.layer_mask(Some(mask), t, t, x)?.expect("a causal mask was given");
         let scale = self.query_scale()?;
         let y = match p {
             Precision::F32 => scaled_attention(&q, &k, &v, &scale, Some(&mask))?, // (B, H, T, D)
@@ -248,7 +248,7 @@ impl Attention {
         let (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
         let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
         let (tq, tk) = (q.dim(2)?, k.dim(2)?);
-        let mask = self.layer_mask(mask, tq, tk, x.device())?;
+        let mask = self.layer_mask(mask, tq, tk, x)?;
         let y = Self::merge_heads(&scaled_attention(&q, &k, &v, &self.query_scale()?, mask.as_ref())?)?;
         self.proj.forward_only(&y, self.kernels, self.precision)
     }
@@ -263,7 +263,7 @@ impl Attention {
         let projected = self.qkv.forward(x, kern, p)?; // (B, T, (H + 2K) D)
         let (q, k, v) = self.heads(&projected, 0)?; // composed norm and rotary phases
         let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?); // (B, H, T, D)
-        let mask = self.layer_mask(Some(mask), t, t, x.device())?.expect("a causal mask was given");
+        let mask = self.layer_mask(Some(mask), t, t, x)?.expect("a causal mask was given");
         let beta = self.log_beta.exp()?; // (H,)
         let (y, alpha) = if kern.fused_for(x) && self.window.is_none() {
             let bf16 = self.bf16_kernel()?;
