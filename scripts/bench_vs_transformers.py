@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""thermoformer against Hugging Face transformers on the GPT-2-small shape (124M parameters), in
-one run on one machine: scoring tokens/s, KV-cached generation tokens/s, peak RSS.
+"""thermoformer against Hugging Face transformers at a real model's shape, in one run on one
+machine: scoring tokens/s, KV-cached generation tokens/s, peak RSS.
 
     pip install torch transformers tokenizers
     cargo build --release
-    python3 scripts/bench_vs_transformers.py [--threads 2] [--batches 4] [--new-tokens 64]
+    python3 scripts/bench_vs_transformers.py [--family gpt2|smollm2-135m|pythia-160m|qwen2.5-0.5b]
+        [--threads 2] [--batches 4] [--new-tokens 64]
 
-Random weights in GPT-2's config (speed does not depend on them; none can be downloaded here)
-are saved with save_pretrained and imported with `thermoformer import`, so both sides run the
-same weights. The tokenizer is a byte-level BPE trained on the shipped corpus with GPT-2's
-<|endoftext|>; the embedding keeps GPT-2's 50257 rows, so the logits are GPT-2's size.
+Random weights in the family's real config (speed does not depend on them; none can be
+downloaded here; scripts/make_random_model.py lists the configs) are saved with save_pretrained
+and imported with `thermoformer import`, so both sides run the same weights. The tokenizer is a
+byte-level BPE of 4096 tokens trained on the shipped corpus with an <|endoftext|>; the embedding
+keeps the family's rows (50257 for GPT-2, 151936 for Qwen2.5), so the logits are the real size.
 
 Scoring: batches of 8 sequences x 128 positions (<|endoftext|> + 127 tokens of the corpus), the
-same ids on both sides: transformers runs GPT2LMHeadModel forward + log_softmax + gather under
+same ids on both sides: transformers runs the model's forward (AutoModelForCausalLM) + log_softmax + gather under
 torch.no_grad(), in float32 and under bf16 autocast (PyTorch's fastest CPU mode on chips with
 bf16 instructions); thermoformer runs `score --batch-size 8 --show-speed`, whose time excludes
 loading and tokenizing. Generation: batch 1, a short prompt, --new-tokens sampled tokens with the
@@ -50,10 +52,10 @@ def cpu_model():
 def hf_child(args, model_dir, lines_ids, prompt_ids):
     """Measure transformers in this (child) process and print one JSON line."""
     import torch
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
-    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     eot = model.config.bos_token_id
     batches = [lines_ids[i : i + 8] for i in range(0, len(lines_ids), 8)]
     out = {}
@@ -94,6 +96,7 @@ def run(cmd, env):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--family", default="gpt2", help="gpt2, smollm2-135m, pythia-160m or qwen2.5-0.5b")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, default=4, help="scoring batches of 8 x 128")
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -108,12 +111,15 @@ def main():
 
     import torch
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from make_random_gpt2 import save_random_gpt2
+    from make_random_model import FAMILIES, save_random_model
+
+    if args.family not in FAMILIES:
+        sys.exit(f"--family {args.family}: one of {', '.join(FAMILIES)}")
 
     work = tempfile.mkdtemp(prefix="tf-bench-")
     text = open(CORPUS, encoding="utf-8").read()
     model_dir = os.path.join(work, "hf")
-    tok = save_random_gpt2(model_dir)  # GPT-2 small: 12 x 12 x 768, 1024, 50257
+    tok = save_random_model(model_dir, args.family)
     eot = tok.token_to_id("<|endoftext|>")
     run_dir = os.path.join(work, "run")
     subprocess.run([BIN, "import", model_dir, "--out", run_dir], check=True, stdout=subprocess.DEVNULL)
@@ -133,7 +139,7 @@ def main():
     json.dump({"lines": [c for _, c in lines], "prompt": tok.encode(prompt).ids}, open(os.path.join(work, "ids.json"), "w"))
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-    child = [sys.executable, __file__, "--threads", str(args.threads), "--new-tokens", str(args.new_tokens), "--bf16", "on" if args.bf16 else "off"]
+    child = [sys.executable, __file__, "--family", args.family, "--threads", str(args.threads), "--new-tokens", str(args.new_tokens), "--bf16", "on" if args.bf16 else "off"]
     hf_out, _ = run(child + ["--child", model_dir, os.path.join(work, "ids.json")], env)
     hf = json.loads(hf_out.strip().splitlines()[-1])
 
@@ -151,7 +157,8 @@ def main():
         tf[f"peak_rss_mib_{prec}"] = max(float(run([sys.executable, "-c", rss_script] + c, env)[0]) for c in [score_cmd, gen_cmd])
 
     print(json.dumps({"transformers": hf, "thermoformer": tf}))
-    print(f"CPU: {cpu_model()}, {args.threads} threads; GPT-2 small shape (random weights), torch {torch.__version__}")
+    weights_mib = os.path.getsize(os.path.join(run_dir, "model.safetensors")) / 2**20
+    print(f"CPU: {cpu_model()}, {args.threads} threads; {args.family} shape (random weights), torch {torch.__version__}")
     print(f"{'':40} {'transformers':>14} {'thermoformer':>14} {'ratio':>7}")
     rows = [("score tok/s, 8 x 128, fp32 vs f32", hf["score_float32"], tf["score_f32"]),
             ("score tok/s, fp32 vs bf16", hf["score_float32"], tf["score_bf16"])]
@@ -167,6 +174,7 @@ def main():
     for prec in ("f32", "bf16"):
         r = tf[f"peak_rss_mib_{prec}"]
         print(f"{'peak RSS MiB (lower is better), ' + prec:40} {hf['peak_rss_mib']:>14.0f} {r:>14.0f} {hf['peak_rss_mib'] / r:>6.2f}x")
+    print(f"thermoformer's weight file {weights_mib:.0f} MiB: peak RSS {tf['peak_rss_mib_f32'] / weights_mib:.2f}x it in f32")
 
 
 if __name__ == "__main__":

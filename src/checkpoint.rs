@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -261,16 +261,51 @@ fn read_config(dir: &Path) -> Result<RunConfig> {
     Ok(config)
 }
 
-/// The tensors of a safetensors file of the run, read through a memory map: the weights are
-/// copied once, from the page cache into the tensors, with no second copy of the file in memory.
+/// The tensors of a safetensors file of the run (f32, little-endian as the format is, on a
+/// little-endian host), read straight from the file into the tensors' own buffers: the weights
+/// are in memory once, as the tensors. (A memory map would be simpler, but its pages count as
+/// resident while they are copied, doubling the peak for a large model.)
 fn read_tensors(dir: &Path, name: &str, dev: &Device) -> Result<HashMap<String, Tensor>> {
     let path = dir.join(name);
-    let file = File::open(committed_path(dir, name)).with_context(|| format!("reading {}", path.display()))?;
-    // SAFETY: a run's files are never written in place (a commit writes `.tmp` files and renames
-    // them), so the mapped bytes do not change while they are read.
-    let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-    candle_core::safetensors::load_buffer(&bytes, dev)
-        .map_err(|e| anyhow!("{} is not a valid safetensors file ({e}); it may be truncated or corrupted", path.display()))
+    let mut file = File::open(committed_path(dir, name)).with_context(|| format!("reading {}", path.display()))?;
+    let corrupt = |why: &str| anyhow!("{} is not a valid safetensors file ({why}); it may be truncated or corrupted", path.display());
+    let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(|_| corrupt("no header"))?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) || n > 100 << 20 {
+        return Err(corrupt(&format!("a header of {n} bytes in a file of {len}")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|_| corrupt("truncated header"))?;
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| corrupt(&format!("header: {e}")))?;
+    let data_start = 8 + n;
+    let mut out = HashMap::new();
+    for (tensor, info) in header {
+        if tensor == "__metadata__" {
+            continue;
+        }
+        let info: TensorInfo = serde_json::from_value(info).map_err(|e| corrupt(&format!("{tensor}: {e}")))?;
+        let [begin, end] = info.data_offsets;
+        let elems = info.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| corrupt(&format!("{tensor}: shape overflows")))?;
+        let fits = begin <= end && data_start.checked_add(end).is_some_and(|e| e <= len);
+        if info.dtype != "F32" || !fits || end - begin != elems.saturating_mul(4) {
+            return Err(corrupt(&format!("{tensor}: {} {:?} at bytes {begin}..{end} of {}", info.dtype, info.shape, len - data_start)));
+        }
+        let mut values = vec![0f32; elems as usize];
+        file.seek(SeekFrom::Start(data_start + begin)).with_context(|| format!("reading {}", path.display()))?;
+        file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|_| corrupt(&format!("{tensor}: truncated")))?;
+        out.insert(tensor, Tensor::from_vec(values, info.shape, dev)?);
+    }
+    Ok(out)
+}
+
+/// One tensor's entry in a safetensors header.
+#[derive(serde::Deserialize)]
+struct TensorInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
 }
 
 /// The weights of a run directory, by name.

@@ -100,7 +100,7 @@ fn bf16_attention_rounds_each_products_operands() {
         let c = h * d;
         let qkv = randn(&[b, t, 3 * c], seed as u64);
         let scale = Tensor::new(&[0.3f32, 0.5, 0.7][..h], &Device::Cpu).unwrap();
-        let (y, alpha) = causal_attention_with_weights_in(&qkv, &scale, h, Some(Kernel::best())).unwrap();
+        let (y, alpha) = causal_attention_with_weights_in(&qkv, &scale, thermoformer::kernels::attention::Heads::mha(h), Some(Kernel::best())).unwrap();
         let parts = qkv.reshape((b, t, 3, h, d)).unwrap();
         let part = |i: usize| parts.narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
         let q = round(&part(0).broadcast_mul(&scale.reshape((1, h, 1, 1)).unwrap()).unwrap());
@@ -113,7 +113,7 @@ fn bf16_attention_rounds_each_products_operands() {
         let want_y = round(&alpha).matmul(&round(&part(2))).unwrap().transpose(1, 2).unwrap().reshape((b, t, c)).unwrap();
         let dy = rel_l2(&y, &want_y);
         assert!(dy < 1e-6, "({b}, {t}, {h}, {d}): bf16 attention output {dy:.2e} from round(alpha) . round(v)");
-        let (y32, alpha32) = causal_attention_with_weights_in(&qkv, &scale, h, None).unwrap();
+        let (y32, alpha32) = causal_attention_with_weights_in(&qkv, &scale, thermoformer::kernels::attention::Heads::mha(h), None).unwrap();
         assert!(rel_l2(&alpha32, &want_alpha) > 1e-3 && rel_l2(&y32, &want_y) > 1e-3, "f32 is as close: a missing rounding would pass");
     }
 }

@@ -111,3 +111,34 @@ fn config_file_is_overridden_by_flags() {
     let err = format!("{:#}", TrainOptions::from_file(&json).unwrap_err());
     assert!(err.contains("stpes"), "an unknown key is named: {err}");
 }
+
+/// `train` builds a Llama-style model from flags (RMSNorm, SwiGLU, grouped kv heads, a rope
+/// theta, partial rotary), records the shape in config.json, lowers the loss, and a resume that
+/// would change the shape is refused by name.
+#[test]
+fn a_llama_style_model_trains_from_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 20_000);
+    let out = tmp.path().join("llama");
+    let (corpus, out_s) = (corpus.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = common::tiny_train_flags(corpus, out_s);
+    let steps = args.iter().position(|a| *a == "--steps").unwrap();
+    args[steps + 1] = "30";
+    args.extend(["--heads", "4", "--d-model", "32", "--norm", "rmsnorm", "--mlp", "swiglu", "--d-ff", "40", "--kv-heads", "2", "--rope-theta", "500", "--rope-dims", "4", "--parallel-residual", "--lr", "0.01"]);
+    let o = common::run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let m = &cfg["model"];
+    assert_eq!((m["norm"].as_str(), m["mlp"].as_str()), (Some("rmsnorm"), Some("swiglu")), "{m}");
+    assert_eq!((m["d_ff"].as_u64(), m["n_kv_head"].as_u64(), m["rope_dims"].as_u64()), (Some(40), Some(2), Some(4)), "{m}");
+    assert_eq!((m["rope_theta"].as_f64(), m["parallel_residual"].as_bool()), (Some(500.0), Some(true)), "{m}");
+    let records = metrics(&out);
+    let (first, last) = (records.first().unwrap().val_ce, records.last().unwrap().val_ce);
+    assert!(last < first - 0.3, "val CE {first} -> {last}");
+    // The weights have the grouped shape: (H + 2K) D = (4 + 4) 8 rows of q, k, v.
+    let tensors = checkpoint::read_model_tensors(&out, &Device::Cpu).unwrap();
+    assert_eq!(tensors["blocks.0.attn.qkv.weight"].dims(), &[64, 32]);
+    assert_eq!(tensors["blocks.0.mlp.fc.weight"].dims(), &[80, 32]);
+    let resume = common::run(&["train", "--out", out_s, "--resume", "--steps", "40", "--kv-heads", "4", "--no-progress"]);
+    common::assert_clean_error(&resume, 2, "--kv-heads");
+}

@@ -490,9 +490,12 @@ macro_rules! train_options {
     // Set the field when the option targets the configuration being built, else nothing.
     (@set train, train, $dst:expr, $opt:expr) => { if let Some(v) = &$opt { $dst = v.clone(); } };
     (@set model, model, $dst:expr, $opt:expr) => { if let Some(v) = &$opt { $dst = v.clone(); } };
+    // A model field that is itself optional (None: the architecture's default).
+    (@set model, model_some, $dst:expr, $opt:expr) => { if let Some(v) = &$opt { $dst = Some(v.clone()); } };
     (@set $building:ident, $target:ident, $dst:expr, $opt:expr) => {};
     // Name the option when it is set and targets the model.
     (@named model, $set:expr, $opt:expr, $name:expr) => { if $opt.is_some() { $set.push($name); } };
+    (@named model_some, $set:expr, $opt:expr, $name:expr) => { if $opt.is_some() { $set.push($name); } };
     (@named $target:ident, $set:expr, $opt:expr, $name:expr) => {};
 }
 
@@ -536,6 +539,29 @@ pub struct TrainOptions {
     /// (nanoGPT's and the PyTorch reference's architecture).
     #[arg(long, value_enum)]
     positions: Positions => model.positions,
+    /// Normalisation layers: LayerNorm (GPT-2, Pythia) or RMSNorm (Llama, Qwen).
+    #[arg(long, value_enum)]
+    norm: Norm => model.norm,
+    /// The MLP: GELU (GPT-2, Pythia) or SwiGLU, a SiLU-gated pair of matrices (Llama, Qwen).
+    #[arg(long, value_enum)]
+    mlp: MlpKind => model.mlp,
+    /// The MLP's hidden width (Llama-style models use about 8/3 --d-model with --mlp swiglu).
+    #[arg(long)]
+    d_ff: usize => model_some.d_ff,
+    /// Key/value heads, each shared by --heads / --kv-heads query heads (grouped-query
+    /// attention, as Llama and Qwen); every query head keeps its own temperature.
+    #[arg(long)]
+    kv_heads: usize => model_some.n_kv_head,
+    /// Rotary frequency base theta (with --positions rope).
+    #[arg(long, value_name = "THETA")]
+    rope_theta: f64 => model.rope_theta,
+    /// Dimensions of each head that rotate (even; Pythia rotates a quarter).
+    #[arg(long, value_name = "R")]
+    rope_dims: usize => model_some.rope_dims,
+    /// x + attn(norm1(x)) + mlp(norm2(x)) in each block, as Pythia, instead of two residual
+    /// steps in sequence.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    parallel_residual: bool => model.parallel_residual,
     /// Peak learning rate after warmup.
     #[arg(long)]
     lr: f64 => train.lr,
@@ -665,6 +691,10 @@ impl TrainOptions {
                     // The optimizer's own defaults.
                     "lr" => by_optimizer(OptimizerKind::default_lr),
                     "weight_decay" => by_optimizer(OptimizerKind::default_weight_decay),
+                    // Architecture options whose default follows from others.
+                    "d_ff" => "4 x --d-model".into(),
+                    "kv_heads" => "--heads".into(),
+                    "rope_dims" => "the head width, --d-model / --heads".into(),
                     _ => match train.get(field_of(&name)).or_else(|| model.get(field_of(&name)))? {
                         serde_json::Value::String(s) => s.clone(),
                         serde_json::Value::Number(n) if n.is_f64() => format!("{:?}", n.as_f64()?),
@@ -701,6 +731,13 @@ impl TrainOptions {
         same!(self.heads, m.n_head, "--heads");
         same!(self.d_model, m.d_model, "--d-model");
         same!(self.positions, m.positions, "--positions");
+        same!(self.norm, m.norm, "--norm");
+        same!(self.mlp, m.mlp, "--mlp");
+        same!(self.d_ff, m.ff_width(), "--d-ff");
+        same!(self.kv_heads, m.kv_heads(), "--kv-heads");
+        same!(self.rope_theta, m.rope_theta, "--rope-theta");
+        same!(self.rope_dims, m.rotary_dims(), "--rope-dims");
+        same!(self.parallel_residual, m.parallel_residual, "--parallel-residual");
         same!(self.attn_temperature, m.attn_temperature, "--attn-temperature");
         same!(self.learn_temperature, m.learn_temperature, "--learn-temperature");
         same!(self.tokenizer, t.tokenizer, "--tokenizer");

@@ -125,9 +125,11 @@ pub enum Norm {
     /// (x - mean) / sqrt(var + eps) * gain (+ bias).
     #[default]
     #[value(name = "layernorm")]
+    #[serde(rename = "layernorm")]
     LayerNorm,
     /// x / sqrt(mean(x^2) + eps) * gain.
     #[value(name = "rmsnorm")]
+    #[serde(rename = "rmsnorm")]
     RmsNorm,
 }
 
@@ -141,6 +143,7 @@ pub enum MlpKind {
     /// proj(silu(gate(x)) * up(x)), with gate and up stored as one matrix `fc` `(2 d_ff, d)`,
     /// the gate's rows first.
     #[value(name = "swiglu")]
+    #[serde(rename = "swiglu")]
     SwiGlu,
 }
 

@@ -1,17 +1,21 @@
 //! Fused causal attention with a per-head inverse temperature.
 //!
-//! Input: the fused projection `qkv` `(B, T, 3C)` laid out `[q | k | v]`, each part `(H, D)` per
-//! position, and the per-head factor `scale` `(H,)` = beta_h / sqrt(D). Output: the heads merged
-//! back, `(B, T, C)`, ready for the output projection. Per batch row and head, with q'_i =
-//! scale_h q_i:
+//! Input: the fused projection `qkv` `(B, T, (H + 2K) D)` laid out `[q | k | v]` per position,
+//! H query heads and K key/value heads of width D (K = H unless grouped: query head h reads key
+//! head h / (H / K)), and the per-head factor `scale` `(H,)` = beta_h beta_0. Output: the heads
+//! merged back, `(B, T, H D)`, ready for the output projection. Per batch row and head, with
+//! q'_i = scale_h q_i:
 //!
-//!   alpha_ij = exp(q'_i . k_j) / Z_i over j <= i,   y_i = sum_j alpha_ij v_j
+//!   alpha_ij = exp(q'_i . k_j) / Z_i over j <= i (and i - j < w in a local window),
+//!   y_i = sum_j alpha_ij v_j
 //!
 //! which is [`crate::model`]'s composed attention. The (T, T) weights live only in per-thread
 //! scratch: backward recomputes them from q and k and never keeps more than one head's worth.
 //! Gradients: with dA = dY V^T and dS_ij = alpha_ij (dA_ij - sum_j' alpha_ij' dA_ij'),
 //! dq'_i = sum_j dS_ij k_j, dk_j = sum_i dS_ij q'_i, dv_j = sum_i alpha_ij dy_i; then
-//! dq_i = scale_h dq'_i and d scale_h = sum_i dq'_i . q_i.
+//! dq_i = scale_h dq'_i and d scale_h = sum_i dq'_i . q_i. A key/value head's gradients sum over
+//! the query heads of its group, which one work item handles in turn, so no two threads write
+//! the same rows.
 //!
 //! With a bf16 kernel ([`causal_attention_in`]) the six products (q'.k and alpha.v forward, and
 //! the four of backward) take bf16 operands and accumulate in f32; the softmax stays f32.
@@ -52,40 +56,61 @@ unsafe fn mm(
     }
 }
 
-/// Merged-head Boltzmann attention of `qkv` `(B, T, 3C)` with `scale` `(H,)` -> `(B, T, C)`.
-pub fn causal_attention(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<Tensor> {
-    causal_attention_in(qkv, scale, n_head, None)
+/// Which heads read which keys: H query heads on K key/value heads, and the local window of
+/// keys a query sees (itself and the window - 1 before it), None for every earlier key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub window: Option<usize>,
 }
 
-/// [`causal_attention`] with its products in f32 (`bf16` None) or with bf16 operands.
-pub fn causal_attention_in(qkv: &Tensor, scale: &Tensor, n_head: usize, bf16: Option<Kernel>) -> Result<Tensor> {
-    check(qkv, scale, n_head)?;
-    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { n_head, keep_weights: false, bf16 })
+impl Heads {
+    /// Multi-head attention over every earlier key: one key/value head per query head.
+    pub fn mha(n_head: usize) -> Self {
+        Self { n_head, n_kv_head: n_head, window: None }
+    }
+}
+
+/// Merged-head Boltzmann attention of `qkv` `(B, T, 3C)` with `scale` `(H,)` -> `(B, T, C)`.
+pub fn causal_attention(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<Tensor> {
+    causal_attention_in(qkv, scale, Heads::mha(n_head), None)
+}
+
+/// [`causal_attention`] for any [`Heads`], with its products in f32 (`bf16` None) or with bf16
+/// operands: `(B, T, (H + 2K) D)` -> `(B, T, H D)`.
+pub fn causal_attention_in(qkv: &Tensor, scale: &Tensor, heads: Heads, bf16: Option<Kernel>) -> Result<Tensor> {
+    check(qkv, scale, heads)?;
+    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { heads, keep_weights: false, bf16 })
 }
 
 /// Forward-only [`causal_attention`] that also hands back the weights it applied: the merged
-/// output `(B, T, C)` and alpha `(B, H, T, T)` (zero above the diagonal). The same pass as the
-/// training forward, with each head's weights copied out of its scratch after they were used, so
-/// what a reader sees is what the kernel ran. Off the hot path: it materialises every (T, T).
+/// output `(B, T, C)` and alpha `(B, H, T, T)` (zero for keys a query does not see). The same
+/// pass as the training forward, with each head's weights copied out of its scratch after they
+/// were used, so what a reader sees is what the kernel ran. Off the hot path: it materialises
+/// every (T, T).
 pub fn causal_attention_with_weights(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<(Tensor, Tensor)> {
-    causal_attention_with_weights_in(qkv, scale, n_head, None)
+    causal_attention_with_weights_in(qkv, scale, Heads::mha(n_head), None)
 }
 
-/// [`causal_attention_with_weights`] with its products in f32 or bf16, as [`causal_attention_in`].
-pub fn causal_attention_with_weights_in(qkv: &Tensor, scale: &Tensor, n_head: usize, bf16: Option<Kernel>) -> Result<(Tensor, Tensor)> {
-    check(qkv, scale, n_head)?;
-    let (b, t, c3) = qkv.dims3()?;
-    let c = c3 / 3;
-    let flat = qkv.contiguous()?.apply_op2_no_bwd(&scale.contiguous()?, &CausalAttention { n_head, keep_weights: true, bf16 })?;
+/// [`causal_attention_with_weights`] for any [`Heads`], in f32 or bf16, as [`causal_attention_in`].
+pub fn causal_attention_with_weights_in(qkv: &Tensor, scale: &Tensor, heads: Heads, bf16: Option<Kernel>) -> Result<(Tensor, Tensor)> {
+    check(qkv, scale, heads)?;
+    let (b, t, _) = qkv.dims3()?;
+    let dims = Dims::of(qkv.shape(), heads)?;
+    let (c, h) = (dims.c(), heads.n_head);
+    let flat = qkv.contiguous()?.apply_op2_no_bwd(&scale.contiguous()?, &CausalAttention { heads, keep_weights: true, bf16 })?;
     let y = flat.narrow(0, 0, b * t * c)?.reshape((b, t, c))?;
-    let alpha = flat.narrow(0, b * t * c, b * n_head * t * t)?.reshape((b, n_head, t, t))?;
+    let alpha = flat.narrow(0, b * t * c, b * h * t * t)?.reshape((b, h, t, t))?;
     Ok((y, alpha))
 }
 
-fn check(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<()> {
-    let (_, _, c3) = qkv.dims3()?;
-    if n_head == 0 || c3 % (3 * n_head) != 0 || scale.dims1()? != n_head {
-        candle_core::bail!("causal_attention: qkv width {c3} and scale {:?} do not fit {n_head} heads", scale.shape())
+fn check(qkv: &Tensor, scale: &Tensor, heads: Heads) -> Result<()> {
+    let (_, _, w) = qkv.dims3()?;
+    let Heads { n_head: h, n_kv_head: kv, window } = heads;
+    let fits = h > 0 && kv > 0 && h % kv == 0 && w % (h + 2 * kv) == 0 && w > 0 && scale.dims1()? == h && window != Some(0);
+    if !fits {
+        candle_core::bail!("causal_attention: qkv width {w} and scale {:?} do not fit {h} query heads on {kv} key/value heads (window {window:?})", scale.shape())
     }
     Ok(())
 }
@@ -105,44 +130,69 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// Shape of one call: batch, positions, heads, head size.
+/// Shape of one call: batch, positions, query heads, key/value heads, head size, window.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     b: usize,
     t: usize,
     h: usize,
+    kv: usize,
     d: usize,
+    window: Option<usize>,
 }
 
 impl Dims {
-    fn of(shape: &Shape, n_head: usize) -> Result<Self> {
-        let (b, t, c3) = shape.dims3()?;
-        Ok(Dims { b, t, h: n_head, d: c3 / 3 / n_head })
+    fn of(shape: &Shape, heads: Heads) -> Result<Self> {
+        let (b, t, w) = shape.dims3()?;
+        let Heads { n_head: h, n_kv_head: kv, window } = heads;
+        Ok(Dims { b, t, h, kv, d: w / (h + 2 * kv), window })
     }
 
+    /// Width of the merged output.
     fn c(&self) -> usize {
         self.h * self.d
     }
 
-    /// Offset of head `h`'s query in batch row `b` of qkv (keys at + C, values at + 2C).
+    /// Row stride of qkv: H queries, K keys and K values.
+    fn rs(&self) -> usize {
+        (self.h + 2 * self.kv) * self.d
+    }
+
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.h / self.kv
+    }
+
+    /// Offset of head `h`'s query in batch row `b` of qkv.
     fn q_at(&self, b: usize, h: usize) -> usize {
-        b * self.t * 3 * self.c() + h * self.d
+        b * self.t * self.rs() + h * self.d
+    }
+
+    /// Offset of the key that query head `h` reads (its values at + K D).
+    fn k_at(&self, b: usize, h: usize) -> usize {
+        b * self.t * self.rs() + (self.h + h / self.group()) * self.d
     }
 
     /// Offset of head `h` in batch row `b` of the merged output.
     fn y_at(&self, b: usize, h: usize) -> usize {
         b * self.t * self.c() + h * self.d
     }
+
+    /// The first key query `i` sees.
+    fn first_key(&self, i: usize) -> usize {
+        self.window.map_or(0, |w| (i + 1).saturating_sub(w))
+    }
 }
 
-/// Scaled queries `qs (T, D)` of one head and its weights `a (T, T)`: alpha, zero above the
-/// diagonal.
+/// Scaled queries `qs (T, D)` of one head and its weights `a (T, T)`: alpha, zero for keys the
+/// query does not see.
 ///
 /// # Safety
-/// `qkv` must be the whole `(B, T, 3C)` buffer of `dims`.
-unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, scale: f32, qs: &mut [f32], a: &mut [f32]) {
+/// `qkv` must be the whole buffer of `dims`, `q0` and `k0` offsets from it.
+#[allow(clippy::too_many_arguments)]
+unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, k0: usize, scale: f32, qs: &mut [f32], a: &mut [f32]) {
     let Dims { t, d, .. } = dims;
-    let rs = 3 * dims.c();
+    let rs = dims.rs();
     for i in 0..t {
         let q = &qkv[q0 + i * rs..q0 + i * rs + d];
         for (dst, &v) in qs[i * d..(i + 1) * d].iter_mut().zip(q) {
@@ -150,14 +200,16 @@ unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, scal
         }
     }
     // beta_h s_ij = q'_i . k_j: (T, D) x (D, T)
-    mm(bf16, t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(q0 + dims.c()), (1, rs));
+    mm(bf16, t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(k0), (1, rs));
     for i in 0..t {
-        simd::softmax_row(&mut a[i * t..(i + 1) * t], i + 1);
+        let lo = dims.first_key(i);
+        simd::softmax_row(&mut a[i * t + lo..(i + 1) * t], i + 1 - lo);
+        a[i * t..i * t + lo].fill(0.0);
     }
 }
 
 struct CausalAttention {
-    n_head: usize,
+    heads: Heads,
     /// Append every head's weights `(B, H, T, T)` to the output, which is then flat:
     /// `[y (B*T*C) | alpha (B*H*T*T)]`. Forward-only.
     keep_weights: bool,
@@ -173,22 +225,23 @@ impl CustomOp2 for CausalAttention {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(s1, l1, self.name())?;
         let scale = f32_slice(s2, l2, self.name())?;
-        let dims = Dims::of(l1.shape(), self.n_head)?;
-        let Dims { b, t, h, d } = dims;
+        let dims = Dims::of(l1.shape(), self.heads)?;
+        let Dims { b, t, h, d, .. } = dims;
         let y_len = b * t * dims.c();
         let mut y = vec![0f32; y_len + if self.keep_weights { b * h * t * t } else { 0 }];
         let out = SendPtr::new(&mut y);
         parallel_for(b * h, |bh| {
             let (bi, hi) = (bh / h, bh % h);
-            let q0 = dims.q_at(bi, hi);
+            let (q0, k0) = (dims.q_at(bi, hi), dims.k_at(bi, hi));
             with_scratch(t * d + t * t, |scratch| {
                 let (qs, a) = scratch.split_at_mut(t * d);
                 // SAFETY: offsets come from dims, which describe qkv and y; each (b, h) writes
                 // only its own D columns of y.
                 unsafe {
-                    weights(self.bf16, qkv, dims, q0, scale[hi], qs, a);
+                    weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a);
                     // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
-                    mm(self.bf16, t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + 2 * dims.c()), (3 * dims.c(), 1));
+                    let v0 = k0 + dims.kv * d;
+                    mm(self.bf16, t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(v0), (dims.rs(), 1));
                     if self.keep_weights {
                         // The weights just applied, into this (b, h)'s own (T, T) block.
                         out.slice(y_len + bh * t * t, t * t).copy_from_slice(a);
@@ -204,17 +257,18 @@ impl CustomOp2 for CausalAttention {
         if self.keep_weights {
             candle_core::bail!("causal_attention_with_weights is forward-only")
         }
-        let (b, t, c3) = qkv.dims3()?;
-        let grads = qkv.apply_op3_no_bwd(scale, &grad.contiguous()?, &CausalAttentionBackward { n_head: self.n_head, bf16: self.bf16 })?;
-        let d_qkv = grads.narrow(0, 0, b * t * c3)?.reshape((b, t, c3))?;
-        let d_scale = grads.narrow(0, b * t * c3, self.n_head)?;
+        let (b, t, w) = qkv.dims3()?;
+        let h = self.heads.n_head;
+        let grads = qkv.apply_op3_no_bwd(scale, &grad.contiguous()?, &CausalAttentionBackward { heads: self.heads, bf16: self.bf16 })?;
+        let d_qkv = grads.narrow(0, 0, b * t * w)?.reshape((b, t, w))?;
+        let d_scale = grads.narrow(0, b * t * w, h)?;
         Ok((Some(d_qkv), Some(d_scale)))
     }
 }
 
-/// Gradients of [`CausalAttention`]: (qkv, scale, dy) -> [d qkv (B*T*3C) | d scale (H)], flat.
+/// Gradients of [`CausalAttention`]: (qkv, scale, dy) -> [d qkv (B*T*W) | d scale (H)], flat.
 struct CausalAttentionBackward {
-    n_head: usize,
+    heads: Heads,
     bf16: Option<Kernel>,
 }
 
@@ -227,50 +281,68 @@ impl CustomOp3 for CausalAttentionBackward {
         let qkv = f32_slice(s1, l1, self.name())?;
         let scale = f32_slice(s2, l2, self.name())?;
         let dy = f32_slice(s3, l3, self.name())?;
-        let dims = Dims::of(l1.shape(), self.n_head)?;
-        let Dims { b, t, h, d } = dims;
-        let c = dims.c();
+        let dims = Dims::of(l1.shape(), self.heads)?;
+        let Dims { b, t, h, kv, d, .. } = dims;
+        let (c, rs, group) = (dims.c(), dims.rs(), dims.group());
         let mut out = vec![0f32; qkv.len() + h]; // d qkv, then d scale
         let mut partial = vec![0f32; b * h]; // d scale per (b, h)
         let ptr = SendPtr::new(&mut out);
         let partial_ptr = SendPtr::new(&mut partial);
-        parallel_for(b * h, |bh| {
-            let (bi, hi) = (bh / h, bh % h);
-            let q0 = dims.q_at(bi, hi);
-            let y0 = dims.y_at(bi, hi);
-            with_scratch(2 * t * d + 2 * t * t, |scratch| {
+        // One item per (batch row, key/value head): the query heads of its group in turn, so
+        // that the key and value gradients they share are summed by one thread.
+        parallel_for(b * kv, |bk| {
+            let (bi, ki) = (bk / kv, bk % kv);
+            with_scratch(3 * t * d + 2 * t * t, |scratch| {
                 let (qs, rest) = scratch.split_at_mut(t * d);
                 let (dq, rest) = rest.split_at_mut(t * d);
+                let (tmp, rest) = rest.split_at_mut(t * d);
                 let (a, da) = rest.split_at_mut(t * t);
-                // SAFETY: as in the forward pass; each (b, h) writes only its own columns of
-                // d qkv and its own d scale slot.
-                unsafe {
-                    weights(self.bf16, qkv, dims, q0, scale[hi], qs, a);
-                    let dq_kv = ptr.get().add(q0);
-                    let (rs, dy0) = (3 * c, dy.as_ptr().add(y0));
-                    // dv = A^T dY: (T, T)^T x (T, D)
-                    mm(self.bf16, t, d, t, dq_kv.add(2 * c), (rs, 1), a.as_ptr(), (1, t), dy0, (c, 1));
-                    // dA = dY V^T: (T, D) x (D, T)
-                    mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(q0 + 2 * c), (1, rs));
-                    for i in 0..t {
-                        softmax_backward_row(&a[i * t..(i + 1) * t], &mut da[i * t..(i + 1) * t], i + 1);
-                    }
-                    // dq' = dS K: (T, T) x (T, D)
-                    mm(self.bf16, t, d, t, dq.as_mut_ptr(), (d, 1), da.as_ptr(), (t, 1), qkv.as_ptr().add(q0 + c), (rs, 1));
-                    // dk = dS^T q': (T, T)^T x (T, D)
-                    mm(self.bf16, t, d, t, dq_kv.add(c), (rs, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
-                    // dq = scale dq', d scale = sum dq' . q
-                    let mut d_scale = 0f64;
-                    for i in 0..t {
-                        let g = &dq[i * d..(i + 1) * d];
-                        let q = &qkv[q0 + i * rs..q0 + i * rs + d];
-                        d_scale += simd::dot(g, q) as f64;
-                        let dst = ptr.slice(q0 + i * rs, d);
-                        for (o, &gv) in dst.iter_mut().zip(g) {
-                            *o = scale[hi] * gv;
+                for hi in ki * group..(ki + 1) * group {
+                    let (q0, k0, y0) = (dims.q_at(bi, hi), dims.k_at(bi, hi), dims.y_at(bi, hi));
+                    let v0 = k0 + kv * d;
+                    let first = hi == ki * group;
+                    // SAFETY: as in the forward pass; each (b, kv head) writes only the rows of
+                    // its own key, value and query heads of d qkv and their d scale slots.
+                    unsafe {
+                        weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a);
+                        let d_qkv = ptr.get();
+                        let dy0 = dy.as_ptr().add(y0);
+                        // dv = A^T dY: (T, T)^T x (T, D), summed over the group.
+                        if first {
+                            mm(self.bf16, t, d, t, d_qkv.add(v0), (rs, 1), a.as_ptr(), (1, t), dy0, (c, 1));
+                        } else {
+                            mm(self.bf16, t, d, t, tmp.as_mut_ptr(), (d, 1), a.as_ptr(), (1, t), dy0, (c, 1));
+                            add_rows(&ptr, v0, rs, tmp, t, d);
                         }
+                        // dA = dY V^T: (T, D) x (D, T)
+                        mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(v0), (1, rs));
+                        for i in 0..t {
+                            let lo = dims.first_key(i);
+                            softmax_backward_row(&a[i * t + lo..(i + 1) * t], &mut da[i * t + lo..(i + 1) * t], i + 1 - lo);
+                            da[i * t..i * t + lo].fill(0.0);
+                        }
+                        // dq' = dS K: (T, T) x (T, D)
+                        mm(self.bf16, t, d, t, dq.as_mut_ptr(), (d, 1), da.as_ptr(), (t, 1), qkv.as_ptr().add(k0), (rs, 1));
+                        // dk = dS^T q': (T, T)^T x (T, D), summed over the group.
+                        if first {
+                            mm(self.bf16, t, d, t, d_qkv.add(k0), (rs, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
+                        } else {
+                            mm(self.bf16, t, d, t, tmp.as_mut_ptr(), (d, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
+                            add_rows(&ptr, k0, rs, tmp, t, d);
+                        }
+                        // dq = scale dq', d scale = sum dq' . q
+                        let mut d_scale = 0f64;
+                        for i in 0..t {
+                            let g = &dq[i * d..(i + 1) * d];
+                            let q = &qkv[q0 + i * rs..q0 + i * rs + d];
+                            d_scale += simd::dot(g, q) as f64;
+                            let dst = ptr.slice(q0 + i * rs, d);
+                            for (o, &gv) in dst.iter_mut().zip(g) {
+                                *o = scale[hi] * gv;
+                            }
+                        }
+                        partial_ptr.slice(bi * h + hi, 1)[0] = d_scale as f32;
                     }
-                    partial_ptr.slice(bh, 1)[0] = d_scale as f32;
                 }
             })
         });
@@ -280,6 +352,18 @@ impl CustomOp3 for CausalAttentionBackward {
         }
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// Add `src` `(T, D)` into the T rows of stride `rs` starting at `at` of `dst`.
+///
+/// # Safety
+/// The rows must be within `dst` and written by no other thread meanwhile.
+unsafe fn add_rows(dst: &SendPtr, at: usize, rs: usize, src: &[f32], t: usize, d: usize) {
+    for i in 0..t {
+        for (o, &v) in dst.slice(at + i * rs, d).iter_mut().zip(&src[i * d..(i + 1) * d]) {
+            *o += v;
+        }
     }
 }
 

@@ -67,8 +67,9 @@ pub struct Attention {
     score_scale: f64,
     /// The local window of this layer, None where it is global.
     window: Option<usize>,
-    /// The GPT shape, which the fused rotary kernel takes straight from the projection.
-    classic: bool,
+    /// Whether the fused kernels take the projection as it is (everything but Qwen3's q/k norm,
+    /// which runs between the projection and the rotary phases).
+    direct: bool,
     /// Rotary phases applied to queries and keys (`Positions::Rope`), else None.
     rope: Option<Rope>,
     pub(crate) kernels: Kernels,
@@ -89,7 +90,7 @@ impl Attention {
         let log_beta = vb.get_with_hints(h, "log_beta", Init::Const(-cfg.attn_temperature.ln()))?;
         let rope = rope.cloned();
         let window = cfg.window(layer);
-        let classic = kv == h && hd * h == d && !cfg.qk_norm && cfg.rotary_dims() == hd;
+        let direct = !cfg.qk_norm;
         Ok(Self {
             qkv,
             proj,
@@ -101,7 +102,7 @@ impl Attention {
             head_dim: hd,
             score_scale: cfg.score_scale(),
             window,
-            classic,
+            direct,
             rope,
             kernels,
             precision: Precision::F32,
@@ -161,24 +162,28 @@ impl Attention {
         x.unsqueeze(2)?.expand((b, kv, group, t, d))?.reshape((b, kv * group, t, d))
     }
 
-    /// The projection `(B, T, 3C)` of rows at positions `offset..` with its q and k thirds
-    /// rotated by the fused kernel (GPT shape only; unchanged without rotary positions).
+    /// The projection `(B, T, (H + 2K) D)` of rows at positions `offset..` with its queries and
+    /// keys rotated by the fused kernel (unchanged without rotary positions).
     fn rotate_fused(&self, qkv: Tensor, offset: usize) -> Result<Tensor> {
         match &self.rope {
-            Some(rope) => kernels::rope::rotate_qk(&qkv, rope.tables(), offset),
+            Some(rope) => kernels::rope::rotate_heads(&qkv, rope.tables(), offset, self.head_dim, self.n_head + self.n_kv_head),
             None => Ok(qkv),
         }
     }
 
-    /// The fused attention kernel's input `(B, T, 3 H D)`: queries and (expanded) keys and values
-    /// after their norm and rotary phases.
+    /// The fused attention kernel's input `(B, T, (H + 2K) D)`: queries and keys after their norm
+    /// and rotary phases.
     fn packed(&self, qkv: Tensor) -> Result<Tensor> {
-        if self.classic {
+        if self.direct {
             return self.rotate_fused(qkv, 0);
         }
         let (q, k, v) = self.heads(&qkv, 0)?;
-        let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
         Tensor::cat(&[Self::merge_heads(&q)?, Self::merge_heads(&k)?, Self::merge_heads(&v)?], 2)
+    }
+
+    /// The heads the fused kernel reads, and this layer's window.
+    fn kernel_heads(&self) -> kernels::attention::Heads {
+        kernels::attention::Heads { n_head: self.n_head, n_kv_head: self.n_kv_head, window: self.window }
     }
 
     /// Merge heads: `(B, H, T, D)` -> `(B, T, H D)`.
@@ -213,9 +218,9 @@ impl Attention {
     pub(crate) fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (p, kern) = (self.precision, self.kernels);
         let projected = self.qkv.forward(x, kern, p)?; // (B, T, (H + 2K) D)
-        if kern.fused_for(x) && self.window.is_none() {
+        if kern.fused_for(x) {
             // The same function in one op, from the queries, keys and values to the merged heads.
-            let y = kernels::attention::causal_attention_in(&self.packed(projected)?, &self.query_scale()?, self.n_head, self.bf16_kernel()?)?; // (B, T, H D)
+            let y = kernels::attention::causal_attention_in(&self.packed(projected)?, &self.query_scale()?, self.kernel_heads(), self.bf16_kernel()?)?; // (B, T, H D)
             return self.proj.forward(&y, kern, p);
         }
         // The readable reference: queries, keys and values (B, H, T, D) each, the Boltzmann
@@ -238,7 +243,7 @@ impl Attention {
     pub(crate) fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
         let past = cache.current_seq_len();
         let qkv = self.qkv.forward_only(x, self.kernels, self.precision)?; // (B, Tnew, (H + 2K) D)
-        let (q, k, v) = if self.classic && self.kernels.fused_for(&qkv) {
+        let (q, k, v) = if self.direct && self.kernels.fused_for(&qkv) {
             self.split_plain(&self.rotate_fused(qkv, past)?)?
         } else {
             self.heads(&qkv, past)?
@@ -265,9 +270,9 @@ impl Attention {
         let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?); // (B, H, T, D)
         let mask = self.layer_mask(Some(mask), t, t, x)?.expect("a causal mask was given");
         let beta = self.log_beta.exp()?; // (H,)
-        let (y, alpha) = if kern.fused_for(x) && self.window.is_none() {
+        let (y, alpha) = if kern.fused_for(x) {
             let bf16 = self.bf16_kernel()?;
-            let (y, alpha) = kernels::attention::causal_attention_with_weights_in(&self.packed(projected)?, &self.query_scale()?, self.n_head, bf16)?;
+            let (y, alpha) = kernels::attention::causal_attention_with_weights_in(&self.packed(projected)?, &self.query_scale()?, self.kernel_heads(), bf16)?;
             (self.proj.forward(&y, kern, p)?, alpha)
         } else {
             let alpha = scaled_weights(&q, &k, &self.query_scale()?, Some(&mask))?;

@@ -221,9 +221,7 @@ impl Gpt {
         if past + t > self.cfg.context {
             candle_core::bail!("{} cached + {t} new tokens exceed the model's context of {}", past, self.cfg.context)
         }
-        if cache.layers.len() != self.blocks.len() {
-            cache.layers = (0..self.blocks.len()).map(|_| candle_nn::kv_cache::KvCache::new(2, self.cfg.context)).collect();
-        }
+        cache.reserve(self.blocks.len(), past + t, self.cfg.context)?;
         let mut x = self.embed_at(ids, past)?; // (B, Tnew, C)
         // One new token sees every cached key: no mask.
         let mask = if t > 1 { Some(causal_mask(past, t, None, x.dtype(), ids.device())?) } else { None };
@@ -251,17 +249,43 @@ impl Gpt {
     }
 }
 
-/// Keys and values of the positions seen so far, per layer: each `(B, H, T, D)`, in buffers
-/// allocated for the whole context on first use.
+/// Keys and values of the positions seen so far, per layer: each `(B, K, T, D)` (K key/value
+/// heads), in buffers that grow by doubling up to the context (a model with a context of 32,768
+/// does not hold 32,768 positions for a reply of 50).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<candle_nn::kv_cache::KvCache>,
     len: usize,
 }
 
+/// Positions the first buffers hold.
+const KV_FIRST_CAPACITY: usize = 256;
+
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Room for `needed` positions in each of `layers` layers (at most `context`), moving what is
+    /// cached into larger buffers where it must.
+    fn reserve(&mut self, layers: usize, needed: usize, context: usize) -> Result<()> {
+        let capacity = self.layers.first().map(|c| c.k_cache().max_seq_len());
+        if self.layers.len() == layers && capacity.is_some_and(|c| c >= needed) {
+            return Ok(());
+        }
+        let grown = needed.max(capacity.unwrap_or(0) * 2).max(KV_FIRST_CAPACITY).min(context);
+        let mut layers_out = Vec::with_capacity(layers);
+        for l in 0..layers {
+            let mut cache = candle_nn::kv_cache::KvCache::new(2, grown);
+            if let Some(old) = self.layers.get(l) {
+                if let (Some(k), Some(v)) = (old.k()?, old.v()?) {
+                    cache.append(&k.contiguous()?, &v.contiguous()?)?;
+                }
+            }
+            layers_out.push(cache);
+        }
+        self.layers = layers_out;
+        Ok(())
     }
 
     /// Positions cached.
