@@ -253,13 +253,19 @@ fn read_config(dir: &Path) -> Result<RunConfig> {
     config.model.validate().map_err(|e| anyhow!("invalid model config in {}: {e}", path.display()))?;
     config.train.validate().map_err(|e| anyhow!("invalid training config in {}: {e}", path.display()))?;
     // Before any tensor is read: a shape this machine cannot run is refused, not aborted on.
+    // At up to LOAD_CHECK_CONTEXT positions: a model with a long context (Qwen's 32,768) runs
+    // shorter inputs in far less; commands that read longer ones check their own shapes.
+    let shape = crate::ModelConfig { context: config.model.context.min(LOAD_CHECK_CONTEXT), ..config.model.clone() };
     memory::ensure_fits(
-        &format!("running the model in {} (context {})", dir.display(), config.model.context),
-        config.model.forward_bytes(1),
+        &format!("running the model in {} (on {} positions)", dir.display(), shape.context),
+        shape.forward_bytes(1),
         "the checkpoint's shape is too large for this machine",
     )?;
     Ok(config)
 }
+
+/// Positions of the forward pass a load must have room for.
+const LOAD_CHECK_CONTEXT: usize = 2048;
 
 /// The tensors of a safetensors file of the run (f32, little-endian as the format is, on a
 /// little-endian host), read straight from the file into the tensors' own buffers: the weights

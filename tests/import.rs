@@ -265,6 +265,19 @@ fn every_command_runs_on_an_imported_gpt2() {
     every_command_runs_on(&run, tmp.path());
 }
 
+/// The families' own shapes through every command: grouped kv heads with llama3 rotary scaling
+/// (Llama), q/k norms on one kv head (Qwen3), partial rotary with the parallel residual (Pythia),
+/// and local windows with unscaled scores (GPT-Neo).
+#[test]
+fn every_command_runs_on_every_imported_family() {
+    for family in ["llama", "qwen3", "pythia-parallel", "gpt-neo"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families").join(family);
+        let run = cli_import(tmp.path(), &src, None, family);
+        every_command_runs_on(&run, tmp.path());
+    }
+}
+
 #[test]
 fn every_command_runs_on_an_imported_nanogpt_char_model() {
     let tmp = tempfile::tempdir().unwrap();
@@ -295,10 +308,10 @@ fn edited_gpt2(tmp: &Path, edit: impl FnOnce(&mut std::collections::HashMap<Stri
 fn an_unknown_model_type_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = edited_gpt2(tmp.path(), |_| {});
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"gpt2\"", "\"llama\"");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"gpt2\"", "\"mamba\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let out = tmp.path().join("run");
-    common::assert_clean_error(&common::run(&import_args(dir.to_str().unwrap(), out.to_str().unwrap())), 2, "unknown model_type \"llama\"");
+    common::assert_clean_error(&common::run(&import_args(dir.to_str().unwrap(), out.to_str().unwrap())), 2, "unknown model_type \"mamba\"");
     assert!(!out.exists(), "nothing is written");
 }
 

@@ -199,6 +199,29 @@ impl Gpt {
         self.head(&x)
     }
 
+    /// Per-token energies -ln p_T(target | prefix) `(B*T,)` of `ids` `(B, T)` for `targets`
+    /// `(B*T,)`, with the logits divided by `temperature`: the LM head and the cross-entropy run
+    /// over chunks of rows, so the logits of a large vocabulary (Qwen's 151,936) are never all in
+    /// memory at once. Forward-only; the same numbers as [`Gpt::forward`] then
+    /// [`loss::token_energies`].
+    pub fn token_energies(&self, ids: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
+        let (mut x, mask) = self.embed(ids)?;
+        for block in &self.blocks {
+            x = block.forward(&x, &mask)?;
+        }
+        let (b, t, c) = x.dims3()?;
+        let x = x.reshape((1, b * t, c))?; // every position as one row of a batch of one
+        let rows = (ENERGY_CHUNK_BYTES / 4 / self.cfg.vocab_size.max(1)).max(64);
+        let mut parts = Vec::with_capacity((b * t).div_ceil(rows));
+        for start in (0..b * t).step_by(rows) {
+            let n = rows.min(b * t - start);
+            let logits = self.head(&x.narrow(1, start, n)?)?.squeeze(0)?; // (n, V)
+            let logits = if temperature == 1.0 { logits } else { (logits / temperature)? };
+            parts.push(loss::token_energies(&logits, &targets.narrow(0, start, n)?)?);
+        }
+        Tensor::cat(&parts, 0)
+    }
+
     /// Logits and every layer's attention statistics. Forward-only: call it on a model whose
     /// weights are plain tensors (loaded, or [`crate::model::params::Params::detached_model`]).
     pub fn forward_with_stats(&self, ids: &Tensor) -> Result<(Tensor, Vec<AttnStats>)> {
@@ -257,6 +280,9 @@ pub struct KvCache {
     layers: Vec<candle_nn::kv_cache::KvCache>,
     len: usize,
 }
+
+/// Bytes of logits [`Gpt::token_energies`] holds at once.
+const ENERGY_CHUNK_BYTES: usize = 128 << 20;
 
 /// Positions the first buffers hold.
 const KV_FIRST_CAPACITY: usize = 256;

@@ -13,7 +13,6 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
-use crate::model::loss;
 use crate::model::Gpt;
 
 /// How to score.
@@ -143,8 +142,8 @@ pub fn score_ids(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions) 
         let b = chunk.len();
         let inputs = Tensor::from_vec(inputs, (b, t), dev)?;
         let targets = Tensor::from_vec(targets, b * t, dev)?;
-        let logits = (model.forward(&inputs)? / opts.temperature)?.flatten_to(1)?; // (B*T, V), tempered
-        let energies = loss::token_energies(&logits, &targets)?.reshape((b, t))?.to_dtype(DType::F64)?.to_vec2::<f64>()?; // (B, T)
+        // Tempered: p_T = softmax(logits / T), the head and the loss over chunks of rows.
+        let energies = model.token_energies(&inputs, &targets, opts.temperature)?.reshape((b, t))?.to_dtype(DType::F64)?.to_vec2::<f64>()?; // (B, T)
         for ((s, w), row) in chunk.iter().zip(energies) {
             for pos in w.score_from..w.end {
                 out[*s].energies[pos] = row[pos - w.start];
