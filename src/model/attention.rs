@@ -251,11 +251,32 @@ impl Attention {
         // Views of the cache, (B, K, Tpast+Tnew, D): strided only along T, so B and H still fold
         // into one batch dimension of the matmuls and no copy is needed.
         let (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
-        let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
         let (tq, tk) = (q.dim(2)?, k.dim(2)?);
         let mask = self.layer_mask(mask, tq, tk, x)?;
-        let y = Self::merge_heads(&scaled_attention(&q, &k, &v, &self.query_scale()?, mask.as_ref())?)?;
+        let y = Self::merge_heads(&self.grouped_attention(&q, &k, &v, mask.as_ref())?)?;
         self.proj.forward_only(&y, self.kernels, self.precision)
+    }
+
+    /// [`scaled_attention`] of queries `(B, H, Tq, D)` on grouped keys and values
+    /// `(B, K, Tk, D)` without copying them out to every query head: a group's G query heads are
+    /// consecutive, so the queries read as `(B, K, G Tq, D)`, one batch of rows per key head.
+    /// The same numbers as expanding the keys (each score is the same dot product); what the
+    /// cached path runs, where the keys are the whole cache and a copy per token would cost more
+    /// than the token's products.
+    fn grouped_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let group = self.n_head / self.n_kv_head;
+        if group == 1 {
+            return scaled_attention(q, k, v, &self.query_scale()?, mask);
+        }
+        let (b, h, tq, d) = q.dims4()?;
+        let kv = self.n_kv_head;
+        let q = q.broadcast_mul(&self.query_scale()?.reshape((1, h, 1, 1))?)?.reshape((b, kv, group * tq, d))?;
+        let mut logits = q.matmul(&k.t()?)?; // beta_h s_ij: (B, K, G Tq, Tk)
+        if let Some(mask) = mask {
+            logits = logits.broadcast_add(&mask.repeat((group, 1))?)?; // the same mask for every head of the group
+        }
+        let alpha = candle_nn::ops::softmax_last_dim(&logits)?;
+        alpha.matmul(v)?.reshape((b, h, tq, d)) // (B, H, Tq, D)
     }
 
     /// Forward pass that also returns, for every head, the weights alpha the attention actually
