@@ -255,6 +255,7 @@ fn imported_models_are_served_as_score_reads_them() {
         let server = start(&run);
         let info: Value = agent().get(&format!("{}/api/info", server.url)).call().unwrap().body_mut().read_json().unwrap();
         assert!(info["imported_from"].as_str().unwrap().starts_with(family), "{info}");
+        assert_eq!(info["n_kv_head"], if family == "qwen3:" { 1 } else { 4 }, "{info}");
         let text = "Where is the king?";
         let (status, got) = post(&server, "/api/score", &json!({"text": text, "temperatures": {head: 0.4}}));
         assert_eq!(status, 200, "{got}");

@@ -102,6 +102,9 @@ pub struct Info {
     pub checkpoint: String,
     pub n_layer: usize,
     pub n_head: usize,
+    /// Key/value heads (fewer than n_head with grouped-query attention; each query head keeps its
+    /// own temperature).
+    pub n_kv_head: usize,
     pub context: usize,
     pub vocab_size: usize,
     pub tokenizer: String,
@@ -130,6 +133,7 @@ pub fn info(model: &Gpt, tok: &Tok, config: &RunConfig, checkpoint: &str) -> Res
         checkpoint: checkpoint.to_string(),
         n_layer: config.model.n_layer,
         n_head: config.model.n_head,
+        n_kv_head: config.model.kv_heads(),
         context: config.model.context,
         vocab_size: tok.vocab_size(),
         tokenizer: crate::config::spelled(&tok.kind()),

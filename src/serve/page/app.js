@@ -321,7 +321,7 @@ async function start() {
   state.layers = info.n_layer * info.n_head <= 32 ? all : all.slice(0, 2);
   const allHeads = [...Array(info.n_head).keys()];
   state.heads = allHeads;
-  $("model").textContent = `${info.checkpoint}: ${info.n_layer} layers x ${info.n_head} heads, context ${info.context}, vocab ${info.vocab_size} (${info.tokenizer})${info.imported_from ? ", imported from " + info.imported_from : ""}`;
+  $("model").textContent = `${info.checkpoint}: ${info.n_layer} layers x ${info.n_head} heads${info.n_kv_head < info.n_head ? ` on ${info.n_kv_head} key/value heads` : ""}, context ${info.context}, vocab ${info.vocab_size} (${info.tokenizer})${info.imported_from ? ", imported from " + info.imported_from : ""}`;
   $("max-tokens").textContent = info.context - 1;
   $("text").value = info.sample_text;
   $("prompt").value = info.sample_text.split(" ")[0] || "";
