@@ -44,7 +44,18 @@ fn configs() -> Vec<ModelConfig> {
     let base = ModelConfig { context: 37, n_layer: 2, n_head: 3, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(41) };
     vec![
         ModelConfig { positions: Positions::Rope, ..base.clone() },
-        ModelConfig { positions: Positions::Learned, bias: true, activation: Activation::GeluTanh, tied_head: false, ..base },
+        ModelConfig { positions: Positions::Learned, bias: true, activation: Activation::GeluTanh, tied_head: false, ..base.clone() },
+        // A Llama-style shape: every new product (grouped q/k/v, SwiGLU's gate and up) in bf16.
+        ModelConfig {
+            positions: Positions::Rope,
+            n_head: 4,
+            norm: thermoformer::config::Norm::RmsNorm,
+            mlp: thermoformer::config::MlpKind::SwiGlu,
+            d_ff: Some(40),
+            n_kv_head: Some(2),
+            windows: vec![None, Some(9)],
+            ..base
+        },
     ]
 }
 
