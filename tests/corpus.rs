@@ -90,7 +90,7 @@ fn documents(dir: &Path) -> PathBuf {
 fn documents_are_joined_in_path_order_with_a_newline_between() {
     let tmp = tempfile::tempdir().unwrap();
     let docs = documents(tmp.path());
-    let corpus = Corpus::open(&[docs.clone()], Some("text")).unwrap();
+    let corpus = Corpus::open(std::slice::from_ref(&docs), Some("text")).unwrap();
     assert_eq!(corpus.files(), 4, "the hidden file is skipped");
     assert_eq!(corpus.read_to_string().unwrap(), "first\nsecond\nthird\nfourth\nfifth");
     // Another field of the same records, and a file named after a directory.
@@ -134,7 +134,7 @@ fn token_files_hold_the_encoders_ids_at_every_width_and_are_reused() {
     let text = corpus_text(60_000);
     let path = tmp.path().join("c.txt");
     std::fs::write(&path, &text).unwrap();
-    let corpus = Corpus::open(&[path.clone()], Some("text")).unwrap();
+    let corpus = Corpus::open(std::slice::from_ref(&path), Some("text")).unwrap();
 
     // u8 ids for a char vocabulary, u16 for a BPE.
     for (tok, width) in [(Tok::train_char(&text).unwrap(), 1), (Tok::train_bpe(&text, 400).unwrap(), 2)] {

@@ -297,14 +297,14 @@ impl CustomOp3 for CausalAttentionBackward {
                 let (dq, rest) = rest.split_at_mut(t * d);
                 let (tmp, rest) = rest.split_at_mut(t * d);
                 let (a, da) = rest.split_at_mut(t * t);
-                for hi in ki * group..(ki + 1) * group {
+                for (hi, &scale_h) in scale.iter().enumerate().skip(ki * group).take(group) {
                     let (q0, k0, y0) = (dims.q_at(bi, hi), dims.k_at(bi, hi), dims.y_at(bi, hi));
                     let v0 = k0 + kv * d;
                     let first = hi == ki * group;
                     // SAFETY: as in the forward pass; each (b, kv head) writes only the rows of
                     // its own key, value and query heads of d qkv and their d scale slots.
                     unsafe {
-                        weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a);
+                        weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a);
                         let d_qkv = ptr.get();
                         let dy0 = dy.as_ptr().add(y0);
                         // dv = A^T dY: (T, T)^T x (T, D), summed over the group.
@@ -338,7 +338,7 @@ impl CustomOp3 for CausalAttentionBackward {
                             d_scale += simd::dot(g, q) as f64;
                             let dst = ptr.slice(q0 + i * rs, d);
                             for (o, &gv) in dst.iter_mut().zip(g) {
-                                *o = scale[hi] * gv;
+                                *o = scale_h * gv;
                             }
                         }
                         partial_ptr.slice(bi * h + hi, 1)[0] = d_scale as f32;
