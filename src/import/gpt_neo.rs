@@ -55,12 +55,7 @@ pub fn read(dir: &Path, cfg: &HfConfig, tokenizer: Option<&Path>) -> Result<Impo
         windows,
         ..ModelConfig::nano_cpu(2)
     };
-    model.validate().map_err(|e| anyhow!("{}: {e:#}", cfg.path.display()))?;
-    super::check_vocab_fits(&tok, &model, "tokenizer.json")?;
-    let mut w = hf::read_weights(dir)?;
-    hf::drop_buffers(&mut w);
-    let weights = tensors(&model, w)?;
-    Ok(Imported { model, tokenizer: tok, weights, origin: format!("gpt_neo:{}", dir.display()) })
+    hf::finish(dir, cfg, "gpt_neo", model, tok, tensors)
 }
 
 /// "global" or "local" per layer: `attention_layers`, else `attention_types` ([[kinds], repeat]

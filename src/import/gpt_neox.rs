@@ -60,12 +60,7 @@ pub fn read(dir: &Path, cfg: &HfConfig, tokenizer: Option<&Path>) -> Result<Impo
         score_scale: Some(1.0 / (head_dim as f64).sqrt()),
         ..ModelConfig::nano_cpu(2)
     };
-    model.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", cfg.path.display()))?;
-    super::check_vocab_fits(&tok, &model, "tokenizer.json")?;
-    let mut w = hf::read_weights(dir)?;
-    hf::drop_buffers(&mut w);
-    let weights = tensors(&model, w)?;
-    Ok(Imported { model, tokenizer: tok, weights, origin: format!("gpt_neox:{}", dir.display()) })
+    hf::finish(dir, cfg, "gpt_neox", model, tok, tensors)
 }
 
 /// `query_key_value` `(H * 3D, ...)`, per head [q_h; k_h; v_h], as `[q; k; v]` with q and k in

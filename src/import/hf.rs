@@ -11,7 +11,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use crate::config::{RopeScaling, Start};
+use super::Imported;
+use crate::config::{ModelConfig, RopeScaling, Start};
 use crate::data::tokenizer::Tok;
 use crate::error::UsageError;
 
@@ -228,6 +229,25 @@ pub fn to_adjacent_pairs(t: &Tensor, heads: usize, d: usize, r: usize) -> Result
         .collect();
     let idx = Tensor::from_vec(order, heads * d, t.device())?;
     Ok(t.index_select(&idx, 0)?)
+}
+
+/// The end of every family's read: the config validated, the tokenizer checked against the
+/// embedding, the folder's weights read (older checkpoints' buffers dropped) and mapped onto this
+/// crate's names by the family's `tensors`.
+pub fn finish(
+    dir: &Path,
+    cfg: &HfConfig,
+    family: &str,
+    model: ModelConfig,
+    tok: Tok,
+    tensors: impl FnOnce(&ModelConfig, HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>>,
+) -> Result<Imported> {
+    model.validate().map_err(|e| anyhow!("{}: {e:#}", cfg.path.display()))?;
+    super::check_vocab_fits(&tok, &model, "tokenizer.json")?;
+    let mut w = read_weights(dir)?;
+    drop_buffers(&mut w);
+    let weights = tensors(&model, w)?;
+    Ok(Imported { model, tokenizer: tok, weights, origin: format!("{family}:{}", dir.display()) })
 }
 
 /// Fail on tensors nothing took: they mean the weights are not what the config describes.

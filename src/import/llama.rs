@@ -80,12 +80,7 @@ pub fn read(dir: &Path, cfg: &HfConfig, tokenizer: Option<&Path>) -> Result<Impo
         score_scale: Some(1.0 / (head_dim as f64).sqrt()),
         ..ModelConfig::nano_cpu(2)
     };
-    model.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", cfg.path.display()))?;
-    super::check_vocab_fits(&tok, &model, "tokenizer.json")?;
-    let mut w = hf::read_weights(dir)?;
-    hf::drop_buffers(&mut w);
-    let weights = tensors(&model, w)?;
-    Ok(Imported { model, tokenizer: tok, weights, origin: format!("{kind}:{}", dir.display()) })
+    hf::finish(dir, cfg, kind.as_str(), model, tok, tensors)
 }
 
 /// Their tensors as this crate's: the table of names, and q/k/v and gate/up fused.
