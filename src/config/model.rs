@@ -298,16 +298,6 @@ impl ModelConfig {
         self.windows.get(l).copied().flatten()
     }
 
-    /// Whether this is the GPT shape every kernel path was first written for: full-width heads,
-    /// one key head per query head, no q/k norm, no partial rotary, no local window.
-    pub fn is_classic_attention(&self) -> bool {
-        self.kv_heads() == self.n_head
-            && self.head_dim() * self.n_head == self.d_model
-            && !self.qk_norm
-            && self.rotary_dims() == self.head_dim()
-            && self.windows.iter().all(Option::is_none)
-    }
-
     /// Number of parameters (the learned position table included when there is one).
     pub fn param_count(&self) -> u64 {
         let c = |x: usize| x as u128;
