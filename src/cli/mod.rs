@@ -183,6 +183,7 @@ impl ModelArgs {
         let mut loaded = checkpoint::load(&self.checkpoint, &self.device.device()?)?;
         crate::kernels::bf16::require(self.precision)?;
         loaded.model.set_precision(self.precision);
+        loaded.model.prepare()?; // a bf16 model's packed weights, made while it loads
         if self.attn_temperature.is_some() || !self.head_temperature.is_empty() {
             loaded
                 .model

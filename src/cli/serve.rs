@@ -33,6 +33,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
     let mut loaded = crate::checkpoint::load(&args.checkpoint, &args.device.device()?)?;
     crate::kernels::bf16::require(args.precision)?;
     loaded.model.set_precision(args.precision);
+    loaded.model.prepare()?;
     if !args.host.is_loopback() {
         crate::progress::note(format!(
             "warning: listening on {}, so other machines can reach the explorer and run the model; use --host 127.0.0.1 to keep it local",

@@ -109,6 +109,12 @@ impl Attention {
         })
     }
 
+    /// Pack the projections in bf16 now (forward-only use).
+    pub(crate) fn prepare_bf16(&self) -> Result<()> {
+        self.qkv.prepare_bf16()?;
+        self.proj.prepare_bf16()
+    }
+
     /// The temperature T_h = 1/beta_h of every head.
     pub fn temperatures(&self) -> Result<Vec<f64>> {
         Ok(self.log_beta.to_dtype(DType::F64)?.to_vec1::<f64>()?.into_iter().map(|lb| (-lb).exp()).collect())

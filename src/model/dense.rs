@@ -51,6 +51,11 @@ impl Dense {
         self.lin.weight()
     }
 
+    /// Pack the weight in bf16 now rather than on first use.
+    pub(crate) fn prepare_bf16(&self) -> Result<()> {
+        self.packed.prepare(self.lin.weight())
+    }
+
     /// `x (..., d_in) -> (..., d_out)`, differentiable.
     pub fn forward(&self, x: &Tensor, kernels: Kernels, precision: Precision) -> Result<Tensor> {
         let y = match precision {

@@ -34,6 +34,12 @@ impl Mlp {
         Ok(Self { fc, proj, kind: cfg.mlp, activation: cfg.activation, kernels, precision: Precision::F32 })
     }
 
+    /// Pack both matrices in bf16 now (forward-only use).
+    pub(crate) fn prepare_bf16(&self) -> Result<()> {
+        self.fc.prepare_bf16()?;
+        self.proj.prepare_bf16()
+    }
+
     /// The nonlinearity between the two matrices: `(..., d_ff)` (or `(..., 2 d_ff)` for SwiGLU)
     /// -> `(..., d_ff)`.
     fn activate(&self, h: &Tensor) -> Result<Tensor> {

@@ -137,6 +137,19 @@ impl Gpt {
         }
     }
 
+    /// Make what a forward-only model in bf16 keeps: every weight packed in bf16, once, now
+    /// rather than on the first token. Nothing in f32; weights that train are never packed.
+    pub fn prepare(&self) -> Result<()> {
+        if self.precision != Precision::Bf16 {
+            return Ok(());
+        }
+        for b in &self.blocks {
+            b.attn.prepare_bf16()?;
+            b.mlp.prepare_bf16()?;
+        }
+        self.head_packed.prepare(self.head_weight())
+    }
+
     pub fn device(&self) -> &Device {
         self.tok_emb.embeddings().device()
     }

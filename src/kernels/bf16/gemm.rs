@@ -254,9 +254,14 @@ unsafe fn block(
     #[cfg(target_arch = "x86_64")]
     let _env = (kernel == Kernel::Avx2).then(micro::x86::FtzDaz::set);
     let step = if kernel == Kernel::Avx512Bf16 { 2 } else { 1 };
+    // One strip of A (a few rows: KV-cached generation) reuses no B across strips, so each B
+    // strip is read once, front to back, in one pass over k: a stream the prefetcher follows,
+    // where k-blocks would hop between strips. The bits are the same either way (C carries the
+    // accumulator exactly between k-blocks).
+    let kcp = if is.len() == 1 { kp } else { KCP };
     let mut k0 = 0;
     while k0 < kp {
-        let kc = KCP.min(kp - k0);
+        let kc = kcp.min(kp - k0);
         let mut i_block = is.start;
         while i_block < is.end {
             let i_end = (i_block + MCS).min(is.end);

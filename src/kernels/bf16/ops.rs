@@ -30,8 +30,22 @@ impl WeightCache {
             return Ok(p.clone());
         }
         let (n, k) = w.dims2()?;
-        let v = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(self.0.get_or_init(|| Arc::new(PackedB::of_weight(&v, n, k))).clone())
+        let w = w.contiguous()?;
+        // Packed straight from the weight's own storage: no f32 copy of a large head.
+        let (storage, layout) = w.storage_and_layout();
+        let values = match &*storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => &v[layout.start_offset()..layout.start_offset() + n * k],
+            _ => candle_core::bail!("bf16 packing needs an f32 weight on the CPU, got {:?} on {:?}", w.dtype(), w.device()),
+        };
+        Ok(self.0.get_or_init(|| Arc::new(PackedB::of_weight(values, n, k))).clone())
+    }
+
+    /// Pack `w` now (a forward-only model about to generate), unless it is a trainable variable.
+    pub fn prepare(&self, w: &Tensor) -> Result<()> {
+        if !w.is_variable() {
+            self.get(w)?;
+        }
+        Ok(())
     }
 }
 
