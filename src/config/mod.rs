@@ -18,8 +18,10 @@ pub use model::*;
 /// Version of the checkpoint layout. Bump it when a change would make old run directories load
 /// wrongly; loaders refuse a newer version with a hint to upgrade. Version 2 added the model
 /// fields of imported architectures (`bias`, `activation`, `ln_eps`, `tied_head`, `start`) and
-/// `imported_from`; a version-1 directory reads with their defaults, which are what it was.
-pub const FORMAT_VERSION: u32 = 2;
+/// `imported_from`; version 3 the fields of the imported families (`norm`, `mlp`, `rope_theta`,
+/// `n_kv_head`, `windows`, ...), which a version-2 binary would refuse as unknown. Older
+/// directories read with their defaults, which are what they were.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The arithmetic of the model's products (Linear layers, the LM head, attention's q.k and
 /// alpha.v): f32 throughout, or bf16 operands with f32 accumulation and outputs, as PyTorch's
