@@ -114,8 +114,11 @@ pub struct ModelConfig {
     pub windows: Vec<Option<usize>>,
 }
 
+/// The rotary frequency base of the original paper (RoFormer), and of models trained here.
+pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+
 fn default_rope_theta() -> f64 {
-    crate::model::rope::BASE
+    DEFAULT_ROPE_THETA
 }
 
 /// The normalisation layers.

@@ -20,7 +20,7 @@ use crate::config::{ModelConfig, RopeScaling};
 use crate::kernels::rope::Tables;
 
 /// The frequency base of the original paper.
-pub const BASE: f64 = 10_000.0;
+pub const BASE: f64 = crate::config::DEFAULT_ROPE_THETA;
 
 /// omega_m = base^(-2m/D) for m = 0..D/2: one angular frequency per pair of dimensions.
 pub fn frequencies(head_dim: usize, base: f64) -> Vec<f64> {
