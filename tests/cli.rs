@@ -107,7 +107,7 @@ fn every_flag_has_its_own_help_and_shows_its_default() {
     // train's flags, exactly: a flag added or removed must be documented here too.
     let train_flags = [
         "corpus", "out", "config", "resume", "init_from", "overwrite", "steps", "batch_size", "context", "layers", "heads", "d_model",
-        "positions", "norm", "mlp", "d_ff", "kv_heads", "rope_theta", "rope_dims", "parallel_residual", "lr", "min_lr", "warmup", "optimizer", "precision", "sgld_temperature", "beta1", "beta2", "weight_decay", "grad_clip",
+        "positions", "preset", "norm", "mlp", "d_ff", "kv_heads", "rope_theta", "rope_dims", "parallel_residual", "lr", "min_lr", "warmup", "optimizer", "precision", "sgld_temperature", "beta1", "beta2", "weight_decay", "grad_clip",
         "label_smoothing", "attn_temperature", "learn_temperature", "tokenizer", "vocab_size", "seed", "eval_every",
         "eval_batches", "eval_tokens", "val_fraction", "text_field", "bpe_sample_bytes", "sample_tokens", "stop_after", "format", "json", "no_progress", "device",
     ];

@@ -142,3 +142,27 @@ fn a_llama_style_model_trains_from_flags() {
     let resume = common::run(&["train", "--out", out_s, "--resume", "--steps", "40", "--kv-heads", "4", "--no-progress"]);
     common::assert_clean_error(&resume, 2, "--kv-heads");
 }
+
+/// `--preset` fills the architecture flags a family stands for, and flags given still win.
+#[test]
+fn a_preset_fills_the_family_shape_and_flags_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 20_000);
+    let out = tmp.path().join("preset");
+    let (corpus, out_s) = (corpus.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = common::tiny_train_flags(corpus, out_s); // --heads 2 --d-model 16
+    args.extend(["--preset", "llama", "--mlp", "gelu"]);
+    let o = common::run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let m = &cfg["model"];
+    // RMSNorm, 8/3 of 16 rounded up to a multiple of 8, one kv head for the two query heads; the
+    // MLP as the flag says.
+    assert_eq!((m["norm"].as_str(), m["mlp"].as_str(), m["d_ff"].as_u64(), m["n_kv_head"].as_u64()), (Some("rmsnorm"), Some("gelu"), Some(48), Some(1)), "{m}");
+
+    use thermoformer::config::{Preset, TrainOptions};
+    let pythia = Preset::Pythia.fill(TrainOptions { d_model: Some(64), heads: Some(4), ..TrainOptions::default() }).model_config(50);
+    assert_eq!((pythia.parallel_residual, pythia.rotary_dims(), pythia.norm), (true, 4, thermoformer::config::Norm::LayerNorm));
+    let resumed = common::run(&["train", "--out", out_s, "--resume", "--preset", "llama"]);
+    common::assert_clean_error(&resumed, 2, "--preset");
+}

@@ -33,6 +33,11 @@ pub struct TrainArgs {
     /// Replace a checkpoint already in --out instead of refusing.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// A family's block, filling in the architecture flags not given: gpt (the default shape),
+    /// llama (RMSNorm, SwiGLU 8/3 d wide, two query heads per key/value head) or pythia (the
+    /// parallel residual, rotary on a quarter of each head). Flags and --config still win.
+    #[arg(long, value_enum, value_name = "FAMILY", conflicts_with_all = ["resume", "init_from"])]
+    pub preset: Option<crate::config::Preset>,
     /// The training options (each also a `--config` key).
     #[command(flatten)]
     pub options: TrainOptions,
@@ -71,8 +76,12 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         Some(path) => TrainOptions::from_file(path)?,
         None => TrainOptions::default(),
     };
+    let options = file.overlay(&args.options);
     let request = TrainRequest {
-        options: file.overlay(&args.options),
+        options: match args.preset {
+            Some(preset) => preset.fill(options),
+            None => options,
+        },
         out: args.out.clone(),
         resume: args.resume,
         init_from: args.init_from.clone(),

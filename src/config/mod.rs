@@ -334,6 +334,51 @@ mod one_or_many {
     }
 }
 
+/// A family's block at any size, for `train --preset`: the architecture flags it stands for,
+/// filled in where the command line and `--config` leave them unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// GPT-2 / nanoGPT: LayerNorm, a GELU MLP 4 d wide, rotary positions (the default).
+    Gpt,
+    /// Llama 3 / SmolLM2: RMSNorm, SwiGLU about 8/3 d wide (a multiple of 8), rotary positions,
+    /// and grouped-query attention with two query heads per key/value head where the heads pair.
+    Llama,
+    /// Pythia (GPT-NeoX): LayerNorm, a GELU MLP 4 d wide, the parallel residual, rotary phases on
+    /// a quarter of each head.
+    Pythia,
+}
+
+impl Preset {
+    /// `opts` with this family's architecture options wherever it leaves them unset.
+    pub fn fill(self, mut opts: TrainOptions) -> TrainOptions {
+        let base = ModelConfig::nano_cpu(2);
+        let (d, heads) = (opts.d_model.unwrap_or(base.d_model), opts.heads.unwrap_or(base.n_head));
+        opts.positions.get_or_insert(Positions::Rope);
+        match self {
+            Preset::Gpt => {
+                opts.norm.get_or_insert(Norm::LayerNorm);
+                opts.mlp.get_or_insert(MlpKind::Gelu);
+            }
+            Preset::Llama => {
+                opts.norm.get_or_insert(Norm::RmsNorm);
+                opts.mlp.get_or_insert(MlpKind::SwiGlu);
+                opts.d_ff.get_or_insert((8 * d).div_ceil(3).div_ceil(8) * 8);
+                if heads >= 2 && heads.is_multiple_of(2) {
+                    opts.kv_heads.get_or_insert(heads / 2);
+                }
+            }
+            Preset::Pythia => {
+                opts.norm.get_or_insert(Norm::LayerNorm);
+                opts.mlp.get_or_insert(MlpKind::Gelu);
+                opts.parallel_residual.get_or_insert(true);
+                let head = d / heads.max(1);
+                opts.rope_dims.get_or_insert((head / 4 / 2 * 2).max(2));
+            }
+        }
+        opts
+    }
+}
+
 /// The smallest temperature accepted anywhere (attention heads, sampling, scoring, sweeps):
 /// beta = 1/T then stays far inside f32's range. The T -> 0 limit is reached well before it: at
 /// 1e-6 an attention row is already one-hot on its largest score.
