@@ -270,7 +270,8 @@ const LOAD_CHECK_CONTEXT: usize = 2048;
 /// The tensors of a safetensors file of the run (f32, little-endian as the format is, on a
 /// little-endian host), read straight from the file into the tensors' own buffers: the weights
 /// are in memory once, as the tensors. (A memory map would be simpler, but its pages count as
-/// resident while they are copied, doubling the peak for a large model.)
+/// resident while they are copied, doubling the peak for a large model; and the safetensors
+/// crate parses a header only out of the whole file's bytes, so the header is read here.)
 fn read_tensors(dir: &Path, name: &str, dev: &Device) -> Result<HashMap<String, Tensor>> {
     let path = dir.join(name);
     let mut file = File::open(committed_path(dir, name)).with_context(|| format!("reading {}", path.display()))?;

@@ -12,7 +12,8 @@ use anyhow::{anyhow, Result};
 use candle_core::Tensor;
 use serde_json::Value;
 
-use super::hf::{self, take, HfConfig};
+use super::hf::{self, HfConfig};
+use super::take;
 use super::Imported;
 use crate::config::{Activation, ModelConfig, Positions};
 

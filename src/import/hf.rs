@@ -207,15 +207,6 @@ pub fn drop_buffers(weights: &mut HashMap<String, Tensor>) {
     weights.retain(|name, _| !(name.ends_with(".inv_freq") || name.ends_with(".masked_bias") || name.ends_with(".attention.bias") || name.ends_with(".attn.bias")));
 }
 
-/// A tensor by name with the shape the config implies, or an error naming it.
-pub fn take(weights: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
-    let t = weights.remove(name).with_context(|| format!("tensor {name} is missing"))?;
-    if t.dims() != shape {
-        bail!("tensor {name} has shape {:?}, but the model's config needs {shape:?}", t.dims());
-    }
-    Ok(t)
-}
-
 /// Rows of `t` (dim 0: `heads` heads of `d` rows) reordered from the rotate-half layout of
 /// Llama and GPT-NeoX, where dimension m of a head's first `r` pairs with m + r/2, to the
 /// adjacent pairs (2m, 2m + 1) of this crate's rotary phases; the head's rows past `r` (not

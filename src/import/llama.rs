@@ -13,7 +13,8 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::hf::{self, take, to_adjacent_pairs, HfConfig};
+use super::hf::{self, to_adjacent_pairs, HfConfig};
+use super::take;
 use super::Imported;
 use crate::config::{MlpKind, ModelConfig, Norm, Positions};
 

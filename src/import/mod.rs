@@ -147,7 +147,7 @@ pub fn check_vocab_fits(tok: &Tok, model: &ModelConfig, what: &str) -> Result<()
 }
 
 /// A tensor of `weights` with the shape the config implies, or an error naming it.
-fn take(weights: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
+pub(crate) fn take(weights: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
     let t = weights.remove(name).with_context(|| format!("tensor {name} is missing"))?;
     if t.dims() != shape {
         bail!("tensor {name} has shape {:?} (matrices as (out, in)), but the model's config needs {shape:?}", t.dims());
@@ -180,7 +180,7 @@ pub fn to_thermoformer(cfg: &ModelConfig, mut w: HashMap<String, Tensor>) -> Res
                 out.insert(format!("{dst}.bias"), take(&mut w, &format!("{src}.bias"), &[bias_len])?);
             }
         }
-        out.insert(format!("blocks.{l}.attn.log_beta"), Tensor::zeros(cfg.n_head, DType::F32, &Device::Cpu)?);
+        out.insert(format!("blocks.{l}.attn.log_beta"), unit_temperatures(cfg.n_head)?);
     }
     out.insert("ln_f.weight".into(), take(&mut w, "ln_f.weight", &[d])?);
     if cfg.bias {
@@ -190,11 +190,7 @@ pub fn to_thermoformer(cfg: &ModelConfig, mut w: HashMap<String, Tensor>) -> Res
         out.insert("lm_head.weight".into(), take(&mut w, "lm_head.weight", &[v, d])?);
     }
     w.remove("lm_head.weight"); // a tied copy
-    let mut extra: Vec<&String> = w.keys().collect();
-    extra.sort();
-    if let Some(name) = extra.first() {
-        bail!("unexpected tensor {name} (and {} more): the weights do not match the model's config", extra.len() - 1);
-    }
+    hf::no_leftovers(&w)?;
     Ok(out)
 }
 

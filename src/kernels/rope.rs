@@ -77,7 +77,6 @@ impl CustomOp1 for RotateQk {
                 let src = &x[row * c3..(row + 1) * c3];
                 // SAFETY: each row is written by exactly one work item.
                 let dst = unsafe { out.slice(row * c3, c3) };
-                dst.copy_from_slice(src);
                 for (head_in, head_out) in src[..rotated].chunks_exact(d).zip(dst[..rotated].chunks_exact_mut(d)) {
                     for m in 0..half {
                         let (x0, x1) = (head_in[2 * m], head_in[2 * m + 1]);
@@ -85,7 +84,9 @@ impl CustomOp1 for RotateQk {
                         head_out[2 * m] = x0 * co - x1 * si;
                         head_out[2 * m + 1] = x0 * si + x1 * co;
                     }
+                    head_out[2 * half..].copy_from_slice(&head_in[2 * half..]); // past partial rotary
                 }
+                dst[rotated..].copy_from_slice(&src[rotated..]); // the values
             }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))

@@ -205,11 +205,16 @@ impl Gpt {
 
     /// Logits `(B, T, V)` of the next token at every position of `ids` `(B, T)`, T <= context.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.head(&self.hidden(ids)?)
+    }
+
+    /// The residual stream after the last block, `(B, T, C)`: what the head reads.
+    fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let (mut x, mask) = self.embed(ids)?;
         for block in &self.blocks {
             x = block.forward(&x, &mask)?;
         }
-        self.head(&x)
+        Ok(x)
     }
 
     /// Per-token energies -ln p_T(target | prefix) `(B*T,)` of `ids` `(B, T)` for `targets`
@@ -218,10 +223,7 @@ impl Gpt {
     /// memory at once. Forward-only; the same numbers as [`Gpt::forward`] then
     /// [`loss::token_energies`].
     pub fn token_energies(&self, ids: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
-        let (mut x, mask) = self.embed(ids)?;
-        for block in &self.blocks {
-            x = block.forward(&x, &mask)?;
-        }
+        let x = self.hidden(ids)?;
         let (b, t, c) = x.dims3()?;
         let x = x.reshape((1, b * t, c))?; // every position as one row of a batch of one
         let rows = (ENERGY_CHUNK_BYTES / 4 / self.cfg.vocab_size.max(1)).max(64);
