@@ -125,15 +125,33 @@ fn tick(v: f64) -> String {
 /// the x axis is logarithmic (drawn as log2 x, labelled with x).
 pub fn line_panels(path: &Path, x_label: &str, log_x: bool, panels: &[(&str, &str, Vec<Series>)]) -> Result<()> {
     ensure_font();
+    let root = BitMapBackend::new(path, (640 * panels.len().max(1) as u32, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err(path))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    draw_line_panels(path, &areas, x_label, log_x, panels)?;
+    root.present().map_err(draw_err(path))?;
+    Ok(())
+}
+
+/// [`line_panels`] on the given areas, one panel each, sharing one x range.
+fn draw_line_panels(path: &Path, areas: &[DrawingArea<BitMapBackend, Shift>], x_label: &str, log_x: bool, panels: &[(&str, &str, Vec<Series>)]) -> Result<()> {
     let fx = |x: f64| if log_x { x.log2() } else { x };
     let xs: Vec<f64> = panels.iter().flat_map(|p| p.2.iter().flat_map(|s| s.points.iter().map(|p| fx(p.0)))).collect();
     if xs.is_empty() || xs.iter().any(|x| !x.is_finite()) {
         bail!("nothing to draw in {} (no points, or x <= 0 on a log axis)", path.display());
     }
-    let root = BitMapBackend::new(path, (640 * panels.len() as u32, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(draw_err(path))?;
-    let areas = root.split_evenly((1, panels.len()));
-    let palette = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+    let palette = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
     let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
     let pad = if hi > lo { 0.04 * (hi - lo) } else { 1.0 };
     let (x_lo, x_hi) = (lo - pad, hi + pad);
@@ -195,6 +213,60 @@ pub fn line_panels(path: &Path, x_label: &str, log_x: bool, panels: &[(&str, &st
             .draw()
             .map_err(draw_err(path))?;
     }
+    Ok(())
+}
+
+
+/// Blue (x = -1) through white (0) to red (1).
+fn diverging(x: f64) -> RGBColor {
+    let x = x.clamp(-1.0, 1.0);
+    let (end, w) = if x < 0.0 { ((33.0, 102.0, 172.0), -x) } else { ((178.0, 24.0, 43.0), x) };
+    let lerp = |a: f64, b: f64| (a + (b - a) * w).round() as u8;
+    RGBColor(lerp(247.0, end.0), lerp(247.0, end.1), lerp(247.0, end.2))
+}
+
+/// The phase diagram: on top, a layers x heads grid coloured by ln T*_h (blue below T = 1,
+/// red above, each cell labelled with T*); below, one panel per layer of C_h(T) against T (log
+/// axis), one line per head.
+pub fn phase_picture(path: &Path, t_star: &[Vec<f64>], curves: &[(&str, &str, Vec<Series>)]) -> Result<()> {
+    ensure_font();
+    let (layers, heads) = (t_star.len(), t_star.first().map_or(0, Vec::len));
+    if layers == 0 || heads == 0 || curves.is_empty() {
+        bail!("nothing to draw: {layers} layers, {heads} heads");
+    }
+    let cols = curves.len().min(3);
+    let rows = curves.len().div_ceil(cols);
+    let cell = (56u32).min(1800 / heads as u32).max(18);
+    let map_h = 70 + cell * layers as u32 + 40;
+    let width = (640 * cols as u32).max(120 + cell * heads as u32);
+    let root = BitMapBackend::new(path, (width, map_h + 440 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err(path))?;
+    let (top, bottom) = root.split_vertically(map_h);
+    let span = t_star.iter().flatten().filter(|t| t.is_finite() && **t > 0.0).map(|t| t.ln().abs()).fold(0.1f64, f64::max);
+    let title = format!("peak temperature T* of each head's heat capacity (blue: T* < 1, red: T* > 1, full colour at |ln T*| = {span:.2})");
+    let font = (FONT, 15).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Top));
+    top.draw(&Text::new(title, (10, 8), font)).map_err(draw_err(path))?;
+    let (x0, y0) = (70i32, 50i32);
+    let c = cell as i32;
+    let small = (FONT, 11).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Center));
+    let label = (FONT, 13).into_font().color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
+    for (l, row) in t_star.iter().enumerate() {
+        top.draw(&Text::new(format!("L{l}"), (x0 - 6, y0 + l as i32 * c + c / 2), label.clone())).map_err(draw_err(path))?;
+        for (h, &t) in row.iter().enumerate() {
+            let (x, y) = (x0 + h as i32 * c, y0 + l as i32 * c);
+            let color = if t.is_finite() && t > 0.0 { diverging(t.ln() / span) } else { RGBColor(200, 200, 200) };
+            top.draw(&Rectangle::new([(x, y), (x + c - 1, y + c - 1)], color.filled())).map_err(draw_err(path))?;
+            if c >= 30 {
+                top.draw(&Text::new(tick(t), (x + c / 2, y + c / 2), small.clone())).map_err(draw_err(path))?;
+            }
+        }
+    }
+    let below = (FONT, 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top));
+    for h in 0..heads {
+        top.draw(&Text::new(format!("H{h}"), (x0 + h as i32 * c + c / 2, y0 + layers as i32 * c + 4), below.clone())).map_err(draw_err(path))?;
+    }
+    let areas = bottom.split_evenly((rows, cols));
+    draw_line_panels(path, &areas[..curves.len()], "head temperature T (log axis)", true, curves)?;
     root.present().map_err(draw_err(path))?;
     Ok(())
 }

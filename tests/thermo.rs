@@ -90,7 +90,8 @@ fn the_applied_weights_are_the_boltzmann_law_of_the_recomputed_scores() {
                 for seq in 0..b {
                     for i in 0..t {
                         let independent = RowStats::from_energies(&e[seq * h + head][i][..=i], rows[head].beta);
-                        let (keys, measured) = rows[head].rows[seq * t + i];
+                        let row = rows[head].rows[seq * t + i];
+                        let (keys, measured) = (row.keys, row.stats);
                         assert_eq!(keys, i + 1);
                         assert!((independent.entropy - measured.entropy).abs() < 1e-4, "{kernels:?}: H of row {i}");
                         assert!((independent.ln_z - measured.ln_z).abs() < 1e-4, "{kernels:?}: ln Z of row {i}");

@@ -9,7 +9,11 @@ use super::{check_temperature, validation_tokens, ModelArgs};
 use crate::checkpoint::Loaded;
 use crate::data;
 use crate::error::UsageError;
+use candle_core::Tensor;
+
 use crate::physics::inspect::{self, Selection, SweepPoint, TextInspection};
+use crate::physics::phase::{self, PhaseDiagram};
+use crate::physics::response::{self, EnergySample, HeadResponse, Response};
 use crate::plot::{self, Series};
 
 /// Options of `thermoformer inspect`.
@@ -17,7 +21,7 @@ use crate::plot::{self, Series};
 #[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, clap::Args)]
 #[command(allow_negative_numbers = true)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["text", "sweep", "rope"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["text", "sweep", "rope", "response", "phase"])))]
 pub struct InspectArgs {
     /// Text to read (as BOS + tokens; at most context-1 tokens). For every layer and head prints:
     /// T, mean entropy H (nats), H/ln(keys allowed), <exp H> (effective keys), mean ln Z, mean
@@ -26,6 +30,24 @@ pub struct InspectArgs {
     /// |H - beta<E> - ln Z| over the rows.
     #[arg(long)]
     pub text: Option<String>,
+    /// Response functions of every head: the susceptibility chi = dE/d ln T_h (all heads from one
+    /// backward pass), and E with the head at T = infinity (uniform weights over its keys) and at
+    /// T -> 0 (all weight on its top-scoring key), each minus E, in nats. With --text, E is
+    /// -ln p(text) as `score` prints it; without, the mean energy of the validation windows of
+    /// --corpus. A table ranked by |chi| (JSON: susceptibility, ablated_hot and ablated_cold in
+    /// each head's entry). The ablations cost two forward passes per head: bound them with
+    /// --layers and --heads.
+    #[arg(long, conflicts_with_all = ["sweep", "rope"])]
+    pub response: bool,
+    /// Phase diagram: each head's heat capacity C(T) over --grid, its levels E_ij held as read
+    /// at the trained temperatures, with the peak T* and its height, and the start-token sink
+    /// along T. On --text, else on validation windows. With --png, a picture: layers x heads
+    /// coloured by ln T*, and C(T) per layer.
+    #[arg(long, conflicts_with_all = ["sweep", "rope"])]
+    pub phase: bool,
+    /// The temperature grid of --phase: LOW,HIGH,POINTS, evenly spaced in ln T.
+    #[arg(long, value_name = "LO,HI,N", value_delimiter = ',', default_value = "0.01,100,81", requires = "phase")]
+    pub grid: Vec<f64>,
     /// Sweep the global attention temperature (every head set to T) over these values, e.g.
     /// 0.25,0.5,1,2,4: energy per token and mean attention entropy on a fixed slice of the
     /// validation split.
@@ -38,7 +60,7 @@ pub struct InspectArgs {
     /// get the same table for comparison.
     #[arg(long, conflicts_with_all = ["text", "sweep"])]
     pub rope: bool,
-    /// Corpus for --sweep and --rope [default: the checkpoint's training corpus]; split as in
+    /// Corpus for --sweep, --rope, and --response or --phase without --text [default: the checkpoint's training corpus]; split as in
     /// training.
     #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
@@ -55,7 +77,7 @@ pub struct InspectArgs {
     /// --rope [default: every head].
     #[arg(long, value_name = "H1,H2,...", value_delimiter = ',', conflicts_with = "sweep")]
     pub heads: Option<Vec<usize>>,
-    /// Write a PNG: with --text, a grid of attention maps (layers x heads, tokens on the axes, T
+    /// Write a PNG: with --phase, the phase diagram; with --text, a grid of attention maps (layers x heads, tokens on the axes, T
     /// and H in each title); with --sweep, energy per token and entropy against T (log axis); with
     /// --rope, the mean score against distance, one panel per layer, one line per head.
     #[arg(long, value_name = "FILE")]
@@ -69,6 +91,8 @@ pub struct InspectArgs {
     pub report: super::ReportArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub length: super::LengthScalingArgs,
 }
 
 /// `thermoformer inspect`.
@@ -76,15 +100,16 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     if let Some(png) = &args.png {
         super::png_path("--png", png)?;
     }
-    if (args.sweep.is_some() || args.rope) && args.windows == Some(0) {
+    if args.windows == Some(0) {
         return Err(UsageError("--windows must be at least 1".into()).into());
     }
     if args.text.is_some() && args.corpus.is_some() {
-        return Err(UsageError("--corpus is for --sweep and --rope; --text reads only the given text".into()).into());
+        return Err(UsageError("--corpus is for --sweep, --rope, --response and --phase; --text reads only the given text".into()).into());
     }
+    let grid = if args.phase { Some(phase_grid(&args.grid)?) } else { None };
     let selection = Selection { layers: args.layers.clone(), heads: args.heads.clone() };
     if args.rope {
-        let loaded = args.model.load()?;
+        let loaded = load(args)?;
         selection.check(loaded.config.model.n_layer, loaded.config.model.n_head).map_err(|e| UsageError(e.to_string()))?;
         return run_rope(args, &loaded, &selection);
     }
@@ -95,20 +120,36 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
         let mut temps = temps.clone();
         temps.sort_by(f64::total_cmp);
         temps.dedup();
-        let loaded = args.model.load()?;
+        let loaded = load(args)?;
         return run_sweep(args, &loaded, &temps);
     }
-    let text = args.text.as_deref().unwrap_or_default();
-    let loaded = args.model.load()?;
+    let loaded = load(args)?;
     selection.check(loaded.config.model.n_layer, loaded.config.model.n_head).map_err(|e| UsageError(e.to_string()))?;
-    let mut report = inspect::inspect_text(&loaded.model, &loaded.tokenizer, text)?;
+    let Some(text) = args.text.as_deref() else {
+        return run_windows(args, &loaded, &selection, grid.as_deref());
+    };
+    let ids = loaded.tokenizer.encode(text)?;
+    let (mut report, _) = inspect::inspect_ids(&loaded.model, &loaded.tokenizer, &ids)?;
     report.select(&selection);
+    let lab = Lab::measure(args, &loaded, &selection, grid.as_deref(), |model| {
+        let input = Tensor::new([&[loaded.tokenizer.bos()][..], &ids].concat().as_slice(), model.device())?.unsqueeze(0)?;
+        Ok(vec![model.forward_with_stats(&input)?.1])
+    }, || EnergySample::text(&loaded.model, loaded.tokenizer.bos(), &ids))?;
     let mut out = std::io::stdout().lock();
     match args.report.format() {
-        super::ReportFormat::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
-        super::ReportFormat::Table => write_heads(&mut out, &report)?,
+        super::ReportFormat::Json => {
+            let mut v = serde_json::to_value(&report)?;
+            lab.merge_json(&mut v)?;
+            writeln!(out, "{v}")?
+        }
+        super::ReportFormat::Table => {
+            write_heads(&mut out, &report)?;
+            lab.write_tables(&mut out, &format!("-ln p of the text, {} tokens", ids.len()))?;
+        }
     }
-    if let Some(png) = &args.png {
+    if let (Some(png), Some(phase)) = (&args.png, &lab.phase) {
+        write_phase_png(png, phase)?;
+    } else if let Some(png) = &args.png {
         let titles: Vec<Vec<String>> = (0..report.alpha.len())
             .map(|l| {
                 (0..report.alpha[l].len())
@@ -130,17 +171,209 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// The checkpoint with the temperature overrides and the length scaling applied.
+fn load(args: &InspectArgs) -> Result<Loaded> {
+    let mut loaded = args.model.load()?;
+    args.length.apply(&mut loaded.model)?;
+    Ok(loaded)
+}
+
+/// `--grid LO,HI,N` as temperatures.
+fn phase_grid(g: &[f64]) -> Result<Vec<f64>> {
+    let bad = || UsageError(format!("--grid takes LOW,HIGH,POINTS with 0 < LOW < HIGH and 3 to 10000 points, got {g:?}"));
+    let [lo, hi, n] = g else { return Err(bad().into()) };
+    if n.fract() != 0.0 || !(3.0..=10_000.0).contains(n) {
+        return Err(bad().into());
+    }
+    phase::log_grid(*lo, *hi, *n as usize).map_err(|_| bad().into())
+}
+
+/// What --response and --phase measured, for the selected heads.
+struct Lab {
+    response: Option<Response>,
+    phase: Option<PhaseDiagram>,
+}
+
+impl Lab {
+    /// Run --response on the sample `sample` makes and --phase on the statistics `passes` reads
+    /// (one list per pass), as asked.
+    fn measure(
+        args: &InspectArgs,
+        loaded: &Loaded,
+        selection: &Selection,
+        grid: Option<&[f64]>,
+        passes: impl Fn(&crate::Gpt) -> Result<Vec<Vec<crate::model::AttnStats>>>,
+        sample: impl Fn() -> Result<EnergySample>,
+    ) -> Result<Self> {
+        let response = if args.response { Some(response::response(&loaded.model, &sample()?, selection, true)?) } else { None };
+        let phase = match grid {
+            Some(grid) => {
+                let stats = passes(&loaded.model)?;
+                let rows = stats.iter().filter_map(|s| s.first()).map(|s| s.energy.dim(0).unwrap_or(0) * s.energy.dim(2).unwrap_or(0)).sum();
+                let mut builder = phase::PhaseBuilder::new(rows);
+                for s in &stats {
+                    builder.add(s)?;
+                }
+                let mut p = builder.finish(grid);
+                p.heads.retain(|h| selection.keeps(h.layer, h.head));
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(Self { response, phase })
+    }
+
+    /// Add each head's responses and phase peak to its entry of `v["heads"]`, and the sample's E
+    /// and the phase curves at the top.
+    fn merge_json(&self, v: &mut serde_json::Value) -> Result<()> {
+        let heads = v["heads"].as_array_mut().ok_or_else(|| anyhow::anyhow!("a report without heads"))?;
+        for entry in heads.iter_mut() {
+            let (l, h) = (entry["layer"].as_u64().unwrap_or(0) as usize, entry["head"].as_u64().unwrap_or(0) as usize);
+            if let Some(r) = self.response.as_ref().and_then(|r| r.heads.iter().find(|x| x.layer == l && x.head == h)) {
+                entry["susceptibility"] = r.susceptibility.into();
+                entry["ablated_hot"] = r.ablated_hot.into();
+                entry["ablated_cold"] = r.ablated_cold.into();
+            }
+            if let Some(p) = self.phase.as_ref().and_then(|p| p.heads.iter().find(|x| x.layer == l && x.head == h)) {
+                entry["t_star"] = p.t_star.into();
+                entry["c_star"] = p.c_star.into();
+                entry["peak_in_grid"] = p.peak_in_grid.into();
+            }
+        }
+        if let Some(r) = &self.response {
+            v["energy"] = r.energy.into();
+            v["response"] = serde_json::json!({
+                "sequences": r.sequences,
+                "tokens": r.tokens,
+                "seconds_susceptibility": r.seconds_susceptibility,
+                "seconds_ablation": r.seconds_ablation,
+            });
+        }
+        if let Some(p) = &self.phase {
+            v["phase"] = serde_json::to_value(p)?;
+        }
+        Ok(())
+    }
+
+    fn write_tables(&self, out: &mut impl Write, what_e: &str) -> Result<()> {
+        if let Some(r) = &self.response {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "E = {:.4} nats ({what_e}); chi in {:.2} s, {} ablations in {:.2} s",
+                r.energy,
+                r.seconds_susceptibility,
+                2 * r.heads.len(),
+                r.seconds_ablation
+            )?;
+            writeln!(out, "heads ranked by |chi|; chi = dE/d ln T_h, hot = E(T_h = inf) - E, cold = E(T_h -> 0) - E, nats")?;
+            writeln!(out, "{:>4} {:>5} {:>4} {:>8} {:>10} {:>10} {:>10}", "rank", "layer", "head", "T", "chi", "hot", "cold")?;
+            let mut ranked: Vec<&HeadResponse> = r.heads.iter().collect();
+            ranked.sort_by(|a, b| b.susceptibility.abs().total_cmp(&a.susceptibility.abs()));
+            for (k, h) in ranked.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{:>4} {:>5} {:>4} {:>8.4} {:>10.4} {:>10.4} {:>10.4}",
+                    k + 1,
+                    h.layer,
+                    h.head,
+                    h.temperature,
+                    h.susceptibility,
+                    h.ablated_hot,
+                    h.ablated_cold
+                )?;
+            }
+        }
+        if let Some(p) = &self.phase {
+            let (lo, hi) = (p.temperatures[0], p.temperatures[p.temperatures.len() - 1]);
+            writeln!(out)?;
+            writeln!(out, "phase diagram: C(T) of each head on {} temperatures from {lo} to {hi}, over {} query rows per head", p.temperatures.len(), p.rows)?;
+            writeln!(out, "{:>5} {:>4} {:>8} {:>9} {:>9} {:>12}", "layer", "head", "T", "T*", "C(T*)", "ln(T*/T)")?;
+            for h in &p.heads {
+                let edge = if h.peak_in_grid { "" } else { " (at the grid's end)" };
+                writeln!(out, "{:>5} {:>4} {:>8.4} {:>9.4} {:>9.4} {:>12.3}{edge}", h.layer, h.head, h.temperature, h.t_star, h.c_star, (h.t_star / h.temperature).ln())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The phase diagram as a picture.
+fn write_phase_png(png: &std::path::Path, p: &PhaseDiagram) -> Result<()> {
+    let layers: Vec<usize> = {
+        let mut l: Vec<usize> = p.heads.iter().map(|h| h.layer).collect();
+        l.dedup();
+        l
+    };
+    let t_star: Vec<Vec<f64>> = layers.iter().map(|&l| p.heads.iter().filter(|h| h.layer == l).map(|h| h.t_star).collect()).collect();
+    let names: Vec<String> = p.heads.iter().map(|h| format!("head {} (T*={:.2})", h.head, h.t_star)).collect();
+    let titles: Vec<String> = layers.iter().map(|l| format!("layer {l}: heat capacity C(T)")).collect();
+    let curves: Vec<(&str, &str, Vec<Series>)> = layers
+        .iter()
+        .zip(&titles)
+        .map(|(&l, title)| {
+            let series = p
+                .heads
+                .iter()
+                .zip(&names)
+                .filter(|(h, _)| h.layer == l)
+                .map(|(h, n)| Series { name: n, points: p.temperatures.iter().copied().zip(h.heat_capacity.iter().copied()).collect() })
+                .collect();
+            (title.as_str(), "C = beta^2 Var(E)", series)
+        })
+        .collect();
+    plot::phase_picture(png, &t_star, &curves)?;
+    crate::progress::note(format!("phase diagram written to {}", png.display()));
+    Ok(())
+}
+
+/// --response and --phase without --text: on validation windows.
+fn run_windows(args: &InspectArgs, loaded: &Loaded, selection: &Selection, grid: Option<&[f64]>) -> Result<()> {
+    let v = validation_tokens(loaded, args.corpus.as_ref(), "inspect --response/--phase")?;
+    let (name, val) = (v.corpus.clone(), v.tokens());
+    let context = loaded.config.model.context;
+    let batches = stats_batches(args, loaded, val)?;
+    let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
+    let (mut heads, _) = inspect::read_windows(&loaded.model, &batches, None)?;
+    heads.retain(|h| selection.keeps(h.layer, h.head));
+    let lab = Lab::measure(args, loaded, selection, grid, |model| batches.iter().map(|b| Ok(model.forward_with_stats(&b.inputs)?.1)).collect(), || EnergySample::windows(&batches))?;
+    let mut out = std::io::stdout().lock();
+    match args.report.format() {
+        super::ReportFormat::Json => {
+            let mut v = serde_json::json!({ "corpus": name, "windows": windows, "context": context, "heads": heads });
+            lab.merge_json(&mut v)?;
+            writeln!(out, "{v}")?;
+        }
+        super::ReportFormat::Table => {
+            writeln!(out, "{windows} validation windows of {context} tokens from {name}")?;
+            write_summary_table(&mut out, &heads)?;
+            lab.write_tables(&mut out, &format!("mean over {windows} windows of -ln p of their tokens after the first"))?;
+        }
+    }
+    if let (Some(png), Some(phase)) = (&args.png, &lab.phase) {
+        write_phase_png(png, phase)?;
+    }
+    Ok(())
+}
+
 fn write_heads(out: &mut impl Write, r: &TextInspection) -> Result<()> {
     writeln!(out, "{} positions (BOS + {} tokens)", r.tokens.len(), r.tokens.len() - 1)?;
+    write_summary_table(out, &r.heads)
+}
+
+/// The per-head table of `inspect --text`; sink is the mean weight on the start, b the slope of
+/// H = a + b ln n.
+fn write_summary_table(out: &mut impl Write, heads: &[crate::physics::thermo::HeadSummary]) -> Result<()> {
+    let opt = |x: f64, p: usize| if x.is_finite() { format!("{x:.p$}") } else { "-".into() };
     writeln!(
         out,
-        "{:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9}",
-        "layer", "head", "T", "H", "H/ln n", "<exp H>", "ln Z", "<E>", "C", "|resid|"
+        "{:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9} {:>6} {:>7}",
+        "layer", "head", "T", "H", "H/ln n", "<exp H>", "ln Z", "<E>", "C", "|resid|", "sink", "b"
     )?;
-    for h in &r.heads {
+    for h in heads {
         writeln!(
             out,
-            "{:>5} {:>4} {:>8.4} {:>8.4} {:>8} {:>8.3} {:>9.4} {:>9.4} {:>8.4} {:>9.1e}",
+            "{:>5} {:>4} {:>8.4} {:>8.4} {:>8} {:>8.3} {:>9.4} {:>9.4} {:>8.4} {:>9.1e} {:>6} {:>7}",
             h.layer,
             h.head,
             h.temperature,
@@ -151,7 +384,9 @@ fn write_heads(out: &mut impl Write, r: &TextInspection) -> Result<()> {
             h.ln_z,
             h.mean_energy,
             h.heat_capacity,
-            h.identity_residual
+            h.identity_residual,
+            opt(h.sink, 3),
+            opt(h.entropy_slope, 3)
         )?;
     }
     Ok(())

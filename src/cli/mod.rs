@@ -194,6 +194,26 @@ impl ModelArgs {
     }
 }
 
+/// `--log-n-scaling`, on the commands that read energies of whole texts (score, inspect).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LengthScalingArgs {
+    /// Scale every head's inverse temperature with the number of keys n its query sees:
+    /// beta_h(n) = beta_h (1 + S ln n), the length-generalisation intervention (0: none). The
+    /// factor must stay positive up to the context.
+    #[arg(long, value_name = "S", default_value_t = 0.0, allow_negative_numbers = true)]
+    pub log_n_scaling: f64,
+}
+
+impl LengthScalingArgs {
+    /// Apply the scaling to `model` (nothing for 0); a bad S is a usage error.
+    pub fn apply(&self, model: &mut crate::Gpt) -> Result<()> {
+        if self.log_n_scaling != 0.0 {
+            model.set_log_n_scaling(self.log_n_scaling).map_err(|e| UsageError(format!("--log-n-scaling: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// The validation split of `corpus` (default: the checkpoint's training corpus, refused if it
 /// changed since training), split as in training, and the corpus's name; `command` names who
 /// needs it in the error.

@@ -36,6 +36,8 @@ pub struct ScoreArgs {
     pub text: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub length: super::LengthScalingArgs,
     /// Score under the tempered model p_T(x|ctx) = p(x|ctx)^(1/T) / Z_T(ctx), normalised at every
     /// step; 1 is the plain model.
     #[arg(long, value_name = "T", default_value_t = ScoreOptions::DEFAULT.temperature)]
@@ -267,7 +269,8 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
     }
     let mut input = Input::open(args)?;
     let mut chunk = input.next_chunk()?; // an empty or unreadable input fails before the model loads
-    let loaded = args.model.load()?;
+    let mut loaded = args.model.load()?;
+    args.length.apply(&mut loaded.model)?;
     let context = loaded.model.config().context;
     if let Some(s) = args.stride {
         if s == 0 || s > context {

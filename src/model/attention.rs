@@ -46,8 +46,25 @@ pub struct AttnStats {
     /// Energies E_ij = -s_ij = -beta_0 q_i.k_j, `(B, H, T, T)`; +inf for keys a query may not see
     /// (the future, and outside a local window).
     pub energy: Tensor,
-    /// Inverse temperature of every head, `(H,)`.
+    /// Inverse temperature of every head, `(H,)` (0 for a head patched hot).
     pub beta: Tensor,
+    /// Per query position, the factor of the length scaling beta_h(n) = beta_h (1 + s ln n)
+    /// ([`crate::Gpt::set_log_n_scaling`]); all ones without it. Row i's inverse temperature
+    /// is `beta_h * row_scale[i]`.
+    pub row_scale: Vec<f64>,
+}
+
+/// A forward-only intervention on one head's attention weights, for whole-sequence passes
+/// ([`crate::Gpt::patch_head`]).
+#[derive(Debug, Clone)]
+pub enum HeadPatch {
+    /// T -> infinity: uniform weights over the keys each query may see (beta_h = 0).
+    Hot,
+    /// T -> 0: all weight on the allowed key of highest score, the first on a tie.
+    Cold,
+    /// These weights `(T, T)` `[query][key]`, the same for every sequence of the batch (the
+    /// activation-patching hook; applied as given, masks and all).
+    Weights(Tensor),
 }
 
 /// Causal multi-head self-attention with a per-head inverse temperature.
@@ -74,6 +91,10 @@ pub struct Attention {
     rope: Option<Rope>,
     pub(crate) kernels: Kernels,
     pub(crate) precision: Precision,
+    /// Forward-only interventions on single heads, by head index.
+    patches: Vec<(usize, HeadPatch)>,
+    /// s of the length scaling beta_h(n) = beta_h (1 + s ln n), 0 for none.
+    log_n_scaling: f64,
 }
 
 impl Attention {
@@ -106,7 +127,108 @@ impl Attention {
             rope,
             kernels,
             precision: Precision::F32,
+            patches: Vec::new(),
+            log_n_scaling: 0.0,
         })
+    }
+
+    /// Patch head `head` (replacing an earlier patch of it).
+    pub(crate) fn patch(&mut self, head: usize, patch: HeadPatch) {
+        self.patches.retain(|(h, _)| *h != head);
+        self.patches.push((head, patch));
+    }
+
+    /// Set s of the length scaling beta_h(n) = beta_h (1 + s ln n).
+    pub(crate) fn set_log_n_scaling(&mut self, s: f64) {
+        self.log_n_scaling = s;
+    }
+
+    /// Make ln beta a variable of its own (a copy), so that a backward pass gives d/d ln beta_h.
+    pub(crate) fn temperature_var(&mut self) -> Result<candle_core::Var> {
+        let var = candle_core::Var::from_tensor(&self.log_beta.detach())?;
+        self.log_beta = var.as_tensor().clone();
+        Ok(var)
+    }
+
+    /// Whether a patch replaces weights (Cold, Weights): those heads run the composed path.
+    fn weights_patched(&self) -> bool {
+        self.patches.iter().any(|(_, p)| !matches!(p, HeadPatch::Hot))
+    }
+
+    /// Per query at positions `offset..offset + t`, the factor 1 + s ln n of the length scaling,
+    /// n the keys the query sees; None without scaling.
+    fn row_factors(&self, offset: usize, t: usize) -> Option<Vec<f64>> {
+        (self.log_n_scaling != 0.0).then(|| {
+            (offset..offset + t)
+                .map(|i| {
+                    let n = (i + 1).min(self.window.unwrap_or(usize::MAX));
+                    1.0 + self.log_n_scaling * (n as f64).ln()
+                })
+                .collect()
+        })
+    }
+
+    /// Queries `(B, H, T, D)` at positions `offset..` times their row factors (unchanged without
+    /// length scaling).
+    fn scale_rows(&self, q: Tensor, offset: usize) -> Result<Tensor> {
+        match self.row_factors(offset, q.dim(2)?) {
+            Some(f) => {
+                let t = f.len();
+                let f = Tensor::from_vec(f.into_iter().map(|x| x as f32).collect::<Vec<_>>(), (1, 1, t, 1), q.device())?.to_dtype(q.dtype())?;
+                q.broadcast_mul(&f)
+            }
+            None => Ok(q),
+        }
+    }
+
+    /// The fused kernel's input `(B, T, (H + 2K) D)` with its query columns times their row
+    /// factors (unchanged without length scaling).
+    fn scale_packed_rows(&self, packed: Tensor) -> Result<Tensor> {
+        let (_, t, w) = packed.dims3()?;
+        match self.row_factors(0, t) {
+            Some(f) => {
+                let hd = self.n_head * self.head_dim;
+                let f = Tensor::from_vec(f.into_iter().map(|x| x as f32).collect::<Vec<_>>(), (1, t, 1), packed.device())?.to_dtype(packed.dtype())?;
+                let q = packed.narrow(2, 0, hd)?.broadcast_mul(&f)?;
+                Tensor::cat(&[q, packed.narrow(2, hd, w - hd)?], 2)
+            }
+            None => Ok(packed),
+        }
+    }
+
+    /// The weights `(B, H, T, T)` of queries `q` (row factors applied) on keys `k` `(B, H, T, D)`
+    /// under `mask`, with every patched head's replaced: Hot ones are already uniform
+    /// (beta_h = 0 in `scale`), Cold ones one-hot on their first highest-scoring allowed key,
+    /// Weights ones as given.
+    fn patched_weights(&self, q: &Tensor, k: &Tensor, scale: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let alpha = scaled_weights(q, k, scale, Some(mask))?;
+        let (b, h, t, tk) = alpha.dims4()?;
+        let mut heads: Vec<Tensor> = (0..h).map(|i| alpha.narrow(1, i, 1)).collect::<Result<_>>()?;
+        for (head, patch) in &self.patches {
+            heads[*head] = match patch {
+                HeadPatch::Hot => continue,
+                HeadPatch::Weights(w) => {
+                    if w.dims() != [t, tk] {
+                        candle_core::bail!("patched weights of head {head} are {:?}, the pass needs ({t}, {tk})", w.dims())
+                    }
+                    w.to_dtype(alpha.dtype())?.reshape((1, 1, t, tk))?.broadcast_as((b, 1, t, tk))?.contiguous()?
+                }
+                HeadPatch::Cold => {
+                    // Scores of this head with the mask: the order of beta_h beta_0 q.k for any
+                    // positive factor (and any row factor).
+                    let s = q.narrow(1, *head, 1)?.matmul(&k.narrow(1, *head, 1)?.t()?)?.broadcast_add(mask)?; // (B, 1, T, Tk)
+                    let rows = s.to_dtype(DType::F32)?.flatten_to(2)?.to_vec2::<f32>()?; // (B*T, Tk)
+                    let mut one_hot = vec![0f32; b * t * tk];
+                    for (r, row) in rows.iter().enumerate() {
+                        // The first maximum: a later key must be strictly higher to win.
+                        let best = row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
+                        one_hot[r * tk + best] = 1.0;
+                    }
+                    Tensor::from_vec(one_hot, (b, 1, t, tk), alpha.device())?.to_dtype(alpha.dtype())?
+                }
+            };
+        }
+        Tensor::cat(&heads, 1)
     }
 
     /// Pack the projections in bf16 now (forward-only use).
@@ -198,9 +320,19 @@ impl Attention {
         y.transpose(1, 2)?.reshape((b, t, h * d))
     }
 
+    /// beta_h, `(H,)`: exp(ln beta_h), and 0 for a head patched hot (T = infinity).
+    fn betas(&self) -> Result<Tensor> {
+        let beta = self.log_beta.exp()?;
+        if !self.patches.iter().any(|(_, p)| matches!(p, HeadPatch::Hot)) {
+            return Ok(beta);
+        }
+        let keep: Vec<f32> = (0..self.n_head).map(|h| if self.patches.iter().any(|(i, p)| *i == h && matches!(p, HeadPatch::Hot)) { 0.0 } else { 1.0 }).collect();
+        beta.mul(&Tensor::from_vec(keep, self.n_head, beta.device())?.to_dtype(beta.dtype())?)
+    }
+
     /// beta_h beta_0, `(H,)`: the factor folded into the queries.
     fn query_scale(&self) -> Result<Tensor> {
-        self.log_beta.exp()? * self.score_scale
+        self.betas()? * self.score_scale
     }
 
     /// The bf16 kernel of the fused attention's products, None in f32.
@@ -224,19 +356,24 @@ impl Attention {
     pub(crate) fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (p, kern) = (self.precision, self.kernels);
         let projected = self.qkv.forward(x, kern, p)?; // (B, T, (H + 2K) D)
-        if kern.fused_for(x) {
+        let patched = self.weights_patched();
+        if kern.fused_for(x) && !patched {
             // The same function in one op, from the queries, keys and values to the merged heads.
-            let y = kernels::attention::causal_attention_in(&self.packed(projected)?, &self.query_scale()?, self.kernel_heads(), self.bf16_kernel()?)?; // (B, T, H D)
+            let packed = self.scale_packed_rows(self.packed(projected)?)?;
+            let y = kernels::attention::causal_attention_in(&packed, &self.query_scale()?, self.kernel_heads(), self.bf16_kernel()?)?; // (B, T, H D)
             return self.proj.forward(&y, kern, p);
         }
         // The readable reference: queries, keys and values (B, H, T, D) each, the Boltzmann
         // weights over the allowed keys, the heads merged and projected back.
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.heads(&projected, 0)?;
+        let q = self.scale_rows(q, 0)?;
         let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?);
         let mask = self.layer_mask(Some(mask), t, t, x)?.expect("a causal mask was given");
         let scale = self.query_scale()?;
         let y = match p {
+            // Patched heads run in f32 arithmetic whatever the precision.
+            _ if patched => self.patched_weights(&q, &k, &scale, &mask)?.matmul(&v)?,
             Precision::F32 => scaled_attention(&q, &k, &v, &scale, Some(&mask))?, // (B, H, T, D)
             Precision::Bf16 => rounded_attention(&q, &k, &v, &scale, &mask)?,
         };
@@ -248,12 +385,16 @@ impl Attention {
     /// (preallocated for the whole context, so appending copies only the new positions).
     pub(crate) fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
         let past = cache.current_seq_len();
+        if self.weights_patched() {
+            candle_core::bail!("a head patched cold or with given weights runs only in whole-sequence passes, not with a key/value cache")
+        }
         let qkv = self.qkv.forward_only(x, self.kernels, self.precision)?; // (B, Tnew, (H + 2K) D)
         let (q, k, v) = if self.direct && self.kernels.fused_for(&qkv) {
             self.split_plain(&self.rotate_fused(qkv, past)?)?
         } else {
             self.heads(&qkv, past)?
         }; // (B, H, Tnew, D), (B, K, Tnew, D) twice
+        let q = self.scale_rows(q, past)?;
         // Views of the cache, (B, K, Tpast+Tnew, D): strided only along T, so B and H still fold
         // into one batch dimension of the matmuls and no copy is needed.
         let (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
@@ -296,21 +437,27 @@ impl Attention {
         let (q, k, v) = self.heads(&projected, 0)?; // composed norm and rotary phases
         let (k, v) = (self.expand_kv(&k)?, self.expand_kv(&v)?); // (B, H, T, D)
         let mask = self.layer_mask(Some(mask), t, t, x)?.expect("a causal mask was given");
-        let beta = self.log_beta.exp()?; // (H,)
-        let (y, alpha) = if kern.fused_for(x) {
+        let beta = self.betas()?; // (H,)
+        let (y, alpha) = if kern.fused_for(x) && !self.weights_patched() {
             let bf16 = self.bf16_kernel()?;
-            let (y, alpha) = kernels::attention::causal_attention_with_weights_in(&self.packed(projected)?, &self.query_scale()?, self.kernel_heads(), bf16)?;
+            let packed = self.scale_packed_rows(self.packed(projected)?)?;
+            let (y, alpha) = kernels::attention::causal_attention_with_weights_in(&packed, &self.query_scale()?, self.kernel_heads(), bf16)?;
             (self.proj.forward(&y, kern, p)?, alpha)
         } else {
-            let alpha = scaled_weights(&q, &k, &self.query_scale()?, Some(&mask))?;
+            let alpha = self.patched_weights(&self.scale_rows(q.clone(), 0)?, &k, &self.query_scale()?, &mask)?;
             (self.proj.forward(&Self::merge_heads(&alpha.matmul(&v)?)?, kern, p)?, alpha)
         };
-        // The reported side, independent of alpha: s_ij = beta_0 q_i.k_j and its log-sum-exp.
-        let s = (q.matmul(&k.t()?)? * self.score_scale)?.broadcast_add(&mask)?; // -inf masked: (B, H, T, T)
-        let bs = s.broadcast_mul(&beta.reshape((1, self.n_head, 1, 1))?)?; // beta_h s_ij
+        // The reported side, independent of alpha: s_ij = beta_0 q_i.k_j and its log-sum-exp at
+        // each row's inverse temperature beta_h (1 + s ln n_i).
+        let row_scale = self.row_factors(0, t).unwrap_or_else(|| vec![1.0; t]);
+        let s = (q.matmul(&k.t()?)? * self.score_scale)?; // (B, H, T, T)
+        let rows = Tensor::from_vec(row_scale.iter().map(|&f| f as f32).collect::<Vec<_>>(), (1, 1, t, 1), s.device())?.to_dtype(s.dtype())?;
+        // Masked after the product, so that a hot head's beta = 0 meets no infinity.
+        let bs = s.broadcast_mul(&beta.reshape((1, self.n_head, 1, 1))?)?.broadcast_mul(&rows)?.broadcast_add(&mask)?; // beta_h f_i s_ij
+        let s = s.broadcast_add(&mask)?; // -inf masked
         let max = bs.max_keepdim(D::Minus1)?; // (B, H, T, 1), finite: the diagonal is always allowed
         let ln_z = (bs.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (B, H, T, 1)
-        let stats = AttnStats { alpha, ln_z: ln_z.squeeze(D::Minus1)?, energy: s.neg()?, beta };
+        let stats = AttnStats { alpha, ln_z: ln_z.squeeze(D::Minus1)?, energy: s.neg()?, beta, row_scale };
         Ok((y, stats))
     }
 }

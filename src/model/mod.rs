@@ -29,7 +29,7 @@ pub mod rope;
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
 
-pub use attention::{boltzmann_attention, boltzmann_weights, causal_mask, AttnStats, Attention};
+pub use attention::{boltzmann_attention, boltzmann_weights, causal_mask, AttnStats, Attention, HeadPatch};
 pub use block::Block;
 pub use mlp::Mlp;
 pub use norm::Norm;
@@ -370,5 +370,39 @@ impl Gpt {
             *slot = o.temperature;
         }
         self.set_temperatures(&temps)
+    }
+}
+
+impl Gpt {
+    /// Patch head `head` of layer `layer` for forward-only, whole-sequence passes (replacing an
+    /// earlier patch of that head): T = infinity, T -> 0, or given weights ([`HeadPatch`]).
+    pub fn patch_head(&mut self, layer: usize, head: usize, patch: HeadPatch) -> Result<()> {
+        let (n_layer, n_head) = (self.cfg.n_layer, self.cfg.n_head);
+        if layer >= n_layer || head >= n_head {
+            candle_core::bail!("head {layer}.{head} names no head: the model has layers 0..{} and heads 0..{}", n_layer - 1, n_head - 1)
+        }
+        self.blocks[layer].attn.patch(head, patch);
+        Ok(())
+    }
+
+    /// Scale every head's inverse temperature with the number of keys n a query sees:
+    /// beta_h(n) = beta_h (1 + s ln n), the length-generalisation intervention (s = 0: none).
+    /// The factor must stay positive up to the context.
+    pub fn set_log_n_scaling(&mut self, s: f64) -> Result<()> {
+        let at_context = 1.0 + s * (self.cfg.context as f64).ln();
+        if !s.is_finite() || at_context <= 0.0 {
+            candle_core::bail!("log-n scaling s = {s} gives beta_h (1 + s ln n) <= 0 at n = {} (the context); s must be finite and above {}", self.cfg.context, -1.0 / (self.cfg.context as f64).ln())
+        }
+        for block in &mut self.blocks {
+            block.attn.set_log_n_scaling(s);
+        }
+        Ok(())
+    }
+
+    /// Make every layer's ln beta `(H,)` a variable of its own (copies; the other weights stay
+    /// constants), so one backward pass gives the derivative of anything the model computes
+    /// with respect to every head's ln beta. Layer-major.
+    pub fn temperature_vars(&mut self) -> Result<Vec<candle_core::Var>> {
+        self.blocks.iter_mut().map(|b| b.attn.temperature_var()).collect()
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::data::Batch;
 use crate::model::loss;
 use crate::model::Gpt;
+use crate::physics::phase::{PhaseBuilder, PhaseDiagram};
 use crate::physics::thermo::{self, HeadSummary};
 use crate::data::tokenizer::Tok;
 
@@ -159,6 +160,9 @@ pub struct SweepPoint {
     pub normalized_entropy: f64,
     /// Mean heat capacity over layers, heads and queries.
     pub heat_capacity: f64,
+    /// Attention sink: the mean weight on the start token over layers, heads and the queries
+    /// after it.
+    pub sink: f64,
 }
 
 /// For each temperature, set every head of a copy of `model` to it and measure the energy per
@@ -176,6 +180,7 @@ pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64], progress: boo
             m.override_temperatures(Some(t), &[])?;
             let (mut e_sum, mut e_n) = (0.0, 0usize);
             let (mut h, mut hn, mut c, mut rows, mut hnorm_rows) = (0.0, 0.0, 0.0, 0usize, 0usize);
+            let (mut sink, mut sink_rows) = (0.0, 0usize);
             for batch in batches {
                 bar.inc(1);
                 let (b, len) = batch.targets.dims2()?;
@@ -185,13 +190,17 @@ pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64], progress: boo
                 e_n += b * (len - 1);
                 for layer in &stats {
                     for head in thermo::head_rows(layer)? {
-                        for (keys, r) in head.rows {
-                            h += r.entropy;
-                            c += r.heat_capacity;
+                        for r in head.rows {
+                            h += r.stats.entropy;
+                            c += r.stats.heat_capacity;
                             rows += 1;
-                            if keys >= 2 {
-                                hn += r.entropy / (keys as f64).ln();
+                            if r.keys >= 2 {
+                                hn += r.stats.entropy / (r.keys as f64).ln();
                                 hnorm_rows += 1;
+                            }
+                            if r.query > 0 {
+                                sink += r.start_mass;
+                                sink_rows += 1;
                             }
                         }
                     }
@@ -203,6 +212,7 @@ pub fn sweep(model: &Gpt, batches: &[Batch], temperatures: &[f64], progress: boo
                 entropy: h / rows as f64,
                 normalized_entropy: hn / hnorm_rows as f64,
                 heat_capacity: c / rows as f64,
+                sink: sink / sink_rows as f64,
             })
         })
         .collect();
@@ -277,4 +287,34 @@ pub fn distance_profiles(model: &Gpt, batches: &[Batch]) -> Result<Vec<DistanceP
             mean_distance: attended[k] / rows as f64,
         })
         .collect())
+}
+
+/// Every head read over the windows of `batches`: the summaries over all their query rows and,
+/// given a temperature grid, the phase diagram of the same rows
+/// ([`crate::physics::phase`]).
+pub fn read_windows(model: &Gpt, batches: &[Batch], grid: Option<&[f64]>) -> Result<(Vec<HeadSummary>, Option<PhaseDiagram>)> {
+    if batches.is_empty() {
+        bail!("reading the heads needs at least one window of text");
+    }
+    let total: usize = batches.iter().map(|b| b.inputs.elem_count()).sum();
+    let mut phase = grid.map(|_| PhaseBuilder::new(total));
+    let mut rows: Vec<Vec<thermo::HeadRows>> = Vec::new();
+    for batch in batches {
+        let (_, stats) = model.forward_with_stats(&batch.inputs)?;
+        for (l, s) in stats.iter().enumerate() {
+            let heads = thermo::head_rows(s)?;
+            if rows.len() <= l {
+                rows.push(heads);
+            } else {
+                for (acc, more) in rows[l].iter_mut().zip(heads) {
+                    acc.rows.extend(more.rows);
+                }
+            }
+        }
+        if let Some(p) = phase.as_mut() {
+            p.add(&stats)?;
+        }
+    }
+    let summaries = rows.iter().enumerate().flat_map(|(l, heads)| heads.iter().enumerate().map(move |(h, hr)| thermo::summarize(l, h, hr))).collect();
+    Ok((summaries, phase.zip(grid).map(|(p, g)| p.finish(g))))
 }

@@ -10,5 +10,7 @@ pub mod generate;
 pub mod inspect;
 pub mod langevin;
 pub mod nadaraya_watson;
+pub mod phase;
+pub mod response;
 pub mod score;
 pub mod thermo;

@@ -52,16 +52,27 @@ impl RowStats {
     /// Statistics of the Boltzmann distribution over states with `energies` at inverse
     /// temperature `beta`, computed stably (shifted by the lowest energy).
     pub fn from_energies(energies: &[f64], beta: f64) -> Self {
-        let e_min = energies.iter().copied().fold(f64::INFINITY, f64::min);
-        let weights: Vec<f64> = energies.iter().map(|e| (-beta * (e - e_min)).exp()).collect();
-        let z_shifted: f64 = weights.iter().sum();
-        let ln_z = z_shifted.ln() - beta * e_min;
-        let p: Vec<f64> = weights.iter().map(|w| w / z_shifted).collect();
-        let entropy = entropy(&p);
+        let (p, ln_z) = boltzmann(energies, beta);
+        Self::from_weights(&p, energies, beta, ln_z)
+    }
+
+    /// Statistics of the weights `p` over states with `energies` at inverse temperature `beta`,
+    /// with `ln_z` given: H from `p`, `<E>` and C = beta^2 Var(E) under `p`. The one place the
+    /// heat capacity is computed ([`RowStats::from_energies`] and [`head_rows`] both call it).
+    pub fn from_weights(p: &[f64], energies: &[f64], beta: f64, ln_z: f64) -> Self {
         let mean_energy: f64 = p.iter().zip(energies).map(|(x, e)| x * e).sum();
         let var: f64 = p.iter().zip(energies).map(|(x, e)| x * (e - mean_energy).powi(2)).sum();
-        Self { ln_z, entropy, mean_energy, heat_capacity: beta * beta * var }
+        Self { ln_z, entropy: entropy(p), mean_energy, heat_capacity: beta * beta * var }
     }
+}
+
+/// The Boltzmann weights p_j = exp(-beta E_j) / Z of `energies` at inverse temperature `beta`,
+/// and ln Z, computed stably (shifted by the lowest energy).
+pub fn boltzmann(energies: &[f64], beta: f64) -> (Vec<f64>, f64) {
+    let e_min = energies.iter().copied().fold(f64::INFINITY, f64::min);
+    let weights: Vec<f64> = energies.iter().map(|e| (-beta * (e - e_min)).exp()).collect();
+    let z_shifted: f64 = weights.iter().sum();
+    (weights.iter().map(|w| w / z_shifted).collect(), z_shifted.ln() - beta * e_min)
 }
 
 /// Entropy -sum p ln p of a probability row (0 ln 0 = 0).
@@ -69,14 +80,29 @@ pub fn entropy(p: &[f64]) -> f64 {
     p.iter().filter(|&&x| x > 0.0).fold(0.0, |h, x| h - x * x.ln()) // +0.0 for a point mass
 }
 
+/// One attention row, measured from the model's own tensors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Row {
+    /// Query position in its sequence (0 is the start).
+    pub query: usize,
+    /// Keys the query may see: n = query + 1, or the local window's width.
+    pub keys: usize,
+    /// Weight alpha_i0 on the start token (0 where a local window leaves it out).
+    pub start_mass: f64,
+    /// The row's inverse temperature: the head's, times any length scaling of the row.
+    pub beta: f64,
+    /// The row's statistics, with H from the applied alpha and ln Z from the recomputed scores,
+    /// at the row's inverse temperature.
+    pub stats: RowStats,
+}
+
 /// One head's rows, measured from the model's own tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadRows {
-    /// Inverse temperature of the head.
+    /// Inverse temperature of the head (before any length scaling of the rows).
     pub beta: f64,
-    /// Per (sequence, query) row, in order: keys allowed, and the row's statistics, with H from
-    /// the applied alpha and ln Z from the recomputed scores.
-    pub rows: Vec<(usize, RowStats)>,
+    /// Every (sequence, query) row, in order.
+    pub rows: Vec<Row>,
 }
 
 /// Every head's rows for one layer's [`AttnStats`] (all sequences of the batch, all queries).
@@ -98,12 +124,10 @@ pub fn head_rows(stats: &AttnStats) -> Result<Vec<HeadRows>> {
                 // keys of finite energy.
                 let i = r % t;
                 let first = e[..=i].iter().position(|e| e.is_finite()).unwrap_or(i);
-                let (a, e) = (&a[first..=i], &e[first..=i]);
-                let keys = a.len();
-                let mean_energy: f64 = a.iter().zip(e).map(|(x, e)| x * e).sum();
-                let var: f64 = a.iter().zip(e).map(|(x, e)| x * (e - mean_energy).powi(2)).sum();
-                let row = RowStats { ln_z: lz, entropy: entropy(a), mean_energy, heat_capacity: b * b * var };
-                (keys, row)
+                let beta_i = b * stats.row_scale.get(i).copied().unwrap_or(1.0);
+                let stats = RowStats::from_weights(&a[first..=i], &e[first..=i], beta_i, lz);
+                let start_mass = if first == 0 { a[0] } else { 0.0 };
+                Row { query: i, keys: i + 1 - first, start_mass, beta: beta_i, stats }
             })
             .collect();
         heads.push(HeadRows { beta: b, rows });
@@ -146,33 +170,64 @@ pub struct HeadSummary {
     /// applied alpha and ln Z, E from the recomputed scores: the largest KL divergence of the
     /// applied weights from the Boltzmann distribution at T_h (see the module docs).
     pub identity_residual: f64,
+    /// Attention sink: the mean weight on the start token (position 0) over the queries after
+    /// it (0 where a local window hides it).
+    pub sink: f64,
+    /// Entropy against context length: b of the least-squares fit H = a + b ln n over the rows,
+    /// n the keys a query sees. About 1 for a head that averages its keys uniformly, about 0
+    /// for one that retrieves a fixed few; NaN when every row sees as many keys.
+    pub entropy_slope: f64,
+    /// a of the same fit, nats.
+    pub entropy_intercept: f64,
+}
+
+/// Least-squares `(a, b)` of y = a + b x over the points; NaN when x does not vary.
+pub fn line_fit(points: impl Iterator<Item = (f64, f64)> + Clone) -> (f64, f64) {
+    let (n, sx, sy) = points.clone().fold((0.0, 0.0, 0.0), |(n, sx, sy), (x, y)| (n + 1.0, sx + x, sy + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (sxx, sxy) = points.fold((0.0, 0.0), |(sxx, sxy), (x, y)| (sxx + (x - mx) * (x - mx), sxy + (x - mx) * (y - my)));
+    if sxx <= 1e-12 * n {
+        return (f64::NAN, f64::NAN);
+    }
+    let b = sxy / sxx;
+    (my - b * mx, b)
+}
+
+/// A head's summary from its rows.
+pub fn summarize(layer: usize, head: usize, hr: &HeadRows) -> HeadSummary {
+    let n = hr.rows.len() as f64;
+    let mean = |f: &dyn Fn(&Row) -> f64| hr.rows.iter().map(f).sum::<f64>() / n;
+    let multi: Vec<f64> = hr.rows.iter().filter(|r| r.keys >= 2).map(|r| r.stats.entropy / (r.keys as f64).ln()).collect();
+    let residual = hr
+        .rows
+        .iter()
+        .map(|r| (r.stats.entropy - (r.beta * r.stats.mean_energy + r.stats.ln_z)).abs())
+        .fold(0.0, f64::max);
+    let after_start: Vec<f64> = hr.rows.iter().filter(|r| r.query > 0).map(|r| r.start_mass).collect();
+    let (a, b) = line_fit(hr.rows.iter().map(|r| ((r.keys as f64).ln(), r.stats.entropy)));
+    HeadSummary {
+        layer,
+        head,
+        temperature: 1.0 / hr.beta,
+        entropy: mean(&|r| r.stats.entropy),
+        normalized_entropy: if multi.is_empty() { f64::NAN } else { multi.iter().sum::<f64>() / multi.len() as f64 },
+        effective_keys: mean(&|r| r.stats.entropy.exp()),
+        ln_z: mean(&|r| r.stats.ln_z),
+        mean_energy: mean(&|r| r.stats.mean_energy),
+        heat_capacity: mean(&|r| r.stats.heat_capacity),
+        identity_residual: residual,
+        sink: if after_start.is_empty() { f64::NAN } else { after_start.iter().sum::<f64>() / after_start.len() as f64 },
+        entropy_slope: b,
+        entropy_intercept: a,
+    }
 }
 
 /// Summaries of every head of every layer, averaged over all queries of all sequences.
 pub fn head_summaries(stats: &[AttnStats]) -> Result<Vec<HeadSummary>> {
     let mut out = Vec::new();
     for (layer, s) in stats.iter().enumerate() {
-        for (head, hr) in head_rows(s)?.into_iter().enumerate() {
-            let n = hr.rows.len() as f64;
-            let mean = |f: &dyn Fn(&RowStats) -> f64| hr.rows.iter().map(|(_, r)| f(r)).sum::<f64>() / n;
-            let multi: Vec<f64> = hr.rows.iter().filter(|(k, _)| *k >= 2).map(|(k, r)| r.entropy / (*k as f64).ln()).collect();
-            let residual = hr
-                .rows
-                .iter()
-                .map(|(_, r)| (r.entropy - (hr.beta * r.mean_energy + r.ln_z)).abs())
-                .fold(0.0, f64::max);
-            out.push(HeadSummary {
-                layer,
-                head,
-                temperature: 1.0 / hr.beta,
-                entropy: mean(&|r| r.entropy),
-                normalized_entropy: if multi.is_empty() { f64::NAN } else { multi.iter().sum::<f64>() / multi.len() as f64 },
-                effective_keys: mean(&|r| r.entropy.exp()),
-                ln_z: mean(&|r| r.ln_z),
-                mean_energy: mean(&|r| r.mean_energy),
-                heat_capacity: mean(&|r| r.heat_capacity),
-                identity_residual: residual,
-            });
+        for (head, hr) in head_rows(s)?.iter().enumerate() {
+            out.push(summarize(layer, head, hr));
         }
     }
     Ok(out)
