@@ -151,4 +151,86 @@ fn the_static_export_recomputes_a_head_as_inspect_does() {
         assert!((readout("0-1", key.0) - want).abs() <= 1e-4, "head 0.1 at T = {t}: {} {} against inspect's {want}", key.1, readout("0-1", key.0));
     }
     assert!((readout("0-1", "entropy") - trained["heads"][1]["entropy"].as_f64().unwrap()).abs() > 1e-3, "the readout moved");
+    // The export's heat capacity and sink are inspect's, at the trained temperature and at the
+    // slider's; and its C is the slope of its own entropy in ln T, at temperatures far from 1.
+    // Mutation caught: the page's C as beta Var(E).
+    for (k, head) in ["0-0", "1-1"].iter().enumerate().map(|(i, h)| (3 * i, h)) {
+        for key in [("heatCapacity", "heat_capacity"), ("sink", "sink")] {
+            let want = trained["heads"][k][key.1].as_f64().unwrap();
+            assert!((readout(head, key.0) - want).abs() <= 1e-4, "head {head}: the export's {} {} against inspect's {want}", key.1, readout(head, key.0));
+        }
+    }
+    let want_c = moved["heads"][1]["heat_capacity"].as_f64().unwrap();
+    assert!((readout("0-1", "heatCapacity") - want_c).abs() <= 1e-4, "head 0.1 at T = {t}: C {} against inspect's {want_c}", readout("0-1", "heatCapacity"));
+    // This barely trained model's levels are close together, so its heads' C peaks well below
+    // T = 1: the check runs at a quarter, half, twice and four times head 1.0's peak.
+    let t_peak = eval(&tab, "(() => { let best = 0, tb = 1; for (let i = 0; i <= 200; i++) { const t = 10 ** (-3 + i / 50); const c = thermo(DATA.heads[2].energies, t).heat_capacity; if (c > best) { best = c; tb = t; } } return tb; })()").as_f64().unwrap();
+    for t in [0.25 * t_peak, 0.5 * t_peak, 2.0 * t_peak, 4.0 * t_peak] {
+        let js = format!(
+            "(() => {{ const e = DATA.heads[2].energies, d = 1e-3; const c = thermo(e, {t}).heat_capacity; \
+             const slope = (thermo(e, {t} * Math.exp(d)).entropy - thermo(e, {t} * Math.exp(-d)).entropy) / (2 * d); return JSON.stringify([c, slope]); }})()"
+        );
+        let [c, slope]: [f64; 2] = serde_json::from_str(eval(&tab, &js).as_str().unwrap()).unwrap();
+        println!("export, head 1.0 at T = {t:.4} (peak {t_peak:.4}): C = {c:.6}, dH/d ln T = {slope:.6}");
+        assert!(c > 0.05 && (c - slope).abs() < 1e-6 + 1e-3 * c, "export at T = {t}: C = {c}, dH/d ln T = {slope}");
+    }
+}
+
+#[test]
+fn the_response_panel_ranks_heads_and_sets_sliders_as_inspect_measures() {
+    let Some(browser) = browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = common::serve_model(tmp.path());
+    let server = common::start(&run);
+    let tab = browser.new_tab().unwrap();
+    tab.navigate_to(&format!("{}/", server.url)).unwrap().wait_until_navigated().unwrap();
+    wait_for(&tab, "window.thermoformer && window.thermoformer.last !== null");
+    let text = "You are all re";
+    eval(&tab, &format!("const t = document.getElementById('text'); t.value = {text:?}; t.dispatchEvent(new Event('input')); true"));
+    wait_for(&tab, &format!("window.thermoformer.last.tokens.length === {}", text.len() + 1));
+    let want = cli_json(&["inspect", "--checkpoint", &run, "--text", text, "--response", "--phase", "--format", "json"]);
+    // The sink column of the head grid is inspect's.
+    for (k, head) in ["0-0", "0-1", "1-0", "1-1"].iter().enumerate() {
+        let shown: f64 = eval(&tab, &format!("document.querySelector('#head-{head} .stats').dataset.sink")).as_str().unwrap().parse().unwrap();
+        let sink = want["heads"][k]["sink"].as_f64().unwrap();
+        assert!((shown - sink).abs() <= 1e-4, "head {head}: sink {shown} on the page, {sink} from inspect");
+    }
+    tab.wait_for_element("#response").unwrap().click().unwrap();
+    wait_for(&tab, "document.querySelectorAll('#response-table tbody tr').length === 4");
+    // Ranked by |chi|, each figure inspect's.
+    let rows: Vec<Vec<String>> = serde_json::from_str(
+        eval(&tab, "JSON.stringify(Array.from(document.querySelectorAll('#response-table tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent)))").as_str().unwrap(),
+    )
+    .unwrap();
+    let mut chis = Vec::new();
+    for row in &rows {
+        let (l, h) = row[0].split_once('.').unwrap();
+        let k = 2 * l.parse::<usize>().unwrap() + h.parse::<usize>().unwrap();
+        for (col, key) in [(2, "susceptibility"), (3, "ablated_hot"), (4, "ablated_cold")] {
+            let w = want["heads"][k][key].as_f64().unwrap();
+            let shown: f64 = row[col].parse().unwrap();
+            assert!((shown - w).abs() <= 1e-3, "head {}: {key} {shown} on the page, {w} from inspect", row[0]);
+        }
+        chis.push(row[2].parse::<f64>().unwrap().abs());
+    }
+    assert!(chis.windows(2).all(|w| w[0] >= w[1]), "ranked by |chi|: {chis:?}");
+    // A click on the top head's cold figure takes its slider to the lowest temperature.
+    let (l, h) = rows[0][0].split_once('.').unwrap();
+    eval(&tab, "document.querySelector('#response-table tbody tr td.ablate[data-kind=cold]').click(); true");
+    wait_for(&tab, &format!("window.thermoformer.last.temperatures[{l}][{h}] < 0.06"));
+    let slider: f64 = eval(&tab, &format!("10 ** Number(document.getElementById('t-{l}-{h}').value)")).as_f64().unwrap();
+    assert!((slider - 0.05).abs() < 1e-6, "the slider moved to the lowest temperature: {slider}");
+    // The phase diagram: the page's T* are inspect's, and the picture is drawn.
+    tab.wait_for_element("#phase").unwrap().click().unwrap();
+    wait_for(&tab, "window.thermoformer.phase !== undefined && window.thermoformer.phase.heads.length === 4");
+    // (The page's phase diagram is of the text at the temperatures now set: one head moved.)
+    let page: Vec<f64> = serde_json::from_str(eval(&tab, "JSON.stringify(window.thermoformer.phase.heads.map(h => h.t_star))").as_str().unwrap()).unwrap();
+    let flag = format!("{l}.{h}=0.05");
+    let moved = cli_json(&["inspect", "--checkpoint", &run, "--text", text, "--phase", "--format", "json", "--head-temperature", &flag]);
+    for (k, t) in page.iter().enumerate() {
+        let w = moved["heads"][k]["t_star"].as_f64().unwrap();
+        assert!((t - w).abs() <= 1e-6 * w, "head {k}: T* {t} on the page, {w} from inspect");
+    }
+    let ink: f64 = eval(&tab, "(() => { const c = document.getElementById('phase-curves'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; })()").as_f64().unwrap();
+    assert!(ink > 500.0, "the C(T) curves are drawn: {ink} pixels");
 }

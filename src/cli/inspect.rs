@@ -106,6 +106,9 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     if args.text.is_some() && args.corpus.is_some() {
         return Err(UsageError("--corpus is for --sweep, --rope, --response and --phase; --text reads only the given text".into()).into());
     }
+    if args.html.is_some() && args.length.log_n_scaling != 0.0 {
+        return Err(UsageError("--html recomputes heads at one temperature per head; it does not take --log-n-scaling".into()).into());
+    }
     let grid = if args.phase { Some(phase_grid(&args.grid)?) } else { None };
     let selection = Selection { layers: args.layers.clone(), heads: args.heads.clone() };
     if args.rope {

@@ -21,7 +21,9 @@ use crate::data::tokenizer::Tok;
 use crate::data::Batch;
 use crate::model::{Gpt, HeadTemperature};
 use crate::physics::generate::{Generator, SampleOptions};
-use crate::physics::inspect::{self, inspect_ids, SweepPoint};
+use crate::physics::inspect::{self, inspect_ids, Selection, SweepPoint};
+use crate::physics::phase::{self, PhaseDiagram};
+use crate::physics::response::{self, EnergySample, Response};
 use crate::physics::score::Scored;
 use crate::physics::thermo::HeadSummary;
 
@@ -380,4 +382,67 @@ pub fn sweep(model: &Gpt, tok: &Tok, req: &SweepRequest) -> Result<Vec<SweepPoin
         targets: Tensor::from_vec(ids.clone(), (1, ids.len()), dev).map_err(anyhow::Error::from)?,
     };
     Ok(inspect::sweep(model, &[batch], &temps, false)?)
+}
+
+/// `POST /api/response`: every head's susceptibility and thermal ablations on the text, as
+/// `inspect --text --response`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponseRequest {
+    pub text: String,
+    #[serde(flatten)]
+    pub temperatures: Temperatures,
+    /// Ablate only these layers and heads (default: all); chi covers every head.
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    #[serde(default)]
+    pub heads: Option<Vec<usize>>,
+}
+
+/// Check a layer/head selection against the model: 400 naming the bad index.
+fn selection(model: &Gpt, layers: &Option<Vec<usize>>, heads: &Option<Vec<usize>>) -> Result<Selection, ApiError> {
+    let sel = Selection { layers: layers.clone(), heads: heads.clone() };
+    let cfg = model.config();
+    sel.check(cfg.n_layer, cfg.n_head).map_err(|e| ApiError::bad_request(e.to_string().replace("--", "")))?;
+    Ok(sel)
+}
+
+pub fn response(model: &Gpt, tok: &Tok, req: &ResponseRequest) -> Result<Response, ApiError> {
+    let m = req.temperatures.apply(model)?;
+    let sel = selection(&m, &req.layers, &req.heads)?;
+    let ids = encode_fitting(&m, tok, &req.text)?;
+    if ids.is_empty() {
+        return Err(ApiError::unprocessable("the response needs a text of at least 1 token"));
+    }
+    let sample = EnergySample::text(&m, tok.bos(), &ids)?;
+    Ok(response::response(&m, &sample, &sel, false)?)
+}
+
+/// `POST /api/phase`: every head's C(T), entropy and sink along a temperature grid on the text,
+/// as `inspect --text --phase`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PhaseRequest {
+    pub text: String,
+    #[serde(flatten)]
+    pub temperatures: Temperatures,
+    /// [low, high, points] (default [0.01, 100, 81]), evenly spaced in ln T.
+    #[serde(default)]
+    pub grid: Option<(f64, f64, usize)>,
+}
+
+/// The most grid points a phase request may ask for.
+pub const MAX_PHASE_POINTS: usize = 400;
+
+pub fn phase(model: &Gpt, tok: &Tok, req: &PhaseRequest) -> Result<PhaseDiagram, ApiError> {
+    let m = req.temperatures.apply(model)?;
+    let (lo, hi, n) = req.grid.unwrap_or((0.01, 100.0, 81));
+    if n > MAX_PHASE_POINTS {
+        return Err(ApiError::bad_request(format!("grid asks for {n} points; at most {MAX_PHASE_POINTS}")));
+    }
+    let grid = phase::log_grid(lo, hi, n).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ids = encode_fitting(&m, tok, &req.text)?;
+    let mut input = vec![tok.bos()];
+    input.extend_from_slice(&ids);
+    let input = Tensor::new(input.as_slice(), m.device()).and_then(|t| t.unsqueeze(0)).map_err(anyhow::Error::from)?;
+    let (_, stats) = m.forward_with_stats(&input).map_err(anyhow::Error::from)?;
+    Ok(phase::phase_diagram(&stats, &grid)?)
 }

@@ -10,6 +10,8 @@
 //! | `POST /api/score` | energies, top-5 candidates, head statistics, attention maps |
 //! | `POST /api/generate` | sampled tokens, streamed as JSON lines |
 //! | `POST /api/sweep` | energy and entropy against every head's temperature |
+//! | `POST /api/response` | every head's susceptibility and thermal ablations on a text |
+//! | `POST /api/phase` | every head's C(T), entropy and sink along a temperature grid |
 //!
 //! Anything else is a 404. Errors are JSON `{"error": message}` with a 4xx (5xx only when the
 //! model itself fails). Bodies are capped at [`MAX_BODY`]. Every response carries a
@@ -70,6 +72,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/score", post(score))
         .route("/api/generate", post(generate))
         .route("/api/sweep", post(sweep))
+        .route("/api/response", post(response))
+        .route("/api/phase", post(phase))
         .fallback(|uri: Uri| async move { ApiError { status: 404, message: format!("no such path: {}", uri.path()) } })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(|mut r: Response| async move {
@@ -117,6 +121,16 @@ async fn score(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>)
 async fn sweep(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<Vec<crate::physics::inspect::SweepPoint>>, ApiError> {
     let req: api::SweepRequest = parse(body, &["text", "temperatures"])?;
     blocking(move || api::sweep(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
+}
+
+async fn response(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<crate::physics::response::Response>, ApiError> {
+    let req: api::ResponseRequest = parse(body, &["text", "temperatures", "attn_temperature", "layers", "heads"])?;
+    blocking(move || api::response(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
+}
+
+async fn phase(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<crate::physics::phase::PhaseDiagram>, ApiError> {
+    let req: api::PhaseRequest = parse(body, &["text", "temperatures", "attn_temperature", "grid"])?;
+    blocking(move || api::phase(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
 }
 
 /// Sampled tokens as JSON lines (`application/x-ndjson`), each sent as soon as it is drawn, then

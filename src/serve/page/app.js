@@ -222,8 +222,9 @@ function drawHeads(res) {
       `ln Z   ${fmt(s.ln_z, 4)}`,
       `<E>    ${fmt(s.mean_energy, 4)}`,
       `C      ${fmt(s.heat_capacity, 4)}`,
+      `sink   ${fmt(s.sink, 4)}`,
     ].join("\n");
-    for (const [k, v] of Object.entries({ temperature: s.temperature, entropy: s.entropy, lnZ: s.ln_z, energy: s.mean_energy, heatCapacity: s.heat_capacity })) {
+    for (const [k, v] of Object.entries({ temperature: s.temperature, entropy: s.entropy, lnZ: s.ln_z, energy: s.mean_energy, heatCapacity: s.heat_capacity, sink: s.sink })) {
       stats.dataset[k] = v;
     }
   }
@@ -275,6 +276,117 @@ function plotSweep(points) {
   ctx.beginPath(); ctx.moveTo(X(t), pad); ctx.lineTo(X(t), H - pad); ctx.stroke(); ctx.setLineDash([]);
   ctx.fillStyle = "#444";
   ctx.fillText(`T = ${fmt(t, 3)} (every head, log scale ${fmt(10 ** x0, 2)} .. ${fmt(10 ** x1, 2)})`, pad, H - 12);
+}
+
+// ---- response -------------------------------------------------------------------------------
+
+// Move head l.h's slider to temperature t and rescore, as a person dragging it would.
+function setHead(l, h, t) {
+  const [lo, hi] = state.info.slider_range;
+  t = Math.min(hi, Math.max(lo, t));
+  state.temps[l][h] = t;
+  $(`t-${l}-${h}`).value = log10(t);
+  schedule(performance.now());
+}
+
+async function runResponse() {
+  status("measuring responses...");
+  try {
+    const res = await (await api("/api/response", { text: $("text").value, temperatures: overrides() })).json();
+    state.response = res;
+    drawResponse();
+    $("response-summary").textContent = `E = ${fmt(res.energy, 4)} nats over ${res.tokens} tokens; chi in ${fmt(res.seconds_susceptibility, 3)} s, ${2 * res.heads.length} ablations in ${fmt(res.seconds_ablation, 3)} s`;
+    status("");
+  } catch (e) { status("error: " + e.message); }
+}
+
+function drawResponse() {
+  const res = state.response;
+  if (!res) return;
+  const key = $("response-rank").value;
+  const sinks = new Map((state.last ? state.last.heads : []).map((s) => [`${s.layer}.${s.head}`, s.sink]));
+  const rows = res.heads.slice().sort((a, b) => Math.abs(b[key]) - Math.abs(a[key]));
+  const body = $("response-table").querySelector("tbody");
+  body.replaceChildren();
+  const [lo, hi] = state.info.slider_range;
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    tr.id = `response-${r.layer}-${r.head}`;
+    const cells = [`${r.layer}.${r.head}`, fmt(r.temperature, 3), fmt(r.susceptibility, 4), fmt(r.ablated_hot, 4), fmt(r.ablated_cold, 4), fmt(sinks.get(`${r.layer}.${r.head}`), 3)];
+    cells.forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (i === 3 || i === 4) {
+        td.className = "ablate";
+        td.dataset.kind = i === 3 ? "hot" : "cold";
+        td.title = i === 3 ? `set head ${r.layer}.${r.head} to T = ${hi} (the slider's highest)` : `set head ${r.layer}.${r.head} to T = ${lo} (the slider's lowest)`;
+        td.addEventListener("click", () => setHead(r.layer, r.head, i === 3 ? hi : lo));
+      }
+      tr.appendChild(td);
+    });
+    body.appendChild(tr);
+  }
+  $("response-table").hidden = false;
+}
+
+// ---- phase diagram ---------------------------------------------------------------------------
+
+async function runPhase() {
+  status("computing the phase diagram...");
+  try {
+    state.phase = await (await api("/api/phase", { text: $("text").value, temperatures: overrides() })).json();
+    state.phaseLayer = 0;
+    drawPhase();
+    status("");
+  } catch (e) { status("error: " + e.message); }
+}
+
+function drawPhase() {
+  const p = state.phase;
+  if (!p) return;
+  const { n_layer, n_head } = state.info;
+  const map = $("phase-map"), ctx = map.getContext("2d");
+  ctx.clearRect(0, 0, map.width, map.height);
+  const cell = Math.min(40, Math.floor((map.width - 40) / n_head), Math.floor((map.height - 30) / n_layer));
+  const span = Math.max(0.1, ...p.heads.map((h) => Math.abs(Math.log(h.t_star))));
+  ctx.font = "10px sans-serif";
+  for (const h of p.heads) {
+    const x = Math.log(h.t_star) / span; // -1 (cold, blue) .. 1 (hot, red)
+    const w = Math.min(1, Math.abs(x));
+    const end = x < 0 ? [33, 102, 172] : [178, 24, 43];
+    ctx.fillStyle = `rgb(${end.map((e) => Math.round(247 + (e - 247) * w)).join(",")})`;
+    ctx.fillRect(30 + h.head * cell, 4 + h.layer * cell, cell - 1, cell - 1);
+    if (h.layer === state.phaseLayer) { ctx.strokeStyle = "#000"; ctx.strokeRect(30 + h.head * cell, 4 + h.layer * cell, cell - 1, cell - 1); }
+    if (cell >= 30) { ctx.fillStyle = "#000"; ctx.fillText(fmt(h.t_star, 2), 32 + h.head * cell, 4 + h.layer * cell + cell / 2); }
+  }
+  ctx.fillStyle = "#000";
+  for (let l = 0; l < n_layer; l++) ctx.fillText(`L${l}`, 4, 4 + l * cell + cell / 2);
+  $("phase-summary").textContent = `T* per head (blue below 1, red above), over ${p.rows} query rows; click a layer for its C(T)`;
+  map.onclick = (ev) => {
+    const r = map.getBoundingClientRect();
+    const l = Math.floor((ev.clientY - r.top - 4) / cell);
+    if (l >= 0 && l < n_layer) { state.phaseLayer = l; drawPhase(); }
+  };
+  const c = $("phase-curves"), g = c.getContext("2d");
+  const W = c.width, H = c.height, pad = 40;
+  g.clearRect(0, 0, W, H);
+  const heads = p.heads.filter((h) => h.layer === state.phaseLayer);
+  const xs = p.temperatures.map(log10);
+  const X = (i) => pad + (xs[i] - xs[0]) / (xs[xs.length - 1] - xs[0]) * (W - 2 * pad);
+  const top = Math.max(1e-9, ...heads.flatMap((h) => h.heat_capacity));
+  const Y = (v) => H - pad - v / top * (H - 2 * pad);
+  const colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+  g.font = "11px sans-serif";
+  heads.forEach((h, k) => {
+    g.strokeStyle = colours[k % colours.length];
+    g.beginPath();
+    h.heat_capacity.forEach((v, i) => (i ? g.lineTo : g.moveTo).call(g, X(i), Y(v)));
+    g.stroke();
+    g.fillStyle = g.strokeStyle;
+    g.fillText(`${h.layer}.${h.head} T*=${fmt(h.t_star, 2)}`, W - pad - 90, 14 + 12 * k);
+  });
+  g.fillStyle = "#444";
+  g.fillText(`layer ${state.phaseLayer}: C(T), T from ${fmt(p.temperatures[0], 2)} to ${fmt(p.temperatures[p.temperatures.length - 1], 0)} (log scale); top ${fmt(top, 3)}`, pad, H - 12);
 }
 
 // ---- generation -----------------------------------------------------------------------------
@@ -372,6 +484,9 @@ async function start() {
   for (let x = 0; x < 160; x++) { legend.fillStyle = energyColour(x / 159, 1); legend.fillRect(x, 0, 1, 10); }
   $("text").addEventListener("input", () => schedule());
   $("sweep").addEventListener("click", runSweep);
+  $("response").addEventListener("click", runResponse);
+  $("response-rank").addEventListener("change", drawResponse);
+  $("phase").addEventListener("click", runPhase);
   $("generate").addEventListener("click", generate);
   $("zoom-close").addEventListener("click", () => $("zoom").close());
   await rescore();
