@@ -223,6 +223,34 @@ fn every_command_runs_on(run: &Path, tmp: &Path) {
     let no_corpus = common::run(&["inspect", "--checkpoint", ck, "--sweep", "1"]);
     common::assert_clean_error(&no_corpus, 1, "--corpus");
 
+    // The physics lab on the family's own shape: every head's response and phase peak, chi as
+    // the finite difference of `score --head-temperature` (head 1.0), and E as score's.
+    let lab = ok(&["inspect", "--checkpoint", ck, "--text", line, "--response", "--phase", "--layers", "1", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(lab.trim()).unwrap();
+    for h in v["heads"].as_array().unwrap() {
+        for key in ["susceptibility", "ablated_hot", "ablated_cold", "t_star", "c_star", "sink", "entropy_slope"] {
+            assert!(h[key].as_f64().is_some_and(f64::is_finite), "{key} of {h}");
+        }
+    }
+    let energy = |t: f64| -> f64 {
+        let flag = format!("1.0={t}");
+        let out = ok(&["score", "--checkpoint", ck, "--text", line, "--format", "jsonl", "--head-temperature", &flag]);
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["energy"].as_f64().unwrap()
+    };
+    let t = v["heads"][0]["temperature"].as_f64().unwrap();
+    assert!((energy(t) - v["energy"].as_f64().unwrap()).abs() < 1e-4, "inspect's E is score's");
+    let d = 0.02;
+    let fd = (energy(t * f64::exp(d)) - energy(t * f64::exp(-d))) / (2.0 * d);
+    let chi = v["heads"][0]["susceptibility"].as_f64().unwrap();
+    println!("{ck}: head 1.0 chi {chi:.5}, finite difference of score {fd:.5}");
+    assert!((chi - fd).abs() < 3e-3 + 2e-2 * fd.abs(), "head 1.0: chi {chi}, finite difference of score {fd}");
+    let png = tmp.join("phase.png");
+    let out = ok(&["inspect", "--checkpoint", ck, "--response", "--phase", "--corpus", corpus, "--windows", "1", "--layers", "0", "--heads", "0", "--format", "json", "--png", png.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["heads"].as_array().unwrap().len(), 1);
+    assert!(v["heads"][0]["ablated_hot"].as_f64().is_some() && v["phase"]["heads"][0]["t_star"].as_f64().is_some(), "{v}");
+    common::assert_picture(&png, None, 0.01, 3);
+
     let out = ok(&["calibrate", "--checkpoint", ck, "--corpus", corpus, "--windows", "2", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["calibration"]["t_star"].as_f64().unwrap() > 0.0);

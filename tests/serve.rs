@@ -153,6 +153,12 @@ fn bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving() {
         ("/api/generate", json!({"tokens": 5, "temperature": -1.0}).to_string(), 400, "temperature"),
         ("/api/sweep", json!({"text": "First", "temperatures": []}).to_string(), 400, "1 to"),
         ("/api/sweep", json!({"text": "F"}).to_string(), 422, "at least 2 tokens"),
+        ("/api/response", json!({"text": ""}).to_string(), 422, "at least 1 token"),
+        ("/api/response", json!({"text": "x", "heads": [9]}).to_string(), 400, "names no such index"),
+        ("/api/response", json!({"text": "x", "ablate": true}).to_string(), 400, "unknown field \"ablate\""),
+        ("/api/phase", json!({"text": "x", "grid": [2.0, 1.0, 10]}).to_string(), 400, "0 < low < high"),
+        ("/api/phase", json!({"text": "x", "grid": [0.1, 10.0, 100000]}).to_string(), 400, "at most"),
+        ("/api/phase", json!({"text": long}).to_string(), 422, "longer than the model's context"),
     ];
     for (path, body, status, needle) in &cases {
         let (got, answer) = post_raw(&server, path, body);
