@@ -343,3 +343,46 @@ fn the_lab_refuses_nonsense_with_one_line() {
     assert!((scaled - plain).abs() > 1e-6, "the scaling changes the energy: {plain} and {scaled}");
     assert_eq!(energy(&["--log-n-scaling", "0"]), energy(&[]), "s = 0 is the plain model");
 }
+
+#[test]
+fn a_head_built_to_attend_to_the_start_is_read_as_a_sink() {
+    // Layer 0, head 0: a constant query u (its bias, zero weights) and keys k_j = v (x_0 . x_j),
+    // x_j the normalised input at position j and x_0 the start's. Every score is then
+    // (u.v)(x_0 . x_j)/sqrt(d), largest at j = 0 where x_0 . x_0 = |x_0|^2 ~ d: the head sends its
+    // weight to the start. Mutations caught: the sink read from the diagonal or the last key,
+    // or the start's weight averaged over the start's own row.
+    let cfg = ModelConfig { context: 12, n_layer: 1, n_head: 2, d_model: 32, bias: true, ..ModelConfig::nano_cpu(29) };
+    let (params, _) = Params::init(&cfg, 0.3, 4, &Device::Cpu).unwrap();
+    let mut tensors = params.tensors();
+    let (d, hd) = (cfg.d_model, cfg.d_model / cfg.n_head);
+    // x_0 = LayerNorm(tok_emb[start] + pos_emb[0]) with unit gain and zero bias (as initialised).
+    let h0: Vec<f64> = (&tensors["tok_emb.weight"].i(0).unwrap() + &tensors["pos_emb.weight"].i(0).unwrap()).unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+    let mean = h0.iter().sum::<f64>() / d as f64;
+    let var = h0.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / d as f64;
+    let x0: Vec<f64> = h0.iter().map(|x| (x - mean) / (var + cfg.ln_eps).sqrt()).collect();
+    let rows = tensors["blocks.0.attn.qkv.weight"].to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    let mut w = rows.clone();
+    let mut bias = tensors["blocks.0.attn.qkv.bias"].to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let gain = 3.0;
+    for r in 0..hd {
+        w[r] = vec![0.0; d]; // head 0's queries: the constant bias u = gain
+        bias[r] = gain;
+        w[cfg.n_head * hd + r] = x0.iter().map(|x| gain * x).collect(); // head 0's keys: v = gain
+        bias[cfg.n_head * hd + r] = 0.0;
+    }
+    let to_tensor = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+    tensors.insert("blocks.0.attn.qkv.weight".into(), to_tensor(w.concat().into_iter().map(|x| x as f32).collect(), &[rows.len(), d]));
+    tensors.insert("blocks.0.attn.qkv.bias".into(), to_tensor(bias.iter().map(|&x| x as f32).collect(), &[rows.len()]));
+    let model = Params::model_from_tensors(&cfg, tensors, &Device::Cpu).unwrap();
+    // Position 0 holds the start (id 0) in every row; no later position does.
+    let ids: Vec<u32> = (0..2 * cfg.context).map(|k| if k % cfg.context == 0 { 0 } else { 1 + (k * 5 % (cfg.vocab_size - 1)) as u32 }).collect();
+    let ids = Tensor::from_vec(ids, (2, cfg.context), &Device::Cpu).unwrap();
+    let (_, stats) = model.forward_with_stats(&ids).unwrap();
+    let heads = thermo::head_summaries(&stats).unwrap();
+    println!("sink of the built head {:.6}, of the other {:.4}", heads[0].sink, heads[1].sink);
+    assert!(heads[0].sink > 0.99, "the built head: {:?}", heads[0]);
+    assert!(heads[1].sink < 0.6, "the untouched head is no full sink: {:?}", heads[1]);
+    // Along the phase grid: all on the start when cold, spread when hot.
+    let p = phase::phase_diagram(&stats, &[0.1, 1.0, 1e4]).unwrap();
+    assert!(p.heads[0].sink[0] > 0.999 && p.heads[0].sink[2] < 0.5, "{:?}", p.heads[0].sink);
+}
