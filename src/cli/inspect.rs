@@ -9,8 +9,6 @@ use super::{check_temperature, validation_tokens, ModelArgs};
 use crate::checkpoint::Loaded;
 use crate::data;
 use crate::error::UsageError;
-use candle_core::Tensor;
-
 use crate::physics::inspect::{self, Selection, SweepPoint, TextInspection};
 use crate::physics::phase::{self, PhaseDiagram};
 use crate::physics::response::{self, EnergySample, HeadResponse, Response};
@@ -132,12 +130,16 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
         return run_windows(args, &loaded, &selection, grid.as_deref());
     };
     let ids = loaded.tokenizer.encode(text)?;
-    let (mut report, _) = inspect::inspect_ids(&loaded.model, &loaded.tokenizer, &ids)?;
+    let (mut report, _, stats) = inspect::inspect_pass(&loaded.model, &loaded.tokenizer, &ids)?;
     report.select(&selection);
-    let lab = Lab::measure(args, &loaded, &selection, grid.as_deref(), |model| {
-        let input = Tensor::new([&[loaded.tokenizer.bos()][..], &ids].concat().as_slice(), model.device())?.unsqueeze(0)?;
-        Ok(vec![model.forward_with_stats(&input)?.1])
-    }, || EnergySample::text(&loaded.model, loaded.tokenizer.bos(), &ids))?;
+    let response = if args.response {
+        let sample = EnergySample::text(&loaded.model, loaded.tokenizer.bos(), &ids)?;
+        Some(response::response(&loaded.model, &sample, &selection, true)?)
+    } else {
+        None
+    };
+    let phase = grid.as_deref().map(|g| phase::phase_diagram(&stats, g)).transpose()?;
+    let lab = Lab::new(response, phase, &selection);
     let mut out = std::io::stdout().lock();
     match args.report.format() {
         super::ReportFormat::Json => {
@@ -198,32 +200,12 @@ struct Lab {
 }
 
 impl Lab {
-    /// Run --response on the sample `sample` makes and --phase on the statistics `passes` reads
-    /// (one list per pass), as asked.
-    fn measure(
-        args: &InspectArgs,
-        loaded: &Loaded,
-        selection: &Selection,
-        grid: Option<&[f64]>,
-        passes: impl Fn(&crate::Gpt) -> Result<Vec<Vec<crate::model::AttnStats>>>,
-        sample: impl Fn() -> Result<EnergySample>,
-    ) -> Result<Self> {
-        let response = if args.response { Some(response::response(&loaded.model, &sample()?, selection, true)?) } else { None };
-        let phase = match grid {
-            Some(grid) => {
-                let stats = passes(&loaded.model)?;
-                let rows = stats.iter().filter_map(|s| s.first()).map(|s| s.energy.dim(0).unwrap_or(0) * s.energy.dim(2).unwrap_or(0)).sum();
-                let mut builder = phase::PhaseBuilder::new(rows);
-                for s in &stats {
-                    builder.add(s)?;
-                }
-                let mut p = builder.finish(grid);
-                p.heads.retain(|h| selection.keeps(h.layer, h.head));
-                Some(p)
-            }
-            None => None,
-        };
-        Ok(Self { response, phase })
+    /// The measurements, the phase diagram cut to the selected heads.
+    fn new(response: Option<Response>, mut phase: Option<PhaseDiagram>, selection: &Selection) -> Self {
+        if let Some(p) = phase.as_mut() {
+            p.heads.retain(|h| selection.keeps(h.layer, h.head));
+        }
+        Self { response, phase }
     }
 
     /// Add each head's responses and phase peak to its entry of `v["heads"]`, and the sample's E
@@ -337,9 +319,10 @@ fn run_windows(args: &InspectArgs, loaded: &Loaded, selection: &Selection, grid:
     let context = loaded.config.model.context;
     let batches = stats_batches(args, loaded, val)?;
     let windows: usize = batches.iter().map(|b| b.inputs.dims()[0]).sum();
-    let (mut heads, _) = inspect::read_windows(&loaded.model, &batches, None)?;
+    let (mut heads, phase) = inspect::read_windows(&loaded.model, &batches, grid)?;
     heads.retain(|h| selection.keeps(h.layer, h.head));
-    let lab = Lab::measure(args, loaded, selection, grid, |model| batches.iter().map(|b| Ok(model.forward_with_stats(&b.inputs)?.1)).collect(), || EnergySample::windows(&batches))?;
+    let response = if args.response { Some(response::response(&loaded.model, &EnergySample::windows(&batches)?, selection, true)?) } else { None };
+    let lab = Lab::new(response, phase, selection);
     let mut out = std::io::stdout().lock();
     match args.report.format() {
         super::ReportFormat::Json => {

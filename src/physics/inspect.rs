@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::data::Batch;
 use crate::model::loss;
-use crate::model::Gpt;
+use crate::model::{AttnStats, Gpt};
 use crate::physics::phase::{PhaseBuilder, PhaseDiagram};
 use crate::physics::thermo::{self, HeadSummary};
 use crate::data::tokenizer::Tok;
@@ -103,6 +103,12 @@ pub fn inspect_text(model: &Gpt, tok: &Tok, text: &str) -> Result<TextInspection
 /// [`inspect_text`] of token ids (the start not included), with the logits `(1, T, V)` of the
 /// same pass.
 pub fn inspect_ids(model: &Gpt, tok: &Tok, text_ids: &[u32]) -> Result<(TextInspection, Tensor)> {
+    let (report, logits, _) = inspect_pass(model, tok, text_ids)?;
+    Ok((report, logits))
+}
+
+/// [`inspect_ids`], with every layer's statistics of the pass too (for the phase diagram).
+pub fn inspect_pass(model: &Gpt, tok: &Tok, text_ids: &[u32]) -> Result<(TextInspection, Tensor, Vec<AttnStats>)> {
     let mut ids = vec![tok.bos()];
     ids.extend_from_slice(text_ids);
     let context = model.config().context;
@@ -143,7 +149,7 @@ pub fn inspect_ids(model: &Gpt, tok: &Tok, text_ids: &[u32]) -> Result<(TextInsp
     let start = tok.token_str(tok.bos()).unwrap_or_else(|| crate::data::tokenizer::BOS.to_string());
     let tokens = ids.iter().enumerate().map(|(i, &id)| if i == 0 { start.clone() } else { tok.token_text(id) }).collect();
     let labels = ids.iter().enumerate().map(|(i, &id)| if i == 0 { "<bos>".to_string() } else { token_label(tok, id) }).collect();
-    Ok((TextInspection { tokens, labels, heads, alpha, energies }, logits))
+    Ok((TextInspection { tokens, labels, heads, alpha, energies }, logits, stats))
 }
 
 /// One temperature of a sweep.
