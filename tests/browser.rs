@@ -70,19 +70,27 @@ fn press_on(tab: &Tab, id: &str, key: &str) {
     tab.press_key(key).unwrap();
 }
 
-#[test]
-fn moving_a_head_slider_shows_the_energies_score_prints() {
-    let Some(browser) = browser() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let run = common::serve_model(tmp.path());
+/// A text of the test model's full context.
+const TEXT: &str = "You are all re";
+
+/// A served test model (in `dir`) and the explorer open on it, showing `text`.
+fn explorer_on(browser: &Browser, dir: &std::path::Path, text: &str) -> (String, common::Server, std::sync::Arc<Tab>) {
+    let run = common::serve_model(dir);
     let server = common::start(&run);
     let tab = browser.new_tab().unwrap();
     tab.navigate_to(&format!("{}/", server.url)).unwrap().wait_until_navigated().unwrap();
     wait_for(&tab, "window.thermoformer && window.thermoformer.last !== null");
-    // A text of the test model's full context.
-    let text = "You are all re";
     eval(&tab, &format!("const t = document.getElementById('text'); t.value = {text:?}; t.dispatchEvent(new Event('input')); true"));
     wait_for(&tab, &format!("window.thermoformer.last.tokens.length === {}", text.len() + 1));
+    (run, server, tab)
+}
+
+#[test]
+fn moving_a_head_slider_shows_the_energies_score_prints() {
+    let Some(browser) = browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, _server, tab) = explorer_on(&browser, tmp.path(), TEXT);
+    let text = TEXT;
     let before: f64 = eval(&tab, "Number(document.getElementById('total-energy').textContent)").as_f64().unwrap();
 
     // Home takes head 1.0's slider to its lowest temperature.
@@ -180,14 +188,8 @@ fn the_static_export_recomputes_a_head_as_inspect_does() {
 fn the_response_panel_ranks_heads_and_sets_sliders_as_inspect_measures() {
     let Some(browser) = browser() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let run = common::serve_model(tmp.path());
-    let server = common::start(&run);
-    let tab = browser.new_tab().unwrap();
-    tab.navigate_to(&format!("{}/", server.url)).unwrap().wait_until_navigated().unwrap();
-    wait_for(&tab, "window.thermoformer && window.thermoformer.last !== null");
-    let text = "You are all re";
-    eval(&tab, &format!("const t = document.getElementById('text'); t.value = {text:?}; t.dispatchEvent(new Event('input')); true"));
-    wait_for(&tab, &format!("window.thermoformer.last.tokens.length === {}", text.len() + 1));
+    let (run, _server, tab) = explorer_on(&browser, tmp.path(), TEXT);
+    let text = TEXT;
     let want = cli_json(&["inspect", "--checkpoint", &run, "--text", text, "--response", "--phase", "--format", "json"]);
     // The sink column of the head grid is inspect's.
     for (k, head) in ["0-0", "0-1", "1-0", "1-1"].iter().enumerate() {

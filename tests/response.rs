@@ -159,10 +159,8 @@ fn ablations_equal_the_composed_path_with_uniform_and_argmax_weights() {
     }
 }
 
-#[test]
-fn a_cold_head_breaks_ties_on_the_first_key() {
-    // A head whose queries are zero scores every key the same, so T -> 0 puts all weight on the
-    // first key, the start. Mutation caught: a tie going to the last key (the query's own).
+/// The tiny model with head 0 of layer 0's query weights zeroed: it scores every key the same.
+fn zero_query_model() -> (ModelConfig, Gpt) {
     let (_, cfg, _, _) = common::tiny_model(false);
     let (params, _) = Params::init(&cfg, 0.3, 2, &Device::Cpu).unwrap();
     let mut tensors = params.tensors();
@@ -171,9 +169,16 @@ fn a_cold_head_breaks_ties_on_the_first_key() {
     let rows = w.dim(0).unwrap();
     let d = cfg.d_model / cfg.n_head;
     let mask: Vec<f32> = (0..rows).map(|r| if r < d { 0.0 } else { 1.0 }).collect(); // head 0's query rows
-    let w = w.broadcast_mul(&Tensor::from_vec(mask, (rows, 1), &Device::Cpu).unwrap()).unwrap();
-    tensors.insert(name.to_string(), w);
-    let mut model = Params::model_from_tensors(&cfg, tensors, &Device::Cpu).unwrap();
+    tensors.insert(name.to_string(), w.broadcast_mul(&Tensor::from_vec(mask, (rows, 1), &Device::Cpu).unwrap()).unwrap());
+    let model = Params::model_from_tensors(&cfg, tensors, &Device::Cpu).unwrap();
+    (cfg, model)
+}
+
+#[test]
+fn a_cold_head_breaks_ties_on_the_first_key() {
+    // A head whose queries are zero scores every key the same, so T -> 0 puts all weight on the
+    // first key, the start. Mutation caught: a tie going to the last key (the query's own).
+    let (cfg, mut model) = zero_query_model();
     model.patch_head(0, 0, HeadPatch::Cold).unwrap();
     let ids = common::random_ids(1, cfg.context, cfg.vocab_size - 1, 0, 9);
     let (_, stats) = model.forward_with_stats(&ids).unwrap();
@@ -249,16 +254,7 @@ fn the_sink_of_a_head_whose_start_key_is_lowest_goes_to_one_when_cold() {
 fn entropy_grows_as_ln_n_for_a_uniform_head_and_not_for_a_retriever() {
     // Zero queries make head 0 of layer 0 uniform over its keys: H = ln n, slope 1. A cold head
     // keeps one key whatever n: slope 0. Mutation caught: the fit against n instead of ln n.
-    let (_, cfg, _, _) = common::tiny_model(false);
-    let (params, _) = Params::init(&cfg, 0.3, 2, &Device::Cpu).unwrap();
-    let mut tensors = params.tensors();
-    let name = "blocks.0.attn.qkv.weight";
-    let w = tensors[name].clone();
-    let rows = w.dim(0).unwrap();
-    let d = cfg.d_model / cfg.n_head;
-    let mask: Vec<f32> = (0..rows).map(|r| if r < d { 0.0 } else { 1.0 }).collect();
-    tensors.insert(name.to_string(), w.broadcast_mul(&Tensor::from_vec(mask, (rows, 1), &Device::Cpu).unwrap()).unwrap());
-    let mut model = Params::model_from_tensors(&cfg, tensors, &Device::Cpu).unwrap();
+    let (cfg, mut model) = zero_query_model();
     model.patch_head(1, 1, HeadPatch::Cold).unwrap();
     let ids = common::random_ids(2, cfg.context, cfg.vocab_size - 1, 0, 3);
     let heads = thermo::head_summaries(&model.forward_with_stats(&ids).unwrap().1).unwrap();
