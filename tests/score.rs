@@ -134,3 +134,48 @@ fn sliding_window_matches_full_context_and_direct_forward_passes() {
         assert!((x - y).abs() < 1e-5);
     }
 }
+
+#[test]
+fn a_slow_pipe_gets_each_result_as_soon_as_its_line_is_read() {
+    // One line, then a pause with the pipe still open: the first result must come out during
+    // the pause (before, score waited for 4096 lines or the end of the input). A fast input of
+    // many lines is still scored, every line once, in order.
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = common::trained(tmp.path());
+    let mut child = common::thermoformer()
+        .args(["score", "-", "--checkpoint", run.to_str().unwrap(), "--format", "jsonl"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if send.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    writeln!(stdin, "First Citizen").unwrap();
+    stdin.flush().unwrap();
+    let first = receive.recv_timeout(std::time::Duration::from_secs(60)).expect("the first line's result, while the pipe stays open");
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["tokens"], 13, "{first}");
+    let rest_line = |i: usize| "You are all resolved".chars().take(1 + i % 20).collect::<String>();
+    for i in 0..300 {
+        writeln!(stdin, "{}", rest_line(i)).unwrap();
+    }
+    drop(stdin);
+    let rest: Vec<String> = receive.iter().collect();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rest.len(), 300, "every line scored once");
+    let tokens: Vec<u64> = rest.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = (0..300).map(|i| rest_line(i).len() as u64).collect();
+    assert_eq!(tokens, want, "in order");
+}

@@ -103,25 +103,31 @@ enum Detail {
     Words,
 }
 
-/// Lines read in a chunk: the most held in memory at once, so a file of any size is scored in
-/// bounded memory, its results written (and flushed) chunk by chunk.
+/// Lines scored in one chunk at most: the most held in memory at once, so a file of any size is
+/// scored in bounded memory, its results written (and flushed) chunk by chunk.
 const CHUNK_LINES: usize = 4096;
 
-/// The input, read a chunk of lines at a time.
+/// One line read, or why reading stopped.
+type Line = Result<String>;
+
+/// The input, read a chunk of lines at a time. A file or stdin is read by a thread of its own
+/// into a bounded queue, and a chunk is whatever lines have arrived (at least one, at most
+/// [`CHUNK_LINES`]): a fast file is scored in full chunks, and a slow pipe gets each line's result
+/// as soon as the line is read, never held back waiting for more.
 struct Input {
     /// `--text`, returned once.
     text: Option<String>,
-    reader: Option<Box<dyn std::io::BufRead>>,
+    lines: Option<std::sync::mpsc::Receiver<Line>>,
+    /// Lines read so far (an empty input is an error).
+    read: usize,
     /// "stdin" or the file's path, for messages.
     name: String,
-    /// Bytes read so far (for the offset of a byte that is not UTF-8).
-    offset: usize,
 }
 
 impl Input {
     fn open(args: &ScoreArgs) -> Result<Self> {
-        let (reader, name): (Box<dyn std::io::BufRead>, String) = match (&args.text, args.input.as_deref()) {
-            (Some(t), _) => return Ok(Self { text: Some(t.clone()), reader: None, name: "--text".into(), offset: 0 }),
+        let (reader, name): (Box<dyn std::io::BufRead + Send>, String) = match (&args.text, args.input.as_deref()) {
+            (Some(t), _) => return Ok(Self { text: Some(t.clone()), lines: None, read: 0, name: "--text".into() }),
             (None, Some("-")) => (Box::new(std::io::BufReader::new(std::io::stdin())), "stdin".into()),
             (None, Some(path)) => {
                 let file = std::fs::File::open(path).with_context(|| format!("reading {path}"))?;
@@ -129,41 +135,72 @@ impl Input {
             }
             (None, None) => return Err(UsageError("give a FILE to score, - for stdin, or --text \"...\"".into()).into()),
         };
-        Ok(Self { text: None, reader: Some(reader), name, offset: 0 })
+        let (send, receive) = std::sync::mpsc::sync_channel(CHUNK_LINES);
+        let what = name.clone();
+        // The thread ends at the end of the input, at an error, or when the queue is dropped.
+        std::thread::spawn(move || read_lines(reader, &what, &send));
+        Ok(Self { text: None, lines: Some(receive), read: 0, name })
     }
 
-    /// The next lines (as `str::lines` splits them: no `\n`, no trailing `\r`), at most
-    /// [`CHUNK_LINES`]; none at the end. An empty input is an error.
+    /// The next lines (as `str::lines` splits them: no `\n`, no trailing `\r`): waits for one,
+    /// then takes those already read, at most [`CHUNK_LINES`]; none at the end. An empty input
+    /// is an error.
     fn next_chunk(&mut self) -> Result<Vec<String>> {
         if let Some(t) = self.text.take() {
             return Ok(vec![t]);
         }
-        let Some(reader) = self.reader.as_mut() else { return Ok(Vec::new()) };
+        let Some(queue) = self.lines.as_ref() else { return Ok(Vec::new()) };
         let mut lines = Vec::new();
-        let mut buf = Vec::new();
-        while lines.len() < CHUNK_LINES {
-            buf.clear();
-            let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {}", self.name))?;
-            if n == 0 {
-                if self.offset == 0 {
+        match queue.recv() {
+            Ok(line) => lines.push(line?),
+            Err(_) => {
+                self.lines = None;
+                if self.read == 0 {
                     anyhow::bail!("{} is empty: nothing to score", self.name);
                 }
-                self.reader = None;
-                break;
+                return Ok(lines);
             }
-            let start = self.offset;
-            self.offset += n;
-            if buf.last() == Some(&b'\n') {
-                buf.pop();
-                if buf.last() == Some(&b'\r') {
-                    buf.pop();
+        }
+        while lines.len() < CHUNK_LINES {
+            match queue.try_recv() {
+                Ok(line) => lines.push(line?),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.lines = None;
+                    break;
                 }
             }
-            let line = String::from_utf8(std::mem::take(&mut buf))
-                .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", self.name, start + e.utf8_error().valid_up_to()))?;
-            lines.push(line);
         }
+        self.read += lines.len();
         Ok(lines)
+    }
+}
+
+/// Send `reader`'s lines into `send` until the end, an error (sent as the last item) or a
+/// dropped receiver.
+fn read_lines(mut reader: Box<dyn std::io::BufRead + Send>, name: &str, send: &std::sync::mpsc::SyncSender<Line>) {
+    let mut offset = 0usize;
+    loop {
+        let mut buf = Vec::new();
+        let line = match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let start = offset;
+                offset += n;
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                String::from_utf8(buf).map_err(|e| anyhow::anyhow!("{name} is not UTF-8 text (invalid byte at offset {})", start + e.utf8_error().valid_up_to()))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {name}"))),
+        };
+        let stop = line.is_err();
+        if send.send(line).is_err() || stop {
+            return;
+        }
     }
 }
 
