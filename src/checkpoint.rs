@@ -250,7 +250,7 @@ fn read_config(dir: &Path) -> Result<RunConfig> {
     }
     let config: RunConfig = serde_json::from_value(value).with_context(|| format!("reading {}", path.display()))?;
     // A bad config in a checkpoint is a broken file, not a usage error: report it as such.
-    config.model.validate().map_err(|e| anyhow!("invalid model config in {}: {e}", path.display()))?;
+    config.model.validate_as(&crate::config::Spelling::RUN).map_err(|e| anyhow!("invalid model config in {}: {e}", path.display()))?;
     config.train.validate().map_err(|e| anyhow!("invalid training config in {}: {e}", path.display()))?;
     // Before any tensor is read: a shape this machine cannot run is refused, not aborted on.
     // At up to LOAD_CHECK_CONTEXT positions: a model with a long context (Qwen's 32,768) runs

@@ -407,3 +407,53 @@ fn an_existing_out_needs_overwrite_and_keeps_its_run_until_then() {
     again.push("--overwrite");
     assert!(common::run(&again).status.success());
 }
+
+/// A copy of the fixture `src` in `dir` with its config.json's `key` set to `value`.
+fn with_config_field(src: &Path, dir: &Path, key: &str, value: serde_json::Value) -> std::path::PathBuf {
+    let out = dir.join(src.file_name().unwrap());
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+    }
+    let path = out.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[key] = value;
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    out
+}
+
+#[test]
+fn a_bad_config_is_named_in_the_sources_own_fields() {
+    // Each family's head count set to one that does not divide its width (or its key/value
+    // heads): the error names the
+    // fields of that config.json, not train's flags. Mutation caught: validate() (the flags'
+    // spelling) in place of validate_as.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cases = [
+        ("import/gpt2-tied", "n_head", "`n_head` 5 does not divide `n_embd`"),
+        // (Llama and Qwen configs give head_dim, so the grouping is what breaks.)
+        ("families/llama", "num_attention_heads", "must divide `num_attention_heads` 5"),
+        ("families/qwen2", "num_attention_heads", "must divide `num_attention_heads` 5"),
+        ("families/pythia-parallel", "num_attention_heads", "`num_attention_heads` 5 does not divide `hidden_size`"),
+        ("families/gpt-neo", "num_heads", "`num_heads` 5 does not divide `hidden_size`"),
+    ];
+    for (k, (fixture, key, needle)) in cases.iter().enumerate() {
+        let src = with_config_field(&root.join(fixture), &tmp.path().join(k.to_string()), key, 5.into());
+        let out = common::run(&["import", src.to_str().unwrap(), "--out", tmp.path().join(format!("run{k}")).to_str().unwrap()]);
+        common::assert_clean_error(&out, 1, needle);
+        let (_, stderr) = common::status_and_stderr(&out);
+        assert!(!stderr.contains("--"), "{fixture}: no train flag in {stderr}");
+    }
+    // A run directory whose config.json was edited: its own field names.
+    let run = tmp.path().join("run-edited");
+    let o = common::run(&["import", root.join("import/gpt2-tied").to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let path = run.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["model"]["n_head"] = 5.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = common::run(&["score", "--checkpoint", run.to_str().unwrap(), "--text", "hello"]);
+    common::assert_clean_error(&out, 1, "`n_head` 5 does not divide `d_model`");
+}

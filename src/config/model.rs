@@ -351,24 +351,31 @@ impl ModelConfig {
         (c(batch), c(self.context), c(self.n_head), c(self.d_model), c(self.n_layer), c(self.vocab_size))
     }
 
-    /// Check every invariant the model relies on; the message names the offending option.
+    /// Check every invariant the model relies on; the message names the offending train flag.
     pub fn validate(&self) -> Result<()> {
-        let usage = |msg: String| -> Result<()> { Err(UsageError(msg).into()) };
+        self.validate_as(&Spelling::FLAGS)
+    }
+
+    /// [`ModelConfig::validate`], naming the fields as `names` spells them: train's flags, a
+    /// run's config.json, or an imported model's own config (`n_head` does not divide `n_embd`).
+    pub fn validate_as(&self, names: &Spelling) -> Result<()> {
+        let usage = |msg: String| -> Result<()> { if names.flags { Err(UsageError(msg).into()) } else { Err(anyhow::anyhow!(msg)) } };
+        let Spelling { layers, heads, d_model, kv_heads, context, rope_theta, attn_temperature, .. } = *names;
         if self.n_layer == 0 {
-            return usage("--layers must be at least 1".into());
+            return usage(format!("{layers} must be at least 1"));
         }
         if self.n_head == 0 {
-            return usage("--heads must be at least 1".into());
+            return usage(format!("{heads} must be at least 1"));
         }
         if self.d_head.is_none() && (self.d_model == 0 || !self.d_model.is_multiple_of(self.n_head)) {
             return usage(format!(
-                "--heads {} does not divide --d-model {}: each head needs an equal share of the width",
+                "{heads} {} does not divide {d_model} {}: each head needs an equal share of the width",
                 self.n_head, self.d_model
             ));
         }
         if self.positions == Positions::Rope && !self.head_dim().is_multiple_of(2) {
             return usage(format!(
-                "--positions rope rotates pairs of dimensions: the head width --d-model / --heads = {} must be even",
+                "rotary positions rotate pairs of dimensions: the head width {d_model} / {heads} = {} must be even",
                 self.head_dim()
             ));
         }
@@ -377,14 +384,14 @@ impl ModelConfig {
         }
         let kv = self.kv_heads();
         if kv == 0 || !self.n_head.is_multiple_of(kv) {
-            return usage(format!("--kv-heads {kv} must divide --heads {}: each key/value head serves an equal group of query heads", self.n_head));
+            return usage(format!("{kv_heads} {kv} must divide {heads} {}: each key/value head serves an equal group of query heads", self.n_head));
         }
         let r = self.rotary_dims();
         if self.positions == Positions::Rope && (r == 0 || r > self.head_dim() || !r.is_multiple_of(2)) {
             bail!("the rotary dimensions ({r}) must be even and between 2 and the head width {}", self.head_dim());
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
-            return usage(format!("--rope-theta must be a finite number above 1, got {:?}", self.rope_theta));
+            return usage(format!("{rope_theta} must be a finite number above 1, got {:?}", self.rope_theta));
         }
         if let Some(s) = self.rope_scaling {
             let ok = [s.factor, s.low_freq_factor, s.high_freq_factor].iter().all(|x| x.is_finite() && *x > 0.0);
@@ -402,10 +409,10 @@ impl ModelConfig {
             bail!("a local attention window must hold at least one key");
         }
         if self.context < 2 {
-            return usage(format!("--context must be at least 2 (BOS + one token), got {}", self.context));
+            return usage(format!("{context} must be at least 2 (BOS + one token), got {}", self.context));
         }
         if !valid_temperature(self.attn_temperature) {
-            return usage(format!("--attn-temperature must be finite and at least {MIN_TEMPERATURE:?}, got {:?}", self.attn_temperature));
+            return usage(format!("{attn_temperature} must be finite and at least {MIN_TEMPERATURE:?}, got {:?}", self.attn_temperature));
         }
         // Refuse shapes that cannot fit in memory before any allocation is attempted.
         const MAX_PARAMS: u64 = 2_000_000_000;
@@ -418,7 +425,7 @@ impl ModelConfig {
             ));
         }
         if self.context > 1 << 16 {
-            return usage(format!("--context must be at most 65536, got {}", self.context));
+            return usage(format!("{context} must be at most 65536, got {}", self.context));
         }
         if !(self.ln_eps.is_finite() && self.ln_eps > 0.0) {
             bail!("the LayerNorm epsilon must be a finite number > 0, got {:?}", self.ln_eps);
@@ -427,5 +434,44 @@ impl ModelConfig {
             bail!("the vocabulary has {} tokens; a language model needs at least 2", self.vocab_size);
         }
         Ok(())
+    }
+}
+
+/// How a source spells the fields [`ModelConfig::validate_as`] names, so that its messages speak
+/// the source's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spelling {
+    pub layers: &'static str,
+    pub heads: &'static str,
+    pub d_model: &'static str,
+    pub kv_heads: &'static str,
+    pub context: &'static str,
+    pub rope_theta: &'static str,
+    pub attn_temperature: &'static str,
+    /// Whether these are command-line flags (a bad value is a usage error, exit 2) or a file's
+    /// fields (a bad file, exit 1).
+    pub flags: bool,
+}
+
+impl Spelling {
+    /// `thermoformer train`'s flags.
+    pub const FLAGS: Spelling = Spelling {
+        layers: "--layers",
+        heads: "--heads",
+        d_model: "--d-model",
+        kv_heads: "--kv-heads",
+        context: "--context",
+        rope_theta: "--rope-theta",
+        attn_temperature: "--attn-temperature",
+        flags: true,
+    };
+
+    /// A run directory's config.json (its `model` object).
+    pub const RUN: Spelling = Spelling::file("`n_layer`", "`n_head`", "`d_model`", "`n_kv_head`", "`context`", "`rope_theta`");
+
+    /// A model file's own config: its names for the layer count, heads, width, key/value heads,
+    /// context and rotary base (in backquotes, as the file spells them).
+    pub const fn file(layers: &'static str, heads: &'static str, d_model: &'static str, kv_heads: &'static str, context: &'static str, rope_theta: &'static str) -> Spelling {
+        Spelling { layers, heads, d_model, kv_heads, context, rope_theta, attn_temperature: "the attention temperature", flags: false }
     }
 }

@@ -13,7 +13,7 @@ use candle_core::Device;
 use serde::Deserialize;
 
 use super::{head_is_tied, normalise_names, to_thermoformer, Imported};
-use crate::config::{Activation, ModelConfig, Positions, Start};
+use crate::config::{Activation, ModelConfig, Spelling, Positions, Start};
 use crate::data::tokenizer::Tok;
 use crate::error::UsageError;
 
@@ -137,7 +137,8 @@ pub fn read(dir: &Path, tokenizer: Option<&Path>) -> Result<Imported> {
         ..ModelConfig::nano_cpu(2)
     };
     let origin = format!("gpt2:{}", dir.display());
-    model.validate().with_context(|| format!("the model in {origin}"))?;
+    let names = Spelling::file("`n_layer`", "`n_head`", "`n_embd`", "`n_head`", "`n_positions`", "`rope_theta`");
+    model.validate_as(&names).with_context(|| format!("the model in {origin}"))?;
     let weights = to_thermoformer(&model, weights)?;
     Ok(Imported { model, tokenizer: tok, weights, origin })
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::hf::{self, HfConfig};
 use super::take;
 use super::Imported;
-use crate::config::{Activation, ModelConfig, Positions};
+use crate::config::{Activation, ModelConfig, Spelling, Positions};
 
 pub const MODEL_TYPE: &str = "gpt_neo";
 
@@ -56,7 +56,8 @@ pub fn read(dir: &Path, cfg: &HfConfig, tokenizer: Option<&Path>) -> Result<Impo
         windows,
         ..ModelConfig::nano_cpu(2)
     };
-    hf::finish(dir, cfg, "gpt_neo", model, tok, tensors)
+    let names = Spelling::file("`num_layers`", "`num_heads`", "`hidden_size`", "`num_heads`", "`max_position_embeddings`", "`rope_theta`");
+    hf::finish(dir, cfg, "gpt_neo", names, model, tok, tensors)
 }
 
 /// "global" or "local" per layer: `attention_layers`, else `attention_types` ([[kinds], repeat]

@@ -18,7 +18,7 @@ use candle_core::Tensor;
 use super::hf::{self, to_adjacent_pairs, HfConfig};
 use super::take;
 use super::Imported;
-use crate::config::{Activation, ModelConfig, Positions};
+use crate::config::{Activation, ModelConfig, Spelling, Positions};
 
 pub const MODEL_TYPE: &str = "gpt_neox";
 
@@ -61,7 +61,8 @@ pub fn read(dir: &Path, cfg: &HfConfig, tokenizer: Option<&Path>) -> Result<Impo
         score_scale: Some(1.0 / (head_dim as f64).sqrt()),
         ..ModelConfig::nano_cpu(2)
     };
-    hf::finish(dir, cfg, "gpt_neox", model, tok, tensors)
+    let names = Spelling::file("`num_hidden_layers`", "`num_attention_heads`", "`hidden_size`", "`num_attention_heads`", "`max_position_embeddings`", "`rotary_emb_base`");
+    hf::finish(dir, cfg, "gpt_neox", names, model, tok, tensors)
 }
 
 /// `query_key_value` `(H * 3D, ...)`, per head [q_h; k_h; v_h], as `[q; k; v]` with q and k in

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::Imported;
-use crate::config::{ModelConfig, RopeScaling, Start};
+use crate::config::{ModelConfig, Spelling, RopeScaling, Start};
 use crate::data::tokenizer::Tok;
 use crate::error::UsageError;
 
@@ -229,11 +229,12 @@ pub fn finish(
     dir: &Path,
     cfg: &HfConfig,
     family: &str,
+    names: Spelling,
     model: ModelConfig,
     tok: Tok,
     tensors: impl FnOnce(&ModelConfig, HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>>,
 ) -> Result<Imported> {
-    model.validate().map_err(|e| anyhow!("{}: {e:#}", cfg.path.display()))?;
+    model.validate_as(&names).map_err(|e| anyhow!("{}: {e:#}", cfg.path.display()))?;
     super::check_vocab_fits(&tok, &model, "tokenizer.json")?;
     let mut w = read_weights(dir)?;
     drop_buffers(&mut w);

@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use super::hf::{self, to_adjacent_pairs, HfConfig};
 use super::take;
 use super::Imported;
-use crate::config::{MlpKind, ModelConfig, Norm, Positions};
+use crate::config::{MlpKind, ModelConfig, Spelling, Norm, Positions};
 
 /// The three `model_type`s read here.
 pub const MODEL_TYPES: [&str; 3] = ["llama", "qwen2", "qwen3"];
@@ -81,7 +81,8 @@ pub fn read(dir: &Path, cfg: &HfConfig, tokenizer: Option<&Path>) -> Result<Impo
         score_scale: Some(1.0 / (head_dim as f64).sqrt()),
         ..ModelConfig::nano_cpu(2)
     };
-    hf::finish(dir, cfg, kind.as_str(), model, tok, tensors)
+    let names = Spelling::file("`num_hidden_layers`", "`num_attention_heads`", "`hidden_size`", "`num_key_value_heads`", "`max_position_embeddings`", "`rope_theta`");
+    hf::finish(dir, cfg, kind.as_str(), names, model, tok, tensors)
 }
 
 /// Their tensors as this crate's: the table of names, and q/k/v and gate/up fused.

@@ -225,7 +225,7 @@ pub fn normalise_names(weights: Vec<(String, Tensor)>) -> HashMap<String, Tensor
 /// run, with no optimizer state and step 0.
 pub fn write_run(out: &Path, imported: Imported) -> Result<ImportReport> {
     let Imported { model, tokenizer, weights, origin } = imported;
-    model.validate().with_context(|| format!("the model in {origin}"))?;
+    model.validate_as(&crate::config::Spelling::RUN).with_context(|| format!("the model in {origin}"))?;
     check_vocab_fits(&tokenizer, &model, &origin)?;
     let (params, _) = Params::from_tensors(&model, weights, &Device::Cpu)?;
     let train = TrainConfig { tokenizer: tokenizer.kind(), ..TrainConfig::default() };

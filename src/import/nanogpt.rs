@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::pickle::{Object, Stack};
 
 use super::{head_is_tied, normalise_names, to_thermoformer, Imported};
-use crate::config::{Activation, ModelConfig, Positions, Start};
+use crate::config::{Activation, ModelConfig, Spelling, Positions, Start};
 use crate::data::tokenizer::Tok;
 use crate::error::UsageError;
 
@@ -81,7 +81,8 @@ pub fn read(path: &Path, meta: Option<&Path>, tokenizer: Option<&Path>) -> Resul
         ..ModelConfig::nano_cpu(2)
     };
     let origin = format!("nanogpt:{}", path.display());
-    model.validate().with_context(|| format!("the model in {origin}"))?;
+    let names = Spelling::file("`n_layer`", "`n_head`", "`n_embd`", "`n_head`", "`block_size`", "`rope_theta`");
+    model.validate_as(&names).with_context(|| format!("the model in {origin}"))?;
     let weights = to_thermoformer(&model, weights)?;
     Ok(Imported { model, tokenizer: tok, weights, origin })
 }
