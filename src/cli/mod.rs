@@ -15,6 +15,7 @@ use crate::config::{valid_temperature, Precision, MIN_TEMPERATURE};
 use crate::model::HeadTemperature;
 
 mod bench;
+mod cache;
 mod calibrate;
 mod generate;
 mod import;
@@ -25,6 +26,7 @@ mod serve;
 mod train;
 
 pub use bench::BenchArgs;
+pub use cache::CacheArgs;
 pub use calibrate::CalibrateArgs;
 pub use generate::GenerateArgs;
 pub use import::ImportArgs;
@@ -84,6 +86,9 @@ pub enum Command {
     /// Explore a model in the browser: turn each head's attention temperature and watch the
     /// attention maps, head statistics and token energies respond (a local web app and a JSON API).
     Serve(ServeArgs),
+    /// List or clean the token cache (token files and tokenizers made for corpora, in
+    /// $THERMOFORMER_CACHE, else $XDG_CACHE_HOME/thermoformer or ~/.cache/thermoformer).
+    Cache(CacheArgs),
 }
 
 /// Where tensors live. Accelerators need the crate built with their feature (`--features cuda`
@@ -304,5 +309,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => import::run_import(args),
         Command::Bench(args) => bench::run_bench(args),
         Command::Serve(args) => serve::run_serve(args),
+        Command::Cache(args) => cache::run_cache(args),
     }
 }

@@ -5,6 +5,7 @@
 //! so the first token of a window is predicted from BOS alone.
 
 pub mod bpe;
+pub mod cache;
 pub mod corpus;
 pub mod tokenizer;
 pub mod tokens;
@@ -78,6 +79,7 @@ pub fn corpus_tokenizer(corpus: &Corpus, train: &TrainConfig, progress: bool) ->
         crate::config::TokenizerKind::Bpe => format!("bpe v1 {} {}", train.bpe_vocab_size, train.bpe_sample_bytes.min(corpus.bytes())),
     };
     let path = tokens::ensure_cache(None)?.join(format!("tokenizer-{}-{}.json", corpus.identity(), corpus::fnv_hex(&recipe)));
+    tokens::remove_stale_temps(&path); // what killed runs left of it
     if let Ok(tok) = std::fs::read_to_string(&path).map_err(anyhow::Error::from).and_then(|json| Tok::from_json(&json)) {
         if tok.kind() == train.tokenizer {
             return Ok(tok);
@@ -85,10 +87,7 @@ pub fn corpus_tokenizer(corpus: &Corpus, train: &TrainConfig, progress: bool) ->
     }
     let tok = Tok::train_streaming(train.tokenizer, corpus, train.bpe_vocab_size, train.bpe_sample_bytes, progress)?;
     // A cache that cannot be written costs only the time to train it again next run.
-    let tmp = tokens::temp_beside(&path);
-    if std::fs::write(&tmp, tok.to_json()?).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = tokens::write_atomically(&path, tok.to_json()?.as_bytes());
     Ok(tok)
 }
 

@@ -215,6 +215,16 @@ impl TokenFile {
     }
 }
 
+impl TokenFile {
+    /// The header of the token file at `path`, if it has a readable one (the ids are not read).
+    pub fn header_of(path: &Path) -> Option<Header> {
+        use std::io::Read;
+        let mut head = vec![0u8; HEADER_BYTES];
+        std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+        parse_header(&head).ok()
+    }
+}
+
 fn parse_header(map: &[u8]) -> std::result::Result<Header, String> {
     if map.len() < HEADER_BYTES || !map.starts_with(MAGIC) {
         return Err("it is not a token file (no header)".into());
@@ -260,7 +270,7 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
 /// no writer holds. A writer holds an exclusive lock on its temporary file until it has renamed
 /// it, so a file whose lock can be taken is a dead writer's (across processes and containers
 /// sharing the directory, whatever their process ids).
-fn remove_stale_temps(path: &Path) {
+pub(crate) fn remove_stale_temps(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
@@ -268,12 +278,37 @@ fn remove_stale_temps(path: &Path) {
         if !ours {
             continue;
         }
-        if let Ok(f) = std::fs::File::open(entry.path()) {
-            if f.try_lock().is_ok() {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        if !held_by_a_writer(&entry.path()) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// Whether a live writer holds the temporary file `path` (its lock cannot be taken now). A file
+/// that cannot be opened counts as held: it is left alone.
+pub(crate) fn held_by_a_writer(path: &Path) -> bool {
+    match std::fs::File::open(path) {
+        Ok(f) => f.try_lock().is_err(),
+        Err(_) => true,
+    }
+}
+
+/// Write `bytes` to `path` through a temporary file beside it, locked while it is written and
+/// renamed into place, after removing what dead writers left of `path` ([`remove_stale_temps`]).
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    remove_stale_temps(path);
+    let tmp = temp_beside(path);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.lock()?;
+        f.write_all(bytes)?;
+        // Renamed while its lock is held, so no cleaner takes it for a dead writer's.
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
 }
 
 /// The cache directory `dir` (default [`cache_dir`]), created if need be.
