@@ -18,6 +18,7 @@
 //! starts at T = 1 (`log_beta` = 0), which is the model as trained.
 
 pub mod gpt2;
+pub mod guard;
 pub mod gpt_neo;
 pub mod gpt_neox;
 pub mod hf;

@@ -25,6 +25,7 @@ pub const START_TEXT: &str = "\n";
 
 /// Read a nanoGPT `ckpt.pt`, with its char `meta.pkl` or a `tokenizer.json`.
 pub fn read(path: &Path, meta: Option<&Path>, tokenizer: Option<&Path>) -> Result<Imported> {
+    super::guard::check_torch_zip(path)?;
     let args = model_args(path)?;
     let int = |key: &str| -> Result<usize> {
         match args.get(key) {
@@ -55,6 +56,7 @@ pub fn read(path: &Path, meta: Option<&Path>, tokenizer: Option<&Path>) -> Resul
             .into())
         }
     };
+    super::guard::check_tensor_ranges(path, Some("model"))?;
     let tensors = candle_core::pickle::read_all_with_key(path, Some("model"))
         .map_err(|e| anyhow!("reading the weights of {}: {e}", path.display()))?;
     if tensors.is_empty() {
@@ -123,8 +125,8 @@ fn model_args(path: &Path) -> Result<HashMap<String, Object>> {
 fn char_tokenizer(meta: &Path, start: &Start) -> Result<Tok> {
     use serde_pickle::{HashableValue, Value};
     let bad = |why: &str| anyhow!("--meta {} is not nanoGPT's meta.pkl: {why}", meta.display());
-    let file = std::fs::File::open(meta).with_context(|| format!("reading --meta {}", meta.display()))?;
-    let value = serde_pickle::value_from_reader(BufReader::new(file), serde_pickle::DeOptions::new())
+    let data = super::guard::read_pickle_file(meta).with_context(|| format!("reading --meta {}", meta.display()))?;
+    let value = serde_pickle::value_from_reader(data.as_slice(), serde_pickle::DeOptions::new())
         .map_err(|e| bad(&format!("it does not parse as a pickle ({e})")))?;
     let Value::Dict(top) = value else { return Err(bad("its top level is not a dict")) };
     let Some(Value::Dict(itos)) = top.get(&HashableValue::String("itos".into())) else {
