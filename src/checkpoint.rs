@@ -94,12 +94,21 @@ pub fn exists(dir: &Path) -> bool {
     dir.join(CONFIG).exists() || dir.join(COMMIT_MARKER).exists()
 }
 
+/// The environment variable that makes writing one file of a save fail with ENOSPC (tests only).
+#[doc(hidden)]
+pub const INJECT_ENOSPC: &str = "THERMOFORMER_TEST_ENOSPC";
+
 fn tmp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.tmp"))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    // A fault-injection hook for the tests where no small filesystem can be mounted: writing the
+    // file this variable names fails as a full disk would.
+    if std::env::var_os(INJECT_ENOSPC).is_some_and(|name| path.file_name() == Some(name.as_os_str())) {
+        return Err(std::io::Error::from_raw_os_error(28)).with_context(|| format!("writing {}", path.display()));
+    }
     f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
     f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
@@ -204,14 +213,30 @@ fn save_until(dir: &Path, config: &RunConfig, tok: &Tok, params: &Params, optimi
         (OPTIMIZER, safetensors_bytes(&optimizer)?),
         (STATE, serde_json::to_vec_pretty(state)?),
     ];
-    for (name, bytes) in &contents {
-        write_synced(&tmp_path(dir, name), bytes)?;
-    }
-    sync_dir(dir)?; // the .tmp entries are durable before the marker can be
-    stop_at(Stage::TmpWritten, stop)?;
-    // The commit point: once the marker exists, every .tmp file is whole and will be renamed.
     let marker_tmp = tmp_path(dir, COMMIT_MARKER);
-    write_synced(&marker_tmp, format!("step {}\n", state.step).as_bytes())?;
+    let written = (|| -> Result<()> {
+        for (name, bytes) in &contents {
+            write_synced(&tmp_path(dir, name), bytes)?;
+        }
+        sync_dir(dir)?; // the .tmp entries are durable before the marker can be
+        stop_at(Stage::TmpWritten, stop)?;
+        write_synced(&marker_tmp, format!("step {}\n", state.step).as_bytes())
+    })();
+    if let Err(e) = written {
+        if stop.is_some() {
+            return Err(e); // an interruption the tests asked for: left as a crash would leave it
+        }
+        // Before the commit point the previous checkpoint is untouched: free what this one wrote.
+        for name in contents.iter().map(|(n, _)| *n).chain([COMMIT_MARKER]) {
+            let _ = fs::remove_file(tmp_path(dir, name));
+        }
+        return Err(e.context(format!(
+            "saving the checkpoint of step {} in {} failed before it was committed; the previous checkpoint there is kept",
+            state.step,
+            dir.display()
+        )));
+    }
+    // The commit point: once the marker exists, every .tmp file is whole and will be renamed.
     fs::rename(&marker_tmp, dir.join(COMMIT_MARKER)).context("committing the checkpoint")?;
     sync_dir(dir)?;
     stop_at(Stage::Committed, stop)?;
@@ -235,10 +260,25 @@ fn read_committed(dir: &Path, name: &str) -> Result<Vec<u8>> {
 }
 
 fn read_config(dir: &Path) -> Result<RunConfig> {
-    let path = dir.join(CONFIG);
-    let text = String::from_utf8(read_committed(dir, CONFIG)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))?;
+    let config = parse_config(&read_committed(dir, CONFIG)?, &dir.join(CONFIG))?;
+    // Before any tensor is read: a shape this machine cannot run is refused, not aborted on.
+    // At up to LOAD_CHECK_CONTEXT positions: a model with a long context (Qwen's 32,768) runs
+    // shorter inputs in far less; commands that read longer ones check their own shapes.
+    let shape = crate::ModelConfig { context: config.model.context.min(LOAD_CHECK_CONTEXT), ..config.model.clone() };
+    memory::ensure_fits(
+        &format!("running the model in {} (on {} positions)", dir.display(), shape.context),
+        shape.forward_bytes(1),
+        "the checkpoint's shape is too large for this machine",
+    )?;
+    Ok(config)
+}
+
+/// A run's config.json from its bytes (`path` names it in errors): UTF-8 JSON with a format
+/// version this build reads, a valid model and training config.
+pub fn parse_config(bytes: &[u8], path: &Path) -> Result<RunConfig> {
+    let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))?;
     let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        serde_json::from_str(text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     let version = value.get("format_version").and_then(|v| v.as_u64());
     match version {
         None => bail!("{} has no format_version: it is not a thermoformer checkpoint", path.display()),
@@ -252,15 +292,6 @@ fn read_config(dir: &Path) -> Result<RunConfig> {
     // A bad config in a checkpoint is a broken file, not a usage error: report it as such.
     config.model.validate_as(&crate::config::Spelling::RUN).map_err(|e| anyhow!("invalid model config in {}: {e}", path.display()))?;
     config.train.validate().map_err(|e| anyhow!("invalid training config in {}: {e}", path.display()))?;
-    // Before any tensor is read: a shape this machine cannot run is refused, not aborted on.
-    // At up to LOAD_CHECK_CONTEXT positions: a model with a long context (Qwen's 32,768) runs
-    // shorter inputs in far less; commands that read longer ones check their own shapes.
-    let shape = crate::ModelConfig { context: config.model.context.min(LOAD_CHECK_CONTEXT), ..config.model.clone() };
-    memory::ensure_fits(
-        &format!("running the model in {} (on {} positions)", dir.display(), shape.context),
-        shape.forward_bytes(1),
-        "the checkpoint's shape is too large for this machine",
-    )?;
     Ok(config)
 }
 
@@ -274,9 +305,15 @@ const LOAD_CHECK_CONTEXT: usize = 2048;
 /// crate parses a header only out of the whole file's bytes, so the header is read here.)
 fn read_tensors(dir: &Path, name: &str, dev: &Device) -> Result<HashMap<String, Tensor>> {
     let path = dir.join(name);
-    let mut file = File::open(committed_path(dir, name)).with_context(|| format!("reading {}", path.display()))?;
-    let corrupt = |why: &str| anyhow!("{} is not a valid safetensors file ({why}); it may be truncated or corrupted", path.display());
+    let file = File::open(committed_path(dir, name)).with_context(|| format!("reading {}", path.display()))?;
     let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+    read_safetensors(file, len, &path, dev)
+}
+
+/// The f32 tensors of a safetensors stream of `len` bytes (`path` names it in errors): the
+/// header is read and every tensor's shape held to its byte range before anything is allocated.
+pub fn read_safetensors(mut file: impl Read + Seek, len: u64, path: &Path, dev: &Device) -> Result<HashMap<String, Tensor>> {
+    let corrupt = |why: &str| anyhow!("{} is not a valid safetensors file ({why}); it may be truncated or corrupted", path.display());
     let mut n = [0u8; 8];
     file.read_exact(&mut n).map_err(|_| corrupt("no header"))?;
     let n = u64::from_le_bytes(n);

@@ -33,6 +33,7 @@ pub mod rl;
 pub mod bench;
 pub mod golden;
 pub mod serve;
+pub mod untrusted;
 pub mod cli;
 
 pub use config::{ModelConfig, RunConfig, TokenizerKind, TrainConfig, TrainOptions};

@@ -127,3 +127,75 @@ fn divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     assert!(stderr.contains("NaN") || stderr.contains("inf"), "the cause is named: {stderr}");
     assert_eq!(assert_usable(&out, "after divergence"), 0, "the step-0 checkpoint is intact");
 }
+
+/// Bytes `dir`'s files take on a filesystem of 4 KiB pages.
+fn pages(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len().div_ceil(4096) * 4096).sum()
+}
+
+#[test]
+fn a_full_disk_mid_save_keeps_the_previous_checkpoint_and_says_so() {
+    // Where root can mount a tmpfs, the run moves onto one with room for its files and a little
+    // more, so that the next save's temporary files fill it: a real ENOSPC. Elsewhere, writing the
+    // optimizer's temporary file is made to fail as a full disk would.
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(tmp.path(), 4000);
+    let run = tmp.path().join("run");
+    let (c, r) = (corpus.to_str().unwrap(), run.to_str().unwrap());
+    let o = common::run(&train_args(c, r, "2"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mnt = tmp.path().join("small-disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let room = pages(&run) + std::fs::metadata(run.join("model.safetensors")).unwrap().len().div_ceil(4096) * 4096 + 8192;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={room}"), "tmpfs", mnt.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let dir = if mounted {
+        let dir = mnt.join("run");
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(&run).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        dir
+    } else {
+        println!("no tmpfs could be mounted here (not root, or no permission): injecting ENOSPC instead");
+        run.clone()
+    };
+    let d = dir.to_str().unwrap().to_string();
+    let mut args = train_args(c, &d, "4");
+    args.push("--resume");
+    let mut cmd = common::thermoformer();
+    if !mounted {
+        cmd.env(checkpoint::INJECT_ENOSPC, "optimizer.safetensors.tmp");
+    }
+    let failed = cmd.args(&args).output().unwrap();
+    let (code, stderr) = common::status_and_stderr(&failed);
+    println!("{}", stderr.trim());
+    assert_eq!(code, 1, "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("error")).unwrap_or_default();
+    assert!(line.contains("saving the checkpoint of step 3") && line.contains("the previous checkpoint there is kept") && line.contains("No space left on device"), "{line}");
+    // The previous checkpoint loads, scores and resumes; the failed save left nothing behind.
+    assert_eq!(assert_usable(&dir, "after ENOSPC"), 2);
+    assert!(!leftovers(&dir), "the failed save's temporary files are removed");
+    let resume_in = if mounted {
+        let copy = tmp.path().join("copied");
+        std::fs::create_dir(&copy).unwrap();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        copy
+    } else {
+        dir.clone()
+    };
+    let d = resume_in.to_str().unwrap().to_string();
+    let mut args = train_args(c, &d, "4");
+    args.push("--resume");
+    let o = common::run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(assert_usable(&resume_in, "resumed"), 4);
+}

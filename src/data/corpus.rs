@@ -10,7 +10,7 @@
 //!   first does not already end with one. A corpus of one file is therefore that file's text,
 //!   byte for byte, and hashes as it always has ([`super::corpus_hash`]).
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -263,11 +263,16 @@ fn read_text(s: &Source, emit: &mut Emit) -> Result<()> {
 /// A JSON Lines file: each record's `field` string is a document.
 fn read_json_lines(s: &Source, field: &str, emit: &mut Emit) -> Result<()> {
     let file = std::fs::File::open(&s.path).with_context(|| format!("reading corpus {}", s.path.display()))?;
-    let mut reader = std::io::BufReader::with_capacity(PIECE, file);
+    json_lines(std::io::BufReader::with_capacity(PIECE, file), &s.path, field, emit)
+}
+
+/// The documents of a JSON Lines stream (`path` names it in errors): each record's `field`
+/// string, given to `emit` with the bytes read so far.
+pub fn json_lines(mut reader: impl std::io::BufRead, path: &Path, field: &str, emit: &mut dyn FnMut(&str, bool, u64) -> Result<()>) -> Result<()> {
     let (mut line, mut number, mut read) = (Vec::new(), 0usize, 0u64);
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).with_context(|| format!("reading corpus {}", s.path.display()))?;
+        let n = reader.read_until(b'\n', &mut line).with_context(|| format!("reading corpus {}", path.display()))?;
         if n == 0 {
             return Ok(());
         }
@@ -277,9 +282,9 @@ fn read_json_lines(s: &Source, field: &str, emit: &mut Emit) -> Result<()> {
             continue;
         }
         let record: serde_json::Value = serde_json::from_slice(&line)
-            .map_err(|e| anyhow::anyhow!("corpus {} line {number} is not a JSON record ({e})", s.path.display()))?;
+            .map_err(|e| anyhow::anyhow!("corpus {} line {number} is not a JSON record ({e})", path.display()))?;
         let Some(text) = record.get(field).and_then(|v| v.as_str()) else {
-            bail!("corpus {} line {number} has no string field {field:?} (name the field with --text-field)", s.path.display());
+            bail!("corpus {} line {number} has no string field {field:?} (name the field with --text-field)", path.display());
         };
         emit(text, true, read)?;
     }

@@ -225,7 +225,8 @@ impl TokenFile {
     }
 }
 
-fn parse_header(map: &[u8]) -> std::result::Result<Header, String> {
+/// A token file's header from its first bytes, or why it is not one.
+pub fn parse_header(map: &[u8]) -> std::result::Result<Header, String> {
     if map.len() < HEADER_BYTES || !map.starts_with(MAGIC) {
         return Err("it is not a token file (no header)".into());
     }

@@ -123,10 +123,17 @@ fn model_args(path: &Path) -> Result<HashMap<String, Object>> {
 
 /// nanoGPT's char vocabulary (`meta.pkl`: `itos`, id -> character) as a char tokenizer.
 fn char_tokenizer(meta: &Path, start: &Start) -> Result<Tok> {
-    use serde_pickle::{HashableValue, Value};
-    let bad = |why: &str| anyhow!("--meta {} is not nanoGPT's meta.pkl: {why}", meta.display());
     let data = super::guard::read_pickle_file(meta).with_context(|| format!("reading --meta {}", meta.display()))?;
-    let value = serde_pickle::value_from_reader(data.as_slice(), serde_pickle::DeOptions::new())
+    char_vocabulary(&data, &format!("--meta {}", meta.display()), start)
+}
+
+/// [`char_tokenizer`] of `meta.pkl`'s bytes, `what` naming them in errors; the pickle passes
+/// [`super::guard::check_pickle`] first.
+pub fn char_vocabulary(data: &[u8], what: &str, start: &Start) -> Result<Tok> {
+    use serde_pickle::{HashableValue, Value};
+    super::guard::check_pickle(data, what)?;
+    let bad = |why: &str| anyhow!("{what} is not nanoGPT's meta.pkl: {why}");
+    let value = serde_pickle::value_from_reader(data, serde_pickle::DeOptions::new())
         .map_err(|e| bad(&format!("it does not parse as a pickle ({e})")))?;
     let Value::Dict(top) = value else { return Err(bad("its top level is not a dict")) };
     let Some(Value::Dict(itos)) = top.get(&HashableValue::String("itos".into())) else {
@@ -141,5 +148,5 @@ fn char_tokenizer(meta: &Path, start: &Start) -> Result<Tok> {
         *slot = Some(c);
     }
     let chars: Vec<char> = chars.into_iter().collect::<Option<_>>().ok_or_else(|| bad("itos ids are not 0..n"))?;
-    Tok::from_chars(&chars, start).with_context(|| format!("the vocabulary in --meta {}", meta.display()))
+    Tok::from_chars(&chars, start).with_context(|| format!("the vocabulary in {what}"))
 }
