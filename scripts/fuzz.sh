@@ -31,9 +31,9 @@ trap 'rm -rf "$tmp"' EXIT
 cargo build --release -q
 bin=target/release/thermoformer
 THERMOFORMER_CACHE="$tmp/cache" $bin import tests/fixtures/import/gpt2-tied --out "$tmp/run" >/dev/null
-printf 'First Citizen:\nBefore we proceed any further, hear me speak.\n' > "$tmp/corpus.txt"
+head -c 2000 data/tinyshakespeare.txt > "$tmp/corpus.txt"
 THERMOFORMER_CACHE="$tmp/cache" $bin train --corpus "$tmp/corpus.txt" --out "$tmp/char" --steps 1 --layers 1 --heads 1 --d-model 8 \
-    --context 8 --batch-size 2 --eval-every 1 --eval-batches 1 --sample-tokens 0 --no-progress >/dev/null 2>&1
+    --context 8 --batch-size 2 --eval-every 1 --eval-batches 1 --sample-tokens 0 --no-progress >/dev/null
 seed() { mkdir -p "$seeds/$1"; cp "$2" "$seeds/$1/$(basename "$2")"; }
 seed run_config "$tmp/run/config.json"
 seed safetensors "$tmp/char/model.safetensors"

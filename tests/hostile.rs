@@ -68,3 +68,30 @@ fn the_pickle_check_passes_real_pickles_and_bounds_hostile_ones() {
         assert!(e.contains(why), "{bad:?}: {e}");
     }
 }
+
+#[test]
+fn a_tokenizer_json_that_panics_the_tokenizers_crate_is_one_line_in_every_reader() {
+    // Found by fuzzing (tests/fixtures/fuzz/tokenizer/): tokenizers 0.22 meets an `expect` on a
+    // decoder it cannot read. Through each importer that reads a tokenizer.json and through a run
+    // directory's, the answer is one line naming the file, not a panic.
+    let finding = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/tokenizer"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("crash-"))
+        .expect("the saved finding");
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (k, src) in ["families/llama", "import/gpt2-tied"].iter().enumerate() {
+        let dir = tmp.path().join(format!("src{k}"));
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(fixtures.join(src)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        std::fs::copy(&finding, dir.join("tokenizer.json")).unwrap();
+        let out = common::run(&["import", dir.to_str().unwrap(), "--out", tmp.path().join(format!("run{k}")).to_str().unwrap()]);
+        common::assert_clean_error(&out, 1, "tokenizer.json");
+    }
+    let out = common::run(&["import", fixtures.join("import/nanogpt-bias/ckpt.pt").to_str().unwrap(), "--tokenizer", finding.to_str().unwrap(), "--out", tmp.path().join("run-n").to_str().unwrap()]);
+    common::assert_clean_error(&out, 1, "--tokenizer");
+}

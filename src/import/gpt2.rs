@@ -115,7 +115,7 @@ pub fn read(dir: &Path, tokenizer: Option<&Path>) -> Result<Imported> {
     })?;
     // GPT-2 starts a text with its <|endoftext|> (bos_token_id, 50256), as minicons does with
     // bos_token=True.
-    let inner: tokenizers::Tokenizer = json.parse().map_err(|e| anyhow!("parsing {}: {e}", tok_path.display()))?;
+    let inner = crate::data::tokenizer::parse_without_panics(&json).map_err(|e| anyhow!("parsing {}: {e}", tok_path.display()))?;
     let start = bos_token(&inner, hf.bos_token_id).ok_or_else(|| anyhow!("{} has no <|endoftext|> token to start sequences with", tok_path.display()))?;
     let tok = Tok::from_tokenizer_with_start(inner, &Start::Token(start.clone())).with_context(|| format!("reading {}", tok_path.display()))?;
 

@@ -182,7 +182,7 @@ pub fn read_tokenizer(dir: &Path, override_path: Option<&Path>, start_id: u32) -
         Some(_) => format!("reading --tokenizer {}", path.display()),
         None => format!("{} has no tokenizer.json; pass --tokenizer FILE", dir.display()),
     })?;
-    let inner: tokenizers::Tokenizer = json.parse().map_err(|e| anyhow!("parsing {}: {e}", path.display()))?;
+    let inner = crate::data::tokenizer::parse_without_panics(&json).map_err(|e| anyhow!("parsing {}: {e}", path.display()))?;
     let token = inner
         .id_to_token(start_id)
         .ok_or_else(|| anyhow!("{} has no token with the start id {start_id} that config.json names", path.display()))?;
