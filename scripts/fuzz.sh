@@ -19,9 +19,10 @@ TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
     TARGETS=(run_config safetensors torch_zip meta_pickle tokenizer token_header json_lines api_body)
 fi
-export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-(cd fuzz && cargo fuzz build -s none --release --fuzz-dir . >/dev/null)
+# Only for cargo fuzz (fuzz/ has its own target folder): set for the main build, it would change
+# the build's fingerprint and rebuild everything there.
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -s none --release --fuzz-dir . >/dev/null)
 
 # Seeds: real files of each kind.
 seeds=fuzz/corpus
@@ -58,7 +59,7 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "fuzz/artifacts/$t"
     # -rss_limit_mb: an input that makes a parser hold 2 GiB is a finding; -timeout: so is one
     # that takes 10 s.
-    (cd fuzz && cargo fuzz run -s none --release --fuzz-dir . "$t" "corpus/$t" -- \
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none --release --fuzz-dir . "$t" "corpus/$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" >"$log" 2>&1) || true
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
