@@ -294,3 +294,39 @@ fn ctrl_c_stops_the_server_cleanly() {
     assert_eq!(code, Some(0), "exit after Ctrl-C; stderr: {stderr}");
     assert!(stderr.contains("stopped") && !stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn the_openapi_document_names_every_route_and_the_fields_the_answers_have() {
+    // The document is generated from the handlers' types: every route is in it, and every field
+    // a real answer carries is a property of its schema (a field added to a response type but not
+    // to the document, or the reverse, fails here).
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained(tmp.path());
+    let server = start(&run);
+    let mut r = agent().get(&format!("{}/api/openapi.json", server.url)).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let doc: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    for (path, method) in [("/api/info", "get"), ("/api/score", "post"), ("/api/generate", "post"), ("/api/sweep", "post"), ("/api/response", "post"), ("/api/phase", "post")] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is documented");
+    }
+    let schemas = &doc["components"]["schemas"];
+    let properties = |name: &str| -> Vec<String> { schemas[name]["properties"].as_object().unwrap_or_else(|| panic!("schema {name}")).keys().cloned().collect() };
+    let (_, score) = post(&server, "/api/score", &json!({"text": "First"}));
+    let mut answered: Vec<String> = score.as_object().unwrap().keys().cloned().collect();
+    let mut documented = properties("ScoreResponse");
+    answered.sort();
+    documented.sort();
+    assert_eq!(answered, documented, "ScoreResponse");
+    let mut head: Vec<String> = score["heads"][0].as_object().unwrap().keys().cloned().collect();
+    let mut head_doc = properties("HeadSummary");
+    head.sort();
+    head_doc.sort();
+    assert_eq!(head, head_doc, "HeadSummary");
+    let (_, response) = post(&server, "/api/response", &json!({"text": "First", "layers": [0], "heads": [0]}));
+    let mut keys: Vec<String> = response.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    let mut doc_keys = properties("Response");
+    doc_keys.sort();
+    assert_eq!(keys, doc_keys, "Response");
+}

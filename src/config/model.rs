@@ -360,7 +360,7 @@ impl ModelConfig {
     /// run's config.json, or an imported model's own config (`n_head` does not divide `n_embd`).
     pub fn validate_as(&self, names: &Spelling) -> Result<()> {
         let usage = |msg: String| -> Result<()> { if names.flags { Err(UsageError(msg).into()) } else { Err(anyhow::anyhow!(msg)) } };
-        let Spelling { layers, heads, d_model, kv_heads, context, rope_theta, attn_temperature, .. } = *names;
+        let Spelling { layers, heads, d_model, kv_heads, context, rope_theta, rotary, attn_temperature, .. } = *names;
         if self.n_layer == 0 {
             return usage(format!("{layers} must be at least 1"));
         }
@@ -375,7 +375,7 @@ impl ModelConfig {
         }
         if self.positions == Positions::Rope && !self.head_dim().is_multiple_of(2) {
             return usage(format!(
-                "rotary positions rotate pairs of dimensions: the head width {d_model} / {heads} = {} must be even",
+                "with {rotary}, pairs of dimensions rotate: the head width {d_model} / {heads} = {} must be even",
                 self.head_dim()
             ));
         }
@@ -447,6 +447,8 @@ pub struct Spelling {
     pub kv_heads: &'static str,
     pub context: &'static str,
     pub rope_theta: &'static str,
+    /// Rotary positions, as the source says it uses them.
+    pub rotary: &'static str,
     pub attn_temperature: &'static str,
     /// Whether these are command-line flags (a bad value is a usage error, exit 2) or a file's
     /// fields (a bad file, exit 1).
@@ -462,6 +464,7 @@ impl Spelling {
         kv_heads: "--kv-heads",
         context: "--context",
         rope_theta: "--rope-theta",
+        rotary: "--positions rope",
         attn_temperature: "--attn-temperature",
         flags: true,
     };
@@ -472,6 +475,6 @@ impl Spelling {
     /// A model file's own config: its names for the layer count, heads, width, key/value heads,
     /// context and rotary base (in backquotes, as the file spells them).
     pub const fn file(layers: &'static str, heads: &'static str, d_model: &'static str, kv_heads: &'static str, context: &'static str, rope_theta: &'static str) -> Spelling {
-        Spelling { layers, heads, d_model, kv_heads, context, rope_theta, attn_temperature: "the attention temperature", flags: false }
+        Spelling { layers, heads, d_model, kv_heads, context, rope_theta, rotary: "rotary positions", attn_temperature: "the attention temperature", flags: false }
     }
 }

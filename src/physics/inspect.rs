@@ -153,21 +153,26 @@ pub fn inspect_pass(model: &Gpt, tok: &Tok, text_ids: &[u32]) -> Result<(TextIns
 }
 
 /// One temperature of a sweep.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SweepPoint {
     /// The attention temperature given to every head.
     pub temperature: f64,
     /// Mean -ln p per token of the windows (tokens with at least one real token of context, the
     /// val CE protocol), nats.
+    #[schema(value_type = Option<f64>)]
     pub energy_per_token: f64,
     /// Mean attention entropy over layers, heads and queries, nats.
+    #[schema(value_type = Option<f64>)]
     pub entropy: f64,
     /// Mean entropy / ln(keys allowed) over queries with at least two keys.
+    #[schema(value_type = Option<f64>)]
     pub normalized_entropy: f64,
     /// Mean heat capacity over layers, heads and queries.
+    #[schema(value_type = Option<f64>)]
     pub heat_capacity: f64,
     /// Attention sink: the mean weight on the start token over layers, heads and the queries
     /// after it.
+    #[schema(value_type = Option<f64>)]
     pub sink: f64,
 }
 

@@ -35,7 +35,7 @@ pub fn log_grid(lo: f64, hi: f64, n: usize) -> Result<Vec<f64>> {
 }
 
 /// One head's curves over the grid.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HeadPhase {
     pub layer: usize,
     pub head: usize,
@@ -58,7 +58,7 @@ pub struct HeadPhase {
 }
 
 /// Every head's curves.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PhaseDiagram {
     pub temperatures: Vec<f64>,
     /// Query rows averaged per head.

@@ -126,7 +126,7 @@ pub fn ablation(model: &Gpt, sample: &EnergySample, layer: usize, head: usize, p
 }
 
 /// One head's responses.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HeadResponse {
     pub layer: usize,
     pub head: usize,
@@ -141,7 +141,7 @@ pub struct HeadResponse {
 }
 
 /// The responses of the selected heads, layer-major.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Response {
     /// E of the sample, nats (per sequence).
     pub energy: f64,

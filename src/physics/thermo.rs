@@ -148,15 +148,17 @@ impl PerHead for Tensor {
 }
 
 /// A head's thermodynamics averaged over query positions.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HeadSummary {
     pub layer: usize,
     pub head: usize,
     /// T_h = 1 / beta_h.
+    #[schema(value_type = Option<f64>)]
     pub temperature: f64,
     /// Mean attention entropy H, nats.
     pub entropy: f64,
     /// Mean of H / ln(keys allowed) over queries with at least two keys: 0 is one-hot, 1 uniform.
+    #[schema(value_type = Option<f64>)]
     pub normalized_entropy: f64,
     /// Mean effective number of keys exp(H).
     pub effective_keys: f64,
@@ -172,12 +174,15 @@ pub struct HeadSummary {
     pub identity_residual: f64,
     /// Attention sink: the mean weight on the start token (position 0) over the queries after
     /// it (0 where a local window hides it).
+    #[schema(value_type = Option<f64>)]
     pub sink: f64,
     /// Entropy against context length: b of the least-squares fit H = a + b ln n over the rows,
     /// n the keys a query sees. About 1 for a head that averages its keys uniformly, about 0
     /// for one that retrieves a fixed few; NaN when every row sees as many keys.
+    #[schema(value_type = Option<f64>)]
     pub entropy_slope: f64,
     /// a of the same fit, nats.
+    #[schema(value_type = Option<f64>)]
     pub entropy_intercept: f64,
 }
 

@@ -27,6 +27,13 @@ use crate::physics::response::{self, EnergySample, Response};
 use crate::physics::score::Scored;
 use crate::physics::thermo::HeadSummary;
 
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, in one line.
+    pub error: String,
+}
+
 /// A request the API refuses: an HTTP status (4xx) and a message for the JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -61,7 +68,7 @@ impl From<anyhow::Error> for ApiError {
 
 /// Temperatures a request sets, as `thermoformer score` takes them: every head's, then single
 /// heads' (`{"L.H": T}`, as `--head-temperature L.H=T`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Temperatures {
     #[serde(default)]
@@ -99,7 +106,7 @@ impl Temperatures {
 }
 
 /// What the page needs to draw itself: the model's shape and trained temperatures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Info {
     pub checkpoint: String,
     pub n_layer: usize,
@@ -147,7 +154,7 @@ pub fn info(model: &Gpt, tok: &Tok, config: &RunConfig, checkpoint: &str) -> Res
 }
 
 /// `POST /api/score`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
     pub text: String,
@@ -162,21 +169,21 @@ pub struct ScoreRequest {
 }
 
 /// One next-token candidate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Candidate {
     pub token: String,
     pub p: f64,
 }
 
 /// One head's attention weights, `[query][key]` over the positions (start first).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttentionMap {
     pub layer: usize,
     pub head: usize,
     pub weights: Vec<Vec<f32>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ScoreResponse {
     /// Every position's token, the start first (as `inspect` lists them).
     pub tokens: Vec<String>,
@@ -283,7 +290,7 @@ fn top_candidates(logits: &Tensor, tok: &Tok, k: usize) -> Result<Vec<Vec<Candid
 }
 
 /// `POST /api/generate`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     #[serde(default)]
@@ -319,7 +326,7 @@ fn default_seed() -> u64 {
 }
 
 /// One sampled token, as the stream sends it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Sampled {
     pub id: u32,
     pub token: String,
@@ -350,7 +357,7 @@ pub fn generate(model: &Gpt, tok: &Tok, prompt: &[u32], opts: SampleOptions, req
 }
 
 /// `POST /api/sweep`: every head set to each temperature in turn, on the request's text.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SweepRequest {
     pub text: String,
@@ -386,7 +393,7 @@ pub fn sweep(model: &Gpt, tok: &Tok, req: &SweepRequest) -> Result<Vec<SweepPoin
 
 /// `POST /api/response`: every head's susceptibility and thermal ablations on the text, as
 /// `inspect --text --response`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ResponseRequest {
     pub text: String,
     #[serde(flatten)]
@@ -419,13 +426,14 @@ pub fn response(model: &Gpt, tok: &Tok, req: &ResponseRequest) -> Result<Respons
 
 /// `POST /api/phase`: every head's C(T), entropy and sink along a temperature grid on the text,
 /// as `inspect --text --phase`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct PhaseRequest {
     pub text: String,
     #[serde(flatten)]
     pub temperatures: Temperatures,
     /// [low, high, points] (default [0.01, 100, 81]), evenly spaced in ln T.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<f64>>, min_items = 3, max_items = 3)]
     pub grid: Option<(f64, f64, usize)>,
 }
 

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `GET /` , `/app.js`, `/app.css` | the page |
 //! | `GET /api/info` | the model's shape and trained temperatures |
+//! | `GET /api/openapi.json` | the OpenAPI 3 document of every route, generated from the handlers' types |
 //! | `POST /api/score` | energies, top-5 candidates, head statistics, attention maps |
 //! | `POST /api/generate` | sampled tokens, streamed as JSON lines |
 //! | `POST /api/sweep` | energy and entropy against every head's temperature |
@@ -48,6 +49,15 @@ const INDEX: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const APP_CSS: &str = include_str!("page/app.css");
 
+/// The OpenAPI document of the API, from the handlers' own annotations and types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "thermoformer serve", description = "The explorer's JSON API over one run directory (docs/serve.md)."),
+    paths(info, score, generate, sweep, response, phase),
+    components(schemas(api::Sampled))
+)]
+pub struct ApiDoc;
+
 /// The loaded run, shared by every request.
 pub struct App {
     pub loaded: Loaded,
@@ -69,6 +79,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/app.js", get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }))
         .route("/app.css", get(|| async { page(APP_CSS, "text/css; charset=utf-8") }))
         .route("/api/info", get(info))
+        .route("/api/openapi.json", get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }))
         .route("/api/score", post(score))
         .route("/api/generate", post(generate))
         .route("/api/sweep", post(sweep))
@@ -109,25 +120,55 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError { status: 500, message: format!("the request's work failed: {e}") })?
 }
 
+/// The model's shape and trained temperatures.
+#[utoipa::path(get, path = "/api/info", responses((status = 200, body = api::Info), (status = 500, body = api::ErrorBody)))]
 async fn info(State(app): State<Arc<App>>) -> Result<axum::Json<api::Info>, ApiError> {
     blocking(move || Ok(api::info(&app.loaded.model, &app.loaded.tokenizer, &app.loaded.config, &app.name)?)).await.map(axum::Json)
 }
 
+/// Energies, top-5 candidates, head statistics and attention maps of a text.
+#[utoipa::path(post, path = "/api/score", request_body = api::ScoreRequest, responses(
+        (status = 200, body = api::ScoreResponse),
+        (status = 400, description = "a malformed request, an unknown field or a value out of range", body = api::ErrorBody),
+        (status = 413, description = "a body over 64 KiB", body = api::ErrorBody),
+        (status = 422, description = "text the model cannot take: outside its vocabulary, or longer than its context", body = api::ErrorBody),
+        (status = 500, description = "the model itself failed", body = api::ErrorBody)))]
 async fn score(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<api::ScoreResponse>, ApiError> {
     let req: api::ScoreRequest = parse(body, &["text", "temperatures", "attn_temperature", "layers", "no_attention"])?;
     blocking(move || api::score(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
 }
 
+/// Energy and entropy on the text with every head at each temperature.
+#[utoipa::path(post, path = "/api/sweep", request_body = api::SweepRequest, responses(
+        (status = 200, body = Vec<crate::physics::inspect::SweepPoint>),
+        (status = 400, description = "a malformed request, an unknown field or a value out of range", body = api::ErrorBody),
+        (status = 413, description = "a body over 64 KiB", body = api::ErrorBody),
+        (status = 422, description = "text the model cannot take: outside its vocabulary, or longer than its context", body = api::ErrorBody),
+        (status = 500, description = "the model itself failed", body = api::ErrorBody)))]
 async fn sweep(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<Vec<crate::physics::inspect::SweepPoint>>, ApiError> {
     let req: api::SweepRequest = parse(body, &["text", "temperatures"])?;
     blocking(move || api::sweep(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
 }
 
+/// Every head's susceptibility and thermal ablations on a text.
+#[utoipa::path(post, path = "/api/response", request_body = api::ResponseRequest, responses(
+        (status = 200, body = crate::physics::response::Response),
+        (status = 400, description = "a malformed request, an unknown field or a value out of range", body = api::ErrorBody),
+        (status = 413, description = "a body over 64 KiB", body = api::ErrorBody),
+        (status = 422, description = "text the model cannot take: outside its vocabulary, or longer than its context", body = api::ErrorBody),
+        (status = 500, description = "the model itself failed", body = api::ErrorBody)))]
 async fn response(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<crate::physics::response::Response>, ApiError> {
     let req: api::ResponseRequest = parse(body, &["text", "temperatures", "attn_temperature", "layers", "heads"])?;
     blocking(move || api::response(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
 }
 
+/// Every head's heat capacity, entropy and sink along a temperature grid.
+#[utoipa::path(post, path = "/api/phase", request_body = api::PhaseRequest, responses(
+        (status = 200, body = crate::physics::phase::PhaseDiagram),
+        (status = 400, description = "a malformed request, an unknown field or a value out of range", body = api::ErrorBody),
+        (status = 413, description = "a body over 64 KiB", body = api::ErrorBody),
+        (status = 422, description = "text the model cannot take: outside its vocabulary, or longer than its context", body = api::ErrorBody),
+        (status = 500, description = "the model itself failed", body = api::ErrorBody)))]
 async fn phase(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<axum::Json<crate::physics::phase::PhaseDiagram>, ApiError> {
     let req: api::PhaseRequest = parse(body, &["text", "temperatures", "attn_temperature", "grid"])?;
     blocking(move || api::phase(&app.loaded.model, &app.loaded.tokenizer, &req)).await.map(axum::Json)
@@ -135,6 +176,12 @@ async fn phase(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>)
 
 /// Sampled tokens as JSON lines (`application/x-ndjson`), each sent as soon as it is drawn, then
 /// `{"done": true, ...}`; a failure after the first token ends the stream with `{"error": ...}`.
+#[utoipa::path(post, path = "/api/generate", request_body = api::GenerateRequest, responses(
+        (status = 200, description = "one JSON object per line: each sampled token (`Sampled`), then `{\"done\": true, \"tokens\", \"energy\", \"text\"}` (or `{\"error\"}` if sampling failed after the first token)", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "a malformed request, an unknown field or a value out of range", body = api::ErrorBody),
+        (status = 413, description = "a body over 64 KiB", body = api::ErrorBody),
+        (status = 422, description = "text the model cannot take: outside its vocabulary, or longer than its context", body = api::ErrorBody),
+        (status = 500, description = "the model itself failed", body = api::ErrorBody)))]
 async fn generate(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: api::GenerateRequest = parse(body, &["prompt", "tokens", "temperature", "top_k", "top_p", "seed", "temperatures", "attn_temperature"])?;
     let app2 = app.clone();
