@@ -67,9 +67,10 @@ impl From<anyhow::Error> for ApiError {
 }
 
 /// Temperatures a request sets, as `thermoformer score` takes them: every head's, then single
-/// heads' (`{"L.H": T}`, as `--head-temperature L.H=T`).
+/// heads' (`{"L.H": T}`, as `--head-temperature L.H=T`). Flattened into the requests, whose
+/// unknown keys the server refuses itself (serde's `deny_unknown_fields` does not work across a
+/// flatten, and in the OpenAPI document it would make the combined schemas contradict).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Temperatures {
     #[serde(default)]
     pub temperatures: BTreeMap<String, f64>,
@@ -121,6 +122,7 @@ pub struct Info {
     /// `[layer][head]` as trained.
     pub temperatures: Vec<Vec<f64>>,
     /// The smallest and largest temperature the sliders offer.
+    #[schema(value_type = Vec<f64>, min_items = 2, max_items = 2)]
     pub slider_range: (f64, f64),
     /// A line to start from.
     pub sample_text: String,
@@ -155,7 +157,6 @@ pub fn info(model: &Gpt, tok: &Tok, config: &RunConfig, checkpoint: &str) -> Res
 
 /// `POST /api/score`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
     pub text: String,
     #[serde(flatten)]
@@ -291,7 +292,6 @@ fn top_candidates(logits: &Tensor, tok: &Tok, k: usize) -> Result<Vec<Vec<Candid
 
 /// `POST /api/generate`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     #[serde(default)]
     pub prompt: String,
