@@ -127,7 +127,7 @@ fn char_tokenizer(meta: &Path, start: &Start) -> Result<Tok> {
     char_vocabulary(&data, &format!("--meta {}", meta.display()), start)
 }
 
-/// [`char_tokenizer`] of `meta.pkl`'s bytes, `what` naming them in errors; the pickle passes
+/// The char tokenizer of `meta.pkl`'s bytes, `what` naming them in errors; the pickle passes
 /// [`super::guard::check_pickle`] first.
 pub fn char_vocabulary(data: &[u8], what: &str, start: &Start) -> Result<Tok> {
     use serde_pickle::{HashableValue, Value};
