@@ -277,25 +277,15 @@ pub fn check_pickle(data: &[u8], what: &str) -> Result<()> {
 /// its pickle through [`check_pickle`]. A file that is no zip, or holds no pickle, passes: the
 /// reader that follows says what it is not.
 pub fn check_torch_zip(path: &Path) -> Result<()> {
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let file_bytes = file.metadata()?.len();
-    let Ok(mut zip) = zip::ZipArchive::new(std::io::BufReader::new(file)) else { return Ok(()) };
+    let Some((file_bytes, mut zip, entries)) = zip_entries(path)? else { return Ok(()) };
     // Stored entries (torch.save's) are their own size; compressed ones may expand, but not past
     // a bound on the whole archive.
     let bound = file_bytes.saturating_mul(2).saturating_add(1 << 20);
-    let mut total = 0u64;
-    let mut pickle = None;
-    for i in 0..zip.len() {
-        let entry = zip.by_index_raw(i).map_err(|e| anyhow!("{}: entry {i} is unreadable: {e}", path.display()))?;
-        total = total.saturating_add(entry.size());
-        if total > bound {
-            bail!("{}: its entries declare {total}+ bytes from a {file_bytes}-byte file (a zip bomb?); refused", path.display());
-        }
-        let name = entry.name().map_err(|e| anyhow!("{}: entry {i} has no readable name: {e}", path.display()))?.to_string();
-        if name.ends_with("data.pkl") && pickle.is_none() {
-            pickle = Some((name, entry.size()));
-        }
+    let total = entries.iter().fold(0u64, |t, (_, size)| t.saturating_add(*size));
+    if total > bound {
+        bail!("{}: its entries declare {total} bytes from a {file_bytes}-byte file (a zip bomb?); refused", path.display());
     }
+    let pickle = entries.into_iter().find(|(name, _)| name.ends_with("data.pkl"));
     let Some((pkl, declared)) = pickle else { return Ok(()) };
     if declared > MAX_PICKLE_BYTES {
         bail!("{}: its pickle declares {declared} bytes, more than the {MAX_PICKLE_BYTES} read", path.display());
@@ -311,16 +301,11 @@ pub fn check_torch_zip(path: &Path) -> Result<()> {
 
 /// Check that every tensor of the torch zip at `path` (its state dict under `key`, as candle
 /// takes it) lies, from its storage offset, inside its storage entry: candle allocates a tensor's
-/// whole shape before reading it. Run after [`check_torch_zip`].
+/// whole shape before reading it. Run after [`check_torch_zip`]; a file that is no zip passes, as
+/// there.
 pub fn check_tensor_ranges(path: &Path, key: Option<&str>) -> Result<()> {
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| anyhow!("{} is not a torch zip archive: {e}", path.display()))?;
-    let mut sizes: HashMap<String, u64> = HashMap::new();
-    for i in 0..zip.len() {
-        let entry = zip.by_index_raw(i).map_err(|e| anyhow!("{}: entry {i} is unreadable: {e}", path.display()))?;
-        let name = entry.name().map_err(|e| anyhow!("{}: entry {i} has no readable name: {e}", path.display()))?.to_string();
-        sizes.insert(name, entry.size());
-    }
+    let Some((_, _, entries)) = zip_entries(path)? else { return Ok(()) };
+    let sizes: HashMap<String, u64> = entries.into_iter().collect();
     let infos = candle_core::pickle::read_pth_tensor_info(path, false, key).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     for t in infos {
         let elems = t.layout.shape().elem_count() as u128;
@@ -337,6 +322,22 @@ pub fn check_tensor_ranges(path: &Path, key: Option<&str>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file's size, its zip archive and every entry's name and declared size; None where the file
+/// is no zip.
+#[allow(clippy::type_complexity)]
+fn zip_entries(path: &Path) -> Result<Option<(u64, zip::ZipArchive<std::io::BufReader<std::fs::File>>, Vec<(String, u64)>)>> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let file_bytes = file.metadata()?.len();
+    let Ok(mut zip) = zip::ZipArchive::new(std::io::BufReader::new(file)) else { return Ok(None) };
+    let mut entries = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let entry = zip.by_index_raw(i).map_err(|e| anyhow!("{}: entry {i} is unreadable: {e}", path.display()))?;
+        let name = entry.name().map_err(|e| anyhow!("{}: entry {i} has no readable name: {e}", path.display()))?.to_string();
+        entries.push((name, entry.size()));
+    }
+    Ok(Some((file_bytes, zip, entries)))
 }
 
 /// Read a standalone pickle file (nanoGPT's `meta.pkl`) of at most [`MAX_PICKLE_BYTES`], checked

@@ -172,11 +172,7 @@ impl Attention {
     /// length scaling).
     fn scale_rows(&self, q: Tensor, offset: usize) -> Result<Tensor> {
         match self.row_factors(offset, q.dim(2)?) {
-            Some(f) => {
-                let t = f.len();
-                let f = Tensor::from_vec(f.into_iter().map(|x| x as f32).collect::<Vec<_>>(), (1, 1, t, 1), q.device())?.to_dtype(q.dtype())?;
-                q.broadcast_mul(&f)
-            }
+            Some(f) => q.broadcast_mul(&factors(&f, (1, 1, f.len(), 1), &q)?),
             None => Ok(q),
         }
     }
@@ -188,8 +184,7 @@ impl Attention {
         match self.row_factors(0, t) {
             Some(f) => {
                 let hd = self.n_head * self.head_dim;
-                let f = Tensor::from_vec(f.into_iter().map(|x| x as f32).collect::<Vec<_>>(), (1, t, 1), packed.device())?.to_dtype(packed.dtype())?;
-                let q = packed.narrow(2, 0, hd)?.broadcast_mul(&f)?;
+                let q = packed.narrow(2, 0, hd)?.broadcast_mul(&factors(&f, (1, t, 1), &packed)?)?;
                 Tensor::cat(&[q, packed.narrow(2, hd, w - hd)?], 2)
             }
             None => Ok(packed),
@@ -451,7 +446,7 @@ impl Attention {
         // each row's inverse temperature beta_h (1 + s ln n_i).
         let row_scale = self.row_factors(0, t).unwrap_or_else(|| vec![1.0; t]);
         let s = (q.matmul(&k.t()?)? * self.score_scale)?; // (B, H, T, T)
-        let rows = Tensor::from_vec(row_scale.iter().map(|&f| f as f32).collect::<Vec<_>>(), (1, 1, t, 1), s.device())?.to_dtype(s.dtype())?;
+        let rows = factors(&row_scale, (1, 1, t, 1), &s)?;
         // Masked after the product, so that a hot head's beta = 0 meets no infinity.
         let bs = s.broadcast_mul(&beta.reshape((1, self.n_head, 1, 1))?)?.broadcast_mul(&rows)?.broadcast_add(&mask)?; // beta_h f_i s_ij
         let s = s.broadcast_add(&mask)?; // -inf masked
@@ -460,6 +455,11 @@ impl Attention {
         let stats = AttnStats { alpha, ln_z: ln_z.squeeze(D::Minus1)?, energy: s.neg()?, beta, row_scale };
         Ok((y, stats))
     }
+}
+
+/// Per-row factors as a tensor of `shape` in `like`'s dtype and device, for broadcasting.
+fn factors(values: &[f64], shape: impl Into<candle_core::Shape>, like: &Tensor) -> Result<Tensor> {
+    Tensor::from_vec(values.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape, like.device())?.to_dtype(like.dtype())
 }
 
 /// Additive mask `(T, past + T)` in `dtype` for T queries that follow `past` cached positions:
