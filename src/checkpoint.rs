@@ -382,7 +382,11 @@ fn check_dir(dir: &Path) -> Result<()> {
         bail!("checkpoint {} is a file, not a run directory", dir.display());
     }
     if !dir.is_dir() {
-        bail!("checkpoint directory {} does not exist (train one with `thermoformer train --out {}`)", dir.display(), dir.display());
+        return Err(crate::error::not_found(format!(
+            "checkpoint directory {} does not exist (train one with `thermoformer train --out {}`)",
+            dir.display(),
+            dir.display()
+        )));
     }
     Ok(())
 }

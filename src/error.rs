@@ -24,6 +24,13 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     }
 }
 
+/// A file or directory that is not there, with the message a user sees. It is an
+/// `std::io::Error` of kind `NotFound` underneath, so that a caller can tell a missing file from
+/// bad contents (the Python module raises `FileNotFoundError` for it, `ValueError` for the rest).
+pub fn not_found(message: String) -> anyhow::Error {
+    std::io::Error::new(std::io::ErrorKind::NotFound, message).into()
+}
+
 /// Whether the error is a write to a closed pipe (stdout piped into `head`, say).
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))

@@ -26,7 +26,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => e.exit(),
         Err(e) => {
-            let _ = writeln!(std::io::stderr().lock(), "{}", one_line(&e.to_string()));
+            let _ = writeln!(std::io::stderr().lock(), "{}", thermoformer::cli::one_line(&e.to_string()));
             std::process::exit(e.exit_code());
         }
     };
@@ -39,19 +39,4 @@ fn main() {
         let _ = writeln!(std::io::stderr().lock(), "error: {}", message.lines().next().unwrap_or_default());
         std::process::exit(thermoformer::error::exit_code(&err));
     }
-}
-
-/// clap's multi-line usage error as one line: the message with its indented continuation (the
-/// missing arguments, say) and any tip, then a pointer to --help instead of the usage block.
-fn one_line(rendered: &str) -> String {
-    let mut lines = rendered.lines();
-    let mut out = lines.next().unwrap_or("error: invalid arguments").trim_end_matches(':').to_string();
-    let continuation: Vec<&str> = lines.by_ref().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
-    if !continuation.is_empty() {
-        out = format!("{out}: {}", continuation.join(", "));
-    }
-    for tip in lines.map(str::trim).filter(|l| l.starts_with("tip:")) {
-        out = format!("{out} ({tip})");
-    }
-    format!("{out}; see --help")
 }

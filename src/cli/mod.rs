@@ -34,7 +34,7 @@ pub use inspect::InspectArgs;
 pub use rl::RlArgs;
 pub use score::ScoreArgs;
 pub use serve::ServeArgs;
-pub use train::TrainArgs;
+pub use train::{train_and_sample, TrainArgs};
 
 /// Train tiny decoder-only transformers and read them like a statistical physicist.
 ///
@@ -247,7 +247,7 @@ impl std::str::FromStr for HeadTemperature {
 }
 
 /// A usage error unless `t` is a usable temperature (finite, at least [`MIN_TEMPERATURE`]).
-pub(crate) fn check_temperature(flag: &str, t: f64) -> Result<()> {
+pub fn check_temperature(flag: &str, t: f64) -> Result<()> {
     if valid_temperature(t) {
         Ok(())
     } else {
@@ -295,6 +295,21 @@ where
 {
     let mut matches = command().try_get_matches_from(args)?;
     <Cli as clap::FromArgMatches>::from_arg_matches_mut(&mut matches)
+}
+
+/// clap's multi-line usage error as one line: the message with its indented continuation (the
+/// missing arguments, say) and any tip, then a pointer to --help instead of the usage block.
+pub fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let mut out = lines.next().unwrap_or("error: invalid arguments").trim_end_matches(':').to_string();
+    let continuation: Vec<&str> = lines.by_ref().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    if !continuation.is_empty() {
+        out = format!("{out}: {}", continuation.join(", "));
+    }
+    for tip in lines.map(str::trim).filter(|l| l.starts_with("tip:")) {
+        out = format!("{out} ({tip})");
+    }
+    format!("{out}; see --help")
 }
 
 /// Dispatch a parsed command line.

@@ -9,7 +9,6 @@ use serde::Serialize;
 use super::{check_temperature, ModelArgs};
 use crate::error::UsageError;
 use crate::physics::inspect::token_label;
-use crate::memory;
 use crate::physics::score::{self, ScoreOptions, Scored, WordEnergy};
 use crate::data::tokenizer::Tok;
 
@@ -105,7 +104,7 @@ enum Detail {
 
 /// Lines scored in one chunk at most: the most held in memory at once, so a file of any size is
 /// scored in bounded memory, its results written (and flushed) chunk by chunk.
-const CHUNK_LINES: usize = 4096;
+const CHUNK_LINES: usize = score::CHUNK_TEXTS;
 
 /// One line read, or why reading stopped.
 type Line = Result<String>;
@@ -316,7 +315,6 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
     }
     let tok = &loaded.tokenizer;
     let opts = ScoreOptions { temperature: args.temperature, stride: args.stride, batch_size: args.batch_size };
-    let stride = args.stride.unwrap_or_else(|| score::default_stride(context));
     let detail = match (args.per_token, args.words) {
         (true, _) => Detail::Tokens,
         (false, true) => Detail::Words,
@@ -326,17 +324,7 @@ pub fn run_score(args: &ScoreArgs) -> Result<()> {
     let mut secs = 0.0;
     while !chunk.is_empty() {
         let first = report.lines;
-        let seqs = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, l)| tok.encode(l).with_context(|| format!("line {}", first + i + 1)))
-            .collect::<Result<Vec<_>>>()?;
-        // The first forward pass is the largest: the longest windows, as many as fit the batch.
-        let windows: usize = seqs.iter().map(|ids| Ok(score::windows(ids.len(), context, stride)?.len())).sum::<Result<usize>>()?;
-        let longest = seqs.iter().map(Vec::len).max().unwrap_or(0).clamp(1, context);
-        let batch = args.batch_size.min(windows.max(1));
-        let shape = crate::ModelConfig { context: longest, ..loaded.model.config().clone() };
-        memory::ensure_fits_on(loaded.model.device(), &format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), "lower --batch-size")?;
+        let seqs = score::encode_texts(&loaded.model, tok, &chunk, &opts, |i| format!("line {}", first + i + 1), "lower --batch-size")?;
         let started = std::time::Instant::now();
         let scored = score::score_ids(&loaded.model, &seqs, tok.bos(), &opts)?;
         secs += started.elapsed().as_secs_f64();

@@ -70,8 +70,9 @@ fn sample_of(dir: &std::path::Path, dev: &candle_core::Device) -> Result<Option<
     Ok(Some(run.tokenizer.decode(&ids)?))
 }
 
-/// `thermoformer train`: train, checkpoint, print a report and a sample.
-pub fn run_train(args: &TrainArgs) -> Result<()> {
+/// Train as `args` say and checkpoint, then draw the run's sample: what `thermoformer train`
+/// reports (and what the Python module's `train` returns).
+pub fn train_and_sample(args: &TrainArgs) -> Result<(train::TrainReport, Option<String>)> {
     let file = match &args.config {
         Some(path) => TrainOptions::from_file(path)?,
         None => TrainOptions::default(),
@@ -92,6 +93,12 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let dev = args.device.device()?;
     let report = train::train(&request, &dev)?;
     let sample = sample_of(&report.out, &dev)?;
+    Ok((report, sample))
+}
+
+/// `thermoformer train`: train, checkpoint, print a report and a sample.
+pub fn run_train(args: &TrainArgs) -> Result<()> {
+    let (report, sample) = train_and_sample(args)?;
     let mut stdout = std::io::stdout().lock();
     if args.report.json() {
         // The report's fields in their order, then the sample.

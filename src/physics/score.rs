@@ -10,9 +10,10 @@
 //! apart, and each token is scored once, in the first window that reaches it, so after the first
 //! window every token has at least `context - stride` tokens of context.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 
+use crate::data::tokenizer::Tok;
 use crate::model::Gpt;
 
 /// How to score.
@@ -105,8 +106,33 @@ impl Scored {
     }
 }
 
+/// Texts scored together at most: `score` reads a file this many lines at a time, and the Python
+/// module scores a list in chunks of this size, so both form the same batches from the same texts.
+pub const CHUNK_TEXTS: usize = 4096;
+
+/// Encode `texts` for [`score_ids`] (an error names the text by `name(index)`), after checking
+/// that the largest forward pass they need fits in memory (`hint` says what to lower if not).
+pub fn encode_texts<S: AsRef<str>>(model: &Gpt, tok: &Tok, texts: &[S], opts: &ScoreOptions, name: impl Fn(usize) -> String, hint: &str) -> Result<Vec<Vec<u32>>> {
+    let seqs = texts.iter().enumerate().map(|(i, t)| tok.encode(t.as_ref()).with_context(|| name(i))).collect::<Result<Vec<_>>>()?;
+    let context = model.config().context;
+    let stride = opts.stride.unwrap_or_else(|| default_stride(context));
+    // The first forward pass is the largest: the longest windows, as many as fit the batch.
+    let windows: usize = seqs.iter().map(|ids| Ok(windows(ids.len(), context, stride)?.len())).sum::<Result<usize>>()?;
+    let longest = seqs.iter().map(Vec::len).max().unwrap_or(0).clamp(1, context);
+    let batch = opts.batch_size.min(windows.max(1));
+    let shape = crate::ModelConfig { context: longest, ..model.config().clone() };
+    crate::memory::ensure_fits_on(model.device(), &format!("scoring {batch} windows of {longest} tokens at once"), shape.forward_bytes(batch), hint)?;
+    Ok(seqs)
+}
+
 /// Score token sequences (BOS not included; it is prepended) with `model`.
 pub fn score_ids(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions) -> Result<Vec<Scored>> {
+    score_ids_with(model, seqs, bos, opts, || Ok(()))
+}
+
+/// [`score_ids`], calling `between` before every forward pass: an error from it (an interrupt,
+/// say) stops the scoring there and is returned.
+pub fn score_ids_with(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions, mut between: impl FnMut() -> Result<()>) -> Result<Vec<Scored>> {
     let context = model.config().context;
     let stride = opts.stride.unwrap_or_else(|| default_stride(context));
     if !crate::config::valid_temperature(opts.temperature) {
@@ -127,6 +153,7 @@ pub fn score_ids(model: &Gpt, seqs: &[Vec<u32>], bos: u32, opts: &ScoreOptions) 
     jobs.sort_by_key(|(_, w)| std::cmp::Reverse(w.end - w.start));
     let dev = model.device();
     for chunk in jobs.chunks(opts.batch_size) {
+        between()?;
         let t = chunk.iter().map(|(_, w)| w.end - w.start).max().unwrap_or(1);
         let (mut inputs, mut targets) = (Vec::with_capacity(chunk.len() * t), Vec::with_capacity(chunk.len() * t));
         for (s, w) in chunk {
@@ -171,7 +198,7 @@ pub struct WordEnergy {
 /// BPE a token that starts with a space (or the first token) opens a word; with a char tokenizer
 /// every space opens one. A space's energy goes to the word it opens, so the word energies add
 /// up to the sequence energy.
-pub fn word_energies(s: &Scored, tok: &crate::data::tokenizer::Tok) -> Result<Vec<WordEnergy>> {
+pub fn word_energies(s: &Scored, tok: &Tok) -> Result<Vec<WordEnergy>> {
     let mut groups: Vec<(Vec<u32>, f64)> = Vec::new();
     for (&id, &e) in s.ids.iter().zip(&s.energies) {
         let text = tok.token_text(id);
