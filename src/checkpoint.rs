@@ -322,14 +322,18 @@ pub fn read_safetensors(mut file: impl Read + Seek, len: u64, path: &Path, dev: 
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(|_| corrupt("truncated header"))?;
-    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| corrupt(&format!("header: {e}")))?;
+    // In name order, then in the file's order: the first tensor reported wrong is the same on
+    // every run, and the file is read front to back.
+    let header: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| corrupt(&format!("header: {e}")))?;
+    let mut entries = header
+        .into_iter()
+        .filter(|(tensor, _)| tensor != "__metadata__")
+        .map(|(tensor, info)| serde_json::from_value::<TensorInfo>(info).map(|info| (tensor.clone(), info)).map_err(|e| corrupt(&format!("{tensor}: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    entries.sort_by_key(|(_, info)| info.data_offsets[0]);
     let data_start = 8 + n;
     let mut out = HashMap::new();
-    for (tensor, info) in header {
-        if tensor == "__metadata__" {
-            continue;
-        }
-        let info: TensorInfo = serde_json::from_value(info).map_err(|e| corrupt(&format!("{tensor}: {e}")))?;
+    for (tensor, info) in entries {
         let [begin, end] = info.data_offsets;
         let elems = info.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| corrupt(&format!("{tensor}: shape overflows")))?;
         let fits = begin <= end && data_start.checked_add(end).is_some_and(|e| e <= len);
@@ -379,7 +383,8 @@ pub fn check_writable(out: &Path, overwrite: bool, instead: &str) -> Result<()> 
 
 fn check_dir(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
-        bail!("checkpoint {} is a file, not a run directory", dir.display());
+        let message = format!("checkpoint {} is a file, not a run directory", dir.display());
+        return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, message).into());
     }
     if !dir.is_dir() {
         return Err(crate::error::not_found(format!(

@@ -17,7 +17,8 @@ use crate::{detached, to_py, value_error};
 /// None leaves it out, and a list repeats the flag. The parse is clap's own, so the defaults,
 /// the checks and the messages are the CLI's.
 fn command_line(options: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
-    let command = cli::command();
+    let mut command = cli::command();
+    command.build(); // fills in each argument's value count
     let train = command.find_subcommand("train").expect("the CLI has a train command");
     let mut argv = vec!["thermoformer".to_string(), "train".to_string()];
     let Some(options) = options else { return Ok(argv) };
@@ -25,13 +26,14 @@ fn command_line(options: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
         let key: String = key.extract()?;
         let arg = train
             .get_arguments()
-            .find(|a| a.get_id().as_str() == key && a.get_long().is_some())
+            .find(|a| a.get_long().is_some_and(|long| long.replace('-', "_") == key))
             .ok_or_else(|| value_error(format!("train() got an unknown option {key:?}: its options are `thermoformer train --help`'s flags in snake_case")))?;
         let flag = format!("--{}", arg.get_long().expect("found by its long name"));
         if value.is_none() {
             continue;
         }
-        if !arg.get_action().takes_values() {
+        let switch = !arg.get_action().takes_values() || arg.get_num_args().is_some_and(|n| n.max_values() == 0);
+        if switch {
             let on: bool = value.extract().map_err(|_| value_error(format!("{key} is a switch: give True or False")))?;
             if on {
                 argv.push(flag);

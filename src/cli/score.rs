@@ -110,13 +110,17 @@ const CHUNK_LINES: usize = score::CHUNK_TEXTS;
 type Line = Result<String>;
 
 /// The input, read a chunk of lines at a time. A file or stdin is read by a thread of its own
-/// into a bounded queue, and a chunk is whatever lines have arrived (at least one, at most
-/// [`CHUNK_LINES`]): a fast file is scored in full chunks, and a slow pipe gets each line's result
-/// as soon as the line is read, never held back waiting for more.
+/// into a bounded queue. A regular file (named, or redirected to stdin) is scored in full chunks
+/// of [`CHUNK_LINES`], so the batches, and with them the last bits of every energy, are the same
+/// on every run (and the same as the Python module's for the same lines). From a pipe or a
+/// terminal a chunk is whatever lines have arrived (at least one): a slow pipe gets each line's
+/// result as soon as the line is read, never held back waiting for more.
 struct Input {
     /// `--text`, returned once.
     text: Option<String>,
     lines: Option<std::sync::mpsc::Receiver<Line>>,
+    /// Whether a chunk waits for [`CHUNK_LINES`] lines (or the end): the input is a regular file.
+    whole_chunks: bool,
     /// Lines read so far (an empty input is an error).
     read: usize,
     /// "stdin" or the file's path, for messages.
@@ -126,7 +130,7 @@ struct Input {
 impl Input {
     fn open(args: &ScoreArgs) -> Result<Self> {
         let (reader, name): (Box<dyn std::io::BufRead + Send>, String) = match (&args.text, args.input.as_deref()) {
-            (Some(t), _) => return Ok(Self { text: Some(t.clone()), lines: None, read: 0, name: "--text".into() }),
+            (Some(t), _) => return Ok(Self { text: Some(t.clone()), lines: None, whole_chunks: true, read: 0, name: "--text".into() }),
             (None, Some("-")) => (Box::new(std::io::BufReader::new(std::io::stdin())), "stdin".into()),
             (None, Some(path)) => {
                 let file = std::fs::File::open(path).with_context(|| format!("reading {path}"))?;
@@ -134,16 +138,19 @@ impl Input {
             }
             (None, None) => return Err(UsageError("give a FILE to score, - for stdin, or --text \"...\"".into()).into()),
         };
+        // stdin redirected from a file is a regular file too (Linux names it /dev/stdin).
+        let regular = if name == "stdin" { "/dev/stdin" } else { name.as_str() };
+        let whole_chunks = std::fs::metadata(regular).is_ok_and(|m| m.is_file());
         let (send, receive) = std::sync::mpsc::sync_channel(CHUNK_LINES);
         let what = name.clone();
         // The thread ends at the end of the input, at an error, or when the queue is dropped.
         std::thread::spawn(move || read_lines(reader, &what, &send));
-        Ok(Self { text: None, lines: Some(receive), read: 0, name })
+        Ok(Self { text: None, lines: Some(receive), whole_chunks, read: 0, name })
     }
 
-    /// The next lines (as `str::lines` splits them: no `\n`, no trailing `\r`): waits for one,
-    /// then takes those already read, at most [`CHUNK_LINES`]; none at the end. An empty input
-    /// is an error.
+    /// The next lines (as `str::lines` splits them: no `\n`, no trailing `\r`), at most
+    /// [`CHUNK_LINES`]: from a regular file, as many as there are; from a pipe, one waited for
+    /// and then those already read. None at the end; an empty input is an error.
     fn next_chunk(&mut self) -> Result<Vec<String>> {
         if let Some(t) = self.text.take() {
             return Ok(vec![t]);
@@ -161,7 +168,12 @@ impl Input {
             }
         }
         while lines.len() < CHUNK_LINES {
-            match queue.try_recv() {
+            let next = if self.whole_chunks {
+                queue.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
+            } else {
+                queue.try_recv()
+            };
+            match next {
                 Ok(line) => lines.push(line?),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {

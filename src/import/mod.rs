@@ -97,7 +97,7 @@ pub fn import(req: &ImportRequest) -> Result<ImportReport> {
     } else if req.source.is_file() {
         nanogpt::read(&req.source, req.meta.as_deref(), req.tokenizer.as_deref())?
     } else {
-        return Err(UsageError(format!("{} does not exist (import reads a Hugging Face model folder or a nanoGPT ckpt.pt)", req.source.display())).into());
+        return Err(crate::error::not_found(format!("{} does not exist (import reads a Hugging Face model folder or a nanoGPT ckpt.pt)", req.source.display())));
     };
     write_run(&req.out, imported)
 }

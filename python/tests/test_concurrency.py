@@ -1,0 +1,59 @@
+"""Model work runs with the GIL released: threads score at once and agree with one thread, the
+interpreter keeps running meanwhile, and Ctrl-C stops a long score at its next batch."""
+
+import _thread
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import thermoformer
+from conftest import LINES
+
+MANY = [l for l in LINES if l] * 40
+
+
+def test_two_threads_score_as_one(any_run):
+    m = thermoformer.Model.load(any_run)
+    alone = m.score(MANY, per_token=True)
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: m.score(MANY, per_token=True), range(2)))
+    for got in both:
+        np.testing.assert_array_equal(got["energy"], alone["energy"])
+        for a, b in zip(got["token_energies"], alone["token_energies"]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_interpreter_runs_while_a_model_scores(gpt2_dir):
+    m = thermoformer.Model.load(gpt2_dir)
+    texts = MANY * 4
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (m.score(texts), done.set()))
+    spins = 0
+    worker.start()
+    while not done.is_set():
+        spins += 1
+    worker.join()
+    # With the GIL held through the call this loop would get a switch interval or two.
+    assert spins > 10_000, spins
+
+
+def test_ctrl_c_stops_a_long_score_cleanly(gpt2_dir):
+    m = thermoformer.Model.load(gpt2_dir)
+    texts = MANY * 2
+    started = time.perf_counter()
+    few = m.score(texts, batch_size=1)
+    one_pass = time.perf_counter() - started
+    long = texts * 20  # about twenty times as long as one_pass
+    timer = threading.Timer(min(0.2, one_pass / 2), _thread.interrupt_main)
+    started = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        m.score(long, batch_size=1)
+    stopped_after = time.perf_counter() - started
+    timer.join()
+    # Stopped at a batch boundary, long before the work was done; and the model still works.
+    assert stopped_after < 5 * one_pass + 1.0, (stopped_after, one_pass)
+    np.testing.assert_array_equal(m.score(texts, batch_size=1), few)
