@@ -61,7 +61,8 @@ fn command_line(options: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
 ///
 /// Returns `train --format json`'s report as a dict (out, steps, params, val_ce,
 /// tokens_per_sec, wall_secs, ..., sample). Raises ValueError for a bad option (with the CLI's
-/// message), FileNotFoundError for a missing corpus.
+/// message), FileNotFoundError for a missing corpus. Ctrl-C (KeyboardInterrupt) stops it before
+/// the next step, checkpointed at the last step taken: `resume=True` continues it.
 #[pyfunction]
 #[pyo3(signature = (**options))]
 pub fn train<'py>(py: Python<'py>, options: Option<Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
@@ -71,7 +72,7 @@ pub fn train<'py>(py: Python<'py>, options: Option<Bound<'py, PyDict>>) -> PyRes
         value_error(line.strip_prefix("error: ").unwrap_or(&line).to_string())
     })?;
     let Command::Train(args) = parsed.command else { unreachable!("argv names the train command") };
-    let (report, sample) = detached(py, |_| cli::train_and_sample(&args))?;
+    let (report, sample) = detached(py, |signals| cli::train_and_sample_with(&args, || signals.check()))?;
     let mut json = serde_json::to_value(&report).map_err(|e| to_py(e.into()))?;
     json["sample"] = sample.into();
     py.import("json")?.call_method1("loads", (json.to_string(),))

@@ -65,3 +65,25 @@ def test_ctrl_c_stops_a_long_score_cleanly(gpt2_dir):
     # Stopped at a batch boundary, long before the work was done; and the model still works.
     assert stopped_after < 5 * one_pass + 1.0, (stopped_after, one_pass)
     np.testing.assert_array_equal(m.score(texts, batch_size=1), few)
+
+
+def test_ctrl_c_stops_training_with_a_checkpoint_that_resumes(corpus, tmp_path):
+    """Ctrl-C during train() saves the step reached; resuming it ends where an uninterrupted run
+    of the same options ends, byte for byte."""
+    import json
+
+    from conftest import TRAIN
+
+    options = dict(TRAIN, steps=600, eval_every=600)
+    whole = thermoformer.train(corpus=corpus, out=tmp_path / "whole", **options)
+    timer = threading.Timer(whole["wall_secs"] / 3, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        thermoformer.train(corpus=corpus, out=tmp_path / "cut", **options)
+    timer.join()
+    step = json.loads((tmp_path / "cut" / "state.json").read_text())["step"]
+    assert 0 < step < options["steps"], step
+    thermoformer.Model.load(tmp_path / "cut").score("a")  # a whole checkpoint
+    resumed = thermoformer.train(out=tmp_path / "cut", resume=True, no_progress=True)
+    assert resumed["steps"] == options["steps"]
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()

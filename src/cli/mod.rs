@@ -34,7 +34,7 @@ pub use inspect::InspectArgs;
 pub use rl::RlArgs;
 pub use score::ScoreArgs;
 pub use serve::ServeArgs;
-pub use train::{train_and_sample, TrainArgs};
+pub use train::{train_and_sample, train_and_sample_with, TrainArgs};
 
 /// Train tiny decoder-only transformers and read them like a statistical physicist.
 ///

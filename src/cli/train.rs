@@ -73,6 +73,11 @@ fn sample_of(dir: &std::path::Path, dev: &candle_core::Device) -> Result<Option<
 /// Train as `args` say and checkpoint, then draw the run's sample: what `thermoformer train`
 /// reports (and what the Python module's `train` returns).
 pub fn train_and_sample(args: &TrainArgs) -> Result<(train::TrainReport, Option<String>)> {
+    train_and_sample_with(args, || Ok(()))
+}
+
+/// [`train_and_sample`], calling `between_steps` before every step ([`train::train_with`]).
+pub fn train_and_sample_with(args: &TrainArgs, between_steps: impl FnMut() -> Result<()>) -> Result<(train::TrainReport, Option<String>)> {
     let file = match &args.config {
         Some(path) => TrainOptions::from_file(path)?,
         None => TrainOptions::default(),
@@ -91,7 +96,7 @@ pub fn train_and_sample(args: &TrainArgs) -> Result<(train::TrainReport, Option<
         stop_after: args.stop_after,
     };
     let dev = args.device.device()?;
-    let report = train::train(&request, &dev)?;
+    let report = train::train_with(&request, &dev, between_steps)?;
     let sample = sample_of(&report.out, &dev)?;
     Ok((report, sample))
 }

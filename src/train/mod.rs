@@ -312,6 +312,12 @@ fn sgld_config(t: &TrainConfig) -> SgldConfig {
 
 /// Train (or continue training) a model and checkpoint it into `req.out`.
 pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
+    train_with(req, dev, || Ok(()))
+}
+
+/// [`train`], calling `between_steps` before every step: an error from it (an interrupt, say)
+/// stops the run there, checkpointed at the last step taken, and is returned.
+pub fn train_with(req: &TrainRequest, dev: &Device, mut between_steps: impl FnMut() -> Result<()>) -> Result<TrainReport> {
     let session_start = Instant::now();
     let mut s = match (&req.init_from, req.resume) {
         (_, true) => resumed(req, dev)?,
@@ -361,7 +367,20 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
     let mut last_train_loss = None;
     let mut last_targets = None;
     let stop_at = req.stop_after.map_or(cfg.steps, |n| n.min(cfg.steps));
+    let mut saved_at = s.state.step;
     while s.state.step < stop_at {
+        if let Err(e) = between_steps() {
+            if s.state.step > saved_at {
+                let mean_loss = (window_steps > 0).then(|| window_loss / window_steps as f64);
+                let lr = optim::lr_at(s.state.step - 1, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
+                let record = Record { train_loss: mean_loss, lr, tokens_per_sec: None, elapsed: elapsed_before + loop_start.elapsed().as_secs_f64() };
+                let (_, _, line) = s.checkpoint(&req.out, EvalSet::Fixed(&evals), &record)?;
+                log(line);
+            }
+            pb.finish_and_clear();
+            crate::progress::note(format!("stopped at step {}: the checkpoint in {} is kept; --resume continues it", s.state.step, req.out.display()));
+            return Err(e);
+        }
         let t0 = Instant::now();
         let lr = optim::lr_at(s.state.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
         let starts = data::random_starts(&mut s.batch_rng, splits.train().len(), context, cfg.batch_size)?;
@@ -392,6 +411,7 @@ pub fn train(req: &TrainRequest, dev: &Device) -> Result<TrainReport> {
             let last = s.state.step == stop_at;
             let record = Record { train_loss: Some(mean_loss), lr, tokens_per_sec: Some(tok_s), elapsed };
             let (val_ce, targets, line) = s.checkpoint(&req.out, if last { EvalSet::Windows(&final_eval) } else { EvalSet::Fixed(&evals) }, &record)?;
+            saved_at = s.state.step;
             log(line);
             last_val = Some(val_ce);
             last_targets = Some(targets);
