@@ -11,16 +11,8 @@ extern crate intel_mkl_src;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, mimalloc.h; the Rust
-/// binding has no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
 fn main() {
-    // Keep freed memory for reuse instead of handing it back to the OS: a forward pass frees and
-    // allocates the same large buffers every layer, and each fresh page costs a fault and a
-    // clear (13% of GPT-2-sized scoring on a 2-core EPYC, docs/performance.md).
-    // SAFETY: sets a process-wide allocator option before any thread is started.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    thermoformer::keep_freed_memory();
     thermoformer::pin_thread_count();
     let cli = match thermoformer::cli::try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,

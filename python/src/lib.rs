@@ -15,6 +15,11 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 
+// The binary's allocator, for the same reason (thermoformer::keep_freed_memory): the Rust side's
+// buffers, NumPy arrays made from them included, come from mimalloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod arrays;
 mod model;
 mod runs;
@@ -117,6 +122,7 @@ fn _thermoformer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // candle reads the thread count on every tensor operation unless it is fixed: fixed once
     // here, on import, as the CLI's `main` does.
     thermoformer::pin_thread_count();
+    thermoformer::keep_freed_memory();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(runs::train, m)?)?;
