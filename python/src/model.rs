@@ -1,5 +1,8 @@
 //! `thermoformer.Model`: a loaded run directory and what can be read from it.
 
+// Each argument is a Python keyword argument with a default, as the CLI's flags are.
+#![allow(clippy::too_many_arguments)]
+
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard};
@@ -216,7 +219,6 @@ impl Model {
     /// stride, batch_size: as `score --stride` and `--batch-size`.
     /// Ctrl-C (KeyboardInterrupt) stops it at the next batch.
     #[pyo3(signature = (texts, per_token = false, words = false, temperature = 1.0, head_temperatures = None, log_n_scaling = 0.0, stride = None, batch_size = 32))]
-    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn score<'py>(
         &self,
         py: Python<'py>,
@@ -341,7 +343,6 @@ impl Model {
 impl Model {
     /// Score `texts` as `thermoformer score` does: in chunks of its size, so the batches (and so
     /// the bits) are the same as for the same lines in a file.
-    #[allow(clippy::too_many_arguments)]
     fn scored(
         &self,
         py: Python<'_>,

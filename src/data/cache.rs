@@ -132,7 +132,7 @@ pub fn parse_age(s: &str) -> std::result::Result<Duration, String> {
         _ => return Err(bad()),
     };
     let secs = n * unit;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))

@@ -104,7 +104,7 @@ impl PhaseBuilder {
             }
             let energy = s.energy.to_dtype(DType::F64)?.permute((1, 0, 2, 3))?.reshape((h, b * t, t))?.to_vec3::<f64>()?;
             for (head, rows) in energy.into_iter().enumerate() {
-                for (r, e) in rows.into_iter().enumerate().filter(|(r, _)| (self.seen + r) % self.stride == 0) {
+                for (r, e) in rows.into_iter().enumerate().filter(|(r, _)| (self.seen + r).is_multiple_of(self.stride)) {
                     let i = r % t;
                     let energies: Vec<f64> = e[..=i].iter().copied().filter(|x| x.is_finite()).collect();
                     let scale = s.row_scale.get(i).copied().unwrap_or(1.0);
