@@ -151,3 +151,24 @@ fn model_rows_follow_the_temperature_limits_and_per_head_overrides() {
     assert!(temps[1].iter().all(|t| (t - 1.0).abs() < 1e-6));
     assert!(model.override_temperatures(None, &[HeadTemperature { layer: 9, head: 0, temperature: 1.0 }]).is_err());
 }
+
+/// Reading every head keeps (layers x heads x T x T) tables: a reading that cannot fit in memory
+/// is refused with one line naming the shape, before the pass allocates anything. (Without the
+/// check this pass would ask for 44 TB.)
+#[test]
+fn an_inspection_too_large_for_memory_is_refused_before_it_runs() {
+    let tok = thermoformer::Tok::train_char(&common::corpus_text(5000)).unwrap();
+    let cfg = thermoformer::ModelConfig {
+        context: 65536,
+        n_layer: 4,
+        n_head: 64,
+        d_model: 64,
+        positions: thermoformer::config::Positions::Learned,
+        ..thermoformer::ModelConfig::tiny(tok.vocab_size())
+    };
+    let (_, model) = thermoformer::model::params::Params::init(&cfg, 0.02, 7, &candle_core::Device::Cpu).unwrap();
+    let ids = vec![1u32; 65535];
+    let err = thermoformer::physics::inspect::inspect_ids(&model, &tok, &ids).unwrap_err().to_string();
+    assert!(err.contains("reading 4 layers x 64 heads on 65536 positions needs at least"), "{err}");
+    assert!(err.ends_with("read a shorter text"), "{err}");
+}

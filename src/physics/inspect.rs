@@ -119,6 +119,15 @@ pub fn inspect_pass(model: &Gpt, tok: &Tok, text_ids: &[u32]) -> Result<(TextIns
             context - 1
         );
     }
+    // Every head's (T, T) weights and energies, as the pass's f32 tensors and as the f64 tables
+    // returned: at least 40 bytes per (head, query, key).
+    let (cfg, n) = (model.config(), ids.len() as u64);
+    crate::memory::ensure_fits_on(
+        model.device(),
+        &format!("reading {} layers x {} heads on {n} positions", cfg.n_layer, cfg.n_head),
+        40 * (cfg.n_layer * cfg.n_head) as u64 * n * n,
+        "read a shorter text",
+    )?;
     let input = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?; // (1, T)
     let (logits, stats) = model.forward_with_stats(&input)?;
     let heads = thermo::head_summaries(&stats)?;
