@@ -76,8 +76,9 @@ struct Overrides {
 }
 
 impl Overrides {
-    /// `head_temperatures` as a dict {(layer, head): T} or an (L, H) array of every head's T.
-    fn parse(head_temperatures: Option<&Bound<'_, PyAny>>, log_n_scaling: f64) -> PyResult<Self> {
+    /// `head_temperatures` as a dict {(layer, head): T} or an (L, H) array of every head's T,
+    /// for a model of `shape` (L, H).
+    fn parse(head_temperatures: Option<&Bound<'_, PyAny>>, log_n_scaling: f64, shape: (usize, usize)) -> PyResult<Self> {
         let mut heads = Vec::new();
         if let Some(given) = head_temperatures {
             if let Ok(dict) = given.cast::<PyDict>() {
@@ -91,6 +92,15 @@ impl Overrides {
                 let grid: Vec<Vec<f64>> = given
                     .extract()
                     .map_err(|_| value_error("head_temperatures must be a dict {(layer, head): T} or an (L, H) array of temperatures"))?;
+                if grid.len() != shape.0 || grid.iter().any(|row| row.len() != shape.1) {
+                    let got: Vec<usize> = grid.iter().map(Vec::len).collect();
+                    return Err(value_error(format!(
+                        "head_temperatures as an array must be (L, H) = ({}, {}), one T per head; got {} rows of {got:?}",
+                        shape.0,
+                        shape.1,
+                        grid.len()
+                    )));
+                }
                 for (layer, row) in grid.into_iter().enumerate() {
                     heads.extend(row.into_iter().enumerate().map(|(head, temperature)| HeadTemperature { layer, head, temperature }));
                 }
@@ -307,7 +317,7 @@ impl Model {
         log_n_scaling: f64,
     ) -> PyResult<Bound<'py, PyDict>> {
         let grid = crate::arrays::phase_grid(phase.as_ref())?;
-        let overrides = Overrides::parse(None, log_n_scaling)?;
+        let overrides = Overrides::parse(None, log_n_scaling, (0, 0))?;
         let selection = thermoformer::physics::inspect::Selection { layers, heads };
         let run = &self.run;
         let read = detached(py, |_| {
@@ -357,7 +367,7 @@ impl Model {
         if batch_size == 0 {
             return Err(value_error("batch_size must be at least 1"));
         }
-        let overrides = Overrides::parse(head_temperatures, log_n_scaling)?;
+        let overrides = Overrides::parse(head_temperatures, log_n_scaling, (self.n_layer(), self.n_head()))?;
         let context = self.context();
         if let Some(s) = stride {
             if s == 0 || s > context {

@@ -26,6 +26,7 @@ fn command_line(options: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
         let key: String = key.extract()?;
         let arg = train
             .get_arguments()
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
             .find(|a| a.get_long().is_some_and(|long| long.replace('-', "_") == key))
             .ok_or_else(|| value_error(format!("train() got an unknown option {key:?}: its options are `thermoformer train --help`'s flags in snake_case")))?;
         let flag = format!("--{}", arg.get_long().expect("found by its long name"));

@@ -3,6 +3,7 @@ kind) for a missing file, ValueError for bad contents and bad arguments; never a
 
 import shutil
 
+import numpy as np
 import pytest
 
 import thermoformer
@@ -64,6 +65,8 @@ def test_bad_temperatures_name_the_head(run_dir):
             m.score(["x"], temperature=bad)
     with pytest.raises(ValueError, match="head_temperatures"):
         m.score(["x"], head_temperatures="hot")
+    with pytest.raises(ValueError, match=r"must be \(L, H\) = \(2, 4\)"):
+        m.score(["x"], head_temperatures=np.ones((2, 2)))
     # Nothing was changed by the refused calls.
     assert (m.temperatures() == thermoformer.Model.load(run_dir).temperatures()).all()
 
@@ -91,6 +94,8 @@ def test_bad_score_and_generate_arguments(run_dir):
 
 
 def test_bad_train_options_get_the_cli_message(corpus, tmp_path):
+    with pytest.raises(ValueError, match='unknown option "help"'):
+        thermoformer.train(help=True)
     with pytest.raises(ValueError, match='unknown option "dmodel"'):
         thermoformer.train(corpus=corpus, out=tmp_path / "a", dmodel=3)
     with pytest.raises(ValueError) as e:
