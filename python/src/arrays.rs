@@ -59,7 +59,15 @@ pub(crate) struct Inspection {
 impl Inspection {
     /// Read `text` through every head of `model`; with `response`, the response functions of
     /// the selected heads; with `grid`, the phase diagram over it.
-    pub(crate) fn read(model: &Gpt, tok: &Tok, text: &str, response: Option<&Selection>, grid: Option<&[f64]>) -> anyhow::Result<Self> {
+    /// `between` runs before each head's ablations (a signal check).
+    pub(crate) fn read(
+        model: &Gpt,
+        tok: &Tok,
+        text: &str,
+        response: Option<&Selection>,
+        grid: Option<&[f64]>,
+        between: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let ids = tok.encode(text)?;
         let (report, _, stats) = inspect::inspect_pass(model, tok, &ids)?;
         let (l_n, h_n, t_n) = (report.alpha.len(), report.alpha.first().map_or(0, Vec::len), report.tokens.len());
@@ -121,7 +129,7 @@ impl Inspection {
         let mut text_energy = None;
         if let Some(selection) = response {
             let sample = EnergySample::text(model, tok.bos(), &ids)?;
-            let r = response::response(model, &sample, selection, false)?;
+            let r = response::response_with(model, &sample, selection, false, between)?;
             text_energy = Some(r.energy);
             type Measured = fn(&response::HeadResponse) -> f64;
             let fields: [(&'static str, Measured); 3] =

@@ -304,7 +304,7 @@ impl Model {
     /// (L, H), in nats, and "text_energy" (-ln p of the text); `layers` and `heads` bound the
     /// ablations (NaN elsewhere). phase=True (or a grid (low, high, points)) adds "t_star",
     /// "c_star", "peak_in_grid" (L, H), "phase_temperatures" (G,) and "phase_heat_capacity",
-    /// "phase_entropy", "phase_sink" (L, H, G).
+    /// "phase_entropy", "phase_sink" (L, H, G). Ctrl-C stops the ablations at the next head.
     #[pyo3(signature = (text, response = false, phase = None, layers = None, heads = None, log_n_scaling = 0.0))]
     fn inspect<'py>(
         &self,
@@ -320,12 +320,12 @@ impl Model {
         let overrides = Overrides::parse(None, log_n_scaling, (0, 0))?;
         let selection = thermoformer::physics::inspect::Selection { layers, heads };
         let run = &self.run;
-        let read = detached(py, |_| {
+        let read = detached(py, |signals| {
             let run = run.read().unwrap_or_else(|p| p.into_inner());
             let c = &run.config.model;
             selection.check(c.n_layer, c.n_head).map_err(|e| UsageError(e.to_string()))?;
             let model = overrides.apply(&run.model)?;
-            crate::arrays::Inspection::read(&model, &run.tokenizer, text, response.then_some(&selection), grid.as_deref())
+            crate::arrays::Inspection::read(&model, &run.tokenizer, text, response.then_some(&selection), grid.as_deref(), || signals.check())
         })?;
         read.into_dict(py)
     }

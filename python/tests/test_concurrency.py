@@ -87,3 +87,28 @@ def test_ctrl_c_stops_training_with_a_checkpoint_that_resumes(corpus, tmp_path):
     resumed = thermoformer.train(out=tmp_path / "cut", resume=True, no_progress=True)
     assert resumed["steps"] == options["steps"]
     assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+
+
+def test_ctrl_c_stops_the_ablations_of_inspect(corpus, tmp_path):
+    """inspect(response=True) runs two passes per head after one pass and a backward: Ctrl-C
+    stops it at the next head, long before the last of the 256."""
+    wide = dict(steps=1, layers=8, heads=32, d_model=256, context=64, batch_size=2, eval_every=1, eval_batches=1, sample_tokens=0, no_progress=True)
+    thermoformer.train(corpus=corpus, out=tmp_path / "wide", **wide)
+    m = thermoformer.Model.load(tmp_path / "wide")
+    text = (corpus.read_text()[:400])[: m.context - 1]
+
+    def timed(**kw):
+        started = time.perf_counter()
+        m.inspect(text, response=True, **kw)
+        return time.perf_counter() - started
+
+    one, layer = timed(layers=[0], heads=[0]), timed(layers=[0])
+    per_head = (layer - one) / 31  # all 256 heads: about one + 255 per_head
+    timer = threading.Timer(one + 5 * per_head, _thread.interrupt_main)
+    started = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        m.inspect(text, response=True)
+    stopped_after = time.perf_counter() - started
+    timer.join()
+    assert stopped_after < one + 40 * per_head, (stopped_after, one, per_head)

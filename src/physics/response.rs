@@ -157,6 +157,12 @@ pub struct Response {
 /// chi, and both ablations of every selected head (2 forward passes each, counted on a
 /// progress bar on stderr when `progress`).
 pub fn response(model: &Gpt, sample: &EnergySample, selection: &Selection, progress: bool) -> Result<Response> {
+    response_with(model, sample, selection, progress, || Ok(()))
+}
+
+/// [`response`], calling `between` before each head's ablations: an error from it (an
+/// interrupt, say) stops the measurement there and is returned.
+pub fn response_with(model: &Gpt, sample: &EnergySample, selection: &Selection, progress: bool, mut between: impl FnMut() -> Result<()>) -> Result<Response> {
     let clock = Instant::now();
     let (energy, chi) = susceptibilities(model, sample)?;
     let seconds_susceptibility = clock.elapsed().as_secs_f64();
@@ -168,6 +174,7 @@ pub fn response(model: &Gpt, sample: &EnergySample, selection: &Selection, progr
     let clock = Instant::now();
     let mut heads = Vec::with_capacity(chosen.len());
     for (l, h) in chosen {
+        between()?;
         let ablated_hot = ablation(model, sample, l, h, HeadPatch::Hot, energy)?;
         bar.inc(1);
         let ablated_cold = ablation(model, sample, l, h, HeadPatch::Cold, energy)?;
