@@ -26,9 +26,6 @@ pub(crate) fn phase_grid(phase: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Ve
     } else {
         p.extract::<(f64, f64, usize)>().map_err(|_| value_error("phase must be True or a grid (low, high, points)"))?
     };
-    if !(3..=10_000).contains(&n) {
-        return Err(value_error(format!("phase takes (low, high, points) with 0 < low < high and 3 to 10000 points, got ({lo}, {hi}, {n})")));
-    }
     phase::log_grid(lo, hi, n).map(Some).map_err(|e| value_error(format!("phase: {e}")))
 }
 
@@ -73,24 +70,20 @@ impl Inspection {
         let (l_n, h_n, t_n) = (report.alpha.len(), report.alpha.first().map_or(0, Vec::len), report.tokens.len());
         let mut arrays = Vec::new();
 
-        let (mut alpha, mut energy) = (Dense::filled(&[l_n, h_n, t_n, t_n], 0.0), Dense::filled(&[l_n, h_n, t_n, t_n], f64::INFINITY));
-        for l in 0..l_n {
-            for h in 0..h_n {
-                for q in 0..t_n {
-                    for k in 0..t_n {
-                        alpha.set(&[l, h, q, k], report.alpha[l][h][q][k]);
-                    }
-                    // Keys after the query, or outside a local window, have infinite energy.
-                    for (k, &e) in report.energies[l][h][q].iter().enumerate() {
-                        energy.set(&[l, h, q, k], if e.is_finite() { e } else { f64::INFINITY });
-                    }
-                }
-            }
-        }
-        arrays.push(("alpha", alpha));
-        arrays.push(("energy", energy));
+        // Every query's row of weights is T long; its energies stop at the query (keys after it
+        // are hidden), and hidden keys have infinite energy.
+        let alpha = report.alpha.iter().flatten().flatten().flatten().copied().collect();
+        let energy = report
+            .energies
+            .iter()
+            .flatten()
+            .flatten()
+            .flat_map(|row| row.iter().map(|&e| if e.is_finite() { e } else { f64::INFINITY }).chain(std::iter::repeat_n(f64::INFINITY, t_n - row.len())))
+            .collect();
+        arrays.push(("alpha", Dense { shape: vec![l_n, h_n, t_n, t_n], values: alpha }));
+        arrays.push(("energy", Dense { shape: vec![l_n, h_n, t_n, t_n], values: energy }));
 
-        let per_row = [("ln_z", 0), ("row_entropy", 1), ("row_mean_energy", 2), ("row_heat_capacity", 3)];
+        let per_row = ["ln_z", "row_entropy", "row_mean_energy", "row_heat_capacity"];
         let mut rows: Vec<Dense> = per_row.iter().map(|_| Dense::filled(&[l_n, h_n, t_n], f64::NAN)).collect();
         for (l, s) in stats.iter().enumerate() {
             for (h, head) in thermo::head_rows(s)?.iter().enumerate() {
@@ -102,7 +95,7 @@ impl Inspection {
                 }
             }
         }
-        arrays.extend(per_row.iter().map(|(name, _)| *name).zip(rows));
+        arrays.extend(per_row.into_iter().zip(rows));
 
         type Field = fn(&thermo::HeadSummary) -> f64;
         let summary: [(&'static str, Field); 11] = [

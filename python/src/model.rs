@@ -317,7 +317,7 @@ impl Model {
         log_n_scaling: f64,
     ) -> PyResult<Bound<'py, PyDict>> {
         let grid = crate::arrays::phase_grid(phase.as_ref())?;
-        let overrides = Overrides::parse(None, log_n_scaling, (0, 0))?;
+        let overrides = Overrides { heads: Vec::new(), log_n_scaling };
         let selection = thermoformer::physics::inspect::Selection { layers, heads };
         let run = &self.run;
         let read = detached(py, |signals| {

@@ -25,10 +25,13 @@ use crate::physics::thermo::{self, RowStats};
 /// Rows per head the diagram averages at most; evenly spaced over the sample when it has more.
 pub const MAX_ROWS: usize = 1024;
 
+/// The most points a temperature grid may have.
+pub const MAX_GRID_POINTS: usize = 10_000;
+
 /// `n` temperatures evenly spaced in ln T from `lo` to `hi`.
 pub fn log_grid(lo: f64, hi: f64, n: usize) -> Result<Vec<f64>> {
-    if !(lo > 0.0 && hi > lo && lo.is_finite() && hi.is_finite() && n >= 3) {
-        bail!("a temperature grid needs 0 < low < high, both finite, and at least 3 points; got {lo}, {hi}, {n}");
+    if !(lo > 0.0 && hi > lo && lo.is_finite() && hi.is_finite() && (3..=MAX_GRID_POINTS).contains(&n)) {
+        bail!("a temperature grid needs 0 < low < high, both finite, and 3 to {MAX_GRID_POINTS} points; got {lo}, {hi}, {n}");
     }
     let step = (hi / lo).ln() / (n - 1) as f64;
     Ok((0..n).map(|i| if i + 1 == n { hi } else { lo * (step * i as f64).exp() }).collect())
