@@ -16,7 +16,8 @@ fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(9);
     thermoformer::pin_thread_count();
     println!("threads: {}", candle_core::utils::get_num_threads());
-    println!("{:>18} {:>10} {:>12} {:>12} {:>12}", "m x n x k", "f32", "avx512bf16", "avx2 (emu)", "packed B");
+    println!("auto picks: {}", Kernel::best().name());
+    println!("{:>18} {:>10} {:>12} {:>12} {:>12} {:>12}", "m x n x k", "f32", "avx512bf16", "avx512 (emu)", "avx2 (emu)", "packed B");
     for &(m, n, k) in &[(1024, 1024, 1024), (768, 384, 128), (768, 128, 512), (16384, 1536, 384), (1, 50304, 768)] {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
@@ -36,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         });
         let mut c = vec![0f32; m * n];
         let mut cols = Vec::new();
-        for kernel in [Kernel::Avx512Bf16, Kernel::Avx2] {
+        for kernel in [Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2] {
             if !kernel.available() {
                 cols.push("-".to_string());
                 continue;
@@ -48,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         }
         let packed = unsafe { PackedB::new(Src::f32_rows(&b, n), k, n) };
         let s = time(&mut || unsafe { gemm::gemm_packed(Kernel::best(), m, Src::f32_rows(&a, k), &packed, c.as_mut_ptr(), n, true) });
-        println!("{:>18} {:>10.1} {:>12} {:>12} {:>12.1}", format!("{m}x{n}x{k}"), flops / f32_s / 1e9, cols[0], cols[1], flops / s / 1e9);
+        println!("{:>18} {:>10.1} {:>12} {:>12} {:>12} {:>12.1}", format!("{m}x{n}x{k}"), flops / f32_s / 1e9, cols[0], cols[1], cols[2], flops / s / 1e9);
     }
     Ok(())
 }

@@ -230,6 +230,9 @@ fn hardware_equals_emulation_over_millions_of_lanes() {
         let a = random_bf16(&mut rng, m * k, exps.clone());
         let b = random_bf16(&mut rng, k * n, exps);
         let hw = bits(&run_gemm(Kernel::Avx512Bf16, m, n, k, &a, &b, true));
+        if Kernel::Avx512.available() {
+            assert!(hw == bits(&run_gemm(Kernel::Avx512, m, n, k, &a, &b, true)), "AVX-512 emulation differs from vdpbf16ps");
+        }
         if Kernel::Avx2.available() {
             assert!(hw == bits(&run_gemm(Kernel::Avx2, m, n, k, &a, &b, true)), "AVX2 emulation differs from vdpbf16ps");
         }

@@ -74,54 +74,89 @@ unsafe fn fetch(src: Src, start: usize, stride: usize, dst: &mut [u16]) {
 /// Pack `rows` x `cols` of `src` (pairs along the columns) into strips of `width` rows:
 /// `out[s * kp * width + p * width + r]` for row `s * width + r`, zero beyond the matrix.
 /// Large operands are packed on the pool when `parallel`.
-unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mut Vec<u32>, parallel: bool) {
+///
+/// `wide` packs for the AVX-512 emulation instead: each pair as two f32 (bf16 widens exactly),
+/// the `width` even elements then the `width` odd ones, `out[s * kp * 2 width + p * 2 width + r]`
+/// and `+ width`, so that kernel broadcasts A straight from memory.
+unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mut Vec<u32>, parallel: bool, wide: bool) {
     let kp = cols.div_ceil(2);
     let strips = rows.div_ceil(width);
-    out.clear();
-    out.resize(strips * kp * width, 0);
+    // Every slot of a row of the matrix is written below, so only the last strip's rows beyond
+    // the matrix are zeroed (a reused buffer holds old values): no memset of the whole buffer.
+    out.resize(strips * kp * width * if wide { 2 } else { 1 }, 0);
+    // Where pair p of row r of strip s goes, packed or wide.
+    let put = |base: *mut u32, p: usize, r: usize, lo: u16, hi: u16| {
+        if wide {
+            *base.add(2 * p * width + r) = (lo as u32) << 16;
+            *base.add(2 * p * width + width + r) = (hi as u32) << 16;
+        } else {
+            *base.add(p * width + r) = lo as u32 | (hi as u32) << 16;
+        }
+    };
+    let strip_len = kp * width * if wide { 2 } else { 1 };
     let (rs, cs) = match src {
         Src::F32 { rs, cs, .. } | Src::Bf16 { rs, cs, .. } => (rs, cs),
     };
     let dst = Out(out.as_mut_ptr() as *mut f32);
-    let pack = |range: std::ops::Range<usize>| {
-        let mut run = vec![0u16; 2 * kp.max(width)];
-        let mut run2 = vec![0u16; width];
-        for s in range {
-            // SAFETY: each strip is written by one worker only, inside `out`.
-            let strip = std::slice::from_raw_parts_mut((dst.get() as *mut u32).add(s * kp * width), kp * width);
-            let w = width.min(rows - s * width);
-            if cs == 1 || rs != 1 {
-                // Along each row: its pairs are adjacent bf16 values, read as one u32.
-                for r in 0..w {
-                    let row = &mut run[..2 * kp];
+    // SAFETY (both branches): each (strip, pair) is written by one worker only, inside `out`.
+    let strip_at = |s: usize| (dst.get() as *mut u32).add(s * strip_len);
+    let large = parallel && rows * cols >= PARALLEL_PACK;
+    if !rows.is_multiple_of(width) {
+        let last = strip_at(strips - 1);
+        for p in 0..kp {
+            for r in rows % width..width {
+                put(last, p, r, 0, 0);
+            }
+        }
+    }
+    if cs == 1 || rs != 1 {
+        // Along each row: its pairs are adjacent bf16 values, read as one u32. Workers take
+        // ranges of strips.
+        let pack = |range: std::ops::Range<usize>| {
+            let mut row = vec![0u16; 2 * kp];
+            for s in range {
+                let strip = strip_at(s);
+                for r in 0..width.min(rows - s * width) {
                     row[cols..].iter_mut().for_each(|x| *x = 0);
                     fetch(src, (s * width + r) * rs, cs, &mut row[..cols]);
                     for p in 0..kp {
-                        strip[p * width + r] = row[2 * p] as u32 | (row[2 * p + 1] as u32) << 16;
-                    }
-                }
-            } else {
-                // Down the columns (rs == 1): a strip's rows are adjacent in memory.
-                for p in 0..kp {
-                    let lo = &mut run[..w];
-                    fetch(src, s * width + 2 * p * cs, rs, lo);
-                    let hi = &mut run2[..w];
-                    if 2 * p + 1 < cols {
-                        fetch(src, s * width + (2 * p + 1) * cs, rs, hi);
-                    } else {
-                        hi.iter_mut().for_each(|x| *x = 0);
-                    }
-                    for r in 0..w {
-                        strip[p * width + r] = run[r] as u32 | (run2[r] as u32) << 16;
+                        put(strip, p, r, row[2 * p], row[2 * p + 1]);
                     }
                 }
             }
+        };
+        if large && strips > 1 {
+            crate::kernels::parallel_for_ranges(strips, pack);
+        } else {
+            pack(0..strips);
         }
-    };
-    if parallel && rows * cols >= PARALLEL_PACK && strips > 1 {
-        crate::kernels::parallel_for_ranges(strips, pack);
     } else {
-        pack(0..strips);
+        // Down the columns (rs == 1): for each k every row is adjacent in memory, so each k is
+        // one run, rounded in one call (runs of a strip's width would be a call per 8 or 16
+        // values). Workers take ranges of pairs.
+        let pack = |range: std::ops::Range<usize>| {
+            let (mut lo, mut hi) = (vec![0u16; rows], vec![0u16; rows]);
+            for p in range {
+                fetch(src, 2 * p * cs, rs, &mut lo);
+                if 2 * p + 1 < cols {
+                    fetch(src, (2 * p + 1) * cs, rs, &mut hi);
+                } else {
+                    hi.iter_mut().for_each(|x| *x = 0);
+                }
+                for s in 0..strips {
+                    let strip = strip_at(s);
+                    let base = s * width;
+                    for r in 0..width.min(rows - base) {
+                        put(strip, p, r, lo[base + r], hi[base + r]);
+                    }
+                }
+            }
+        };
+        if large && kp > 1 {
+            crate::kernels::parallel_for_ranges(kp, pack);
+        } else {
+            pack(0..kp);
+        }
     }
 }
 
@@ -141,7 +176,7 @@ impl PackedB {
     /// Every element `src` names for `(k, n)` must be readable.
     pub unsafe fn new(src: Src, k: usize, n: usize) -> Self {
         let mut data = Vec::new();
-        pack_strips(src.t(), n, k, NR, &mut data, true); // B's columns are the strips' rows
+        pack_strips(src.t(), n, k, NR, &mut data, true, false); // B's columns are the strips' rows
         Self { k, n, data }
     }
 
@@ -181,8 +216,8 @@ pub unsafe fn gemm(kernel: Kernel, m: usize, n: usize, k: usize, a: Src, b: Src,
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let (pa, pb) = &mut *s;
-        pack_strips(b.t(), n, k, NR, pb, parallel);
-        pack_strips(a, m, k, MR, pa, parallel);
+        pack_strips(b.t(), n, k, NR, pb, parallel, false);
+        pack_strips(a, m, k, MR, pa, parallel, kernel == Kernel::Avx512);
         multiply(kernel, m, n, k.div_ceil(2), pa, pb, c, ldc, parallel);
     })
 }
@@ -196,7 +231,7 @@ pub unsafe fn gemm_packed(kernel: Kernel, m: usize, a: Src, b: &PackedB, c: *mut
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let pa = &mut s.0;
-        pack_strips(a, m, b.k, MR, pa, parallel);
+        pack_strips(a, m, b.k, MR, pa, parallel, kernel == Kernel::Avx512);
         multiply(kernel, m, b.n, b.k.div_ceil(2), pa, &b.data, c, ldc, parallel);
     })
 }
@@ -252,8 +287,10 @@ unsafe fn block(
     js: std::ops::Range<usize>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    let _env = (kernel == Kernel::Avx2).then(micro::x86::FtzDaz::set);
-    let step = if kernel == Kernel::Avx512Bf16 { 2 } else { 1 };
+    let _env = kernel.emulated().then(micro::x86::FtzDaz::set);
+    let step = if kernel.avx512() { 2 } else { 1 };
+    // u32 words per pair of a row of A: 2 where packed wide for the AVX-512 emulation.
+    let a_words = if kernel == Kernel::Avx512 { 2 } else { 1 };
     // One strip of A (a few rows: KV-cached generation) reuses no B across strips, so each B
     // strip is read once, front to back, in one pass over k: a stream the prefetcher follows,
     // where k-blocks would hop between strips. The bits are the same either way (C carries the
@@ -269,7 +306,7 @@ unsafe fn block(
             while j < js.end {
                 let strips = step.min(js.end - j);
                 for i in i_block..i_end {
-                    let a = pa.as_ptr().add(i * kp * MR + k0 * MR);
+                    let a = pa.as_ptr().add((i * kp * MR + k0 * MR) * a_words);
                     let b0 = pb.as_ptr().add(j * kp * NR + k0 * NR);
                     let b1 = if strips == 2 { b0.add(kp * NR) } else { b0 };
                     let rows = MR.min(m - i * MR);
@@ -286,7 +323,8 @@ unsafe fn block(
 }
 
 /// One tile of `rows` x `cols` (cols <= strips * NR) through the chosen microkernel, via a
-/// scratch tile where it is narrower than the kernel's width.
+/// scratch tile where it is narrower than the kernel's width. `a` is packed wide for the AVX-512
+/// emulation ([`pack_strips`]).
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     kernel: Kernel,
@@ -302,9 +340,14 @@ unsafe fn tile(
     load: bool,
 ) {
     let width = strips * NR;
-    let mut tmp = [0f32; MR * 2 * NR];
+    let mut tmp = std::mem::MaybeUninit::<[f32; MR * 2 * NR]>::uninit();
     let narrow = cols < width;
-    let (c, ldc) = if narrow { (tmp.as_mut_ptr(), width) } else { (c_out, ldc_out) };
+    if narrow {
+        // The kernel reads (when `load`) and writes every column of the scratch tile.
+        tmp.write([0f32; MR * 2 * NR]);
+    }
+    let tmp = tmp.as_mut_ptr() as *mut f32;
+    let (c, ldc) = if narrow { (tmp, width) } else { (c_out, ldc_out) };
     if narrow && load {
         for r in 0..rows {
             std::ptr::copy_nonoverlapping(c_out.add(r * ldc_out), c.add(r * width), cols);
@@ -336,6 +379,15 @@ unsafe fn tile(
             }
         }
         #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            use micro::x86::tile_avx512 as t;
+            if strips == 2 {
+                with_rows!(t::<R, 2>(kc, a as *const f32, b0, b1, c, ldc, load))
+            } else {
+                with_rows!(t::<R, 1>(kc, a as *const f32, b0, b1, c, ldc, load))
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
             for s in 0..strips {
                 let b = if s == 0 { b0 } else { b1 };
@@ -356,5 +408,33 @@ unsafe fn tile(
         for r in 0..rows {
             std::ptr::copy_nonoverlapping(c.add(r * width), c_out.add(r * ldc_out), cols);
         }
+    }
+}
+
+/// The faster of two kernels on one tile of 8 rows x 32 columns over a k-block of pairs (as the
+/// blocked product runs them), each timed 24 times, interleaved, by its best time.
+pub(super) fn faster_of(x: Kernel, y: Kernel) -> Kernel {
+    let kp = KCP;
+    // bf16 values in [1, 2): no subnormals, nothing that could take a slow path. A is sized for
+    // the wide packing (two words per pair); read packed, half of it is used.
+    let a: Vec<u32> = (0..2 * kp * MR).map(|i| 0x3f80_3f80 + (i as u32 % 97) * 0x0001_0001).collect();
+    let b: Vec<u32> = (0..2 * kp * NR).map(|i| 0x3f80_3f80 + (i as u32 % 89) * 0x0001_0001).collect();
+    let mut c = vec![0f32; MR * 2 * NR];
+    let mut time = |k: Kernel| {
+        let t = std::time::Instant::now();
+        // SAFETY: a and b hold one strip of A (packed or wide) and two of B over kp pairs; c holds
+        // the tile.
+        unsafe { multiply(k, MR, 2 * NR, kp, &a, &b, c.as_mut_ptr(), 2 * NR, false) };
+        t.elapsed()
+    };
+    let (mut best_x, mut best_y) = (std::time::Duration::MAX, std::time::Duration::MAX);
+    for _ in 0..24 {
+        best_x = best_x.min(time(x));
+        best_y = best_y.min(time(y));
+    }
+    if best_y < best_x {
+        y
+    } else {
+        x
     }
 }

@@ -10,8 +10,8 @@
 //!
 //! which is `vdpbf16ps` as the Intel SDM defines it: two f32 FMAs rounded to nearest-even, the odd
 //! element of the pair first; denormal inputs read as zero, denormal results flushed to zero (of
-//! their sign), MXCSR ignored. [`dp_pair`] is that formula written out; the AVX2 kernel gets the
-//! same bits from ordinary FMAs with MXCSR's FTZ and DAZ set while it runs.
+//! their sign), MXCSR ignored. [`dp_pair`] is that formula written out; the AVX2 and AVX-512
+//! emulations get the same bits from ordinary FMAs with MXCSR's FTZ and DAZ set while they run.
 //!
 //! Packed operands hold bf16 pairs as u32 (element 2p in the low half, 2p+1 in the high half):
 //! A in strips of [`MR`] rows, `a[p * MR + r]`; B in strips of [`NR`] columns, `b[p * NR + j]`.
@@ -65,7 +65,7 @@ pub unsafe fn tile_scalar(kp: usize, a: *const u32, b: *const u32, c: *mut f32, 
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
-    //! The AVX2 emulation and the AVX512-BF16 hardware kernel.
+    //! The emulations in AVX2 and AVX-512F, and the AVX512-BF16 hardware kernel.
     use std::arch::x86_64::*;
 
     use super::{MR, NR};
@@ -124,6 +124,63 @@ pub mod x86 {
         }
         for (r, v) in acc.iter().enumerate() {
             _mm256_storeu_ps(c.add(r * ldc), *v);
+        }
+    }
+
+    /// `R` rows x `16 * S` columns through AVX-512F FMAs, the odd products first, then the even
+    /// ones: the emulation at full f32 FMA width, for CPUs whose `vdpbf16ps` runs at half the FMA
+    /// rate (an Intel Xeon with AVX512-BF16 was measured so; two FMAs per pair then beat one
+    /// `vdpbf16ps`). A comes packed wide (as f32, per pair the MR even elements then the MR odd
+    /// ones), so its broadcasts are memory
+    /// operands; B is split into its even and odd halves in registers. Exact only with MXCSR's FTZ
+    /// and DAZ set ([`FtzDaz`]): the caller sets them.
+    ///
+    /// # Safety
+    /// AVX512F; `a` holds `kp` wide pairs of a strip (`2 * kp * MR` f32), `b0` (and `b1`) `kp * NR`
+    /// pairs, `c` the tile.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile_avx512<const R: usize, const S: usize>(
+        kp: usize,
+        a: *const f32,
+        b0: *const u32,
+        b1: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    ) {
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut acc = [[_mm512_setzero_ps(); S]; R];
+        if load {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (s, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(c.add(r * ldc + s * NR));
+                }
+            }
+        }
+        let bs = [b0, b1];
+        for p in 0..kp {
+            let mut b_even = [_mm512_setzero_ps(); S];
+            let mut b_odd = [_mm512_setzero_ps(); S];
+            for s in 0..S {
+                let bv = _mm512_loadu_si512(bs[s].add(p * NR) as *const _);
+                b_even[s] = _mm512_castsi512_ps(_mm512_slli_epi32(bv, 16));
+                b_odd[s] = _mm512_castsi512_ps(_mm512_and_si512(bv, high));
+            }
+            let ap = a.add(p * MR * 2);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let a_even = _mm512_set1_ps(*ap.add(r));
+                let a_odd = _mm512_set1_ps(*ap.add(MR + r));
+                for (s, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_fmadd_ps(a_odd, b_odd[s], *v);
+                    *v = _mm512_fmadd_ps(a_even, b_even[s], *v);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (s, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(r * ldc + s * NR), *v);
+            }
         }
     }
 

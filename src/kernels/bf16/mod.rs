@@ -1,14 +1,14 @@
 //! bf16 products with f32 accumulation whose bits are the same on every CPU.
 //!
 //! - [`round`]: f32 -> bf16 rounding to nearest-even, as `vcvtne2ps2bf16` rounds.
-//! - [`micro`]: the microkernels: `vdpbf16ps` itself where the CPU has AVX512-BF16, an exact
-//!   emulation of it in AVX2/FMA elsewhere, and the scalar formula.
+//! - [`micro`]: the microkernels: `vdpbf16ps` itself where the CPU has AVX512-BF16, exact
+//!   emulations of it in AVX-512F and in AVX2/FMA, and the scalar formula.
 //! - [`gemm`]: the blocked product with packed operands, split over candle's thread pool.
 //! - [`ops`]: the candle ops the model's bf16 path runs (Linear layers with their backward).
 //!
-//! `THERMOFORMER_BF16_KERNEL` = `avx512bf16`, `avx2` or `scalar` forces a microkernel (an error
-//! where the CPU lacks it); unset or `auto` takes the fastest this CPU has. Every choice gives
-//! the same bits, only at a different speed.
+//! `THERMOFORMER_BF16_KERNEL` = `avx512bf16`, `avx512`, `avx2` or `scalar` forces a microkernel
+//! (an error where the CPU lacks it); unset or `auto` takes the fastest this CPU has. Every choice
+//! gives the same bits, only at a different speed.
 
 pub mod gemm;
 pub mod micro;
@@ -31,6 +31,8 @@ pub fn require(precision: crate::config::Precision) -> Result<(), crate::error::
 pub enum Kernel {
     /// `vdpbf16ps` (AVX512F + AVX512-BF16).
     Avx512Bf16,
+    /// The emulation: f32 FMAs in AVX-512F under MXCSR's flush-to-zero and denormals-are-zero.
+    Avx512,
     /// The emulation: f32 FMAs in AVX2 under MXCSR's flush-to-zero and denormals-are-zero.
     Avx2,
     /// The formula, one element at a time (any CPU).
@@ -38,13 +40,15 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// Every kernel, fastest first.
-    pub const ALL: [Kernel; 3] = [Kernel::Avx512Bf16, Kernel::Avx2, Kernel::Scalar];
+    /// Every kernel, in the order `auto` prefers them (the two AVX-512 kernels are timed against
+    /// each other where both run: see [`Kernel::best`]).
+    pub const ALL: [Kernel; 4] = [Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2, Kernel::Scalar];
 
     /// The name `THERMOFORMER_BF16_KERNEL` takes.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512Bf16 => "avx512bf16",
+            Kernel::Avx512 => "avx512",
             Kernel::Avx2 => "avx2",
             Kernel::Scalar => "scalar",
         }
@@ -56,6 +60,8 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Bf16 => std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16"),
             #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
             Kernel::Scalar => true,
             #[allow(unreachable_patterns)]
@@ -63,9 +69,30 @@ impl Kernel {
         }
     }
 
-    /// The fastest kernel this CPU has.
+    /// Whether it emulates `vdpbf16ps` with f32 FMAs (and so needs MXCSR's FTZ and DAZ).
+    pub fn emulated(self) -> bool {
+        matches!(self, Kernel::Avx512 | Kernel::Avx2)
+    }
+
+    /// Whether its tiles are 32 columns wide (two B strips), as the AVX-512 kernels' are.
+    pub fn avx512(self) -> bool {
+        matches!(self, Kernel::Avx512Bf16 | Kernel::Avx512)
+    }
+
+    /// The fastest kernel this CPU has. Where both AVX-512 kernels run, each is timed once per
+    /// process on one tile (about 0.1 ms in all) and the faster kept: `vdpbf16ps` retires at half
+    /// the FMA rate on some Intel Xeons (so two FMAs per pair win there) and at twice it on AMD's
+    /// Zen 4. Both give the same bits, so the choice only changes the speed.
     pub fn best() -> Kernel {
-        Kernel::ALL.into_iter().find(|k| k.available()).unwrap_or(Kernel::Scalar)
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let first = Kernel::ALL.into_iter().find(|k| k.available()).unwrap_or(Kernel::Scalar);
+            if first == Kernel::Avx512Bf16 && Kernel::Avx512.available() {
+                gemm::faster_of(Kernel::Avx512Bf16, Kernel::Avx512)
+            } else {
+                first
+            }
+        })
     }
 
     /// The kernel `name` names, if this CPU has it.
@@ -74,7 +101,7 @@ impl Kernel {
             "" | "auto" => Ok(Kernel::best()),
             _ => {
                 let k = Kernel::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
-                    format!("THERMOFORMER_BF16_KERNEL={name:?} names no bf16 kernel: use auto, avx512bf16, avx2 or scalar")
+                    format!("THERMOFORMER_BF16_KERNEL={name:?} names no bf16 kernel: use auto, avx512bf16, avx512, avx2 or scalar")
                 })?;
                 if !k.available() {
                     return Err(format!(
@@ -92,6 +119,7 @@ impl Kernel {
     pub fn describe(self) -> &'static str {
         match self {
             Kernel::Avx512Bf16 => "the AVX512-BF16 instruction vdpbf16ps",
+            Kernel::Avx512 => "AVX-512F",
             Kernel::Avx2 => "AVX2 and FMA",
             Kernel::Scalar => "nothing",
         }
