@@ -16,7 +16,9 @@ fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(9);
     thermoformer::pin_thread_count();
     println!("threads: {}", candle_core::utils::get_num_threads());
-    println!("auto picks: {}", Kernel::best().name());
+    // The packed-B column runs the process's kernel: THERMOFORMER_BF16_KERNEL, else auto's pick.
+    let kernel = Kernel::from_env().map_err(anyhow::Error::msg)?;
+    println!("packed B runs: {} (auto picks {})", kernel.name(), Kernel::best().name());
     println!("{:>18} {:>10} {:>12} {:>12} {:>12} {:>12}", "m x n x k", "f32", "avx512bf16", "avx512 (emu)", "avx2 (emu)", "packed B");
     for &(m, n, k) in &[(1024, 1024, 1024), (768, 384, 128), (768, 128, 512), (16384, 1536, 384), (1, 50304, 768)] {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
@@ -48,7 +50,7 @@ fn main() -> anyhow::Result<()> {
             cols.push(format!("{:.1}", flops / s / 1e9));
         }
         let packed = unsafe { PackedB::new(Src::f32_rows(&b, n), k, n) };
-        let s = time(&mut || unsafe { gemm::gemm_packed(Kernel::best(), m, Src::f32_rows(&a, k), &packed, c.as_mut_ptr(), n, true) });
+        let s = time(&mut || unsafe { gemm::gemm_packed(kernel, m, Src::f32_rows(&a, k), &packed, c.as_mut_ptr(), n, true) });
         println!("{:>18} {:>10.1} {:>12} {:>12} {:>12} {:>12.1}", format!("{m}x{n}x{k}"), flops / f32_s / 1e9, cols[0], cols[1], cols[2], flops / s / 1e9);
     }
     Ok(())

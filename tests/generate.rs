@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{Device, IndexOp, Tensor};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thermoformer::config::Positions;
 use thermoformer::physics::generate::{self, Generator, SampleOptions};
@@ -168,4 +168,41 @@ fn the_same_seed_gives_the_same_tokens() {
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
+}
+
+/// Plain temperature sampling, which sorts only as far down the vocabulary as the draw goes,
+/// draws what the sorted distribution draws on the same random number, consumes the same
+/// numbers, and reports that distribution's entropy: on rows with many tied logits (ties go to
+/// the lower id), masked tokens, and rows flat enough that the draw lands thousands deep.
+#[test]
+fn temperature_sampling_draws_as_the_sorted_distribution() {
+    let mut gen = ChaCha8Rng::seed_from_u64(5);
+    for case in 0..48 {
+        let n = [2, 7, 300, 5000][case % 4];
+        let spread = [0.05f32, 3.0, 30.0][case % 3];
+        // Quantised to quarters: many exact ties.
+        let mut logits: Vec<f32> = (0..n).map(|_| (gen.random_range(-1.0f32..1.0) * spread * 4.0).round() / 4.0).collect();
+        for l in logits.iter_mut() {
+            if gen.random_range(0..8) == 0 {
+                *l = f32::NEG_INFINITY; // a masked token (BOS, padding rows)
+            }
+        }
+        logits[0] = logits[0].max(0.0);
+        let opts = SampleOptions::with_temperature([0.5, 1.0, 2.0][(case / 4) % 3]);
+        let dist = generate::sampling_distribution(&logits, opts);
+        let want_entropy = thermoformer::physics::thermo::entropy(&dist.iter().map(|d| d.1).collect::<Vec<_>>());
+        let mut depths = Vec::new();
+        for seed in 0..24 {
+            let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(seed), ChaCha8Rng::seed_from_u64(seed));
+            let (id, entropy) = generate::sample_with_entropy(&logits, opts, &mut a);
+            let want = generate::draw(&dist, &mut b);
+            assert_eq!(id, want, "case {case} (n {n}, spread {spread}, {opts:?}), seed {seed}");
+            assert!((entropy - want_entropy).abs() <= 1e-9 * (1.0 + want_entropy), "case {case}: entropy {entropy} vs {want_entropy}");
+            assert_eq!(a.random::<u64>(), b.random::<u64>(), "case {case}: the same random numbers consumed");
+            depths.push(dist.iter().position(|d| d.0 == id).unwrap());
+        }
+        if n == 5000 && spread < 1.0 {
+            assert!(depths.iter().any(|&d| d > 1400), "case {case}: the flat row's draws reach past the first chunks: {depths:?}");
+        }
+    }
 }
