@@ -54,20 +54,18 @@ pub fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
-/// Fix the thread count candle uses, once, and shorten how long its idle workers spin. candle
-/// asks for the thread count on every tensor operation and, unless `RAYON_NUM_THREADS` is set,
-/// works it out afresh from /proc each time, which costs more than the operation itself for small
-/// tensors. Its barrier-pool workers spin 25,000 times before sleeping, and matmuls run on a
-/// second (rayon) pool, so on a 2-core machine a spinning worker takes a core from the matmul;
-/// this sets 1,000 spins (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, which a user may still set). The
-/// README's "Where the speed comes from" has the measurements. Call this at the start of
-/// `main`, before any other thread exists.
+/// Fix the thread count candle uses, once. candle asks for the thread count on every tensor
+/// operation and, unless `RAYON_NUM_THREADS` is set, works it out afresh from /proc each time,
+/// which costs more than the operation itself for small tensors. Its barrier-pool workers keep
+/// candle's own spin (25,000 `pause`s, about a millisecond, before they sleep): since every
+/// product runs on that pool ([`kernels::linear`]), a worker that sleeps between two ops costs a
+/// futex wake-up, and the longer spin made the small training step 8% and the default model's
+/// generation 30% faster than the 1,000 spins this once set (when matmuls ran on rayon's pool,
+/// where a spinning worker took a core from them). docs/performance.md has the measurements.
+/// Call this at the start of `main`, before any other thread exists.
 pub fn pin_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
     }
 }
