@@ -113,14 +113,31 @@ unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mu
         // Along each row: its pairs are adjacent bf16 values, read as one u32. Workers take
         // ranges of strips.
         let pack = |range: std::ops::Range<usize>| {
-            let mut row = vec![0u16; 2 * kp];
+            // A strip's rows, rounded, then written pair by pair: the strip is written front to
+            // back instead of a scattered slot per pair of each row.
+            let mut rows_of = vec![0u16; width * 2 * kp];
             for s in range {
                 let strip = strip_at(s);
-                for r in 0..width.min(rows - s * width) {
+                let w = width.min(rows - s * width);
+                for (r, row) in rows_of.chunks_exact_mut(2 * kp).take(w).enumerate() {
                     row[cols..].iter_mut().for_each(|x| *x = 0);
                     fetch(src, (s * width + r) * rs, cs, &mut row[..cols]);
+                }
+                let at = |r: usize, e: usize| rows_of[r * 2 * kp + e] as u32;
+                if wide {
                     for p in 0..kp {
-                        put(strip, p, r, row[2 * p], row[2 * p + 1]);
+                        let (even, odd) = (strip.add(2 * p * width), strip.add(2 * p * width + width));
+                        for r in 0..w {
+                            *even.add(r) = at(r, 2 * p) << 16;
+                            *odd.add(r) = at(r, 2 * p + 1) << 16;
+                        }
+                    }
+                } else {
+                    for p in 0..kp {
+                        let slot = strip.add(p * width);
+                        for r in 0..w {
+                            *slot.add(r) = at(r, 2 * p) | at(r, 2 * p + 1) << 16;
+                        }
                     }
                 }
             }
