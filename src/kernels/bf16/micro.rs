@@ -127,13 +127,37 @@ pub mod x86 {
         }
     }
 
+    /// An AVX-512 tile's accumulators: `R` rows x `S` vectors of 16 from `c` (row stride `ldc`)
+    /// when `load`, else zeros. Inlined into the kernels, whose features it then has.
+    #[inline(always)]
+    unsafe fn tile_in<const R: usize, const S: usize>(c: *const f32, ldc: usize, load: bool) -> [[__m512; S]; R] {
+        let mut acc = [[_mm512_setzero_ps(); S]; R];
+        if load {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (s, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(c.add(r * ldc + s * NR));
+                }
+            }
+        }
+        acc
+    }
+
+    /// Store an AVX-512 tile's accumulators to `c` (row stride `ldc`).
+    #[inline(always)]
+    unsafe fn tile_out<const R: usize, const S: usize>(acc: &[[__m512; S]; R], c: *mut f32, ldc: usize) {
+        for (r, row) in acc.iter().enumerate() {
+            for (s, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(r * ldc + s * NR), *v);
+            }
+        }
+    }
+
     /// `R` rows x `16 * S` columns through AVX-512F FMAs, the odd products first, then the even
     /// ones: the emulation at full f32 FMA width, for CPUs whose `vdpbf16ps` runs at half the FMA
     /// rate (an Intel Xeon with AVX512-BF16 was measured so; two FMAs per pair then beat one
     /// `vdpbf16ps`). A comes packed wide (as f32, per pair the MR even elements then the MR odd
-    /// ones), so its broadcasts are memory
-    /// operands; B is split into its even and odd halves in registers. Exact only with MXCSR's FTZ
-    /// and DAZ set ([`FtzDaz`]): the caller sets them.
+    /// ones), so its broadcasts are memory operands; B is split into its even and odd halves in
+    /// registers. Exact only with MXCSR's FTZ and DAZ set ([`FtzDaz`]): the caller sets them.
     ///
     /// # Safety
     /// AVX512F; `a` holds `kp` wide pairs of a strip (`2 * kp * MR` f32), `b0` (and `b1`) `kp * NR`
@@ -150,14 +174,7 @@ pub mod x86 {
         load: bool,
     ) {
         let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
-        let mut acc = [[_mm512_setzero_ps(); S]; R];
-        if load {
-            for (r, row) in acc.iter_mut().enumerate() {
-                for (s, v) in row.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(c.add(r * ldc + s * NR));
-                }
-            }
-        }
+        let mut acc = tile_in::<R, S>(c, ldc, load);
         let bs = [b0, b1];
         for p in 0..kp {
             let mut b_even = [_mm512_setzero_ps(); S];
@@ -177,11 +194,7 @@ pub mod x86 {
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (s, v) in row.iter().enumerate() {
-                _mm512_storeu_ps(c.add(r * ldc + s * NR), *v);
-            }
-        }
+        tile_out(&acc, c, ldc);
     }
 
     /// `R` rows x `16 * S` columns through `vdpbf16ps` (S = 1 or 2 strips: `b0`, and `b1` for S = 2).
@@ -199,14 +212,7 @@ pub mod x86 {
         ldc: usize,
         load: bool,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); S]; R];
-        if load {
-            for (r, row) in acc.iter_mut().enumerate() {
-                for (s, v) in row.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(c.add(r * ldc + s * NR));
-                }
-            }
-        }
+        let mut acc = tile_in::<R, S>(c, ldc, load);
         let bs = [b0, b1];
         for p in 0..kp {
             let mut bv = [_mm512_setzero_si512(); S];
@@ -221,10 +227,6 @@ pub mod x86 {
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (s, v) in row.iter().enumerate() {
-                _mm512_storeu_ps(c.add(r * ldc + s * NR), *v);
-            }
-        }
+        tile_out(&acc, c, ldc);
     }
 }
