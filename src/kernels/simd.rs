@@ -151,12 +151,29 @@ pub(crate) fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
             acc[l] += e;
         }
     }
+    // The last len % LANES values through one more vector pass (a short causal attention row is
+    // mostly its tail), then summed one by one as before: the same bits, since exp is the same
+    // IEEE operations in either form.
+    let rest = chunks.into_remainder();
+    let tail = exp_tail(rest, shift);
     let mut s = 0f32;
-    for v in chunks.into_remainder() {
-        *v = exp(*v - shift);
-        s += *v;
+    for (v, &e) in rest.iter_mut().zip(&tail) {
+        *v = e;
+        s += e;
     }
     acc.iter().sum::<f32>() + s
+}
+
+/// e^(x[i] - shift) for up to LANES values, computed on all LANES lanes (the unused ones on
+/// padding) so that the loop vectorises.
+#[inline(always)]
+fn exp_tail(x: &[f32], shift: f32) -> [f32; LANES] {
+    let mut pad = [shift; LANES];
+    pad[..x.len()].copy_from_slice(x);
+    for v in pad.iter_mut() {
+        *v = exp(*v - shift);
+    }
+    pad
 }
 
 /// Sum of e^(x[i] - shift), leaving x alone.
@@ -170,7 +187,7 @@ pub(crate) fn sum_exp_shifted(x: &[f32], shift: f32) -> f32 {
             acc[l] += exp(c[l] - shift);
         }
     }
-    acc.iter().sum::<f32>() + rest.iter().map(|&v| exp(v - shift)).sum::<f32>()
+    acc.iter().sum::<f32>() + exp_tail(rest, shift)[..rest.len()].iter().sum::<f32>()
 }
 
 dispatch! {
