@@ -234,7 +234,7 @@ pub unsafe fn gemm(kernel: Kernel, m: usize, n: usize, k: usize, a: Src, b: Src,
         let mut s = s.borrow_mut();
         let (pa, pb) = &mut *s;
         pack_strips(b.t(), n, k, NR, pb, parallel, false);
-        pack_strips(a, m, k, MR, pa, parallel, kernel == Kernel::Avx512);
+        pack_strips(a, m, k, MR, pa, parallel, kernel.wide_a());
         multiply(kernel, m, n, k.div_ceil(2), pa, pb, c, ldc, parallel);
     })
 }
@@ -248,7 +248,7 @@ pub unsafe fn gemm_packed(kernel: Kernel, m: usize, a: Src, b: &PackedB, c: *mut
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let pa = &mut s.0;
-        pack_strips(a, m, b.k, MR, pa, parallel, kernel == Kernel::Avx512);
+        pack_strips(a, m, b.k, MR, pa, parallel, kernel.wide_a());
         multiply(kernel, m, b.n, b.k.div_ceil(2), pa, &b.data, c, ldc, parallel);
     })
 }
@@ -307,7 +307,7 @@ unsafe fn block(
     let _env = kernel.emulated().then(micro::x86::FtzDaz::set);
     let step = if kernel.avx512() { 2 } else { 1 };
     // u32 words per pair of a row of A: 2 where packed wide for the AVX-512 emulation.
-    let a_words = if kernel == Kernel::Avx512 { 2 } else { 1 };
+    let a_words = if kernel.wide_a() { 2 } else { 1 };
     // One strip of A (a few rows: KV-cached generation) reuses no B across strips, so each B
     // strip is read once, front to back, in one pass over k: a stream the prefetcher follows,
     // where k-blocks would hop between strips. The bits are the same either way (C carries the

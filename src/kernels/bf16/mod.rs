@@ -74,6 +74,11 @@ impl Kernel {
         matches!(self, Kernel::Avx512 | Kernel::Avx2)
     }
 
+    /// Whether it reads A packed wide, each bf16 pair as two f32 ([`gemm`]'s packing).
+    pub fn wide_a(self) -> bool {
+        self == Kernel::Avx512
+    }
+
     /// Whether its tiles are 32 columns wide (two B strips), as the AVX-512 kernels' are.
     pub fn avx512(self) -> bool {
         matches!(self, Kernel::Avx512Bf16 | Kernel::Avx512)
