@@ -291,3 +291,46 @@ fn fused_rms_norm_and_silu_mul_match_composed() {
     let d = rel_diff(gf.get(&h).unwrap(), gc.get(&h).unwrap());
     assert!(d < 1e-5, "silu_mul gradient differs by {d}");
 }
+
+#[test]
+#[allow(clippy::needless_range_loop)] // the definition, index by index
+fn cached_attention_matches_the_definition_on_strided_grouped_caches() {
+    // Queries (B, H, Tq, D) over keys and values (B, K, Tk, D) that are views of larger buffers
+    // (a cache holding more positions than are filled: strided along T), with H = 6 query heads
+    // on K = 2 key/value heads (query head h reads key head h / 3), Tk not a multiple of 4 or
+    // 16, D not a multiple of 16, and a different factor per head. The reference is the
+    // definition in f64, head by head.
+    let (b, h, kv, tq, tk, d, cap) = (2, 6, 2, 1, 23, 20, 40);
+    let q = randn(&[b, h, tq, d], 1.0, 1);
+    let kbuf = randn(&[b, kv, cap, d], 1.0, 2);
+    let vbuf = randn(&[b, kv, cap, d], 1.0, 3);
+    let (k, v) = (kbuf.narrow(2, 0, tk).unwrap(), vbuf.narrow(2, 0, tk).unwrap());
+    assert!(!k.is_contiguous());
+    let scale = Tensor::new(&[0.3f32, 0.5, 0.9, 1.4, 0.2, 2.0], &Device::Cpu).unwrap();
+    let got = kernels::decode::cached_attention(&q, &k, &v, &scale).unwrap();
+    assert_eq!(got.dims(), &[b, h, tq, d]);
+    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (kv4, vv) = (k.to_dtype(DType::F64).unwrap(), v.to_dtype(DType::F64).unwrap());
+    let q4: Vec<Vec<Vec<Vec<f32>>>> = (0..b).map(|i| q.get(i).unwrap().to_vec3::<f32>().unwrap()).collect();
+    let k4: Vec<Vec<Vec<Vec<f64>>>> = (0..b).map(|i| kv4.get(i).unwrap().to_vec3::<f64>().unwrap()).collect();
+    let v4: Vec<Vec<Vec<Vec<f64>>>> = (0..b).map(|i| vv.get(i).unwrap().to_vec3::<f64>().unwrap()).collect();
+    let sc = scale.to_vec1::<f32>().unwrap();
+    let mut worst = 0f64;
+    for bi in 0..b {
+        for hi in 0..h {
+            let g = hi / (h / kv);
+            let s: Vec<f64> = (0..tk).map(|j| (0..d).map(|x| sc[hi] as f64 * q4[bi][hi][0][x] as f64 * k4[bi][g][j][x]).sum()).collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for x in 0..d {
+                let want: f64 = (0..tk).map(|j| (s[j] - m).exp() / z * v4[bi][g][j][x]).sum();
+                let at = ((bi * h + hi) * tq) * d + x;
+                worst = worst.max((got[at] as f64 - want).abs());
+            }
+        }
+    }
+    assert!(worst < 1e-5, "cached attention differs from the definition by {worst}");
+    // Shapes that do not fit are refused, not read out of bounds.
+    assert!(kernels::decode::cached_attention(&q, &k.narrow(3, 0, d - 1).unwrap(), &v, &scale).is_err());
+    assert!(kernels::decode::cached_attention(&q, &k, &v, &scale.narrow(0, 0, 5).unwrap()).is_err());
+}

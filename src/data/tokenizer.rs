@@ -379,6 +379,36 @@ impl Tok {
     }
 }
 
+/// `tokenizer.json` parsed by the `tokenizers` crate, whose version 0.22 panics on some malformed
+/// files (a `decoder` it cannot read meets an `expect`; found by fuzzing, saved in
+/// `tests/fixtures/fuzz/tokenizer/`). A file from a stranger must give an error, not a crash, so
+/// the parse runs under `catch_unwind`, with the panic's message kept off stderr on this thread.
+pub(crate) fn parse_without_panics(json: &str) -> Result<Tokenizer> {
+    use std::cell::{Cell, RefCell};
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+        static MESSAGE: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(Cell::get) {
+                MESSAGE.with(|m| *m.borrow_mut() = info.payload_as_str().unwrap_or("a panic").to_string());
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let parsed = std::panic::catch_unwind(|| json.parse::<Tokenizer>());
+    QUIET.with(|q| q.set(false));
+    match parsed {
+        Ok(result) => result.map_err(|e| anyhow!("{e}")),
+        Err(_) => Err(anyhow!("the tokenizers library could not read it ({})", MESSAGE.with(|m| m.borrow().clone()))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,35 +451,5 @@ mod tests {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt")).unwrap();
         let general = tok.inner.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
         assert_eq!(tok.encode(&text).unwrap(), general);
-    }
-}
-
-/// `tokenizer.json` parsed by the `tokenizers` crate, whose version 0.22 panics on some malformed
-/// files (a `decoder` it cannot read meets an `expect`; found by fuzzing, saved in
-/// `tests/fixtures/fuzz/tokenizer/`). A file from a stranger must give an error, not a crash, so
-/// the parse runs under `catch_unwind`, with the panic's message kept off stderr on this thread.
-pub(crate) fn parse_without_panics(json: &str) -> Result<Tokenizer> {
-    use std::cell::{Cell, RefCell};
-    thread_local! {
-        static QUIET: Cell<bool> = const { Cell::new(false) };
-        static MESSAGE: RefCell<String> = const { RefCell::new(String::new()) };
-    }
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if QUIET.with(Cell::get) {
-                MESSAGE.with(|m| *m.borrow_mut() = info.payload_as_str().unwrap_or("a panic").to_string());
-            } else {
-                previous(info);
-            }
-        }));
-    });
-    QUIET.with(|q| q.set(true));
-    let parsed = std::panic::catch_unwind(|| json.parse::<Tokenizer>());
-    QUIET.with(|q| q.set(false));
-    match parsed {
-        Ok(result) => result.map_err(|e| anyhow!("{e}")),
-        Err(_) => Err(anyhow!("the tokenizers library could not read it ({})", MESSAGE.with(|m| m.borrow().clone()))),
     }
 }

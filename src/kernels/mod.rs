@@ -12,6 +12,7 @@
 //! - [`cross_entropy`]: label-smoothed cross-entropy straight from the logits.
 //! - [`adamw`]: the optimizer step in one pass per parameter, moments updated in place.
 //! - [`linear`]: the Linear layer's product and both backward products on candle's pool.
+//! - [`decode`]: forward-only attention of new queries over a key/value cache, for generation.
 //! - [`matvec`]: forward-only products of a few rows with a weight matrix, for generation.
 //! - [`rope`]: rotary phases on the q and k thirds of the fused projection, forward and backward
 //!   (the inverse rotation) in one pass each.
@@ -24,6 +25,7 @@ pub mod adamw;
 pub mod attention;
 pub mod bf16;
 pub mod cross_entropy;
+pub mod decode;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

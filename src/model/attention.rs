@@ -406,6 +406,9 @@ impl Attention {
     /// cached path runs, where the keys are the whole cache and a copy per token would cost more
     /// than the token's products.
     fn grouped_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        if mask.is_none() && self.kernels.fused_for(q) {
+            return kernels::decode::cached_attention(q, k, v, &self.query_scale()?);
+        }
         let group = self.n_head / self.n_kv_head;
         if group == 1 {
             return scaled_attention(q, k, v, &self.query_scale()?, mask);
