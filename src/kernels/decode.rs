@@ -48,10 +48,14 @@ fn strided<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize, [usiz
 }
 
 simd::dispatch! {
-    /// `y += a * x`, element by element (a multiply then an add: the same bits on every CPU).
-    fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y += a * x;
+    /// `y = sum_j a[j] v[j * stride..][..y.len()]`, j in order, each term a multiply then an add
+    /// (the same bits on every CPU).
+    fn weighted_rows(y: &mut [f32], a: &[f32], v: &[f32], stride: usize) {
+        let d = y.len();
+        for (j, &w) in a.iter().enumerate() {
+            for (y, &x) in y.iter_mut().zip(&v[j * stride..j * stride + d]) {
+                *y += w * x;
+            }
         }
     }
 }
@@ -92,9 +96,7 @@ impl CustomOp3 for CachedAttention {
                 simd::softmax_row(&mut a, tk);
                 // SAFETY: each (b, h) writes only its own rows of y.
                 let dst = unsafe { out.slice(row, d) };
-                for (j, &w) in a.iter().enumerate() {
-                    axpy(dst, w, &v[vb + j * vs[2]..vb + j * vs[2] + d]);
-                }
+                weighted_rows(dst, &a, &v[vb..vb + (tk - 1) * vs[2] + d], vs[2]);
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))

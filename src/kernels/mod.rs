@@ -144,6 +144,29 @@ fn parallel_for_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(n, f);
 }
 
+/// `f(i)` for every i in 0..n, computed on candle's CPU thread pool: each value is the same
+/// whichever thread computes it. For long vectors of independent values, such as the
+/// Boltzmann weights of a 50,257-token vocabulary that each sampled token needs.
+pub fn par_map_f64(n: usize, f: impl Fn(usize) -> f64 + Sync) -> Vec<f64> {
+    /// Below this many values one thread is faster than a hand-off.
+    const SERIAL: usize = 4096;
+    if n < SERIAL {
+        return (0..n).map(f).collect();
+    }
+    struct Out(*mut f64);
+    // SAFETY: the workers write disjoint ranges of one buffer that outlives them.
+    unsafe impl Sync for Out {}
+    let mut out = vec![0f64; n];
+    let dst = &Out(out.as_mut_ptr());
+    parallel_for_ranges(n, |range| {
+        for i in range {
+            // SAFETY: i < n, and each i belongs to one range only.
+            unsafe { *dst.0.add(i) = f(i) };
+        }
+    });
+    out
+}
+
 /// `dst (m, n) = lhs (m, k) . rhs (k, n)` for f32 matrices given by row and column strides, on
 /// the calling thread.
 ///

@@ -111,7 +111,7 @@ pub fn sample_with_entropy(logits: &[f32], opts: SampleOptions, rng: &mut ChaCha
         return (draw(&dist, rng), entropy);
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let weights: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / opts.temperature).exp()).collect();
+    let weights = crate::kernels::par_map_f64(logits.len(), |i| ((logits[i] as f64 - max) / opts.temperature).exp());
     let total: f64 = weights.iter().sum();
     // The support, as `sampling_distribution` keeps it: tokens of nonzero probability.
     let mut support: Vec<u32> = (0..logits.len() as u32).filter(|&i| weights[i as usize] / total > 0.0).collect();
@@ -294,7 +294,7 @@ impl<'a> Generator<'a> {
 /// -ln softmax(logits)[id].
 fn energy_of(logits: &[f32], id: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max + crate::kernels::par_map_f64(logits.len(), |i| (logits[i] as f64 - max).exp()).iter().sum::<f64>().ln();
     lse - logits[id] as f64
 }
 
