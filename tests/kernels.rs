@@ -330,7 +330,27 @@ fn cached_attention_matches_the_definition_on_strided_grouped_caches() {
         }
     }
     assert!(worst < 1e-5, "cached attention differs from the definition by {worst}");
+    // The same keys and values laid out with positions innermost (unit stride along T, not D):
+    // copied into rows first, they give the same bits.
+    let cols = |x: &Tensor| x.transpose(2, 3).unwrap().contiguous().unwrap().transpose(2, 3).unwrap();
+    assert_ne!(cols(&k).stride()[3], 1);
+    let again = kernels::decode::cached_attention(&q, &cols(&k), &cols(&v), &scale).unwrap();
+    assert_eq!(again.flatten_all().unwrap().to_vec1::<f32>().unwrap(), got, "another layout, other numbers");
     // Shapes that do not fit are refused, not read out of bounds.
     assert!(kernels::decode::cached_attention(&q, &k.narrow(3, 0, d - 1).unwrap(), &v, &scale).is_err());
     assert!(kernels::decode::cached_attention(&q, &k, &v, &scale.narrow(0, 0, 5).unwrap()).is_err());
+}
+
+#[test]
+fn par_map_f64_puts_each_value_at_its_index() {
+    // Long enough for the pool (the short path is a plain map), and not a multiple of the
+    // thread count.
+    for n in [5, 10_007] {
+        let f = |i: usize| (i as f64 * 0.37).sin() + i as f64;
+        let got = kernels::par_map_f64(n, f);
+        assert_eq!(got.len(), n);
+        for (i, v) in got.iter().enumerate() {
+            assert_eq!(v.to_bits(), f(i).to_bits(), "index {i}");
+        }
+    }
 }

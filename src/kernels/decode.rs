@@ -8,7 +8,7 @@
 //! which is [`crate::model`]'s composed attention without its mask. The composition costs four
 //! candle ops and two general matmuls per layer and token (each packs its operands and hands the
 //! work to another pool) for a few microseconds of arithmetic; here one op runs every head on
-//! candle's pool, reading the cache's keys and values where they lie, strided along positions.
+//! candle's pool, reading the cache's keys and values where they lie (a view of a longer buffer).
 //! The dot products, the softmax and the weighted sum keep a fixed order (lane-split sums, no
 //! fused multiply-adds), so every CPU gives the same bits.
 
@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::{matvec, parallel_for, simd, SendPtr};
 
-/// `q` `(B, H, Tq, D)` over cached `k`, `v` `(B, K, Tk, D)` (any strides, unit along D) with
+/// `q` `(B, H, Tq, D)` over cached `k`, `v` `(B, K, Tk, D)` (any layout; a cache's view is read in place) with
 /// per-head factors `scale` `(H,)` -> `(B, H, Tq, D)`; every query sees every key.
 pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: &Tensor) -> Result<Tensor> {
     let (b, h, _, d) = q.dims4()?;
@@ -26,34 +26,32 @@ pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: &Tensor) -> R
         candle_core::bail!("cached_attention: q {:?}, k {:?}, v {:?} and scale {:?} do not fit", q.shape(), k.shape(), v.shape(), scale.shape())
     }
     let scale = scale.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-    q.contiguous()?.apply_op3_no_bwd(k, v, &CachedAttention { scale })
+    // The op reads each head's positions as one block of rows; a cache's view along T is one
+    // already, anything else is copied into that layout first.
+    let rows = |t: &Tensor| if t.stride()[2..] == [d, 1] { Ok(t.clone()) } else { t.contiguous() };
+    q.contiguous()?.apply_op3_no_bwd(&rows(k)?, &rows(v)?, &CachedAttention { scale })
 }
 
 struct CachedAttention {
     scale: Vec<f32>,
 }
 
-/// The f32 buffer and start offset of a strided CPU tensor whose last dimension has unit stride,
-/// with its strides over the first three dimensions.
-fn strided<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize, [usize; 3])> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("cached_attention: expects f32 keys and values"),
-    };
+/// The f32 buffer of keys or values `(B, K, T, D)` whose rows along T are consecutive, its start
+/// offset, and its strides over B and K.
+fn head_blocks<'a>(s: &'a CpuStorage, l: &Layout, d: usize) -> Result<(&'a [f32], usize, [usize; 2])> {
     let st = l.stride();
-    if st.len() != 4 || st[3] != 1 {
-        candle_core::bail!("cached_attention: expects unit stride along D, got strides {st:?}");
+    if st.len() != 4 || st[2] != d || st[3] != 1 {
+        candle_core::bail!("cached_attention: expects rows of {d} consecutive values along T, got strides {st:?}");
     }
-    Ok((data, l.start_offset(), [st[0], st[1], st[2]]))
+    Ok((super::f32_data(s, "cached_attention")?, l.start_offset(), [st[0], st[1]]))
 }
 
 simd::dispatch! {
-    /// `y = sum_j a[j] v[j * stride..][..y.len()]`, j in order, each term a multiply then an add
-    /// (the same bits on every CPU).
-    fn weighted_rows(y: &mut [f32], a: &[f32], v: &[f32], stride: usize) {
-        let d = y.len();
-        for (j, &w) in a.iter().enumerate() {
-            for (y, &x) in y.iter_mut().zip(&v[j * stride..j * stride + d]) {
+    /// `y = sum_j a[j] v_j` over the rows `v_j` of `v` (each `y.len()` long), j in order, each term
+    /// a multiply then an add (the same bits on every CPU).
+    fn weighted_rows(y: &mut [f32], a: &[f32], v: &[f32]) {
+        for (&w, row) in a.iter().zip(v.chunks_exact(y.len())) {
+            for (y, &x) in y.iter_mut().zip(row) {
                 *y += w * x;
             }
         }
@@ -67,9 +65,9 @@ impl CustomOp3 for CachedAttention {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let q = super::f32_slice(s1, l1, self.name())?;
-        let (k, k0, ks) = strided(s2, l2)?;
-        let (v, v0, vs) = strided(s3, l3)?;
         let (b, h, tq, d) = l1.shape().dims4()?;
+        let (k, k0, ks) = head_blocks(s2, l2, d)?;
+        let (v, v0, vs) = head_blocks(s3, l3, d)?;
         let (_, kv, tk, _) = l2.shape().dims4()?;
         let group = h / kv;
         let mut y = vec![0f32; b * h * tq * d];
@@ -84,19 +82,13 @@ impl CustomOp3 for CachedAttention {
                 for (dst, &x) in qs.iter_mut().zip(&q[row..row + d]) {
                     *dst = self.scale[hi] * x;
                 }
-                // beta_h s_j = q' . k_j: the head's keys are one block of rows when they are
-                // consecutive in the cache, which the four-rows-at-a-time product reads in one pass.
-                if ks[2] == d {
-                    matvec::rows_dot(&qs, &k[kb..kb + tk * d], &mut a);
-                } else {
-                    for (j, s) in a.iter_mut().enumerate() {
-                        *s = simd::dot(&qs, &k[kb + j * ks[2]..kb + j * ks[2] + d]);
-                    }
-                }
+                // beta_h s_j = q' . k_j: the head's keys are one block of rows, which the
+                // four-rows-at-a-time product reads in one pass.
+                matvec::rows_dot(&qs, &k[kb..kb + tk * d], &mut a);
                 simd::softmax_row(&mut a, tk);
                 // SAFETY: each (b, h) writes only its own rows of y.
                 let dst = unsafe { out.slice(row, d) };
-                weighted_rows(dst, &a, &v[vb..vb + (tk - 1) * vs[2] + d], vs[2]);
+                weighted_rows(dst, &a, &v[vb..vb + tk * d]);
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))

@@ -83,12 +83,17 @@ impl Kernels {
     }
 }
 
+/// The whole f32 buffer of a CPU storage, or an error naming the op.
+fn f32_data<'a>(s: &'a CpuStorage, op: &str) -> Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(v) => Ok(v.as_slice()),
+        _ => candle_core::bail!("{op}: expects f32, got {:?}", s.dtype()),
+    }
+}
+
 /// The f32 slice a contiguous CPU tensor's storage holds, or an error naming the op.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{op}: expects f32, got {:?}", s.dtype()),
-    };
+    let data = f32_data(s, op)?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: expects a contiguous tensor"),
@@ -96,17 +101,23 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
 }
 
 /// A raw pointer that parallel workers write through, each into its own disjoint part.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+struct SendPtr<T = f32>(*mut T);
+// Manual impls: a derive would ask T: Clone, which a pointer's copy does not need.
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
-impl SendPtr {
-    fn new(v: &mut [f32]) -> Self {
+impl<T> SendPtr<T> {
+    fn new(v: &mut [T]) -> Self {
         SendPtr(v.as_mut_ptr())
     }
 
-    fn get(&self) -> *mut f32 {
+    fn get(&self) -> *mut T {
         self.0
     }
 
@@ -115,7 +126,7 @@ impl SendPtr {
     // The mutable slice comes from the raw pointer, not from `&self`: each worker takes its own
     // disjoint range, which is what the caller promises.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
@@ -153,15 +164,13 @@ pub fn par_map_f64(n: usize, f: impl Fn(usize) -> f64 + Sync) -> Vec<f64> {
     if n < SERIAL {
         return (0..n).map(f).collect();
     }
-    struct Out(*mut f64);
-    // SAFETY: the workers write disjoint ranges of one buffer that outlives them.
-    unsafe impl Sync for Out {}
     let mut out = vec![0f64; n];
-    let dst = &Out(out.as_mut_ptr());
+    let dst = SendPtr::new(&mut out);
     parallel_for_ranges(n, |range| {
-        for i in range {
-            // SAFETY: i < n, and each i belongs to one range only.
-            unsafe { *dst.0.add(i) = f(i) };
+        // SAFETY: the ranges are disjoint and inside 0..n.
+        let part = unsafe { dst.slice(range.start, range.len()) };
+        for (v, i) in part.iter_mut().zip(range) {
+            *v = f(i);
         }
     });
     out

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 
 use super::micro::{self, MR, NR};
 use super::Kernel;
+use crate::kernels::SendPtr;
 
 /// Pairs of k per block: the A and B strips of one block stay in L1/L2 while a tile runs.
 const KCP: usize = 192;
@@ -97,9 +98,9 @@ unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mu
     let (rs, cs) = match src {
         Src::F32 { rs, cs, .. } | Src::Bf16 { rs, cs, .. } => (rs, cs),
     };
-    let dst = Out(out.as_mut_ptr() as *mut f32);
+    let dst = SendPtr::new(out);
     // SAFETY (both branches): each (strip, pair) is written by one worker only, inside `out`.
-    let strip_at = |s: usize| (dst.get() as *mut u32).add(s * strip_len);
+    let strip_at = |s: usize| dst.get().add(s * strip_len);
     let large = parallel && rows * cols >= PARALLEL_PACK;
     if !rows.is_multiple_of(width) {
         let last = strip_at(strips - 1);
@@ -253,18 +254,6 @@ pub unsafe fn gemm_packed(kernel: Kernel, m: usize, a: Src, b: &PackedB, c: *mut
     })
 }
 
-/// A raw output pointer shared by the workers, each writing its own tiles.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Multiply packed strips, split over the pool by blocks of columns (or rows when there are few
 /// columns).
 #[allow(clippy::too_many_arguments)]
@@ -274,9 +263,9 @@ unsafe fn multiply(kernel: Kernel, m: usize, n: usize, kp: usize, pa: &[u32], pb
         return;
     }
     let threads = candle_core::utils::get_num_threads();
-    let out = Out(c);
+    let out = SendPtr(c); // each worker writes its own tiles
     if !parallel || threads < 2 || m * n * kp * 2 < PARALLEL_MACS {
-        return block(kernel, m, n, kp, pa, pb, out.0, ldc, 0..ms, 0..ns);
+        return block(kernel, m, n, kp, pa, pb, c, ldc, 0..ms, 0..ns);
     }
     // Units of two B strips (the AVX-512 tile's width), or of A strips when columns are few.
     let col_units = ns.div_ceil(2);
