@@ -201,6 +201,32 @@ fn fused_cross_entropy_rejects_targets_outside_the_vocabulary() {
 
 
 #[test]
+fn fused_mlp_gives_the_bits_of_its_two_products_and_gelu() {
+    // The one-op MLP against the same computation as three ops (linear, GELU, linear), each
+    // with candle's backward between them: forward values and all three gradients equal bit for
+    // bit. Shapes: rows enough for several blocks of rows, an odd width, a row count that leaves
+    // a short last block; and few rows with a wide hidden layer, which the product splits by
+    // columns; both GELUs.
+    for (rows, c, f, c_out, tanh) in [(203, 37, 150, 37, false), (203, 37, 150, 37, true), (3, 512, 2048, 40, false)] {
+        let x = candle_core::Var::from_tensor(&randn(&[1, rows, c], 1.0, 1)).unwrap();
+        let w_fc = candle_core::Var::from_tensor(&randn(&[f, c], 0.3, 2)).unwrap();
+        let w_proj = candle_core::Var::from_tensor(&randn(&[c_out, f], 0.3, 3)).unwrap();
+        let dy = randn(&[1, rows, c_out], 1.0, 4);
+        let fused = kernels::mlp::gelu_mlp(&x, &w_fc, &w_proj, tanh).unwrap();
+        let h = kernels::linear::linear(&x, &w_fc).unwrap();
+        let g = if tanh { kernels::gelu::gelu_tanh(&h) } else { kernels::gelu::gelu(&h) }.unwrap();
+        let ops = kernels::linear::linear(&g, &w_proj).unwrap();
+        let what = format!("{rows} x {c} -> {f} -> {c_out}, tanh {tanh}");
+        assert_eq!(common::flat(&fused), common::flat(&ops), "{what}: forward");
+        let (gf, go) = ((fused * &dy).unwrap().sum_all().unwrap().backward().unwrap(), (ops * &dy).unwrap().sum_all().unwrap().backward().unwrap());
+        for (name, v) in [("x", &x), ("w_fc", &w_fc), ("w_proj", &w_proj)] {
+            let (a, b) = (gf.get(v.as_tensor()).unwrap(), go.get(v.as_tensor()).unwrap());
+            assert_eq!(common::flat(a), common::flat(b), "{what}: d {name}");
+        }
+    }
+}
+
+#[test]
 fn matvec_matches_matmul() {
     // Feature counts that leave remainders of 4 rows and of 64-feature work items, and widths
     // that leave remainders of 16 lanes.

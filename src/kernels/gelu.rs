@@ -96,6 +96,33 @@ fn map_chunks(n: usize, out: &mut [f32], f: impl Fn(std::ops::Range<usize>, &mut
     });
 }
 
+/// The GELU (exact, or with `tanh` GPT-2's approximation) of every value of `x`, in parallel.
+pub(crate) fn forward_all(x: &[f32], tanh: bool) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    map_chunks(x.len(), &mut y, |r, dst| forward_slice(&x[r], dst, tanh));
+    y
+}
+
+/// `y = GELU(x)` on the calling thread.
+pub(crate) fn forward_slice(x: &[f32], y: &mut [f32], tanh: bool) {
+    if tanh {
+        forward_tanh_chunk(x, y)
+    } else {
+        forward_chunk(x, y)
+    }
+}
+
+/// dx = dy GELU'(x), elementwise, in parallel.
+pub(crate) fn backward_all(x: &[f32], dy: &[f32], tanh: bool) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    if tanh {
+        map_chunks(x.len(), &mut dx, |r, dst| backward_tanh_chunk(&x[r.clone()], &dy[r], dst));
+    } else {
+        map_chunks(x.len(), &mut dx, |r, dst| backward_chunk(&x[r.clone()], &dy[r], dst));
+    }
+    dx
+}
+
 /// The exact GELU, or with `tanh` GPT-2's approximation.
 struct Gelu {
     tanh: bool,
@@ -112,13 +139,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        if self.tanh {
-            map_chunks(x.len(), &mut y, |r, dst| forward_tanh_chunk(&x[r], dst));
-        } else {
-            map_chunks(x.len(), &mut y, |r, dst| forward_chunk(&x[r], dst));
-        }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(forward_all(x, self.tanh)), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -139,13 +160,7 @@ impl CustomOp2 for GeluBackward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
-        let mut dx = vec![0f32; x.len()];
-        if self.tanh {
-            map_chunks(x.len(), &mut dx, |r, dst| backward_tanh_chunk(&x[r.clone()], &dy[r], dst));
-        } else {
-            map_chunks(x.len(), &mut dx, |r, dst| backward_chunk(&x[r.clone()], &dy[r], dst));
-        }
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((CpuStorage::F32(backward_all(x, dy, self.tanh)), l1.shape().clone()))
     }
 }
 

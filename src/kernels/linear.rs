@@ -19,7 +19,7 @@ use super::{f32_slice, matmul, parallel_for_ranges, written, SendPtr};
 
 /// Rows (or columns) per block of work out of `m`: about a quarter of them, a multiple of 32 from
 /// 32 to 512. It depends on the shape only, never on the thread count.
-fn block_rows(m: usize) -> usize {
+pub(crate) fn block_rows(m: usize) -> usize {
     (m / 4).div_ceil(32).clamp(1, 16) * 32
 }
 
@@ -67,7 +67,7 @@ fn rounded<'a>(cell: &'a OnceLock<Vec<u16>>, w: &[f32]) -> &'a [u16] {
 
 impl Arith {
     /// `y (m, n) = x (m, k) . w (n, k)^T`.
-    fn forward(&self, m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+    pub(crate) fn forward(&self, m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
         match self {
             // SAFETY: x (m, k) and w (n, k) row-major; w read transposed.
             Arith::F32 => unsafe { product(m, n, k, (x.as_ptr(), k, 1), (w.as_ptr(), 1, k)) },
@@ -89,7 +89,7 @@ impl Arith {
     }
 
     /// `dx (m, k) = dy (m, n) . w (n, k)`.
-    fn input_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    pub(crate) fn input_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
         match self {
             // SAFETY: dy (m, n), w (n, k), both row-major.
             Arith::F32 => unsafe { product(m, k, n, (dy.as_ptr(), n, 1), (w.as_ptr(), k, 1)) },
@@ -103,7 +103,7 @@ impl Arith {
     }
 
     /// `dw (n, k) = dy (m, n)^T . x (m, k)`.
-    fn weight_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], x: &[f32]) -> Vec<f32> {
+    pub(crate) fn weight_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], x: &[f32]) -> Vec<f32> {
         match self {
             // SAFETY: dy (m, n) read transposed, x (m, k) row-major.
             Arith::F32 => unsafe { product(n, k, m, (dy.as_ptr(), 1, n), (x.as_ptr(), k, 1)) },
@@ -151,13 +151,18 @@ unsafe fn product(m: usize, n: usize, k: usize, a: (*const f32, usize, usize), b
     written(m * n, |dst| unsafe { fill(m, n, k, dst, a, b) })
 }
 
+/// Whether [`product`] splits an (m, n) output over k by blocks of [`block_rows`] rows, rather than
+/// of columns. Columns only where the other operand is large (a GPT-2 LM head's 50257 x 768): at
+/// small shapes rows balance better.
+pub(crate) fn by_rows(m: usize, n: usize, k: usize) -> bool {
+    m >= n || k * n < 1 << 20
+}
+
 /// [`product`] into `dst`.
 unsafe fn fill(m: usize, n: usize, k: usize, dst: *mut f32, a: (*const f32, usize, usize), b: (*const f32, usize, usize)) {
     let out = SendPtr(dst);
     let (a_ptr, b_ptr) = (a.0 as usize, b.0 as usize); // plain addresses, shared read-only by the workers
-    // Columns only where the other operand is large (a GPT-2 LM head's 50257 x 768): at small
-    // shapes rows balance better.
-    let by_rows = m >= n || k * n < 1 << 20;
+    let by_rows = by_rows(m, n, k);
     let (len, per) = if by_rows { (m, block_rows(m)) } else { (n, block_rows(n)) };
     parallel_for_ranges(len.div_ceil(per), |blocks| {
         for blk in blocks {

@@ -17,6 +17,8 @@
 //! - [`rope`]: rotary phases on the q and k thirds of the fused projection, forward and backward
 //!   (the inverse rotation) in one pass each.
 //! - [`gelu`]: exact (erf) GELU with a vectorised erf, forward and backward in one pass each.
+//! - [`mlp`]: the bias-free GELU MLP (two products and the GELU) as one op, its hidden tensors
+//!   kept inside it rather than in candle's graph.
 //!
 //! Work is spread over candle's own CPU thread pool, so the kernels and candle's matmuls never
 //! compete for the cores.
@@ -30,6 +32,7 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub mod matvec;
+pub mod mlp;
 pub mod rope;
 pub mod swiglu;
 mod simd;

@@ -13,6 +13,7 @@ use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::config::Precision;
 use crate::kernels::bf16::ops::{self as bf16, WeightCache};
+use crate::kernels::linear::Arith;
 use crate::kernels::{self, Kernels};
 
 /// `t` rounded to bf16 and widened back (candle's conversion: nearest-even; it keeps subnormal
@@ -68,6 +69,20 @@ impl Dense {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// `GELU(x . self^T) . proj^T` as one fused op (the same values as the two layers and the
+    /// GELU composed), or None where it does not apply: either layer has a bias.
+    pub(crate) fn fused_gelu_mlp(&self, proj: &Dense, x: &Tensor, tanh: bool, precision: Precision) -> Result<Option<Tensor>> {
+        if self.lin.bias().is_some() || proj.lin.bias().is_some() {
+            return Ok(None);
+        }
+        let (w_fc, w_proj) = (self.lin.weight(), proj.lin.weight());
+        let (fc, pr) = match precision {
+            Precision::F32 => (Arith::F32, Arith::F32),
+            Precision::Bf16 => (bf16::arith(w_fc, Some(&self.packed))?, bf16::arith(w_proj, Some(&proj.packed))?),
+        };
+        kernels::mlp::apply(x, w_fc, w_proj, tanh, fc, pr).map(Some)
     }
 
     /// [`Dense::forward`] for the few rows of KV-cached generation: in f32 the parallel

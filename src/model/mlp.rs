@@ -67,6 +67,11 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kind == MlpKind::Gelu && self.kernels.fused_for(x) {
+            if let Some(y) = self.fc.fused_gelu_mlp(&self.proj, x, self.activation == Activation::GeluTanh, self.precision)? {
+                return Ok(y); // the same values as below, as one op
+            }
+        }
         let h = self.fc.forward(x, self.kernels, self.precision)?; // (..., d_ff) or (..., 2 d_ff)
         self.proj.forward(&self.activate(&h)?, self.kernels, self.precision)
     }

@@ -52,9 +52,15 @@ impl WeightCache {
 /// `x (..., K) . w (N, K)^T -> (..., N)` in bf16 with f32 accumulation; differentiable in both.
 /// `cache` keeps the packed weight when `w` is not a trainable variable.
 pub fn linear(x: &Tensor, w: &Tensor, cache: Option<&WeightCache>) -> Result<Tensor> {
+    crate::kernels::linear::apply(x, w, arith(w, cache)?)
+}
+
+/// The bf16 arithmetic of a product with the weight `w`: its packed copy from `cache` when `w` is
+/// not a trainable variable, else rounded on first use by the op.
+pub(crate) fn arith(w: &Tensor, cache: Option<&WeightCache>) -> Result<Arith> {
     let packed = match cache {
         Some(c) if !w.is_variable() => Some(c.get(w)?),
         _ => None,
     };
-    crate::kernels::linear::apply(x, w, Arith::Bf16 { kernel: kernel()?, w_bf16: Arc::new(OnceLock::new()), packed })
+    Ok(Arith::Bf16 { kernel: kernel()?, w_bf16: Arc::new(OnceLock::new()), packed })
 }

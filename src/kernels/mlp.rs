@@ -1,0 +1,150 @@
+//! The bias-free GELU MLP as one op: `y = GELU(x . W_fc^T) . W_proj^T`, forward and backward.
+//!
+//! Composed of [`super::linear`] and [`super::gelu`] ops, candle's backward would give each of
+//! the two hidden `(rows, d_ff)` tensors (the product and its GELU) a zeroed gradient buffer and
+//! an add into it: at the small training shape four of every ten floats that the backward zeroes
+//! and adds, with an op dispatch and a pool hand-off each (docs/performance.md). Here the hidden
+//! tensors stay inside the op: the forward keeps them for its backward, which computes
+//!
+//!   dg = dy . W_proj,  dW_proj = dy^T . g,  dh = dg GELU'(h),  dW_fc = dh^T . x,  dx = dh . W_fc
+//!
+//! with the same products ([`Arith`], f32 or bf16 operands) and the same elementwise kernels as
+//! the composed ops, so the values are the same bits as theirs.
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+
+use super::linear::{block_rows, by_rows, with_last, Arith};
+use super::{f32_slice, gelu, matmul, parallel_for_ranges, written, SendPtr};
+
+/// `x (..., C) -> GELU(x . w_fc^T) . w_proj^T (..., C_out)` with `w_fc (F, C)`, `w_proj (C_out,
+/// F)`, in f32; `tanh` picks GPT-2's approximation of GELU. Differentiable in all three.
+pub fn gelu_mlp(x: &Tensor, w_fc: &Tensor, w_proj: &Tensor, tanh: bool) -> Result<Tensor> {
+    apply(x, w_fc, w_proj, tanh, Arith::F32, Arith::F32)
+}
+
+/// [`gelu_mlp`] with each product in the given arithmetic.
+pub(crate) fn apply(x: &Tensor, w_fc: &Tensor, w_proj: &Tensor, tanh: bool, fc: Arith, proj: Arith) -> Result<Tensor> {
+    let c = x.dims().last().copied().unwrap_or(0);
+    let (f, c_fc) = w_fc.dims2()?;
+    let (_, f_proj) = w_proj.dims2()?;
+    if x.rank() == 0 || c != c_fc || f != f_proj {
+        candle_core::bail!("gelu_mlp: x {:?}, w_fc {:?} and w_proj {:?} do not fit", x.shape(), w_fc.shape(), w_proj.shape())
+    }
+    let op = GeluMlp { tanh, fc, proj, hidden: OnceLock::new() };
+    x.contiguous()?.apply_op3(&w_fc.contiguous()?, &w_proj.contiguous()?, op)
+}
+
+/// What the forward keeps for the backward: the product `h = x . W_fc^T` and `g = GELU(h)`,
+/// both `(rows, F)`.
+struct Hidden {
+    h: Vec<f32>,
+    g: Vec<f32>,
+}
+
+struct GeluMlp {
+    tanh: bool,
+    fc: Arith,
+    proj: Arith,
+    /// Set once, by the forward.
+    hidden: OnceLock<Hidden>,
+}
+
+impl CustomOp3 for GeluMlp {
+    fn name(&self) -> &'static str {
+        "gelu-mlp"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w_fc, w_proj) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
+        let (f, c) = l2.shape().dims2()?;
+        let (c_out, _) = l3.shape().dims2()?;
+        let m = x.len() / c.max(1);
+        let f32_rows = matches!((&self.fc, &self.proj), (Arith::F32, Arith::F32)) && by_rows(m, f, c) && by_rows(m, c_out, f);
+        let (h, g, y) = if f32_rows && f > 0 && c > 0 {
+            // SAFETY: x (m, c), w_fc (f, c) and w_proj (c_out, f), row-major, as the slices hold.
+            unsafe { forward_by_rows(m, f, c, c_out, x, w_fc, w_proj, self.tanh) }
+        } else {
+            let h = self.fc.forward(m, f, c, x, w_fc);
+            let g = gelu::forward_all(&h, self.tanh);
+            let y = self.proj.forward(m, c_out, f, &g, w_proj);
+            (h, g, y)
+        };
+        // A second forward of the same op instance never happens (candle runs it once).
+        let _ = self.hidden.set(Hidden { h, g });
+        Ok((CpuStorage::F32(y), with_last(l1.dims(), c_out)))
+    }
+
+    fn bwd(&self, x: &Tensor, w_fc: &Tensor, w_proj: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(Hidden { h, g }) = self.hidden.get() else {
+            candle_core::bail!("gelu-mlp: backward without a forward")
+        };
+        let dy = grad.contiguous()?;
+        let (f, c) = w_fc.dims2()?;
+        let (c_out, _) = w_proj.dims2()?;
+        let m = h.len() / f.max(1);
+        let (dx, dw_fc, dw_proj) = {
+            let (sx, lx) = x.storage_and_layout();
+            let (sfc, lfc) = w_fc.storage_and_layout();
+            let (sproj, lproj) = w_proj.storage_and_layout();
+            let (sdy, ldy) = dy.storage_and_layout();
+            let name = self.name();
+            let (x, w_fc, w_proj, dy) = (cpu_f32(&sx, lx, name)?, cpu_f32(&sfc, lfc, name)?, cpu_f32(&sproj, lproj, name)?, cpu_f32(&sdy, ldy, name)?);
+            let dg = self.proj.input_grad(m, c_out, f, dy, w_proj);
+            let dw_proj = self.proj.weight_grad(m, c_out, f, dy, g);
+            let dh = gelu::backward_all(h, &dg, self.tanh);
+            drop(dg);
+            let dw_fc = self.fc.weight_grad(m, f, c, &dh, x);
+            let dx = self.fc.input_grad(m, f, c, &dh, w_fc);
+            (dx, dw_fc, dw_proj)
+        };
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw_fc, (f, c), dev)?),
+            Some(Tensor::from_vec(dw_proj, (c_out, f), dev)?),
+        ))
+    }
+}
+
+/// The f32 forward `(h, g, y)` by blocks of rows, each block's first product, GELU and second
+/// product in turn on one thread, while its hidden rows are still in cache: one hand-off to the
+/// pool instead of three. The blocks and gemm calls are those of [`super::linear`]'s products
+/// (both split by rows here), so the values are the same bits.
+///
+/// # Safety
+/// `x` holds (m, c), `w_fc` (f, c) and `w_proj` (c_out, f) values, row-major; f and c are not 0.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_by_rows(m: usize, f: usize, c: usize, c_out: usize, x: &[f32], w_fc: &[f32], w_proj: &[f32], tanh: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let per = block_rows(m);
+    let (mut g, mut y) = (Vec::new(), Vec::new());
+    let h = written(m * f, |hp| {
+        g = written(m * f, |gp| {
+            y = written(m * c_out, |yp| {
+                let (h, g, y) = (SendPtr(hp), SendPtr(gp), SendPtr(yp));
+                parallel_for_ranges(m.div_ceil(per), |blocks| {
+                    for blk in blocks {
+                        let (start, size) = (blk * per, per.min(m - blk * per));
+                        // SAFETY: each block writes its own rows of h, g and y, all of which it
+                        // writes in full; the reads stay inside x and the weights.
+                        unsafe {
+                            matmul(size, f, c, h.get().add(start * f), (f, 1), x.as_ptr().add(start * c), (c, 1), w_fc.as_ptr(), (1, c));
+                            gelu::forward_slice(h.slice(start * f, size * f), g.slice(start * f, size * f), tanh);
+                            matmul(size, c_out, f, y.get().add(start * c_out), (c_out, 1), g.get().add(start * f), (f, 1), w_proj.as_ptr(), (1, f));
+                        }
+                    }
+                });
+            })
+        })
+    });
+    (h, g, y)
+}
+
+/// The f32 values of a contiguous tensor on the CPU, or an error naming the op.
+fn cpu_f32<'a>(s: &'a Storage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(cpu) => f32_slice(cpu, l, op),
+        _ => candle_core::bail!("{op}: expects tensors on the CPU"),
+    }
+}
