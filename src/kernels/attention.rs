@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bf16::{gemm::Src, Kernel};
-use super::{f32_slice, matmul, parallel_for, simd, SendPtr};
+use super::{f32_slice, matmul, parallel_for, simd, written, SendPtr};
 
 /// `dst (m, n) = lhs (m, k) . rhs (k, n)` on the calling thread, in f32 or, given a bf16 kernel,
 /// with bf16 operands.
@@ -228,27 +228,31 @@ impl CustomOp2 for CausalAttention {
         let dims = Dims::of(l1.shape(), self.heads)?;
         let Dims { b, t, h, d, .. } = dims;
         let y_len = b * t * dims.c();
-        let mut y = vec![0f32; y_len + if self.keep_weights { b * h * t * t } else { 0 }];
-        let out = SendPtr::new(&mut y);
-        parallel_for(b * h, |bh| {
-            let (bi, hi) = (bh / h, bh % h);
-            let (q0, k0) = (dims.q_at(bi, hi), dims.k_at(bi, hi));
-            with_scratch(t * d + t * t, |scratch| {
-                let (qs, a) = scratch.split_at_mut(t * d);
-                // SAFETY: offsets come from dims, which describe qkv and y; each (b, h) writes
-                // only its own D columns of y.
-                unsafe {
-                    weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a);
-                    // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
-                    let v0 = k0 + dims.kv * d;
-                    mm(self.bf16, t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(v0), (dims.rs(), 1));
-                    if self.keep_weights {
-                        // The weights just applied, into this (b, h)'s own (T, T) block.
-                        out.slice(y_len + bh * t * t, t * t).copy_from_slice(a);
-                    }
-                }
+        let len = y_len + if self.keep_weights { b * h * t * t } else { 0 };
+        // SAFETY: the (b, h) items write every row of their head's D columns of y (the product
+        // writes its whole output), and with the weights each its own (T, T) block in full.
+        let y = unsafe {
+            written(len, |p| {
+                let out = SendPtr(p);
+                parallel_for(b * h, |bh| {
+                    let (bi, hi) = (bh / h, bh % h);
+                    let (q0, k0) = (dims.q_at(bi, hi), dims.k_at(bi, hi));
+                    with_scratch(t * d + t * t, |scratch| {
+                        let (qs, a) = scratch.split_at_mut(t * d);
+                        // SAFETY: offsets come from dims, which describe qkv and y; each (b, h)
+                        // writes only its own D columns of y.
+                        weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a);
+                        // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
+                        let v0 = k0 + dims.kv * d;
+                        mm(self.bf16, t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(v0), (dims.rs(), 1));
+                        if self.keep_weights {
+                            // The weights just applied, into this (b, h)'s own (T, T) block.
+                            out.slice(y_len + bh * t * t, t * t).copy_from_slice(a);
+                        }
+                    })
+                })
             })
-        });
+        };
         let shape = if self.keep_weights { Shape::from(y.len()) } else { Shape::from((b, t, dims.c())) };
         Ok((CpuStorage::F32(y), shape))
     }
@@ -284,68 +288,75 @@ impl CustomOp3 for CausalAttentionBackward {
         let dims = Dims::of(l1.shape(), self.heads)?;
         let Dims { b, t, h, kv, d, .. } = dims;
         let (c, rs, group) = (dims.c(), dims.rs(), dims.group());
-        let mut out = vec![0f32; qkv.len() + h]; // d qkv, then d scale
         let mut partial = vec![0f32; b * h]; // d scale per (b, h)
-        let ptr = SendPtr::new(&mut out);
         let partial_ptr = SendPtr::new(&mut partial);
-        // One item per (batch row, key/value head): the query heads of its group in turn, so
-        // that the key and value gradients they share are summed by one thread.
-        parallel_for(b * kv, |bk| {
-            let (bi, ki) = (bk / kv, bk % kv);
-            with_scratch(3 * t * d + 2 * t * t, |scratch| {
-                let (qs, rest) = scratch.split_at_mut(t * d);
-                let (dq, rest) = rest.split_at_mut(t * d);
-                let (tmp, rest) = rest.split_at_mut(t * d);
-                let (a, da) = rest.split_at_mut(t * t);
-                for (hi, &scale_h) in scale.iter().enumerate().skip(ki * group).take(group) {
-                    let (q0, k0, y0) = (dims.q_at(bi, hi), dims.k_at(bi, hi), dims.y_at(bi, hi));
-                    let v0 = k0 + kv * d;
-                    let first = hi == ki * group;
-                    // SAFETY: as in the forward pass; each (b, kv head) writes only the rows of
-                    // its own key, value and query heads of d qkv and their d scale slots.
-                    unsafe {
-                        weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a);
-                        let d_qkv = ptr.get();
-                        let dy0 = dy.as_ptr().add(y0);
-                        // dv = A^T dY: (T, T)^T x (T, D), summed over the group.
-                        if first {
-                            mm(self.bf16, t, d, t, d_qkv.add(v0), (rs, 1), a.as_ptr(), (1, t), dy0, (c, 1));
-                        } else {
-                            mm(self.bf16, t, d, t, tmp.as_mut_ptr(), (d, 1), a.as_ptr(), (1, t), dy0, (c, 1));
-                            add_rows(&ptr, v0, rs, tmp, t, d);
-                        }
-                        // dA = dY V^T: (T, D) x (D, T)
-                        mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(v0), (1, rs));
-                        for i in 0..t {
-                            let lo = dims.first_key(i);
-                            softmax_backward_row(&a[i * t + lo..(i + 1) * t], &mut da[i * t + lo..(i + 1) * t], i + 1 - lo);
-                            da[i * t..i * t + lo].fill(0.0);
-                        }
-                        // dq' = dS K: (T, T) x (T, D)
-                        mm(self.bf16, t, d, t, dq.as_mut_ptr(), (d, 1), da.as_ptr(), (t, 1), qkv.as_ptr().add(k0), (rs, 1));
-                        // dk = dS^T q': (T, T)^T x (T, D), summed over the group.
-                        if first {
-                            mm(self.bf16, t, d, t, d_qkv.add(k0), (rs, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
-                        } else {
-                            mm(self.bf16, t, d, t, tmp.as_mut_ptr(), (d, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
-                            add_rows(&ptr, k0, rs, tmp, t, d);
-                        }
-                        // dq = scale dq', d scale = sum dq' . q
-                        let mut d_scale = 0f64;
-                        for i in 0..t {
-                            let g = &dq[i * d..(i + 1) * d];
-                            let q = &qkv[q0 + i * rs..q0 + i * rs + d];
-                            d_scale += simd::dot(g, q) as f64;
-                            let dst = ptr.slice(q0 + i * rs, d);
-                            for (o, &gv) in dst.iter_mut().zip(g) {
-                                *o = scale_h * gv;
+        // d qkv, then d scale (zeroed here, summed into below). SAFETY: every row of d qkv is
+        // written in full: each query head's D columns by its own loop, each key and value
+        // head's by the first query head of its group, whose product writes its whole output.
+        let fill = |p: *mut f32| {
+            let ptr = SendPtr(p);
+            // SAFETY: the h values past d qkv, in the buffer.
+            unsafe { ptr.slice(qkv.len(), h).fill(0.0) };
+            // One item per (batch row, key/value head): the query heads of its group in turn, so
+            // that the key and value gradients they share are summed by one thread.
+            parallel_for(b * kv, |bk| {
+                let (bi, ki) = (bk / kv, bk % kv);
+                with_scratch(3 * t * d + 2 * t * t, |scratch| {
+                    let (qs, rest) = scratch.split_at_mut(t * d);
+                    let (dq, rest) = rest.split_at_mut(t * d);
+                    let (tmp, rest) = rest.split_at_mut(t * d);
+                    let (a, da) = rest.split_at_mut(t * t);
+                    for (hi, &scale_h) in scale.iter().enumerate().skip(ki * group).take(group) {
+                        let (q0, k0, y0) = (dims.q_at(bi, hi), dims.k_at(bi, hi), dims.y_at(bi, hi));
+                        let v0 = k0 + kv * d;
+                        let first = hi == ki * group;
+                        // SAFETY: as in the forward pass; each (b, kv head) writes only the rows of
+                        // its own key, value and query heads of d qkv and their d scale slots.
+                        unsafe {
+                            weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a);
+                            let d_qkv = ptr.get();
+                            let dy0 = dy.as_ptr().add(y0);
+                            // dv = A^T dY: (T, T)^T x (T, D), summed over the group.
+                            if first {
+                                mm(self.bf16, t, d, t, d_qkv.add(v0), (rs, 1), a.as_ptr(), (1, t), dy0, (c, 1));
+                            } else {
+                                mm(self.bf16, t, d, t, tmp.as_mut_ptr(), (d, 1), a.as_ptr(), (1, t), dy0, (c, 1));
+                                add_rows(&ptr, v0, rs, tmp, t, d);
                             }
+                            // dA = dY V^T: (T, D) x (D, T)
+                            mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(v0), (1, rs));
+                            for i in 0..t {
+                                let lo = dims.first_key(i);
+                                softmax_backward_row(&a[i * t + lo..(i + 1) * t], &mut da[i * t + lo..(i + 1) * t], i + 1 - lo);
+                                da[i * t..i * t + lo].fill(0.0);
+                            }
+                            // dq' = dS K: (T, T) x (T, D)
+                            mm(self.bf16, t, d, t, dq.as_mut_ptr(), (d, 1), da.as_ptr(), (t, 1), qkv.as_ptr().add(k0), (rs, 1));
+                            // dk = dS^T q': (T, T)^T x (T, D), summed over the group.
+                            if first {
+                                mm(self.bf16, t, d, t, d_qkv.add(k0), (rs, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
+                            } else {
+                                mm(self.bf16, t, d, t, tmp.as_mut_ptr(), (d, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
+                                add_rows(&ptr, k0, rs, tmp, t, d);
+                            }
+                            // dq = scale dq', d scale = sum dq' . q
+                            let mut d_scale = 0f64;
+                            for i in 0..t {
+                                let g = &dq[i * d..(i + 1) * d];
+                                let q = &qkv[q0 + i * rs..q0 + i * rs + d];
+                                d_scale += simd::dot(g, q) as f64;
+                                let dst = ptr.slice(q0 + i * rs, d);
+                                for (o, &gv) in dst.iter_mut().zip(g) {
+                                    *o = scale_h * gv;
+                                }
+                            }
+                            partial_ptr.slice(bi * h + hi, 1)[0] = d_scale as f32;
                         }
-                        partial_ptr.slice(bi * h + hi, 1)[0] = d_scale as f32;
                     }
-                }
-            })
-        });
+                })
+            });
+        };
+        let mut out = unsafe { written(qkv.len() + h, fill) };
         // Sum d scale over the batch: (B, H) -> (H,).
         for (i, v) in partial.iter().enumerate() {
             out[qkv.len() + i % h] += v;

@@ -11,7 +11,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{f32_slice, parallel_for, simd, SendPtr};
+use super::{f32_slice, parallel_for, simd, written, SendPtr};
 
 /// Per-row `(N, 2)`: smoothed loss and -ln p(target), for `logits` `(N, V)` and u32 `targets`
 /// `(N,)`.
@@ -106,19 +106,22 @@ impl CustomOp3 for CrossEntropyBackward {
         let (n, v) = l1.shape().dims2()?;
         let targets = targets_of(s2, l2, v)?;
         let grad = f32_slice(s3, l3, self.name())?;
-        let mut out = vec![0f32; n * v];
-        let ptr = SendPtr::new(&mut out);
         let eps = self.eps;
-        parallel_for(n.div_ceil(ROWS_PER_ITEM), |item| {
-            for r in item * ROWS_PER_ITEM..n.min((item + 1) * ROWS_PER_ITEM) {
-                let row = &z[r * v..(r + 1) * v];
-                let (ln_z, _) = row_stats(row);
-                let (g0, g1) = (grad[2 * r], grad[2 * r + 1]);
-                // SAFETY: each row is written by one item only.
-                let dz = unsafe { ptr.slice(r * v, v) };
-                backward_row(row, dz, ln_z, g0 * eps / v as f32, g0 * (1.0 - eps) + g1, targets[r] as usize, g0 + g1);
-            }
-        });
+        let fill = |p: *mut f32| {
+            let ptr = SendPtr(p);
+            parallel_for(n.div_ceil(ROWS_PER_ITEM), |item| {
+                for r in item * ROWS_PER_ITEM..n.min((item + 1) * ROWS_PER_ITEM) {
+                    let row = &z[r * v..(r + 1) * v];
+                    let (ln_z, _) = row_stats(row);
+                    let (g0, g1) = (grad[2 * r], grad[2 * r + 1]);
+                    // SAFETY: each row is written by one item only.
+                    let dz = unsafe { ptr.slice(r * v, v) };
+                    backward_row(row, dz, ln_z, g0 * eps / v as f32, g0 * (1.0 - eps) + g1, targets[r] as usize, g0 + g1);
+                }
+            });
+        };
+        // SAFETY: the items cover every row, which backward_row writes in full.
+        let out = unsafe { written(n * v, fill) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -4,7 +4,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{f32_slice, parallel_for, simd, SendPtr};
+use super::{f32_slice, parallel_for, simd, written, SendPtr};
 
 /// GELU of every element of `x`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
@@ -85,22 +85,26 @@ simd::dispatch! {
     }
 }
 
-/// Apply `f(input chunk(s), output chunk)` over `n` elements in parallel.
-fn map_chunks(n: usize, out: &mut [f32], f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
-    let ptr = SendPtr::new(out);
-    parallel_for(n.div_ceil(CHUNK), |i| {
-        let r = i * CHUNK..n.min((i + 1) * CHUNK);
-        // SAFETY: chunks are disjoint.
-        let dst = unsafe { ptr.slice(r.start, r.len()) };
-        f(r, dst);
-    });
+/// The `n` outputs of `f(input range, output chunk)`, which writes every value of its chunk,
+/// over chunks in parallel.
+fn map_chunks(n: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
+    // SAFETY: the chunks cover 0..n and `f` writes each in full (the elementwise loops above).
+    unsafe {
+        written(n, |p| {
+            let ptr = SendPtr(p);
+            parallel_for(n.div_ceil(CHUNK), |i| {
+                let r = i * CHUNK..n.min((i + 1) * CHUNK);
+                // SAFETY: chunks are disjoint.
+                let dst = ptr.slice(r.start, r.len());
+                f(r, dst);
+            });
+        })
+    }
 }
 
 /// The GELU (exact, or with `tanh` GPT-2's approximation) of every value of `x`, in parallel.
 pub(crate) fn forward_all(x: &[f32], tanh: bool) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    map_chunks(x.len(), &mut y, |r, dst| forward_slice(&x[r], dst, tanh));
-    y
+    map_chunks(x.len(), |r, dst| forward_slice(&x[r], dst, tanh))
 }
 
 /// `y = GELU(x)` on the calling thread.
@@ -114,13 +118,11 @@ pub(crate) fn forward_slice(x: &[f32], y: &mut [f32], tanh: bool) {
 
 /// dx = dy GELU'(x), elementwise, in parallel.
 pub(crate) fn backward_all(x: &[f32], dy: &[f32], tanh: bool) -> Vec<f32> {
-    let mut dx = vec![0f32; x.len()];
     if tanh {
-        map_chunks(x.len(), &mut dx, |r, dst| backward_tanh_chunk(&x[r.clone()], &dy[r], dst));
+        map_chunks(x.len(), |r, dst| backward_tanh_chunk(&x[r.clone()], &dy[r], dst))
     } else {
-        map_chunks(x.len(), &mut dx, |r, dst| backward_chunk(&x[r.clone()], &dy[r], dst));
+        map_chunks(x.len(), |r, dst| backward_chunk(&x[r.clone()], &dy[r], dst))
     }
-    dx
 }
 
 /// The exact GELU, or with `tanh` GPT-2's approximation.

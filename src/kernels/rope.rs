@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::{f32_slice, parallel_for, SendPtr};
+use super::{f32_slice, parallel_for, written, SendPtr};
 
 /// cos and sin of p omega_m, row-major `(positions, D/2)`.
 #[derive(Debug, Clone)]
@@ -67,28 +67,31 @@ impl CustomOp1 for RotateQk {
             candle_core::bail!("rope-qk: positions {}..{}, tables cover {}", self.offset, self.offset + t, self.tables.cos.len() / half)
         }
         let sign = if self.inverse { -1.0f32 } else { 1.0 };
-        let mut y = vec![0f32; x.len()];
-        let out = SendPtr::new(&mut y);
         let rows = b * t;
-        parallel_for(rows.div_ceil(ROWS), |chunk| {
-            for row in chunk * ROWS..rows.min((chunk + 1) * ROWS) {
-                let p = self.offset + row % t;
-                let (cos, sin) = (&self.tables.cos[p * half..(p + 1) * half], &self.tables.sin[p * half..(p + 1) * half]);
-                let src = &x[row * c3..(row + 1) * c3];
-                // SAFETY: each row is written by exactly one work item.
-                let dst = unsafe { out.slice(row * c3, c3) };
-                for (head_in, head_out) in src[..rotated].chunks_exact(d).zip(dst[..rotated].chunks_exact_mut(d)) {
-                    for m in 0..half {
-                        let (x0, x1) = (head_in[2 * m], head_in[2 * m + 1]);
-                        let (co, si) = (cos[m], sign * sin[m]);
-                        head_out[2 * m] = x0 * co - x1 * si;
-                        head_out[2 * m + 1] = x0 * si + x1 * co;
+        let fill = |p: *mut f32| {
+            let out = SendPtr(p);
+            parallel_for(rows.div_ceil(ROWS), |chunk| {
+                for row in chunk * ROWS..rows.min((chunk + 1) * ROWS) {
+                    let p = self.offset + row % t;
+                    let (cos, sin) = (&self.tables.cos[p * half..(p + 1) * half], &self.tables.sin[p * half..(p + 1) * half]);
+                    let src = &x[row * c3..(row + 1) * c3];
+                    // SAFETY: each row is written by exactly one work item.
+                    let dst = unsafe { out.slice(row * c3, c3) };
+                    for (head_in, head_out) in src[..rotated].chunks_exact(d).zip(dst[..rotated].chunks_exact_mut(d)) {
+                        for m in 0..half {
+                            let (x0, x1) = (head_in[2 * m], head_in[2 * m + 1]);
+                            let (co, si) = (cos[m], sign * sin[m]);
+                            head_out[2 * m] = x0 * co - x1 * si;
+                            head_out[2 * m + 1] = x0 * si + x1 * co;
+                        }
+                        head_out[2 * half..].copy_from_slice(&head_in[2 * half..]); // past partial rotary
                     }
-                    head_out[2 * half..].copy_from_slice(&head_in[2 * half..]); // past partial rotary
+                    dst[rotated..].copy_from_slice(&src[rotated..]); // the values
                 }
-                dst[rotated..].copy_from_slice(&src[rotated..]); // the values
-            }
-        });
+            });
+        };
+        // SAFETY: the chunks cover every row, and each row is written in full (rotated heads, their unrotated tails, the values).
+        let y = unsafe { written(x.len(), fill) };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

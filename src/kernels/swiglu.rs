@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{f32_slice, parallel_for, simd, SendPtr};
+use super::{f32_slice, parallel_for, simd, written, SendPtr};
 
 /// silu(gate) * up of `h` `(..., 2F)`, gate first: `(..., F)`.
 pub fn silu_mul(h: &Tensor) -> Result<Tensor> {
@@ -58,15 +58,18 @@ impl CustomOp1 for SiluMul {
         let dims = l.shape().dims();
         let f = dims[dims.len() - 1] / 2;
         let rows = if f == 0 { 0 } else { h.len() / (2 * f) };
-        let mut y = vec![0f32; rows * f];
-        let out = SendPtr::new(&mut y);
-        parallel_for(rows.div_ceil(ROWS), |item| {
-            for r in item * ROWS..rows.min((item + 1) * ROWS) {
-                let row = &h[r * 2 * f..(r + 1) * 2 * f];
-                // SAFETY: each row is written by one item only.
-                forward_row(&row[..f], &row[f..], unsafe { out.slice(r * f, f) });
-            }
-        });
+        let fill = |p: *mut f32| {
+            let out = SendPtr(p);
+            parallel_for(rows.div_ceil(ROWS), |item| {
+                for r in item * ROWS..rows.min((item + 1) * ROWS) {
+                    let row = &h[r * 2 * f..(r + 1) * 2 * f];
+                    // SAFETY: each row is written by one item only.
+                    forward_row(&row[..f], &row[f..], unsafe { out.slice(r * f, f) });
+                }
+            });
+        };
+        // SAFETY: the items cover every row, which forward_row writes in full.
+        let y = unsafe { written(rows * f, fill) };
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = f;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
@@ -91,17 +94,20 @@ impl CustomOp2 for SiluMulBackward {
         let dims = l1.shape().dims();
         let f = dims[dims.len() - 1] / 2;
         let rows = if f == 0 { 0 } else { h.len() / (2 * f) };
-        let mut dh = vec![0f32; h.len()];
-        let out = SendPtr::new(&mut dh);
-        parallel_for(rows.div_ceil(ROWS), |item| {
-            for r in item * ROWS..rows.min((item + 1) * ROWS) {
-                let row = &h[r * 2 * f..(r + 1) * 2 * f];
-                // SAFETY: each row is written by one item only.
-                let d = unsafe { out.slice(r * 2 * f, 2 * f) };
-                let (da, db) = d.split_at_mut(f);
-                backward_row(&row[..f], &row[f..], &dy[r * f..(r + 1) * f], da, db);
-            }
-        });
+        let fill = |p: *mut f32| {
+            let out = SendPtr(p);
+            parallel_for(rows.div_ceil(ROWS), |item| {
+                for r in item * ROWS..rows.min((item + 1) * ROWS) {
+                    let row = &h[r * 2 * f..(r + 1) * 2 * f];
+                    // SAFETY: each row is written by one item only.
+                    let d = unsafe { out.slice(r * 2 * f, 2 * f) };
+                    let (da, db) = d.split_at_mut(f);
+                    backward_row(&row[..f], &row[f..], &dy[r * f..(r + 1) * f], da, db);
+                }
+            });
+        };
+        // SAFETY: the items cover every row, whose two halves backward_row writes in full.
+        let dh = unsafe { written(h.len(), fill) };
         Ok((CpuStorage::F32(dh), l1.shape().clone()))
     }
 }
