@@ -155,6 +155,11 @@ fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
 
 /// Run `f` over ranges that together cover 0..n on candle's CPU thread pool.
 fn parallel_for_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    if n == 1 {
+        // One item has no one to share it with: run it here rather than wake the pool and wait at
+        // its barrier (a norm of one row in generation, AdamW on a small parameter).
+        return f(0..1);
+    }
     candle_core::utils::barrier_pool().execute_chunked(n, f);
 }
 
