@@ -1,7 +1,7 @@
 //! What an op costs besides its arithmetic, at the small bench shape (nanoGPT's CPU recipe):
 //!
 //! - the nodes of one training step's graph (each becomes a zeroed gradient buffer and an add in
-//!   candle's backward) and the candle-level ops of its backward;
+//!   candle's backward), and how many of them are at least `(rows, d)` wide;
 //! - the time of an op on one element (dispatch, allocation, the pool's hand-off), of a zeroed
 //!   `(768, 128)` buffer, and of an add of two such tensors: what each node costs candle's backward.
 //!
@@ -45,8 +45,9 @@ fn main() -> anyhow::Result<()> {
     let l = loss::cross_entropy_with(&logits, &targets, 0.0, model.kernels())?;
     let nodes = l.loss.sorted_nodes();
     let rows = b * t;
-    let wide: usize = nodes.iter().filter(|n| n.elem_count() >= rows * cfg.d_model).map(|n| n.elem_count()).sum();
-    println!("small shape ({} layers x {}, batch {b} x {t}): {} graph nodes, {} of them (rows, >= d) wide, {:.1} M floats in those", cfg.n_layer, cfg.d_model, nodes.len(), nodes.iter().filter(|n| n.elem_count() >= rows * cfg.d_model).count(), wide as f64 / 1e6);
+    let wide_nodes: Vec<usize> = nodes.iter().map(|n| n.elem_count()).filter(|&e| e >= rows * cfg.d_model).collect();
+    let wide: usize = wide_nodes.iter().sum();
+    println!("small shape ({} layers x {}, batch {b} x {t}): {} graph nodes, {} of them (rows, >= d) wide, {:.1} M floats in those", cfg.n_layer, cfg.d_model, nodes.len(), wide_nodes.len(), wide as f64 / 1e6);
 
     let one = Tensor::new(&[1f32], &dev)?;
     let op = micros(20_000, || (&one + &one).map(|_| ()))?;

@@ -7,9 +7,9 @@
 //!   m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
 //!   p <- p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
 
-use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
 
-use super::{f32_slice, parallel_for, simd, SendPtr};
+use super::{cpu_f32, f32_slice, parallel_for, simd, SendPtr};
 
 /// The scalars of one update.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +96,6 @@ pub fn sum_of_squares(t: &Tensor) -> Option<f64> {
         return None;
     }
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { return None };
-    let x = f32_slice(cpu, layout, "sum_of_squares").ok()?;
+    let x = cpu_f32(&storage, layout, "sum_of_squares").ok()?;
     Some(x.chunks(CHUNK).map(sum_sq).sum())
 }

@@ -229,18 +229,16 @@ impl CustomOp2 for CausalAttention {
         let Dims { b, t, h, d, .. } = dims;
         let y_len = b * t * dims.c();
         let len = y_len + if self.keep_weights { b * h * t * t } else { 0 };
-        // SAFETY: the (b, h) items write every row of their head's D columns of y (the product
-        // writes its whole output), and with the weights each its own (T, T) block in full.
-        let y = unsafe {
-            written(len, |p| {
-                let out = SendPtr(p);
-                parallel_for(b * h, |bh| {
-                    let (bi, hi) = (bh / h, bh % h);
-                    let (q0, k0) = (dims.q_at(bi, hi), dims.k_at(bi, hi));
-                    with_scratch(t * d + t * t, |scratch| {
-                        let (qs, a) = scratch.split_at_mut(t * d);
-                        // SAFETY: offsets come from dims, which describe qkv and y; each (b, h)
-                        // writes only its own D columns of y.
+        let fill = |p: *mut f32| {
+            let out = SendPtr(p);
+            parallel_for(b * h, |bh| {
+                let (bi, hi) = (bh / h, bh % h);
+                let (q0, k0) = (dims.q_at(bi, hi), dims.k_at(bi, hi));
+                with_scratch(t * d + t * t, |scratch| {
+                    let (qs, a) = scratch.split_at_mut(t * d);
+                    // SAFETY: offsets come from dims, which describe qkv and y; each (b, h)
+                    // writes only its own D columns of y.
+                    unsafe {
                         weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a);
                         // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
                         let v0 = k0 + dims.kv * d;
@@ -249,10 +247,13 @@ impl CustomOp2 for CausalAttention {
                             // The weights just applied, into this (b, h)'s own (T, T) block.
                             out.slice(y_len + bh * t * t, t * t).copy_from_slice(a);
                         }
-                    })
+                    }
                 })
             })
         };
+        // SAFETY: the (b, h) items write every row of their head's D columns of y (the product
+        // writes its whole output), and with the weights each its own (T, T) block in full.
+        let y = unsafe { written(len, fill) };
         let shape = if self.keep_weights { Shape::from(y.len()) } else { Shape::from((b, t, dims.c())) };
         Ok((CpuStorage::F32(y), shape))
     }

@@ -88,18 +88,17 @@ simd::dispatch! {
 /// The `n` outputs of `f(input range, output chunk)`, which writes every value of its chunk,
 /// over chunks in parallel.
 fn map_chunks(n: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
+    let fill = |p: *mut f32| {
+        let ptr = SendPtr(p);
+        parallel_for(n.div_ceil(CHUNK), |i| {
+            let r = i * CHUNK..n.min((i + 1) * CHUNK);
+            // SAFETY: chunks are disjoint.
+            let dst = unsafe { ptr.slice(r.start, r.len()) };
+            f(r, dst);
+        });
+    };
     // SAFETY: the chunks cover 0..n and `f` writes each in full (the elementwise loops above).
-    unsafe {
-        written(n, |p| {
-            let ptr = SendPtr(p);
-            parallel_for(n.div_ceil(CHUNK), |i| {
-                let r = i * CHUNK..n.min((i + 1) * CHUNK);
-                // SAFETY: chunks are disjoint.
-                let dst = ptr.slice(r.start, r.len());
-                f(r, dst);
-            });
-        })
-    }
+    unsafe { written(n, fill) }
 }
 
 /// The GELU (exact, or with `tanh` GPT-2's approximation) of every value of `x`, in parallel.

@@ -109,19 +109,18 @@ impl CustomOp2 for LayerNorm {
         let w = f32_slice(s2, l2, self.name())?;
         let c = w.len();
         let rows = x.len() / c;
-        // SAFETY: the items cover every row, and forward_row writes its row in full.
-        let y = unsafe {
-            written(x.len(), |p| {
-                let out = SendPtr(p);
-                parallel_for(rows.div_ceil(ROWS_PER_ITEM), |item| {
-                    for r in item * ROWS_PER_ITEM..rows.min((item + 1) * ROWS_PER_ITEM) {
-                        // SAFETY: each row is written by one item only.
-                        let dst = out.slice(r * c, c);
-                        forward_row(&x[r * c..(r + 1) * c], w, dst, self.eps, self.centred);
-                    }
-                })
+        let fill = |p: *mut f32| {
+            let out = SendPtr(p);
+            parallel_for(rows.div_ceil(ROWS_PER_ITEM), |item| {
+                for r in item * ROWS_PER_ITEM..rows.min((item + 1) * ROWS_PER_ITEM) {
+                    // SAFETY: each row is written by one item only.
+                    let dst = unsafe { out.slice(r * c, c) };
+                    forward_row(&x[r * c..(r + 1) * c], w, dst, self.eps, self.centred);
+                }
             })
         };
+        // SAFETY: the items cover every row, and forward_row writes its row in full.
+        let y = unsafe { written(x.len(), fill) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -154,23 +153,23 @@ impl CustomOp3 for LayerNormBackward {
         let items = rows.div_ceil(ROWS_PER_ITEM);
         let mut partial = vec![0f32; items * c]; // dw per item, summed into
         let partial_ptr = SendPtr::new(&mut partial);
-        // SAFETY: the items write every row of dx (backward_row writes its row in full); the dw
-        // tail is zeroed here.
-        let mut out = unsafe {
-            written(x.len() + c, |p| {
-                let out_ptr = SendPtr(p);
-                out_ptr.slice(x.len(), c).fill(0.0);
-                parallel_for(items, |item| {
-                    // SAFETY: each item writes its own rows of dx and its own row of partial dw.
-                    let dw = partial_ptr.slice(item * c, c);
-                    for r in item * ROWS_PER_ITEM..rows.min((item + 1) * ROWS_PER_ITEM) {
-                        let dx = out_ptr.slice(r * c, c);
-                        let row = r * c..(r + 1) * c;
-                        backward_row(&x[row.clone()], w, &dy[row], dx, dw, self.eps, self.centred);
-                    }
-                })
+        let fill = |p: *mut f32| {
+            let out_ptr = SendPtr(p);
+            // SAFETY: the c values past dx, in the buffer.
+            unsafe { out_ptr.slice(x.len(), c).fill(0.0) };
+            parallel_for(items, |item| {
+                // SAFETY: each item writes its own rows of dx and its own row of partial dw.
+                let dw = unsafe { partial_ptr.slice(item * c, c) };
+                for r in item * ROWS_PER_ITEM..rows.min((item + 1) * ROWS_PER_ITEM) {
+                    let dx = unsafe { out_ptr.slice(r * c, c) };
+                    let row = r * c..(r + 1) * c;
+                    backward_row(&x[row.clone()], w, &dy[row], dx, dw, self.eps, self.centred);
+                }
             })
         };
+        // SAFETY: the items write every row of dx (backward_row writes its row in full); the dw
+        // tail is zeroed first.
+        let mut out = unsafe { written(x.len() + c, fill) };
         let dw = &mut out[x.len()..];
         for p in partial.chunks_exact(c) {
             for (o, v) in dw.iter_mut().zip(p) {

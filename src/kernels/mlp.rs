@@ -13,10 +13,10 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::linear::{block_rows, by_rows, with_last, Arith};
-use super::{f32_slice, gelu, matmul, parallel_for_ranges, written, SendPtr};
+use super::{cpu_f32, f32_slice, gelu, matmul, parallel_for_ranges, written, SendPtr};
 
 /// `x (..., C) -> GELU(x . w_fc^T) . w_proj^T (..., C_out)` with `w_fc (F, C)`, `w_proj (C_out,
 /// F)`, in f32; `tanh` picks GPT-2's approximation of GELU. Differentiable in all three.
@@ -139,12 +139,4 @@ unsafe fn forward_by_rows(m: usize, f: usize, c: usize, c_out: usize, x: &[f32],
         })
     });
     (h, g, y)
-}
-
-/// The f32 values of a contiguous tensor on the CPU, or an error naming the op.
-fn cpu_f32<'a>(s: &'a Storage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match s {
-        Storage::Cpu(cpu) => f32_slice(cpu, l, op),
-        _ => candle_core::bail!("{op}: expects tensors on the CPU"),
-    }
 }

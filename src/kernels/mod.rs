@@ -40,7 +40,7 @@ mod simd;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 
 /// Which implementation the model's hot path uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,6 +100,14 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: expects a contiguous tensor"),
+    }
+}
+
+/// The f32 values of a contiguous tensor's storage on the CPU, or an error naming the op.
+fn cpu_f32<'a>(s: &'a Storage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(cpu) => f32_slice(cpu, l, op),
+        _ => candle_core::bail!("{op}: expects tensors on the CPU"),
     }
 }
 
