@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bf16::{gemm::Src, Kernel};
+use super::head_mm::{self, Mat};
 use super::{f32_slice, matmul, parallel_for, simd, written, SendPtr};
 
 /// `dst (m, n) = lhs (m, k) . rhs (k, n)` on the calling thread, in f32 or, given a bf16 kernel,
@@ -182,15 +183,26 @@ impl Dims {
     fn first_key(&self, i: usize) -> usize {
         self.window.map_or(0, |w| (i + 1).saturating_sub(w))
     }
+
+    /// One past the last query that sees key `j`.
+    fn query_end(&self, j: usize) -> usize {
+        self.window.map_or(self.t, |w| (j + w).min(self.t))
+    }
+
+    /// Whether the f32 products of a call with this bf16 kernel (None: f32) run on
+    /// [`head_mm`]: over the causal part only, with gemm's bits.
+    fn by_tiles(&self, bf16: Option<Kernel>) -> bool {
+        bf16.is_none() && head_mm::applies(self.t, self.d)
+    }
 }
 
 /// Scaled queries `qs (T, D)` of one head and its weights `a (T, T)`: alpha, zero for keys the
-/// query does not see.
+/// query does not see. `kt (D, T)`: scratch for the keys' transpose.
 ///
 /// # Safety
 /// `qkv` must be the whole buffer of `dims`, `q0` and `k0` offsets from it.
 #[allow(clippy::too_many_arguments)]
-unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, k0: usize, scale: f32, qs: &mut [f32], a: &mut [f32]) {
+unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, k0: usize, scale: f32, qs: &mut [f32], a: &mut [f32], kt: &mut [f32]) {
     let Dims { t, d, .. } = dims;
     let rs = dims.rs();
     for i in 0..t {
@@ -200,7 +212,13 @@ unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, k0: 
         }
     }
     // beta_h s_ij = q'_i . k_j: (T, D) x (D, T)
-    mm(bf16, t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(k0), (1, rs));
+    if dims.by_tiles(bf16) {
+        // Keys up to the tile's last query only; the rest of each row is zeroed below.
+        head_mm::transpose(qkv[k0..].as_ptr(), rs, t, d, kt);
+        head_mm::product(t, t, a.as_mut_ptr(), t, Mat { ptr: qs.as_ptr(), rs: d, cs: 1 }, kt.as_ptr(), t, |_, _| 0..d, |i1| i1);
+    } else {
+        mm(bf16, t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(k0), (1, rs));
+    }
     for i in 0..t {
         let lo = dims.first_key(i);
         simd::softmax_row(&mut a[i * t + lo..(i + 1) * t], i + 1 - lo);
@@ -234,15 +252,23 @@ impl CustomOp2 for CausalAttention {
             parallel_for(b * h, |bh| {
                 let (bi, hi) = (bh / h, bh % h);
                 let (q0, k0) = (dims.q_at(bi, hi), dims.k_at(bi, hi));
-                with_scratch(t * d + t * t, |scratch| {
-                    let (qs, a) = scratch.split_at_mut(t * d);
+                with_scratch(2 * t * d + t * t, |scratch| {
+                    let (qs, rest) = scratch.split_at_mut(t * d);
+                    let (a, kt) = rest.split_at_mut(t * t);
                     // SAFETY: offsets come from dims, which describe qkv and y; each (b, h)
                     // writes only its own D columns of y.
                     unsafe {
-                        weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a);
+                        weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a, kt);
                         // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
                         let v0 = k0 + dims.kv * d;
-                        mm(self.bf16, t, d, t, out.get().add(dims.y_at(bi, hi)), (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(v0), (dims.rs(), 1));
+                        let y = out.get().add(dims.y_at(bi, hi));
+                        if dims.by_tiles(self.bf16) {
+                            // Over the keys each tile's queries see.
+                            let lhs = Mat { ptr: a.as_ptr(), rs: t, cs: 1 };
+                            head_mm::product(t, d, y, dims.c(), lhs, qkv.as_ptr().add(v0), dims.rs(), |i0, i1| dims.first_key(i0)..i1, |_| d);
+                        } else {
+                            mm(self.bf16, t, d, t, y, (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(v0), (dims.rs(), 1));
+                        }
                         if self.keep_weights {
                             // The weights just applied, into this (b, h)'s own (T, T) block.
                             out.slice(y_len + bh * t * t, t * t).copy_from_slice(a);
@@ -302,11 +328,18 @@ impl CustomOp3 for CausalAttentionBackward {
             // that the key and value gradients they share are summed by one thread.
             parallel_for(b * kv, |bk| {
                 let (bi, ki) = (bk / kv, bk % kv);
-                with_scratch(3 * t * d + 2 * t * t, |scratch| {
+                with_scratch(5 * t * d + 2 * t * t, |scratch| {
                     let (qs, rest) = scratch.split_at_mut(t * d);
                     let (dq, rest) = rest.split_at_mut(t * d);
                     let (tmp, rest) = rest.split_at_mut(t * d);
+                    let (kt, rest) = rest.split_at_mut(t * d);
+                    let (vt, rest) = rest.split_at_mut(t * d);
                     let (a, da) = rest.split_at_mut(t * t);
+                    let tiles = dims.by_tiles(self.bf16);
+                    // The causal depth of a tile of rows: the keys its queries see, or the queries
+                    // that see its keys.
+                    let keys = |i0: usize, i1: usize| dims.first_key(i0)..i1;
+                    let queries = |j0: usize, j1: usize| j0..dims.query_end(j1 - 1);
                     for (hi, &scale_h) in scale.iter().enumerate().skip(ki * group).take(group) {
                         let (q0, k0, y0) = (dims.q_at(bi, hi), dims.k_at(bi, hi), dims.y_at(bi, hi));
                         let v0 = k0 + kv * d;
@@ -314,30 +347,47 @@ impl CustomOp3 for CausalAttentionBackward {
                         // SAFETY: as in the forward pass; each (b, kv head) writes only the rows of
                         // its own key, value and query heads of d qkv and their d scale slots.
                         unsafe {
-                            weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a);
+                            weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a, kt);
                             let d_qkv = ptr.get();
                             let dy0 = dy.as_ptr().add(y0);
+                            // (T, D) = (T, T) x (T, D): on the tiles over `depth`, else through mm.
+                            let product = |dst: *mut f32, ldd: usize, lhs: Mat, rhs: *const f32, ldr: usize, depth: &dyn Fn(usize, usize) -> std::ops::Range<usize>| {
+                                if tiles {
+                                    head_mm::product(t, d, dst, ldd, lhs, rhs, ldr, depth, |_| d);
+                                } else {
+                                    mm(self.bf16, t, d, t, dst, (ldd, 1), lhs.ptr, (lhs.rs, lhs.cs), rhs, (ldr, 1));
+                                }
+                            };
+                            let a_t = Mat { ptr: a.as_ptr(), rs: 1, cs: t };
                             // dv = A^T dY: (T, T)^T x (T, D), summed over the group.
                             if first {
-                                mm(self.bf16, t, d, t, d_qkv.add(v0), (rs, 1), a.as_ptr(), (1, t), dy0, (c, 1));
+                                product(d_qkv.add(v0), rs, a_t, dy0, c, &queries);
                             } else {
-                                mm(self.bf16, t, d, t, tmp.as_mut_ptr(), (d, 1), a.as_ptr(), (1, t), dy0, (c, 1));
+                                product(tmp.as_mut_ptr(), d, a_t, dy0, c, &queries);
                                 add_rows(&ptr, v0, rs, tmp, t, d);
                             }
                             // dA = dY V^T: (T, D) x (D, T)
-                            mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(v0), (1, rs));
+                            if tiles {
+                                // Keys up to the tile's last query only: the softmax backward
+                                // zeroes the rest.
+                                head_mm::transpose(qkv[v0..].as_ptr(), rs, t, d, vt);
+                                head_mm::product(t, t, da.as_mut_ptr(), t, Mat { ptr: dy0, rs: c, cs: 1 }, vt.as_ptr(), t, |_, _| 0..d, |i1| i1);
+                            } else {
+                                mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(v0), (1, rs));
+                            }
                             for i in 0..t {
                                 let lo = dims.first_key(i);
                                 softmax_backward_row(&a[i * t + lo..(i + 1) * t], &mut da[i * t + lo..(i + 1) * t], i + 1 - lo);
                                 da[i * t..i * t + lo].fill(0.0);
                             }
+                            let (ds_t, ds_rows) = (Mat { ptr: da.as_ptr(), rs: 1, cs: t }, Mat { ptr: da.as_ptr(), rs: t, cs: 1 });
                             // dq' = dS K: (T, T) x (T, D)
-                            mm(self.bf16, t, d, t, dq.as_mut_ptr(), (d, 1), da.as_ptr(), (t, 1), qkv.as_ptr().add(k0), (rs, 1));
+                            product(dq.as_mut_ptr(), d, ds_rows, qkv.as_ptr().add(k0), rs, &keys);
                             // dk = dS^T q': (T, T)^T x (T, D), summed over the group.
                             if first {
-                                mm(self.bf16, t, d, t, d_qkv.add(k0), (rs, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
+                                product(d_qkv.add(k0), rs, ds_t, qs.as_ptr(), d, &queries);
                             } else {
-                                mm(self.bf16, t, d, t, tmp.as_mut_ptr(), (d, 1), da.as_ptr(), (1, t), qs.as_ptr(), (d, 1));
+                                product(tmp.as_mut_ptr(), d, ds_t, qs.as_ptr(), d, &queries);
                                 add_rows(&ptr, k0, rs, tmp, t, d);
                             }
                             // dq = scale dq', d scale = sum dq' . q

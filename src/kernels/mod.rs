@@ -29,6 +29,7 @@ pub mod bf16;
 pub mod cross_entropy;
 pub mod decode;
 pub mod gelu;
+mod head_mm;
 pub mod layer_norm;
 pub mod linear;
 pub mod matvec;

@@ -1,0 +1,263 @@
+//! The f32 products of one attention head, without gemm and over the causal part only.
+//!
+//! A head's products are small (64 x 64 x 32 at the small bench shape): a gemm call on them
+//! spent more in packing its operands and dispatching than in arithmetic, and computed the whole
+//! (T, T) square where causal attention needs the lower triangle. Here each tile of rows runs over
+//! only the depth (or columns) its rows need.
+//!
+//! The bits are gemm's: each output is the chain of FMAs over the depth in order, started from
+//! +0, which is what gemm computes for a depth of at most 512 outside its small-matrix paths
+//! ([`applies`] says where this holds; the tests compare the two bit for bit). Depth a tile skips
+//! holds exact zeros in the lhs (masked weights): they add nothing to a nonzero sum, so skipping
+//! them changes no bit (of a sum that is exactly zero, at most the sign). Written by hand because no crate offers a product
+//! over a triangle; the tile layout is the usual broadcast-lhs register block.
+
+use std::ops::Range;
+
+/// Rows per register tile.
+const R: usize = 6;
+/// Columns per vector.
+const W: usize = 16;
+/// Vectors per register tile.
+const S: usize = 4;
+
+/// Whether [`product`] gives gemm's bits for a head of `t` positions and width `d`, and runs on
+/// this CPU: AVX-512; more than 16 positions (for (T, T) outputs of at most 256 values gemm takes
+/// a horizontal kernel with another summation order); a depth of at most 512 (beyond, gemm splits
+/// it into blocks); more than two of each (gemm's vector-vector and matrix-vector paths).
+pub(crate) fn applies(t: usize, d: usize) -> bool {
+    avx512() && (17..=512).contains(&t) && (3..=512).contains(&d)
+}
+
+fn avx512() -> bool {
+    matches!(super::simd::level(), super::simd::Level::V4)
+}
+
+/// A read-only matrix: element (i, k) at `ptr[i * rs + k * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst[i][j] = sum_k lhs[i][k] rhs[k][j]` for the `m` rows of dst, by tiles of rows: a tile of
+/// rows `i0..i1` sums over `depth(i0, i1)` and writes columns `0..cols(i1)` (at most `n`); other
+/// columns are left as they were. `rhs` has contiguous rows of stride `ldr`, `dst` row stride
+/// `ldd`. The depth a tile skips must hold zeros in the lhs of its rows.
+///
+/// # Safety
+/// [`applies`] held; every element reached lies in its buffer; `dst` is not read.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    m: usize,
+    n: usize,
+    dst: *mut f32,
+    ldd: usize,
+    lhs: Mat,
+    rhs: *const f32,
+    ldr: usize,
+    depth: impl Fn(usize, usize) -> Range<usize>,
+    cols: impl Fn(usize) -> usize,
+) {
+    debug_assert!(avx512());
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = (i0 + R).min(m);
+        let k = depth(i0, i1);
+        let width = cols(i1).min(n);
+        let mut j0 = 0;
+        while j0 < width {
+            let j1 = (j0 + S * W).min(width);
+            let a = Mat { ptr: lhs.ptr.add(i0 * lhs.rs), ..lhs };
+            let (b, c) = (rhs.add(j0), dst.add(i0 * ldd + j0));
+            // SAFETY: the caller's promise, for this tile's rows and columns.
+            #[cfg(target_arch = "x86_64")]
+            x86::tile_any(i1 - i0, j1 - j0, k.clone(), a, b, ldr, c, ldd);
+            j0 = j1;
+        }
+        i0 = i1;
+    }
+}
+
+/// `dst (D, T)` = the transpose of the T rows of width D at `src` (row stride `rs`): keys or
+/// values as the contiguous rows that [`product`] reads.
+///
+/// # Safety
+/// [`applies`] held; `src` holds the T rows; `dst` at least D T values.
+pub(crate) unsafe fn transpose(src: *const f32, rs: usize, t: usize, d: usize, dst: &mut [f32]) {
+    debug_assert!(dst.len() >= d * t && avx512());
+    #[cfg(target_arch = "x86_64")]
+    x86::transpose(src, rs, t, d, dst.as_mut_ptr());
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::{Mat, R, S, W};
+
+    /// [`super::transpose`]: each run of 16 destination values gathered from 16 source rows.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose(src: *const f32, rs: usize, t: usize, d: usize, dst: *mut f32) {
+        let step = _mm512_set1_epi32(rs as i32);
+        let index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), step);
+        let mut j0 = 0;
+        while j0 < t {
+            let rows = W.min(t - j0);
+            let mask: __mmask16 = if rows == W { 0xffff } else { (1u16 << rows) - 1 };
+            let base = src.add(j0 * rs);
+            for dd in 0..d {
+                let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, base.add(dd));
+                _mm512_mask_storeu_ps(dst.add(dd * t + j0), mask, v);
+            }
+            j0 += W;
+        }
+    }
+
+    /// One tile of `rows` <= R rows and `cols` <= S W columns.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_any(rows: usize, cols: usize, k: Range<usize>, a: Mat, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+        let vectors = cols.div_ceil(W);
+        let rem = cols - (vectors - 1) * W;
+        let last: __mmask16 = if rem == W { 0xffff } else { (1u16 << rem) - 1 };
+        macro_rules! go {
+            ($r:literal) => {
+                match vectors {
+                    1 => tile::<$r, 1>(k, a, b, ldb, c, ldc, last),
+                    2 => tile::<$r, 2>(k, a, b, ldb, c, ldc, last),
+                    3 => tile::<$r, 3>(k, a, b, ldb, c, ldc, last),
+                    _ => tile::<$r, 4>(k, a, b, ldb, c, ldc, last),
+                }
+            };
+        }
+        const _: () = assert!(R == 6 && S == 4);
+        match rows {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            _ => go!(6),
+        }
+    }
+
+    /// `RR` rows x `SS` vectors of 16 (the last one masked by `last`): accumulators from +0,
+    /// one FMA per depth step, in order.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const RR: usize, const SS: usize>(k: Range<usize>, a: Mat, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, last: __mmask16) {
+        let mut acc = [[_mm512_setzero_ps(); SS]; RR];
+        for kk in k {
+            let bp = b.add(kk * ldb);
+            let mut bv = [_mm512_setzero_ps(); SS];
+            for (s, v) in bv.iter_mut().enumerate() {
+                *v = if s + 1 < SS { _mm512_loadu_ps(bp.add(s * W)) } else { _mm512_maskz_loadu_ps(last, bp.add(s * W)) };
+            }
+            let ap = a.ptr.add(kk * a.cs);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r * a.rs));
+                for (v, &bs) in row.iter_mut().zip(&bv) {
+                    *v = _mm512_fmadd_ps(av, bs, *v);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (s, v) in row.iter().enumerate() {
+                let at = c.add(r * ldc + s * W);
+                if s + 1 < SS {
+                    _mm512_storeu_ps(at, *v);
+                } else {
+                    _mm512_mask_storeu_ps(at, last, *v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1), with some exact zeros and wide magnitudes so that the
+    /// order of the FMAs shows in the last bits.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                if s >> 61 == 0 { 0.0 } else { u * [1.0, 1e-3, 37.0][(s >> 20) as usize % 3] }
+            })
+            .collect()
+    }
+
+    /// gemm's product through the crate's f32 matmul, as the attention kernel called it.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(m: usize, n: usize, k: usize, lhs: (&[f32], usize, usize), rhs: (&[f32], usize, usize)) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        // SAFETY: the strides describe the given slices.
+        unsafe { crate::kernels::matmul(m, n, k, out.as_mut_ptr(), (n, 1), lhs.0.as_ptr(), (lhs.1, lhs.2), rhs.0.as_ptr(), (rhs.1, rhs.2)) };
+        out
+    }
+
+    fn same_bits(what: &str, got: f32, want: f32) {
+        assert_eq!(got.to_bits(), want.to_bits(), "{what}: {got:e} vs gemm's {want:e}");
+    }
+
+    #[test]
+    fn causal_products_give_gemms_bits() {
+        if !avx512() {
+            eprintln!("no AVX-512 on this CPU: the attention products run through gemm, nothing to compare");
+            return;
+        }
+        assert!(!applies(16, 32) && !applies(513, 32) && !applies(64, 2) && applies(17, 3));
+        for (t, d, window) in [(17, 3, None), (64, 32, None), (100, 24, Some(7)), (33, 64, None), (256, 16, Some(100))] {
+            assert!(applies(t, d));
+            let first_key = |i: usize| window.map_or(0, |w: usize| (i + 1).saturating_sub(w));
+            let query_end = |j: usize| window.map_or(t, |w| (j + w).min(t));
+            // Queries and keys (T, D) in rows of stride rs, as in a packed qkv.
+            let rs = 3 * d + 5;
+            let (q, k) = (values(t * rs, 1), values(t * rs, 2));
+            let mut kt = vec![f32::NAN; d * t];
+            unsafe { transpose(k.as_ptr(), rs, t, d, &mut kt) };
+            for j in 0..t {
+                for dd in 0..d {
+                    assert_eq!(kt[dd * t + j].to_bits(), k[j * rs + dd].to_bits(), "t {t} d {d}: the transpose at ({dd}, {j})");
+                }
+            }
+            // Scores: keys up to each tile's last query; row i is compared over the keys it sees.
+            let want = gemm(t, t, d, (&q, rs, 1), (&k, 1, rs));
+            let mut got = vec![f32::NAN; t * t];
+            unsafe { product(t, t, got.as_mut_ptr(), t, Mat { ptr: q.as_ptr(), rs, cs: 1 }, kt.as_ptr(), t, |_, _| 0..d, |i1| i1) };
+            for i in 0..t {
+                for j in first_key(i)..=i {
+                    same_bits(&format!("t {t} d {d}: score ({i}, {j})"), got[i * t + j], want[i * t + j]);
+                }
+            }
+            // Weights: zero outside each query's keys.
+            let mut a = values(t * t, 3);
+            for i in 0..t {
+                for j in 0..t {
+                    if j < first_key(i) || j > i {
+                        a[i * t + j] = 0.0;
+                    }
+                }
+            }
+            // alpha . v over the keys each tile of queries sees, and alpha^T . dy over the queries
+            // that see each tile of keys: every value of the (T, D) outputs.
+            let want = gemm(t, d, t, (&a, t, 1), (&k, rs, 1));
+            let mut got = vec![f32::NAN; t * d];
+            unsafe { product(t, d, got.as_mut_ptr(), d, Mat { ptr: a.as_ptr(), rs: t, cs: 1 }, k.as_ptr(), rs, |i0, i1| first_key(i0)..i1, |_| d) };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                same_bits(&format!("t {t} d {d}: alpha.v ({}, {})", i / d, i % d), *g, *w);
+            }
+            let want = gemm(t, d, t, (&a, 1, t), (&q, rs, 1));
+            let mut got = vec![f32::NAN; t * d];
+            unsafe { product(t, d, got.as_mut_ptr(), d, Mat { ptr: a.as_ptr(), rs: 1, cs: t }, q.as_ptr(), rs, |j0, j1| j0..query_end(j1 - 1), |_| d) };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                same_bits(&format!("t {t} d {d}: alpha^T.dy ({}, {})", i / d, i % d), *g, *w);
+            }
+        }
+    }
+}
