@@ -21,6 +21,7 @@
 //! the four of backward) take bf16 operands and accumulate in f32; the softmax stays f32.
 
 use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -82,8 +83,16 @@ pub fn causal_attention(qkv: &Tensor, scale: &Tensor, n_head: usize) -> Result<T
 /// operands: `(B, T, (H + 2K) D)` -> `(B, T, H D)`.
 pub fn causal_attention_in(qkv: &Tensor, scale: &Tensor, heads: Heads, bf16: Option<Kernel>) -> Result<Tensor> {
     check(qkv, scale, heads)?;
-    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { heads, keep_weights: false, bf16 })
+    let (b, t, _) = qkv.dims3()?;
+    let training = qkv.track_op() || scale.track_op();
+    let kept = (training && b * heads.n_head * t * t <= KEEP_MAX).then(Arc::default);
+    qkv.contiguous()?.apply_op2(&scale.contiguous()?, CausalAttention { heads, keep_weights: false, bf16, kept })
 }
+
+/// The most weights (B H T T values) a training forward keeps for its backward, which otherwise
+/// computes them again: 16 MiB per layer (the small bench shape's are 0.75 MiB; the large one's,
+/// 96 MiB, are recomputed).
+const KEEP_MAX: usize = 1 << 22;
 
 /// Forward-only [`causal_attention`] that also hands back the weights it applied: the merged
 /// output `(B, T, C)` and alpha `(B, H, T, T)` (zero for keys a query does not see). The same
@@ -100,7 +109,7 @@ pub fn causal_attention_with_weights_in(qkv: &Tensor, scale: &Tensor, heads: Hea
     let (b, t, _) = qkv.dims3()?;
     let dims = Dims::of(qkv.shape(), heads)?;
     let (c, h) = (dims.c(), heads.n_head);
-    let flat = qkv.contiguous()?.apply_op2_no_bwd(&scale.contiguous()?, &CausalAttention { heads, keep_weights: true, bf16 })?;
+    let flat = qkv.contiguous()?.apply_op2_no_bwd(&scale.contiguous()?, &CausalAttention { heads, keep_weights: true, bf16, kept: None })?;
     let y = flat.narrow(0, 0, b * t * c)?.reshape((b, t, c))?;
     let alpha = flat.narrow(0, b * t * c, b * h * t * t)?.reshape((b, h, t, t))?;
     Ok((y, alpha))
@@ -196,6 +205,17 @@ impl Dims {
     }
 }
 
+/// The scaled queries `qs (T, D)` of the head at `q0`: q'_i = scale q_i.
+fn scaled_queries(qkv: &[f32], dims: Dims, q0: usize, scale: f32, qs: &mut [f32]) {
+    let (rs, d) = (dims.rs(), dims.d);
+    for i in 0..dims.t {
+        let q = &qkv[q0 + i * rs..q0 + i * rs + d];
+        for (dst, &v) in qs[i * d..(i + 1) * d].iter_mut().zip(q) {
+            *dst = scale * v;
+        }
+    }
+}
+
 /// Scaled queries `qs (T, D)` of one head and its weights `a (T, T)`: alpha, zero for keys the
 /// query does not see. `kt (D, T)`: scratch for the keys' transpose.
 ///
@@ -205,12 +225,7 @@ impl Dims {
 unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, k0: usize, scale: f32, qs: &mut [f32], a: &mut [f32], kt: &mut [f32]) {
     let Dims { t, d, .. } = dims;
     let rs = dims.rs();
-    for i in 0..t {
-        let q = &qkv[q0 + i * rs..q0 + i * rs + d];
-        for (dst, &v) in qs[i * d..(i + 1) * d].iter_mut().zip(q) {
-            *dst = scale * v;
-        }
-    }
+    scaled_queries(qkv, dims, q0, scale, qs);
     // beta_h s_ij = q'_i . k_j: (T, D) x (D, T)
     if dims.by_tiles(bf16) {
         // Keys up to the tile's last query only; the rest of each row is zeroed below.
@@ -233,6 +248,10 @@ struct CausalAttention {
     keep_weights: bool,
     /// The bf16 kernel of the products, None for f32.
     bf16: Option<Kernel>,
+    /// Where the forward leaves every head's weights `(B, H, T, T)` for the backward to read
+    /// instead of computing them again (the same values), when a backward follows and they are
+    /// few enough ([`KEEP_MAX`]).
+    kept: Option<Arc<OnceLock<Vec<f32>>>>,
 }
 
 impl CustomOp2 for CausalAttention {
@@ -247,6 +266,9 @@ impl CustomOp2 for CausalAttention {
         let Dims { b, t, h, d, .. } = dims;
         let y_len = b * t * dims.c();
         let len = y_len + if self.keep_weights { b * h * t * t } else { 0 };
+        // The weights for the backward, each (b, h)'s (T, T) block written in full by its item.
+        let mut kept: Option<Vec<f32>> = self.kept.as_ref().map(|_| Vec::with_capacity(b * h * t * t));
+        let kept_ptr = kept.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
         let fill = |p: *mut f32| {
             let out = SendPtr(p);
             parallel_for(b * h, |bh| {
@@ -255,6 +277,11 @@ impl CustomOp2 for CausalAttention {
                 with_scratch(2 * t * d + t * t, |scratch| {
                     let (qs, rest) = scratch.split_at_mut(t * d);
                     let (a, kt) = rest.split_at_mut(t * t);
+                    // SAFETY: this (b, h)'s own block of the kept weights, inside them.
+                    let a = match &kept_ptr {
+                        Some(k) => unsafe { k.slice(bh * t * t, t * t) },
+                        None => a,
+                    };
                     // SAFETY: offsets come from dims, which describe qkv and y; each (b, h)
                     // writes only its own D columns of y.
                     unsafe {
@@ -280,6 +307,12 @@ impl CustomOp2 for CausalAttention {
         // SAFETY: the (b, h) items write every row of their head's D columns of y (the product
         // writes its whole output), and with the weights each its own (T, T) block in full.
         let y = unsafe { written(len, fill) };
+        if let (Some(cell), Some(mut v)) = (&self.kept, kept) {
+            // SAFETY: every (b, h) block was written in full by `weights` (the softmax zeroes the
+            // keys a query does not see).
+            unsafe { v.set_len(b * h * t * t) };
+            let _ = cell.set(v);
+        }
         let shape = if self.keep_weights { Shape::from(y.len()) } else { Shape::from((b, t, dims.c())) };
         Ok((CpuStorage::F32(y), shape))
     }
@@ -290,7 +323,8 @@ impl CustomOp2 for CausalAttention {
         }
         let (b, t, w) = qkv.dims3()?;
         let h = self.heads.n_head;
-        let grads = qkv.apply_op3_no_bwd(scale, &grad.contiguous()?, &CausalAttentionBackward { heads: self.heads, bf16: self.bf16 })?;
+        let backward = CausalAttentionBackward { heads: self.heads, bf16: self.bf16, kept: self.kept.clone() };
+        let grads = qkv.apply_op3_no_bwd(scale, &grad.contiguous()?, &backward)?;
         let d_qkv = grads.narrow(0, 0, b * t * w)?.reshape((b, t, w))?;
         let d_scale = grads.narrow(0, b * t * w, h)?;
         Ok((Some(d_qkv), Some(d_scale)))
@@ -301,6 +335,8 @@ impl CustomOp2 for CausalAttention {
 struct CausalAttentionBackward {
     heads: Heads,
     bf16: Option<Kernel>,
+    /// The forward's weights, when it kept them.
+    kept: Option<Arc<OnceLock<Vec<f32>>>>,
 }
 
 impl CustomOp3 for CausalAttentionBackward {
@@ -315,6 +351,7 @@ impl CustomOp3 for CausalAttentionBackward {
         let dims = Dims::of(l1.shape(), self.heads)?;
         let Dims { b, t, h, kv, d, .. } = dims;
         let (c, rs, group) = (dims.c(), dims.rs(), dims.group());
+        let kept = self.kept.as_ref().and_then(|k| k.get());
         let mut partial = vec![0f32; b * h]; // d scale per (b, h)
         let partial_ptr = SendPtr::new(&mut partial);
         // d qkv, then d scale (zeroed here, summed into below). SAFETY: every row of d qkv is
@@ -347,7 +384,16 @@ impl CustomOp3 for CausalAttentionBackward {
                         // SAFETY: as in the forward pass; each (b, kv head) writes only the rows of
                         // its own key, value and query heads of d qkv and their d scale slots.
                         unsafe {
-                            weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a, kt);
+                            let a: &[f32] = match kept {
+                                Some(k) => {
+                                    scaled_queries(qkv, dims, q0, scale_h, qs);
+                                    &k[(bi * h + hi) * t * t..(bi * h + hi + 1) * t * t]
+                                }
+                                None => {
+                                    weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a, kt);
+                                    a
+                                }
+                            };
                             let d_qkv = ptr.get();
                             let dy0 = dy.as_ptr().add(y0);
                             // (T, D) = (T, T) x (T, D): on the tiles over `depth`, else through mm.
@@ -438,5 +484,44 @@ simd::dispatch! {
             *g = p * (*g - r);
         }
         da[n..].fill(0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    /// The gradients of `sum(attention(qkv) * g)` through the op as given.
+    fn grads(op: CausalAttention, qkv: &Var, scale: &Var, g: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+        let y = qkv.as_tensor().apply_op2(scale.as_tensor(), op)?;
+        let grads = (y * g)?.sum_all()?.backward()?;
+        let of = |v: &Var| grads.get(v).expect("a gradient").flatten_all()?.to_vec1::<f32>();
+        Ok((of(qkv)?, of(scale)?))
+    }
+
+    #[test]
+    fn the_backward_gives_the_same_bits_from_kept_weights_as_from_recomputed_ones() -> Result<()> {
+        let dev = Device::Cpu;
+        // Three batch rows, grouped heads (4 on 2), a local window, a short last tile (T = 37),
+        // and heads wide enough for the tiled products where the CPU has them.
+        let heads = Heads { n_head: 4, n_kv_head: 2, window: Some(20) };
+        let (b, t, d) = (3, 37, 8);
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, (4 + 2 * 2) * d), &dev)?)?;
+        let scale = Var::from_tensor(&Tensor::new(&[0.3f32, 0.5, 0.7, 1.1], &dev)?)?;
+        let g = Tensor::randn(0f32, 1.0, (b, t, 4 * d), &dev)?;
+        let op = |kept| CausalAttention { heads, keep_weights: false, bf16: None, kept };
+        let kept = Arc::new(OnceLock::new());
+        let (dq_kept, ds_kept) = grads(op(Some(kept.clone())), &qkv, &scale, &g)?;
+        assert_eq!(kept.get().map(Vec::len), Some(b * 4 * t * t), "the forward kept every head's weights");
+        let (dq, ds) = grads(op(None), &qkv, &scale, &g)?;
+        for (i, (x, y)) in dq_kept.iter().zip(&dq).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "d qkv[{i}]: {x} from kept weights, {y} recomputed");
+        }
+        for (i, (x, y)) in ds_kept.iter().zip(&ds).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "d scale[{i}]: {x} from kept weights, {y} recomputed");
+        }
+        Ok(())
     }
 }
