@@ -203,6 +203,28 @@ impl Dims {
     fn by_tiles(&self, bf16: Option<Kernel>) -> bool {
         bf16.is_none() && head_mm::applies(self.t, self.d)
     }
+
+    /// Whether the bf16 products of a call with this kernel run on [`head_mm`]'s bf16 tiles
+    /// (the bf16 GEMM's bits, over the causal part only): for the AVX-512 kernels, whose
+    /// emulation the tiles are (a forced AVX2 or scalar kernel keeps the GEMM).
+    fn bf16_tiles(&self, bf16: Option<Kernel>) -> bool {
+        matches!(bf16, Some(Kernel::Avx512 | Kernel::Avx512Bf16)) && head_mm::applies_bf16()
+    }
+
+    /// Positions and head width rounded up to even: the padded depths of the bf16 tiles.
+    fn tp(&self) -> usize {
+        self.t.next_multiple_of(2)
+    }
+
+    fn dp(&self) -> usize {
+        self.d.next_multiple_of(2)
+    }
+
+    /// The scratch [`weights`] works in: the keys' transpose, and for the bf16 tiles the rounded
+    /// queries and transposed keys.
+    fn weights_work(&self) -> usize {
+        self.t * self.d + 2 * self.tp() * self.dp()
+    }
 }
 
 /// The scaled queries `qs (T, D)` of the head at `q0`: q'_i = scale q_i.
@@ -217,20 +239,28 @@ fn scaled_queries(qkv: &[f32], dims: Dims, q0: usize, scale: f32, qs: &mut [f32]
 }
 
 /// Scaled queries `qs (T, D)` of one head and its weights `a (T, T)`: alpha, zero for keys the
-/// query does not see. `kt (D, T)`: scratch for the keys' transpose.
+/// query does not see. `work`: [`Dims::weights_work`] values of scratch.
 ///
 /// # Safety
 /// `qkv` must be the whole buffer of `dims`, `q0` and `k0` offsets from it.
 #[allow(clippy::too_many_arguments)]
-unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, k0: usize, scale: f32, qs: &mut [f32], a: &mut [f32], kt: &mut [f32]) {
+unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, k0: usize, scale: f32, qs: &mut [f32], a: &mut [f32], work: &mut [f32]) {
     let Dims { t, d, .. } = dims;
     let rs = dims.rs();
     scaled_queries(qkv, dims, q0, scale, qs);
     // beta_h s_ij = q'_i . k_j: (T, D) x (D, T)
+    let (kt, rest) = work.split_at_mut(t * d);
     if dims.by_tiles(bf16) {
         // Keys up to the tile's last query only; the rest of each row is zeroed below.
         head_mm::transpose(qkv[k0..].as_ptr(), rs, t, d, kt);
         head_mm::product(t, t, a.as_mut_ptr(), t, Mat { ptr: qs.as_ptr(), rs: d, cs: 1 }, kt.as_ptr(), t, |_, _| 0..d, |i1| i1);
+    } else if dims.bf16_tiles(bf16) {
+        let (tp, dp) = (dims.tp(), dims.dp());
+        let (qr, ktr) = rest.split_at_mut(tp * dp);
+        head_mm::transpose(qkv[k0..].as_ptr(), rs, t, d, kt);
+        head_mm::round_rows(qs, d, t, d, tp, dp, qr);
+        head_mm::round_rows(kt, t, d, t, dp, tp, ktr);
+        head_mm::product_bf16(t, t, a.as_mut_ptr(), t, Mat { ptr: qr.as_ptr(), rs: dp, cs: 1 }, ktr.as_ptr(), tp, |_, _| 0..d, |i1| i1);
     } else {
         mm(bf16, t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(k0), (1, rs));
     }
@@ -274,9 +304,12 @@ impl CustomOp2 for CausalAttention {
             parallel_for(b * h, |bh| {
                 let (bi, hi) = (bh / h, bh % h);
                 let (q0, k0) = (dims.q_at(bi, hi), dims.k_at(bi, hi));
-                with_scratch(2 * t * d + t * t, |scratch| {
+                let (tp, dp) = (dims.tp(), dims.dp());
+                with_scratch(t * d + t * t + dims.weights_work() + t * tp + tp * dp, |scratch| {
                     let (qs, rest) = scratch.split_at_mut(t * d);
-                    let (a, kt) = rest.split_at_mut(t * t);
+                    let (a, rest) = rest.split_at_mut(t * t);
+                    let (work, rest) = rest.split_at_mut(dims.weights_work());
+                    let (ar, vr) = rest.split_at_mut(t * tp);
                     // SAFETY: this (b, h)'s own block of the kept weights, inside them.
                     let a = match &kept_ptr {
                         Some(k) => unsafe { k.slice(bh * t * t, t * t) },
@@ -285,14 +318,19 @@ impl CustomOp2 for CausalAttention {
                     // SAFETY: offsets come from dims, which describe qkv and y; each (b, h)
                     // writes only its own D columns of y.
                     unsafe {
-                        weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a, kt);
+                        weights(self.bf16, qkv, dims, q0, k0, scale[hi], qs, a, work);
                         // y_i = sum_j alpha_ij v_j: (T, T) x (T, D), into the merged layout.
                         let v0 = k0 + dims.kv * d;
                         let y = out.get().add(dims.y_at(bi, hi));
+                        let keys = |i0: usize, i1: usize| dims.first_key(i0)..i1;
                         if dims.by_tiles(self.bf16) {
                             // Over the keys each tile's queries see.
                             let lhs = Mat { ptr: a.as_ptr(), rs: t, cs: 1 };
-                            head_mm::product(t, d, y, dims.c(), lhs, qkv.as_ptr().add(v0), dims.rs(), |i0, i1| dims.first_key(i0)..i1, |_| d);
+                            head_mm::product(t, d, y, dims.c(), lhs, qkv.as_ptr().add(v0), dims.rs(), keys, |_| d);
+                        } else if dims.bf16_tiles(self.bf16) {
+                            head_mm::round_rows(a, t, t, t, t, tp, ar);
+                            head_mm::round_rows(&qkv[v0..], dims.rs(), t, d, tp, dp, vr);
+                            head_mm::product_bf16(t, d, y, dims.c(), Mat { ptr: ar.as_ptr(), rs: tp, cs: 1 }, vr.as_ptr(), dp, keys, |_| d);
                         } else {
                             mm(self.bf16, t, d, t, y, (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(v0), (dims.rs(), 1));
                         }
@@ -365,14 +403,22 @@ impl CustomOp3 for CausalAttentionBackward {
             // that the key and value gradients they share are summed by one thread.
             parallel_for(b * kv, |bk| {
                 let (bi, ki) = (bk / kv, bk % kv);
-                with_scratch(5 * t * d + 2 * t * t, |scratch| {
+                let (tp, dp) = (dims.tp(), dims.dp());
+                with_scratch(4 * t * d + 2 * t * t + dims.weights_work() + 4 * tp * dp + 2 * tp * tp, |scratch| {
                     let (qs, rest) = scratch.split_at_mut(t * d);
                     let (dq, rest) = rest.split_at_mut(t * d);
                     let (tmp, rest) = rest.split_at_mut(t * d);
-                    let (kt, rest) = rest.split_at_mut(t * d);
                     let (vt, rest) = rest.split_at_mut(t * d);
-                    let (a, da) = rest.split_at_mut(t * t);
-                    let tiles = dims.by_tiles(self.bf16);
+                    let (a, rest) = rest.split_at_mut(t * t);
+                    let (da, rest) = rest.split_at_mut(t * t);
+                    let (work, rest) = rest.split_at_mut(dims.weights_work());
+                    // The bf16 tiles' rounded operands, zero-padded to even depths.
+                    let (qr, rest) = rest.split_at_mut(tp * dp);
+                    let (kr, rest) = rest.split_at_mut(tp * dp);
+                    let (dyr, rest) = rest.split_at_mut(tp * dp);
+                    let (vtr, rest) = rest.split_at_mut(dp * tp);
+                    let (ar, dsr) = rest.split_at_mut(tp * tp);
+                    let (tiles, bf16_tiles) = (dims.by_tiles(self.bf16), dims.bf16_tiles(self.bf16));
                     // The causal depth of a tile of rows: the keys its queries see, or the queries
                     // that see its keys.
                     let keys = |i0: usize, i1: usize| dims.first_key(i0)..i1;
@@ -390,34 +436,46 @@ impl CustomOp3 for CausalAttentionBackward {
                                     &k[(bi * h + hi) * t * t..(bi * h + hi + 1) * t * t]
                                 }
                                 None => {
-                                    weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a, kt);
+                                    weights(self.bf16, qkv, dims, q0, k0, scale_h, qs, a, work);
                                     a
                                 }
                             };
                             let d_qkv = ptr.get();
                             let dy0 = dy.as_ptr().add(y0);
-                            // (T, D) = (T, T) x (T, D): on the tiles over `depth`, else through mm.
-                            let product = |dst: *mut f32, ldd: usize, lhs: Mat, rhs: *const f32, ldr: usize, depth: &dyn Fn(usize, usize) -> std::ops::Range<usize>| {
+                            if bf16_tiles {
+                                head_mm::round_rows(a, t, t, t, tp, tp, ar);
+                                head_mm::round_rows(&dy[y0..], c, t, d, tp, dp, dyr);
+                            }
+                            // (T, D) = (T, T) x (T, D) over `depth`: on the f32 tiles, on the bf16
+                            // tiles from the rounded operands `(lhs, rhs, its row stride)`, else
+                            // through mm.
+                            let product = |dst: *mut f32, ldd: usize, lhs: Mat, rhs: *const f32, ldr: usize, rounded: (Mat, *const f32, usize), depth: &dyn Fn(usize, usize) -> std::ops::Range<usize>| {
                                 if tiles {
                                     head_mm::product(t, d, dst, ldd, lhs, rhs, ldr, depth, |_| d);
+                                } else if bf16_tiles {
+                                    head_mm::product_bf16(t, d, dst, ldd, rounded.0, rounded.1, rounded.2, depth, |_| d);
                                 } else {
                                     mm(self.bf16, t, d, t, dst, (ldd, 1), lhs.ptr, (lhs.rs, lhs.cs), rhs, (ldr, 1));
                                 }
                             };
                             let a_t = Mat { ptr: a.as_ptr(), rs: 1, cs: t };
+                            let a_t_r = (Mat { ptr: ar.as_ptr(), rs: 1, cs: tp }, dyr.as_ptr(), dp);
                             // dv = A^T dY: (T, T)^T x (T, D), summed over the group.
                             if first {
-                                product(d_qkv.add(v0), rs, a_t, dy0, c, &queries);
+                                product(d_qkv.add(v0), rs, a_t, dy0, c, a_t_r, &queries);
                             } else {
-                                product(tmp.as_mut_ptr(), d, a_t, dy0, c, &queries);
+                                product(tmp.as_mut_ptr(), d, a_t, dy0, c, a_t_r, &queries);
                                 add_rows(&ptr, v0, rs, tmp, t, d);
                             }
-                            // dA = dY V^T: (T, D) x (D, T)
+                            // dA = dY V^T: (T, D) x (D, T); on the tiles, keys up to the tile's
+                            // last query only: the softmax backward zeroes the rest.
                             if tiles {
-                                // Keys up to the tile's last query only: the softmax backward
-                                // zeroes the rest.
                                 head_mm::transpose(qkv[v0..].as_ptr(), rs, t, d, vt);
                                 head_mm::product(t, t, da.as_mut_ptr(), t, Mat { ptr: dy0, rs: c, cs: 1 }, vt.as_ptr(), t, |_, _| 0..d, |i1| i1);
+                            } else if bf16_tiles {
+                                head_mm::transpose(qkv[v0..].as_ptr(), rs, t, d, vt);
+                                head_mm::round_rows(vt, t, d, t, dp, tp, vtr);
+                                head_mm::product_bf16(t, t, da.as_mut_ptr(), t, Mat { ptr: dyr.as_ptr(), rs: dp, cs: 1 }, vtr.as_ptr(), tp, |_, _| 0..d, |i1| i1);
                             } else {
                                 mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(v0), (1, rs));
                             }
@@ -426,14 +484,20 @@ impl CustomOp3 for CausalAttentionBackward {
                                 softmax_backward_row(&a[i * t + lo..(i + 1) * t], &mut da[i * t + lo..(i + 1) * t], i + 1 - lo);
                                 da[i * t..i * t + lo].fill(0.0);
                             }
+                            if bf16_tiles {
+                                head_mm::round_rows(da, t, t, t, tp, tp, dsr);
+                                head_mm::round_rows(&qkv[k0..], rs, t, d, tp, dp, kr);
+                                head_mm::round_rows(qs, d, t, d, tp, dp, qr);
+                            }
                             let (ds_t, ds_rows) = (Mat { ptr: da.as_ptr(), rs: 1, cs: t }, Mat { ptr: da.as_ptr(), rs: t, cs: 1 });
+                            let (dsr_t, dsr_rows) = (Mat { ptr: dsr.as_ptr(), rs: 1, cs: tp }, Mat { ptr: dsr.as_ptr(), rs: tp, cs: 1 });
                             // dq' = dS K: (T, T) x (T, D)
-                            product(dq.as_mut_ptr(), d, ds_rows, qkv.as_ptr().add(k0), rs, &keys);
+                            product(dq.as_mut_ptr(), d, ds_rows, qkv.as_ptr().add(k0), rs, (dsr_rows, kr.as_ptr(), dp), &keys);
                             // dk = dS^T q': (T, T)^T x (T, D), summed over the group.
                             if first {
-                                product(d_qkv.add(k0), rs, ds_t, qs.as_ptr(), d, &queries);
+                                product(d_qkv.add(k0), rs, ds_t, qs.as_ptr(), d, (dsr_t, qr.as_ptr(), dp), &queries);
                             } else {
-                                product(tmp.as_mut_ptr(), d, ds_t, qs.as_ptr(), d, &queries);
+                                product(tmp.as_mut_ptr(), d, ds_t, qs.as_ptr(), d, (dsr_t, qr.as_ptr(), dp), &queries);
                                 add_rows(&ptr, k0, rs, tmp, t, d);
                             }
                             // dq = scale dq', d scale = sum dq' . q

@@ -1,16 +1,20 @@
-//! The f32 products of one attention head, without gemm and over the causal part only.
+//! The products of one attention head, without a GEMM and over the causal part only, in f32 and
+//! with bf16 operands.
 //!
-//! A head's products are small (64 x 64 x 32 at the small bench shape): a gemm call on them
-//! spent more in packing its operands and dispatching than in arithmetic, and computed the whole
-//! (T, T) square where causal attention needs the lower triangle. Here each tile of rows runs over
-//! only the depth (or columns) its rows need.
+//! A head's products are small (64 x 64 x 32 at the small bench shape): a GEMM call on them spent
+//! more in packing its operands and dispatching than in arithmetic, and computed the whole (T, T)
+//! square where causal attention needs the lower triangle. Here each tile of rows runs over only
+//! the depth (or columns) its rows need.
 //!
-//! The bits are gemm's: each output is the chain of FMAs over the depth in order, started from
-//! +0, which is what gemm computes for a depth of at most 512 outside its small-matrix paths
-//! ([`applies`] says where this holds; the tests compare the two bit for bit). Depth a tile skips
-//! holds exact zeros in the lhs (masked weights): they add nothing to a nonzero sum, so skipping
-//! them changes no bit (of a sum that is exactly zero, at most the sign). Written by hand because no crate offers a product
-//! over a triangle; the tile layout is the usual broadcast-lhs register block.
+//! The bits are those of the path replaced. In f32 ([`product`]) each output is the chain of FMAs
+//! over the depth in order, started from +0, which is what gemm computes for a depth of at most 512
+//! outside its small-matrix paths ([`applies`] says where this holds). With bf16 operands
+//! ([`product_bf16`]) it is the chain of `vdpbf16ps` steps the bf16 GEMM computes, on operands
+//! rounded as it rounds them. Depth a tile skips holds exact zeros in the lhs (masked weights):
+//! they add nothing to a nonzero sum, so skipping them changes no bit (of a sum that is exactly
+//! zero, at most the sign). The tests compare both with the GEMMs bit for bit. Written by hand
+//! because no crate offers a product over a triangle; the tile layout is the usual broadcast-lhs
+//! register block.
 
 use std::ops::Range;
 
@@ -27,6 +31,12 @@ const S: usize = 4;
 /// it into blocks); more than two of each (gemm's vector-vector and matrix-vector paths).
 pub(crate) fn applies(t: usize, d: usize) -> bool {
     avx512() && (17..=512).contains(&t) && (3..=512).contains(&d)
+}
+
+/// Whether [`product_bf16`] runs on this CPU (any shape: the bf16 GEMM's order does not depend
+/// on it).
+pub(crate) fn applies_bf16() -> bool {
+    avx512()
 }
 
 fn avx512() -> bool {
@@ -61,6 +71,48 @@ pub(crate) unsafe fn product(
     cols: impl Fn(usize) -> usize,
 ) {
     debug_assert!(avx512());
+    tiles::<false>(m, n, dst, ldd, lhs, rhs, ldr, depth, cols)
+}
+
+/// [`product`] with bf16 operands: `lhs` and `rhs` hold values already rounded to bf16 (as f32,
+/// [`round_bf16`]), and are zero beyond the depth up to its next even index. The depth runs by
+/// pairs from the even index at or below each tile's start, each pair's odd product first, under
+/// flush-to-zero and denormals-are-zero: `vdpbf16ps` as the Intel SDM defines it, the chain that
+/// the bf16 GEMM computes ([`crate::kernels::bf16::micro::dp_pair`]), so the same bits.
+///
+/// # Safety
+/// As [`product`], with the zeros up to the even depth in place.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product_bf16(
+    m: usize,
+    n: usize,
+    dst: *mut f32,
+    ldd: usize,
+    lhs: Mat,
+    rhs: *const f32,
+    ldr: usize,
+    depth: impl Fn(usize, usize) -> Range<usize>,
+    cols: impl Fn(usize) -> usize,
+) {
+    debug_assert!(avx512());
+    #[cfg(target_arch = "x86_64")]
+    let _mode = crate::kernels::bf16::micro::x86::FtzDaz::set();
+    tiles::<true>(m, n, dst, ldd, lhs, rhs, ldr, |i0, i1| { let k = depth(i0, i1); k.start / 2..k.end.div_ceil(2) }, cols)
+}
+
+/// The tiles of [`product`] (`PAIRS`: of [`product_bf16`], `depth` then in pairs).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles<const PAIRS: bool>(
+    m: usize,
+    n: usize,
+    dst: *mut f32,
+    ldd: usize,
+    lhs: Mat,
+    rhs: *const f32,
+    ldr: usize,
+    depth: impl Fn(usize, usize) -> Range<usize>,
+    cols: impl Fn(usize) -> usize,
+) {
     let mut i0 = 0;
     while i0 < m {
         let i1 = (i0 + R).min(m);
@@ -73,10 +125,43 @@ pub(crate) unsafe fn product(
             let (b, c) = (rhs.add(j0), dst.add(i0 * ldd + j0));
             // SAFETY: the caller's promise, for this tile's rows and columns.
             #[cfg(target_arch = "x86_64")]
-            x86::tile_any(i1 - i0, j1 - j0, k.clone(), a, b, ldr, c, ldd);
+            x86::tile_any::<PAIRS>(i1 - i0, j1 - j0, k.clone(), a, b, ldr, c, ldd);
             j0 = j1;
         }
         i0 = i1;
+    }
+}
+
+/// `x` rounded to bf16 as [`crate::kernels::bf16::round::to_bf16`] rounds it, widened back to
+/// f32, without branches so that loops over it vectorise.
+#[inline(always)]
+fn round_one(x: f32) -> f32 {
+    let u = x.to_bits();
+    let nearest = u.wrapping_add(0x7fff + ((u >> 16) & 1)) & 0xffff_0000;
+    let nan = (u | 0x0040_0000) & 0xffff_0000;
+    let v = if u & 0x7fff_ffff > 0x7f80_0000 {
+        nan
+    } else if u & 0x7f80_0000 == 0 {
+        u & 0x8000_0000
+    } else {
+        nearest
+    };
+    f32::from_bits(v)
+}
+
+super::simd::dispatch! {
+    /// `dst (rows_pad, cols_pad)` = rows `0..rows` of width `cols` of `src` (row `i` at
+    /// `src[i * rs..]`) rounded to bf16 as f32, zeros beyond: an operand of [`product_bf16`],
+    /// rounded as the bf16 GEMM rounds its operands while packing them.
+    fn round_rows(src: &[f32], rs: usize, rows: usize, cols: usize, rows_pad: usize, cols_pad: usize, dst: &mut [f32]) {
+        for i in 0..rows {
+            let out = &mut dst[i * cols_pad..(i + 1) * cols_pad];
+            for (o, &x) in out[..cols].iter_mut().zip(&src[i * rs..i * rs + cols]) {
+                *o = round_one(x);
+            }
+            out[cols..].fill(0.0);
+        }
+        dst[rows * cols_pad..rows_pad * cols_pad].fill(0.0);
     }
 }
 
@@ -84,7 +169,7 @@ pub(crate) unsafe fn product(
 /// values as the contiguous rows that [`product`] reads.
 ///
 /// # Safety
-/// [`applies`] held; `src` holds the T rows; `dst` at least D T values.
+/// [`applies`] or [`applies_bf16`] held; `src` holds the T rows; `dst` at least D T values.
 pub(crate) unsafe fn transpose(src: *const f32, rs: usize, t: usize, d: usize, dst: &mut [f32]) {
     debug_assert!(dst.len() >= d * t && avx512());
     #[cfg(target_arch = "x86_64")]
@@ -118,17 +203,17 @@ mod x86 {
 
     /// One tile of `rows` <= R rows and `cols` <= S W columns.
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile_any(rows: usize, cols: usize, k: Range<usize>, a: Mat, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+    pub(super) unsafe fn tile_any<const PAIRS: bool>(rows: usize, cols: usize, k: Range<usize>, a: Mat, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
         let vectors = cols.div_ceil(W);
         let rem = cols - (vectors - 1) * W;
         let last: __mmask16 = if rem == W { 0xffff } else { (1u16 << rem) - 1 };
         macro_rules! go {
             ($r:literal) => {
                 match vectors {
-                    1 => tile::<$r, 1>(k, a, b, ldb, c, ldc, last),
-                    2 => tile::<$r, 2>(k, a, b, ldb, c, ldc, last),
-                    3 => tile::<$r, 3>(k, a, b, ldb, c, ldc, last),
-                    _ => tile::<$r, 4>(k, a, b, ldb, c, ldc, last),
+                    1 => tile::<$r, 1, PAIRS>(k, a, b, ldb, c, ldc, last),
+                    2 => tile::<$r, 2, PAIRS>(k, a, b, ldb, c, ldc, last),
+                    3 => tile::<$r, 3, PAIRS>(k, a, b, ldb, c, ldc, last),
+                    _ => tile::<$r, 4, PAIRS>(k, a, b, ldb, c, ldc, last),
                 }
             };
         }
@@ -143,23 +228,36 @@ mod x86 {
         }
     }
 
+    /// One depth step `kk` of a tile: `acc[r] += a[r][kk] b[kk]`. Inlined into [`tile`], whose
+    /// features it then has.
+    #[inline(always)]
+    unsafe fn step<const RR: usize, const SS: usize>(acc: &mut [[__m512; SS]; RR], kk: usize, a: Mat, b: *const f32, ldb: usize, last: __mmask16) {
+        let bp = b.add(kk * ldb);
+        let mut bv = [_mm512_setzero_ps(); SS];
+        for (s, v) in bv.iter_mut().enumerate() {
+            *v = if s + 1 < SS { _mm512_loadu_ps(bp.add(s * W)) } else { _mm512_maskz_loadu_ps(last, bp.add(s * W)) };
+        }
+        let ap = a.ptr.add(kk * a.cs);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r * a.rs));
+            for (v, &bs) in row.iter_mut().zip(&bv) {
+                *v = _mm512_fmadd_ps(av, bs, *v);
+            }
+        }
+    }
+
     /// `RR` rows x `SS` vectors of 16 (the last one masked by `last`): accumulators from +0,
-    /// one FMA per depth step, in order.
+    /// one FMA per depth step, in order; with `PAIRS`, `k` counts pairs of depth, each the odd
+    /// step then the even one.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const RR: usize, const SS: usize>(k: Range<usize>, a: Mat, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, last: __mmask16) {
+    unsafe fn tile<const RR: usize, const SS: usize, const PAIRS: bool>(k: Range<usize>, a: Mat, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, last: __mmask16) {
         let mut acc = [[_mm512_setzero_ps(); SS]; RR];
         for kk in k {
-            let bp = b.add(kk * ldb);
-            let mut bv = [_mm512_setzero_ps(); SS];
-            for (s, v) in bv.iter_mut().enumerate() {
-                *v = if s + 1 < SS { _mm512_loadu_ps(bp.add(s * W)) } else { _mm512_maskz_loadu_ps(last, bp.add(s * W)) };
-            }
-            let ap = a.ptr.add(kk * a.cs);
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(r * a.rs));
-                for (v, &bs) in row.iter_mut().zip(&bv) {
-                    *v = _mm512_fmadd_ps(av, bs, *v);
-                }
+            if PAIRS {
+                step(&mut acc, 2 * kk + 1, a, b, ldb, last);
+                step(&mut acc, 2 * kk, a, b, ldb, last);
+            } else {
+                step(&mut acc, kk, a, b, ldb, last);
             }
         }
         for (r, row) in acc.iter().enumerate() {
@@ -187,7 +285,7 @@ mod tests {
             .map(|_| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                if s >> 61 == 0 { 0.0 } else { u * [1.0, 1e-3, 37.0][(s >> 20) as usize % 3] }
+                if s >> 61 == 0 { 0.0 } else { u * [1.0, 1e-3, 37.0, 1e-20][(s >> 20) as usize % 4] }
             })
             .collect()
     }
@@ -257,6 +355,81 @@ mod tests {
             unsafe { product(t, d, got.as_mut_ptr(), d, Mat { ptr: a.as_ptr(), rs: 1, cs: t }, q.as_ptr(), rs, |j0, j1| j0..query_end(j1 - 1), |_| d) };
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 same_bits(&format!("t {t} d {d}: alpha^T.dy ({}, {})", i / d, i % d), *g, *w);
+            }
+        }
+    }
+
+    /// The bf16 GEMM's product of f32 operands (rounded while it packs them).
+    fn bf16_gemm(m: usize, n: usize, k: usize, lhs: (&[f32], usize, usize), rhs: (&[f32], usize, usize)) -> Vec<f32> {
+        use crate::kernels::bf16::{gemm, Kernel};
+        let mut out = vec![0f32; m * n];
+        let (a, b) = (gemm::Src::F32 { ptr: lhs.0.as_ptr(), rs: lhs.1, cs: lhs.2 }, gemm::Src::F32 { ptr: rhs.0.as_ptr(), rs: rhs.1, cs: rhs.2 });
+        // SAFETY: the strides describe the given slices.
+        unsafe { gemm::gemm(Kernel::Avx512, m, n, k, a, b, out.as_mut_ptr(), n, false) };
+        out
+    }
+
+    #[test]
+    fn bf16_causal_products_give_the_bf16_gemms_bits() {
+        if !applies_bf16() {
+            eprintln!("no AVX-512 on this CPU: the bf16 attention products run through the bf16 GEMM, nothing to compare");
+            return;
+        }
+        // Rounding: every kind of input (ties to even both ways at 0x3f808000 and 0x3f818000),
+        // against the conversion's formula.
+        let specials = [0.0f32, -0.0, 1.0, -1.5, f32::MAX, f32::MIN_POSITIVE, 1e-40, -1e-40, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), 3.4e38];
+        let mut got = vec![0f32; specials.len()];
+        round_rows(&specials, specials.len(), 1, specials.len(), 1, specials.len(), &mut got);
+        for (x, g) in specials.iter().zip(&got) {
+            let want = crate::kernels::bf16::round::to_f32(crate::kernels::bf16::round::to_bf16(*x));
+            assert_eq!(g.to_bits(), want.to_bits(), "rounding {x:e}");
+        }
+        // Odd and even positions and widths, windows, products that underflow (1e-20 squared:
+        // flushed to zero under FTZ, as vdpbf16ps flushes them).
+        for (t, d, window) in [(5, 3, None), (64, 32, None), (37, 9, Some(7)), (100, 24, None), (33, 64, Some(20))] {
+            let (tp, dp) = (t + t % 2, d + d % 2);
+            let first_key = |i: usize| window.map_or(0, |w: usize| (i + 1).saturating_sub(w));
+            let query_end = |j: usize| window.map_or(t, |w| (j + w).min(t));
+            let rs = 3 * d + 5;
+            let (q, k) = (values(t * rs, 4), values(t * rs, 5));
+            let mut a = values(t * t, 6);
+            for i in 0..t {
+                for j in 0..t {
+                    if j < first_key(i) || j > i {
+                        a[i * t + j] = 0.0;
+                    }
+                }
+            }
+            let (mut qr, mut kr, mut ar) = (vec![f32::NAN; tp * dp], vec![f32::NAN; tp * dp], vec![f32::NAN; tp * tp]);
+            round_rows(&q, rs, t, d, tp, dp, &mut qr);
+            round_rows(&k, rs, t, d, tp, dp, &mut kr);
+            round_rows(&a, t, t, t, tp, tp, &mut ar);
+            let mut kt = vec![0f32; d * t];
+            unsafe { transpose(k.as_ptr(), rs, t, d, &mut kt) };
+            let mut ktr = vec![f32::NAN; dp * tp];
+            round_rows(&kt, t, d, t, dp, tp, &mut ktr);
+            // Scores over the keys each query sees.
+            let want = bf16_gemm(t, t, d, (&q, rs, 1), (&k, 1, rs));
+            let mut got = vec![f32::NAN; t * t];
+            unsafe { product_bf16(t, t, got.as_mut_ptr(), t, Mat { ptr: qr.as_ptr(), rs: dp, cs: 1 }, ktr.as_ptr(), tp, |_, _| 0..d, |i1| i1) };
+            for i in 0..t {
+                for j in first_key(i)..=i {
+                    same_bits(&format!("bf16 t {t} d {d}: score ({i}, {j})"), got[i * t + j], want[i * t + j]);
+                }
+            }
+            // alpha . v from the keys each tile sees, alpha^T . q from the queries that see each
+            // tile's keys (depths starting at odd indices).
+            let want = bf16_gemm(t, d, t, (&a, t, 1), (&k, rs, 1));
+            let mut got = vec![f32::NAN; t * d];
+            unsafe { product_bf16(t, d, got.as_mut_ptr(), d, Mat { ptr: ar.as_ptr(), rs: tp, cs: 1 }, kr.as_ptr(), dp, |i0, i1| first_key(i0)..i1, |_| d) };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                same_bits(&format!("bf16 t {t} d {d}: alpha.v ({}, {})", i / d, i % d), *g, *w);
+            }
+            let want = bf16_gemm(t, d, t, (&a, 1, t), (&q, rs, 1));
+            let mut got = vec![f32::NAN; t * d];
+            unsafe { product_bf16(t, d, got.as_mut_ptr(), d, Mat { ptr: ar.as_ptr(), rs: 1, cs: tp }, qr.as_ptr(), dp, |j0, j1| j0..query_end(j1 - 1), |_| d) };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                same_bits(&format!("bf16 t {t} d {d}: alpha^T.q ({}, {})", i / d, i % d), *g, *w);
             }
         }
     }
