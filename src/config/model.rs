@@ -324,7 +324,7 @@ impl ModelConfig {
 
     /// A lower bound on the bytes one training step at `batch` windows of the full context needs:
     /// f32 weights, gradients and `state_copies` more parameter-sized tensors (AdamW's two
-    /// moments, see [`OptimizerKind::state_copies`]); per block the activations kept for the
+    /// moments, see [`crate::config::OptimizerKind::state_copies`]); per block the activations kept for the
     /// backward pass (a dozen `(B, T, d)` tensors); the logits and their gradient; and three
     /// `(T, T)` buffers (the causal mask, one head's weights and their gradient). The fused CPU
     /// attention keeps no `(B, H, T, T)` tensor, so none is counted; the composed path (other

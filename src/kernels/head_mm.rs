@@ -75,7 +75,7 @@ pub(crate) unsafe fn product(
 }
 
 /// [`product`] with bf16 operands: `lhs` and `rhs` hold values already rounded to bf16 (as f32,
-/// [`round_bf16`]), and are zero beyond the depth up to its next even index. The depth runs by
+/// [`round_rows`]), and are zero beyond the depth up to its next even index. The depth runs by
 /// pairs from the even index at or below each tile's start, each pair's odd product first, under
 /// flush-to-zero and denormals-are-zero: `vdpbf16ps` as the Intel SDM defines it, the chain that
 /// the bf16 GEMM computes ([`crate::kernels::bf16::micro::dp_pair`]), so the same bits.

@@ -8,7 +8,7 @@
 //!
 //!   dg = dy . W_proj,  dW_proj = dy^T . g,  dh = dg GELU'(h),  dW_fc = dh^T . x,  dx = dh . W_fc
 //!
-//! with the same products ([`Arith`], f32 or bf16 operands) and the same elementwise kernels as
+//! with the same products (`Arith`, f32 or bf16 operands) and the same elementwise kernels as
 //! the composed ops, so the values are the same bits as theirs.
 
 use std::sync::OnceLock;

@@ -5,7 +5,7 @@
 //! accumulates in f32 ([`crate::kernels::bf16::ops::linear`]), backward included; a forward-only
 //! model keeps each weight packed in bf16 across calls, so generation reads half the bytes.
 //! With the composed kernels ([`Kernels::Composed`]) bf16 is the readable reference instead: each
-//! operand rounded to bf16 ([`round_bf16`]), then an ordinary f32 product, whose products of two
+//! operand rounded to bf16 (`round_bf16`), then an ordinary f32 product, whose products of two
 //! bf16 values are exact, so only the order of the f32 sums differs from the fused path.
 
 use candle_core::{DType, Module, Result, Tensor};

@@ -25,7 +25,7 @@ use crate::model::{Gpt, HeadPatch};
 use crate::physics::inspect::Selection;
 
 /// What E is measured on: sequences as (inputs, targets) `(B, T)` each, position j of a row
-/// predicting targets[j], scored from position `from` on.
+/// predicting `targets[j]`, scored from position `from` on.
 #[derive(Debug, Clone)]
 pub struct EnergySample {
     parts: Vec<(Tensor, Tensor)>,

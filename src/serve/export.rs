@@ -2,7 +2,7 @@
 //! whose sliders recompute each head's attention in the browser from the stored energies
 //! (alpha_ij = exp(-beta E_ij) / Z_i with E_ij = -s_ij), so it needs no server and no network.
 //!
-//! Only attention quantities are recomputed: a head's weights, H, H/ln n, ln Z, <E> and C at the
+//! Only attention quantities are recomputed: a head's weights, H, H/ln n, ln Z, `<E>` and C at the
 //! slider's temperature, which depend on that head's own scores alone. What a temperature does
 //! downstream (later layers, the token energies) needs the model: that is `thermoformer serve`.
 

@@ -240,10 +240,10 @@ pub unsafe fn gemm(kernel: Kernel, m: usize, n: usize, k: usize, a: Src, b: Src,
     })
 }
 
-/// [`gemm`] with a B packed beforehand.
+/// [`gemm()`] with a B packed beforehand.
 ///
 /// # Safety
-/// As [`gemm`]; `b` is `(k, n)`.
+/// As [`gemm()`]; `b` is `(k, n)`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_packed(kernel: Kernel, m: usize, a: Src, b: &PackedB, c: *mut f32, ldc: usize, parallel: bool) {
     SCRATCH.with(|s| {

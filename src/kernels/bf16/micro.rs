@@ -6,7 +6,9 @@
 //!
 //! Every kernel computes, for each output element and each pair p of k in order,
 //!
+//! ```text
 //!   acc = ftz(fma(daz(a[2p]), daz(b[2p]), ftz(fma(daz(a[2p+1]), daz(b[2p+1]), daz(acc)))))
+//! ```
 //!
 //! which is `vdpbf16ps` as the Intel SDM defines it: two f32 FMAs rounded to nearest-even, the odd
 //! element of the pair first; denormal inputs read as zero, denormal results flushed to zero (of
