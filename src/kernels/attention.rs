@@ -423,9 +423,21 @@ impl CustomOp3 for CausalAttentionBackward {
                     // that see its keys.
                     let keys = |i0: usize, i1: usize| dims.first_key(i0)..i1;
                     let queries = |j0: usize, j1: usize| j0..dims.query_end(j1 - 1);
+                    // What the group's query heads share, made once: the values transposed (the
+                    // rhs of dA on the tiles) and, for the bf16 tiles, rounded, with the keys.
+                    let k0 = dims.k_at(bi, ki * group);
+                    let v0 = k0 + kv * d;
+                    // SAFETY: the key and value rows of this (b, kv head) lie in qkv.
+                    if tiles || bf16_tiles {
+                        unsafe { head_mm::transpose(qkv[v0..].as_ptr(), rs, t, d, vt) };
+                    }
+                    if bf16_tiles {
+                        head_mm::round_rows(vt, t, d, t, dp, tp, vtr);
+                        head_mm::round_rows(&qkv[k0..], rs, t, d, tp, dp, kr);
+                    }
                     for (hi, &scale_h) in scale.iter().enumerate().skip(ki * group).take(group) {
-                        let (q0, k0, y0) = (dims.q_at(bi, hi), dims.k_at(bi, hi), dims.y_at(bi, hi));
-                        let v0 = k0 + kv * d;
+                        let (q0, y0) = (dims.q_at(bi, hi), dims.y_at(bi, hi));
+                        debug_assert_eq!(k0, dims.k_at(bi, hi));
                         let first = hi == ki * group;
                         // SAFETY: as in the forward pass; each (b, kv head) writes only the rows of
                         // its own key, value and query heads of d qkv and their d scale slots.
@@ -470,11 +482,8 @@ impl CustomOp3 for CausalAttentionBackward {
                             // dA = dY V^T: (T, D) x (D, T); on the tiles, keys up to the tile's
                             // last query only: the softmax backward zeroes the rest.
                             if tiles {
-                                head_mm::transpose(qkv[v0..].as_ptr(), rs, t, d, vt);
                                 head_mm::product(t, t, da.as_mut_ptr(), t, Mat { ptr: dy0, rs: c, cs: 1 }, vt.as_ptr(), t, |_, _| 0..d, |i1| i1);
                             } else if bf16_tiles {
-                                head_mm::transpose(qkv[v0..].as_ptr(), rs, t, d, vt);
-                                head_mm::round_rows(vt, t, d, t, dp, tp, vtr);
                                 head_mm::product_bf16(t, t, da.as_mut_ptr(), t, Mat { ptr: dyr.as_ptr(), rs: dp, cs: 1 }, vtr.as_ptr(), tp, |_, _| 0..d, |i1| i1);
                             } else {
                                 mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(v0), (1, rs));
@@ -486,7 +495,6 @@ impl CustomOp3 for CausalAttentionBackward {
                             }
                             if bf16_tiles {
                                 head_mm::round_rows(da, t, t, t, tp, tp, dsr);
-                                head_mm::round_rows(&qkv[k0..], rs, t, d, tp, dp, kr);
                                 head_mm::round_rows(qs, d, t, d, tp, dp, qr);
                             }
                             let (ds_t, ds_rows) = (Mat { ptr: da.as_ptr(), rs: 1, cs: t }, Mat { ptr: da.as_ptr(), rs: t, cs: 1 });
