@@ -243,6 +243,59 @@ fn hardware_equals_emulation_over_millions_of_lanes() {
 // ---------------------------------------------------------------------------------------------
 // The blocked product.
 
+/// Odd shapes, each with A and B stored plainly or transposed: (m, n, k, ta, tb).
+const ODD_SHAPES: [(usize, usize, usize); 8] = [(1, 1, 1), (5, 17, 3), (8, 16, 2), (33, 31, 65), (70, 129, 385), (200, 96, 1000), (1, 300, 777), (47, 80, 64)];
+
+/// An operand pair from f32, stored transposed where asked, and its bf16-rounded elements.
+struct Operands {
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Operands {
+    fn random(rng: &mut ChaCha8Rng, m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Self {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        Operands { m, n, k, ta, tb, a, b }
+    }
+
+    /// A's view: element (i, kk) at kk * m + i when stored transposed.
+    fn sa(&self) -> Src {
+        let (m, k) = (self.m, self.k);
+        if self.ta { Src::F32 { ptr: self.a.as_ptr(), rs: 1, cs: m } } else { Src::F32 { ptr: self.a.as_ptr(), rs: k, cs: 1 } }
+    }
+
+    fn sb(&self) -> Src {
+        let (n, k) = (self.n, self.k);
+        if self.tb { Src::F32 { ptr: self.b.as_ptr(), rs: 1, cs: k } } else { Src::F32 { ptr: self.b.as_ptr(), rs: n, cs: 1 } }
+    }
+
+    /// Every output within gamma_k sum |a_i b_i| of the f64 product of the bf16-rounded operands.
+    fn assert_within_bound(&self, c: &[f32], what: &str) {
+        let (m, n, k, ta, tb) = (self.m, self.n, self.k, self.ta, self.tb);
+        let a_at = |i: usize, kk: usize| round::to_f32(to_bf16(if ta { self.a[kk * m + i] } else { self.a[i * k + kk] })) as f64;
+        let b_at = |kk: usize, j: usize| round::to_f32(to_bf16(if tb { self.b[j * k + kk] } else { self.b[kk * n + j] })) as f64;
+        let u = 2f64.powi(-24);
+        let gamma = k as f64 * u / (1.0 - k as f64 * u);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut abs) = (0f64, 0f64);
+                for kk in 0..k {
+                    exact += a_at(i, kk) * b_at(kk, j);
+                    abs += (a_at(i, kk) * b_at(kk, j)).abs();
+                }
+                let err = (c[i * n + j] as f64 - exact).abs();
+                assert!(err <= gamma * abs, "({m},{n},{k}) ta={ta} tb={tb} {what}: C[{i}][{j}] = {} vs {exact}, bound {}", c[i * n + j], gamma * abs);
+            }
+        }
+    }
+}
+
 /// Odd shapes and transposed operands from f32: within gamma_k sum |a_i b_i| of the f64 product
 /// of the bf16-rounded operands; the same bits from every kernel, threaded or not, and from a
 /// B packed beforehand.
@@ -250,33 +303,16 @@ fn hardware_equals_emulation_over_millions_of_lanes() {
 fn gemm_matches_f64_at_odd_shapes_and_transposes() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let kernels = available();
-    for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (8, 16, 2), (33, 31, 65), (70, 129, 385), (200, 96, 1000), (1, 300, 777)] {
+    for &(m, n, k) in &ODD_SHAPES {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
-            // Stored transposed when asked: element (i, kk) of A at kk * m + i.
-            let sa = if ta { Src::F32 { ptr: a.as_ptr(), rs: 1, cs: m } } else { Src::F32 { ptr: a.as_ptr(), rs: k, cs: 1 } };
-            let sb = if tb { Src::F32 { ptr: b.as_ptr(), rs: 1, cs: k } } else { Src::F32 { ptr: b.as_ptr(), rs: n, cs: 1 } };
-            let a_at = |i: usize, kk: usize| round::to_f32(to_bf16(if ta { a[kk * m + i] } else { a[i * k + kk] })) as f64;
-            let b_at = |kk: usize, j: usize| round::to_f32(to_bf16(if tb { b[j * k + kk] } else { b[kk * n + j] })) as f64;
+            let ops = Operands::random(&mut rng, m, n, k, ta, tb);
+            let (sa, sb) = (ops.sa(), ops.sb());
             let mut reference: Option<Vec<u32>> = None;
             for &kernel in &kernels {
                 for parallel in [false, true] {
                     let mut c = vec![f32::NAN; m * n];
                     unsafe { gemm::gemm(kernel, m, n, k, sa, sb, c.as_mut_ptr(), n, parallel) };
-                    let u = 2f64.powi(-24);
-                    let gamma = k as f64 * u / (1.0 - k as f64 * u);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let (mut exact, mut abs) = (0f64, 0f64);
-                            for kk in 0..k {
-                                exact += a_at(i, kk) * b_at(kk, j);
-                                abs += (a_at(i, kk) * b_at(kk, j)).abs();
-                            }
-                            let err = (c[i * n + j] as f64 - exact).abs();
-                            assert!(err <= gamma * abs, "({m},{n},{k}) ta={ta} tb={tb} {}: C[{i}][{j}] = {} vs {exact}, bound {}", kernel.name(), c[i * n + j], gamma * abs);
-                        }
-                    }
+                    ops.assert_within_bound(&c, kernel.name());
                     match &reference {
                         None => reference = Some(bits(&c)),
                         Some(r) => assert!(*r == bits(&c), "({m},{n},{k}) {} parallel={parallel} differs from the first kernel", kernel.name()),
@@ -294,13 +330,48 @@ fn gemm_matches_f64_at_odd_shapes_and_transposes() {
     }
 }
 
+/// AMX's tiles (only by name, not reproducible): at the same odd shapes and transposes, and at
+/// shapes with whole and partial tiles, blocks and k-chunks, every output is written and within
+/// the same bound of the f64 product, threaded or not, with B packed per call or beforehand;
+/// threads split only whole blocks, so the two runs agree bit for bit.
+#[test]
+fn amx_product_is_within_the_bound_at_odd_shapes() {
+    if !Kernel::Amx.available() {
+        println!("note: this CPU (or OS) has no AMX-BF16 tiles: the AMX kernel is not tested here");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let shapes = ODD_SHAPES.iter().copied().chain([(16, 16, 32), (32, 32, 32), (300, 260, 96), (64, 48, 40), (513, 70, 1536)]);
+    for (m, n, k) in shapes {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let ops = Operands::random(&mut rng, m, n, k, ta, tb);
+            let (sa, sb) = (ops.sa(), ops.sb());
+            let mut first: Option<Vec<u32>> = None;
+            for parallel in [false, true] {
+                let mut c = vec![f32::NAN; m * n];
+                unsafe { gemm::gemm(Kernel::Amx, m, n, k, sa, sb, c.as_mut_ptr(), n, parallel) };
+                ops.assert_within_bound(&c, "amx");
+                match &first {
+                    None => first = Some(bits(&c)),
+                    Some(r) => assert!(*r == bits(&c), "({m},{n},{k}) amx threaded differs"),
+                }
+            }
+            let packed = unsafe { PackedB::new(sb, k, n) };
+            let mut c = vec![f32::NAN; m * n];
+            unsafe { gemm::gemm_packed(Kernel::Amx, m, sa, &packed, c.as_mut_ptr(), n, true) };
+            assert!(first.as_ref() == Some(&bits(&c)), "({m},{n},{k}) amx with B packed beforehand differs");
+        }
+    }
+}
+
 /// THERMOFORMER_BF16_KERNEL's names, and the loud refusal of one this CPU lacks.
 #[test]
 fn kernel_names_parse_and_unavailable_ones_are_refused() {
     assert_eq!(Kernel::parse("scalar"), Ok(Kernel::Scalar));
     assert_eq!(Kernel::parse("auto"), Ok(Kernel::best()));
+    assert!(Kernel::best().reproducible(), "auto must never pick AMX, whose bits differ");
     assert!(Kernel::parse("avx9000").unwrap_err().contains("names no bf16 kernel"));
-    for k in Kernel::ALL {
+    for k in Kernel::ALL.into_iter().chain([Kernel::Amx]) {
         match Kernel::parse(k.name()) {
             Ok(got) => assert!(k.available() && got == k),
             Err(e) => assert!(!k.available() && e.contains("this CPU lacks"), "{e}"),

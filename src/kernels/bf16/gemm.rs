@@ -56,7 +56,7 @@ impl Src {
 
 /// Elements `start, start + stride, ...` of `src` (as many as `dst` holds) as bf16 bits.
 #[inline(always)]
-unsafe fn fetch(src: Src, start: usize, stride: usize, dst: &mut [u16]) {
+pub(super) unsafe fn fetch(src: Src, start: usize, stride: usize, dst: &mut [u16]) {
     match src {
         Src::F32 { ptr, .. } if stride == 1 => super::round::round_slice(std::slice::from_raw_parts(ptr.add(start), dst.len()), dst),
         Src::F32 { ptr, .. } => {
@@ -235,6 +235,9 @@ pub unsafe fn gemm(kernel: Kernel, m: usize, n: usize, k: usize, a: Src, b: Src,
         let mut s = s.borrow_mut();
         let (pa, pb) = &mut *s;
         pack_strips(b.t(), n, k, NR, pb, parallel, false);
+        if kernel == Kernel::Amx {
+            return super::amx::gemm(m, n, k, a, pb, c, ldc, parallel);
+        }
         pack_strips(a, m, k, MR, pa, parallel, kernel.wide_a());
         multiply(kernel, m, n, k.div_ceil(2), pa, pb, c, ldc, parallel);
     })
@@ -246,6 +249,9 @@ pub unsafe fn gemm(kernel: Kernel, m: usize, n: usize, k: usize, a: Src, b: Src,
 /// As [`gemm()`]; `b` is `(k, n)`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_packed(kernel: Kernel, m: usize, a: Src, b: &PackedB, c: *mut f32, ldc: usize, parallel: bool) {
+    if kernel == Kernel::Amx {
+        return super::amx::gemm(m, b.n, b.k, a, &b.data, c, ldc, parallel);
+    }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let pa = &mut s.0;

@@ -5,11 +5,14 @@
 //!   emulations of it in AVX-512F and in AVX2/FMA, and the scalar formula.
 //! - [`gemm`]: the blocked product with packed operands, split over candle's thread pool.
 //! - [`ops`]: the candle ops the model's bf16 path runs (Linear layers with their backward).
+//! - [`amx`]: the product on AMX tiles, fast where the CPU has them and not reproducible.
 //!
 //! `THERMOFORMER_BF16_KERNEL` = `avx512bf16`, `avx512`, `avx2` or `scalar` forces a microkernel
 //! (an error where the CPU lacks it); unset or `auto` takes the fastest this CPU has. Every choice
-//! gives the same bits, only at a different speed.
+//! gives the same bits, only at a different speed. `amx` is the one exception: asked for by name
+//! only, it runs AMX's tiles, whose accumulation no other kernel reproduces.
 
+pub mod amx;
 pub mod gemm;
 pub mod micro;
 pub mod ops;
@@ -37,6 +40,8 @@ pub enum Kernel {
     Avx2,
     /// The formula, one element at a time (any CPU).
     Scalar,
+    /// AMX's `tdpbf16ps` tiles: not the bits of the others, so only by name ([`amx`]).
+    Amx,
 }
 
 impl Kernel {
@@ -51,6 +56,7 @@ impl Kernel {
             Kernel::Avx512 => "avx512",
             Kernel::Avx2 => "avx2",
             Kernel::Scalar => "scalar",
+            Kernel::Amx => "amx",
         }
     }
 
@@ -64,9 +70,15 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
             Kernel::Scalar => true,
+            Kernel::Amx => amx::available(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
+    }
+
+    /// Whether it gives the bits every other kernel gives (all but [`Kernel::Amx`]).
+    pub fn reproducible(self) -> bool {
+        self != Kernel::Amx
     }
 
     /// Whether it emulates `vdpbf16ps` with f32 FMAs (and so needs MXCSR's FTZ and DAZ).
@@ -105,8 +117,8 @@ impl Kernel {
         match name {
             "" | "auto" => Ok(Kernel::best()),
             _ => {
-                let k = Kernel::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
-                    format!("THERMOFORMER_BF16_KERNEL={name:?} names no bf16 kernel: use auto, avx512bf16, avx512, avx2 or scalar")
+                let k = Kernel::ALL.into_iter().chain([Kernel::Amx]).find(|k| k.name() == name).ok_or_else(|| {
+                    format!("THERMOFORMER_BF16_KERNEL={name:?} names no bf16 kernel: use auto, avx512bf16, avx512, avx2, scalar or amx")
                 })?;
                 if !k.available() {
                     return Err(format!(
@@ -127,6 +139,7 @@ impl Kernel {
             Kernel::Avx512 => "AVX-512F",
             Kernel::Avx2 => "AVX2 and FMA",
             Kernel::Scalar => "nothing",
+            Kernel::Amx => "AMX-BF16 tiles (granted by the OS)",
         }
     }
 
