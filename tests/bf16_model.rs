@@ -227,3 +227,58 @@ fn an_unusable_bf16_kernel_is_a_usage_error() {
     }
     assert!(!out.join("model.safetensors").exists(), "the refused training run wrote a checkpoint");
 }
+
+/// AMX's tiles (`THERMOFORMER_BF16_KERNEL=amx`, by name only) run the whole model: a training
+/// run ends near the reproducible bf16 run's weights but not on them (AMX accumulates its own
+/// way, so equal bits would mean the kernel never ran), and its energies match the reproducible
+/// kernel's to well within bf16's own error. Says so where the CPU has no AMX.
+#[test]
+fn amx_runs_the_model_near_the_reproducible_bf16() {
+    if !Kernel::Amx.available() {
+        println!("note: this CPU (or OS) has no AMX-BF16 tiles: the AMX kernel is not tested here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::small_corpus(dir.path(), 20_000);
+    let train = |name: &str, kernel: &str| -> std::path::PathBuf {
+        let out = dir.path().join(name);
+        let o = common::thermoformer()
+            .env("THERMOFORMER_BF16_KERNEL", kernel)
+            .args(common::tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap()))
+            .args(["--precision", "bf16"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let weights = |run: &std::path::Path| -> Vec<(String, Tensor)> {
+        let mut w: Vec<(String, Tensor)> = candle_core::safetensors::load(run.join("model.safetensors"), &Device::Cpu).unwrap().into_iter().collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        w
+    };
+    let (reference, amx) = (train("auto", "auto"), train("amx", "amx"));
+    let (wr, wa) = (weights(&reference), weights(&amx));
+    let mut worst = 0f64;
+    let mut identical = true;
+    for ((name, r), (_, a)) in wr.iter().zip(&wa) {
+        let d = rel_l2(a, r);
+        identical &= common::flat(a) == common::flat(r);
+        println!("  {name}: amx against the reproducible bf16 run {d:.2e}");
+        worst = worst.max(d);
+    }
+    assert!(!identical, "the AMX run gave the reproducible kernel's bits: AMX never ran");
+    assert!(worst < 1e-4, "AMX training drifted {worst:.2e} from the reproducible bf16 run");
+    let energy = |kernel: &str| -> f64 {
+        let o = common::thermoformer()
+            .env("THERMOFORMER_BF16_KERNEL", kernel)
+            .args(["score", "--checkpoint", reference.to_str().unwrap(), "--text", "To be, or not to be: that is the question.", "--precision", "bf16", "--format", "jsonl"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "score with {kernel}: {}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["energy"].as_f64().unwrap_or_else(|| panic!("no energy in {v}"))
+    };
+    let (e_ref, e_amx) = (energy("auto"), energy("amx"));
+    println!("  energy: reproducible bf16 {e_ref:.6}, amx {e_amx:.6}");
+    assert!(((e_amx - e_ref) / e_ref).abs() < 1e-5, "AMX scoring {e_amx} against {e_ref}");
+}

@@ -23,7 +23,8 @@ pub struct BenchArgs {
     )]
     pub work: Vec<Work>,
     /// Arithmetic of the products, comma-separated to run several (f32,bf16); MFU is against
-    /// each precision's own 1024^3 ceiling.
+    /// each precision's own 1024^3 ceiling. bf16 runs the kernel THERMOFORMER_BF16_KERNEL names
+    /// (amx for AMX's tiles) or the fastest reproducible one.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
     pub precision: Vec<crate::config::Precision>,
     /// Measured iterations per workload (after warm-up); the median is reported.

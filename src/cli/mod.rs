@@ -174,7 +174,9 @@ pub struct ModelArgs {
     pub device: DeviceArg,
     /// Arithmetic of the model's products: f32 (the default: energies as PyTorch and
     /// transformers compute them, to 1e-5), or bf16 operands with f32 accumulation, the same bits
-    /// on every CPU, with each weight kept in bf16 (half the bytes per generated token).
+    /// on every CPU, with each weight kept in bf16 (half the bytes per generated token). On a CPU
+    /// with AMX, THERMOFORMER_BF16_KERNEL=amx runs bf16 on its tiles: several times faster, but
+    /// not bit-reproducible.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }

@@ -29,7 +29,8 @@ pub const FORMAT_VERSION: u32 = 3;
 /// alpha.v): f32 throughout, or bf16 operands with f32 accumulation and outputs, as PyTorch's
 /// autocast runs them but writing f32. Master weights, optimizer state, LayerNorm, softmax, the
 /// loss and the residual stream stay f32 either way. A bf16 run gives the same bits on every
-/// CPU (`vdpbf16ps` where present, an exact emulation elsewhere).
+/// CPU (`vdpbf16ps` where present, an exact emulation elsewhere), unless AMX's tiles are asked
+/// for by name (`THERMOFORMER_BF16_KERNEL=amx`: faster, not reproducible).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

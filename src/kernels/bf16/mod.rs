@@ -21,11 +21,21 @@ pub mod round;
 use std::sync::OnceLock;
 
 /// Where `precision` is bf16, the process's kernel must exist: a usage error naming
-/// `THERMOFORMER_BF16_KERNEL`'s problem otherwise, before any work starts.
+/// `THERMOFORMER_BF16_KERNEL`'s problem otherwise, before any work starts. AMX's kernel is
+/// announced on stderr once, since its results are not the reproducible ones.
 pub fn require(precision: crate::config::Precision) -> Result<(), crate::error::UsageError> {
     match precision {
         crate::config::Precision::F32 => Ok(()),
-        crate::config::Precision::Bf16 => Kernel::from_env().map(|_| ()).map_err(crate::error::UsageError),
+        crate::config::Precision::Bf16 => {
+            let k = Kernel::from_env().map_err(crate::error::UsageError)?;
+            if !k.reproducible() {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    eprintln!("note: bf16 on AMX tiles (THERMOFORMER_BF16_KERNEL=amx): faster, but not the bits of bf16 runs on other kernels or CPUs")
+                });
+            }
+            Ok(())
+        }
     }
 }
 
