@@ -2,7 +2,7 @@
 """Run thermoformer's benchmark shapes in PyTorch and print both side by side, with ratios.
 
     .venv/bin/python scripts/bench_torch.py [--shape small,large] [--work train,score,generate] [--iters N]
-                                            [--precision f32,bf16]
+                                            [--precision f32,bf16] [--bf16-kernel amx]
 
 The PyTorch model is the architecture of scripts/crosscheck_torch.py as a float32 nn.Module (pre-LN,
 bias-free LayerNorm and Linear, exact GELU, tied head, a per-head inverse temperature), trained
@@ -13,7 +13,9 @@ Thermoformer's figures come from `target/release/thermoformer bench --json` with
 PyTorch runs each workload twice: in float32, and under torch.autocast("cpu", dtype=torch.bfloat16),
 PyTorch's fastest CPU mode on chips with bf16 instructions (oneDNN's AVX512-BF16 or AMX kernels).
 Each thermoformer row (one per --precision) is compared with both. The CPU model and its bf16
-flags are printed first: a ratio holds for that CPU only.
+flags are printed first: a ratio holds for that CPU only. --bf16-kernel sets thermoformer's
+THERMOFORMER_BF16_KERNEL (amx: AMX's tiles, faster and not reproducible; default: the fastest
+reproducible kernel).
 """
 import contextlib
 import argparse
@@ -159,17 +161,21 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="f32", help="thermoformer's precisions, comma-separated (f32,bf16)")
+    ap.add_argument("--bf16-kernel", default="", help="thermoformer's THERMOFORMER_BF16_KERNEL (e.g. amx)")
     ap.add_argument("--no-autocast", action="store_true", help="skip PyTorch's bf16 autocast runs")
     ap.add_argument("--thermoformer", default="target/release/thermoformer")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cmd = [a.thermoformer, "bench", "--shape", a.shape, "--work", a.work, "--iters", str(a.iters),
            "--precision", a.precision, "--json"]
-    ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                     env={"RAYON_NUM_THREADS": str(a.threads)}).stdout)
+    env = {"RAYON_NUM_THREADS": str(a.threads)}
+    if a.bf16_kernel:
+        env["THERMOFORMER_BF16_KERNEL"] = a.bf16_kernel
+    ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
     print(f"CPU: {cpu_model()}")
     ceil = ", ".join(f"{p} {c:.0f}" for p, c in ours["matmul_ceilings_gflops"].items())
-    print(f"torch {torch.__version__}, {a.threads} threads; thermoformer matmul ceilings (GFLOP/s): {ceil}")
+    kernel = a.bf16_kernel or "auto"
+    print(f"torch {torch.__version__}, {a.threads} threads; thermoformer bf16 kernel {kernel}, matmul ceilings (GFLOP/s): {ceil}")
     print(f"{'shape':<6} {'work':<9} {'prec':<5} {'thermoformer ms':>16} {'pt fp32 ms':>11} {'ratio':>7} "
           f"{'pt bf16 ms':>11} {'ratio':>7} {'RSS MiB (tf/pt)':>16}")
     cache = {}

@@ -206,9 +206,10 @@ impl Dims {
 
     /// Whether the bf16 products of a call with this kernel run on [`head_mm`]'s bf16 tiles
     /// (the bf16 GEMM's bits, over the causal part only): for the AVX-512 kernels, whose
-    /// emulation the tiles are (a forced AVX2 or scalar kernel keeps the GEMM).
+    /// emulation the tiles are (a forced AVX2 or scalar kernel keeps the GEMM), and for AMX's,
+    /// whose per-head GEMMs would pack every head's operands and compute the masked half too.
     fn bf16_tiles(&self, bf16: Option<Kernel>) -> bool {
-        matches!(bf16, Some(Kernel::Avx512 | Kernel::Avx512Bf16)) && head_mm::applies_bf16()
+        matches!(bf16, Some(Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::Amx)) && head_mm::applies_bf16()
     }
 
     /// Positions and head width rounded up to even: the padded depths of the bf16 tiles.
