@@ -35,6 +35,7 @@ mod imp {
 
     use super::super::gemm::{fetch, Src};
     use super::super::micro::NR;
+    use super::super::round::round_slice;
     use crate::kernels::SendPtr;
 
     /// Rows (and pairs of k) of one tile.
@@ -120,13 +121,23 @@ mod imp {
                 // One block: 32 k x 16 rows, rounded a run at a time, then written transposed as
                 // each row's 64 bytes of that block.
                 let mut block = [[0u16; T]; KB];
+                let mut wide = [[0f32; T]; KB];
                 let out16 = dst.get() as *mut u16;
                 for blk in range {
                     let (k0, kl) = (blk * KB, KB.min(k - blk * KB));
                     for r0 in (0..m).step_by(T) {
                         let h = T.min(m - r0);
-                        for (kk, run) in block.iter_mut().enumerate().take(kl) {
-                            fetch(a, (k0 + kk) * cs + r0, 1, &mut run[..h]);
+                        if let Src::F32 { ptr, .. } = a {
+                            // The block's runs side by side, then rounded in one call: a call
+                            // per run of 16 cost more than the rounding.
+                            for (kk, run) in wide.iter_mut().enumerate().take(kl) {
+                                std::ptr::copy_nonoverlapping(ptr.add((k0 + kk) * cs + r0), run.as_mut_ptr(), h);
+                            }
+                            round_slice(&wide.as_flattened()[..kl * T], &mut block.as_flattened_mut()[..kl * T]);
+                        } else {
+                            for (kk, run) in block.iter_mut().enumerate().take(kl) {
+                                fetch(a, (k0 + kk) * cs + r0, 1, &mut run[..h]);
+                            }
                         }
                         for i in 0..h {
                             // SAFETY: slots (r0 + i, k0..k0 + kl) lie inside `out`; the block of
