@@ -282,3 +282,23 @@ fn amx_runs_the_model_near_the_reproducible_bf16() {
     println!("  energy: reproducible bf16 {e_ref:.6}, amx {e_amx:.6}");
     assert!(((e_amx - e_ref) / e_ref).abs() < 1e-5, "AMX scoring {e_amx} against {e_ref}");
 }
+
+/// `bench --json` names the bf16 kernel its bf16 rows ran on (the one the environment forces),
+/// and null when it ran no bf16 row.
+#[test]
+fn bench_json_names_the_bf16_kernel() {
+    let forced = [Kernel::Avx2, Kernel::Scalar].into_iter().find(|k| k.available()).unwrap();
+    let bench = |kernel: &str, precision: &str| -> serde_json::Value {
+        let o = common::thermoformer()
+            .env("THERMOFORMER_BF16_KERNEL", kernel)
+            .args(["bench", "--shape", "small", "--work", "generate", "--iters", "1", "--precision", precision, "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "bench: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let v = bench(forced.name(), "f32,bf16");
+    assert_eq!(v["bf16_kernel"], forced.name(), "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 2, "{v}");
+    assert!(bench(forced.name(), "f32")["bf16_kernel"].is_null());
+}

@@ -95,6 +95,12 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         }
     }
     if json {
+        let bf16_kernel = args
+            .precision
+            .contains(&crate::config::Precision::Bf16)
+            .then(|| crate::kernels::bf16::Kernel::from_env().map(|k| k.name()))
+            .transpose()
+            .map_err(UsageError)?;
         let ceilings: serde_json::Map<String, serde_json::Value> = ceilings
             .iter()
             .map(|(p, c)| (crate::config::spelled(p), serde_json::json!(c)))
@@ -102,7 +108,13 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         writeln!(
             out,
             "{}",
-            serde_json::json!({ "matmul_ceiling_gflops": ceilings.get("f32"), "matmul_ceilings_gflops": ceilings, "results": results })
+            serde_json::json!({
+                "matmul_ceiling_gflops": ceilings.get("f32"),
+                "matmul_ceilings_gflops": ceilings,
+                // The bf16 kernel the bf16 rows ran on (null without bf16 rows).
+                "bf16_kernel": bf16_kernel,
+                "results": results
+            })
         )?;
     }
     Ok(())
