@@ -28,6 +28,17 @@ pub fn available() -> bool {
     false
 }
 
+/// The AMX product, which needs x86-64 Linux: never reached elsewhere, since [`available`] is
+/// false there and [`super::Kernel::Amx`] is refused before any product runs.
+///
+/// # Safety
+/// None needed: it only panics.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(_m: usize, _n: usize, _k: usize, _a: super::gemm::Src, _pb: &[u32], _c: *mut f32, _ldc: usize, _parallel: bool) {
+    unreachable!("AMX tiles are reached on x86-64 Linux only")
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
     use std::arch::asm;
