@@ -5,46 +5,44 @@
 //!
 //! `cargo run --release --example amx_semantics` (x86-64 Linux with AMX-BF16; says so elsewhere)
 //!
-//! AMX is reached through `asm!` (its intrinsics are not stable Rust); the tile state is asked
-//! for with `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, as Linux requires.
+//! The tiles run through the library's AMX kernel (`THERMOFORMER_BF16_KERNEL=amx`'s), whose one
+//! 16 x 16 block over 32 values of k is a single `tdpbf16ps`.
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx {
-    use std::arch::asm;
-
     use rand::{Rng, SeedableRng};
+    use thermoformer::kernels::bf16::gemm::{self, Src};
     use thermoformer::kernels::bf16::micro::{dp_pair, flush};
     use thermoformer::kernels::bf16::round::{to_bf16, to_f32};
+    use thermoformer::kernels::bf16::Kernel;
 
-    extern "C" {
-        fn syscall(n: i64, ...) -> i64;
-    }
-
-    #[repr(C, align(64))]
-    struct TileConfig([u8; 64]);
-
-    /// C (16 x 16 f32) = A (16 rows x 16 pairs) . B (16 pairs x 16 columns), both as u32 pairs,
-    /// B in AMX's pair-interleaved rows (the library's packed-B layout).
-    unsafe fn tile_product(a: &[u32; 256], b: &[u32; 256], c: &mut [f32; 256]) {
-        let mut cfg = TileConfig([0; 64]);
-        cfg.0[0] = 1; // palette 1
-        for t in 0..3 {
-            cfg.0[16 + 2 * t] = 64; // bytes per row
-            cfg.0[48 + t] = 16; // rows
+    /// C (16 x 16 f32) = A (16 rows x 16 pairs) . B (16 pairs x 16 columns), both as u32 pairs
+    /// (even element in the low half), through one AMX tile product.
+    fn tile_product(a: &[u32; 256], b: &[u32; 256], c: &mut [f32; 256]) {
+        // As bf16 matrices: A (16, 32) and B (32, 16), row-major.
+        let (mut a16, mut b16) = ([0u16; 512], [0u16; 512]);
+        for m in 0..16 {
+            for p in 0..16 {
+                a16[m * 32 + 2 * p] = a[m * 16 + p] as u16;
+                a16[m * 32 + 2 * p + 1] = (a[m * 16 + p] >> 16) as u16;
+                b16[2 * p * 16 + m] = b[p * 16 + m] as u16;
+                b16[(2 * p + 1) * 16 + m] = (b[p * 16 + m] >> 16) as u16;
+            }
         }
-        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr());
-        asm!(
-            "tileloadd tmm0, [{c} + {s}*1]",
-            "tileloadd tmm1, [{a} + {s}*1]",
-            "tileloadd tmm2, [{b} + {s}*1]",
-            "tdpbf16ps tmm0, tmm1, tmm2",
-            "tilestored [{c} + {s}*1], tmm0",
-            "tilerelease",
-            c = in(reg) c.as_mut_ptr(),
-            a = in(reg) a.as_ptr(),
-            b = in(reg) b.as_ptr(),
-            s = in(reg) 64usize,
-        );
+        // SAFETY: AMX is available (checked by the caller); a16, b16 and c hold the shapes named.
+        unsafe {
+            gemm::gemm(
+                Kernel::Amx,
+                16,
+                16,
+                32,
+                Src::Bf16 { ptr: a16.as_ptr(), rs: 32, cs: 1 },
+                Src::Bf16 { ptr: b16.as_ptr(), rs: 16, cs: 1 },
+                c.as_mut_ptr(),
+                16,
+                false,
+            )
+        }
     }
 
     fn even_first(acc: f32, a: u32, b: u32) -> f32 {
@@ -54,14 +52,8 @@ mod amx {
     }
 
     pub fn main() {
-        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        if !flags.split_whitespace().any(|f| f == "amx_bf16") {
-            println!("this CPU has no AMX-BF16: nothing to compare");
-            return;
-        }
-        // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM (0x1023) and XFEATURE_XTILEDATA (18).
-        if unsafe { syscall(158, 0x1023i64, 18i64) } != 0 {
-            println!("the kernel refused the AMX tile state (arch_prctl): nothing to compare");
+        if !Kernel::Amx.available() {
+            println!("this CPU (or OS) has no AMX-BF16 tiles: nothing to compare");
             return;
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
@@ -79,8 +71,7 @@ mod amx {
                     *x = value() | value() << 16;
                 }
                 let mut c = [0f32; 256];
-                // SAFETY: the CPU has AMX-BF16 and the tile state was granted.
-                unsafe { tile_product(&a, &b, &mut c) };
+                tile_product(&a, &b, &mut c);
                 for m in 0..16 {
                     for n in 0..16 {
                         let (mut o, mut e, mut x) = (0f32, 0f32, 0f64);
