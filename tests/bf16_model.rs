@@ -205,6 +205,9 @@ fn an_unusable_bf16_kernel_is_a_usage_error() {
     if let Some(k) = missing {
         cases.push((k.name(), "which this CPU lacks"));
     }
+    if !Kernel::Amx.available() {
+        cases.push(("amx", "which this CPU lacks"));
+    }
     for (value, needle) in cases {
         let mut train = common::tiny_train_flags(corpus.to_str().unwrap(), out.to_str().unwrap());
         train.extend(["--precision", "bf16", "--overwrite"]);
