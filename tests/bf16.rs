@@ -243,7 +243,7 @@ fn hardware_equals_emulation_over_millions_of_lanes() {
 // ---------------------------------------------------------------------------------------------
 // The blocked product.
 
-/// Odd shapes, each with A and B stored plainly or transposed: (m, n, k, ta, tb).
+/// Odd shapes (m, n, k), each run with A and B stored plainly or transposed.
 const ODD_SHAPES: [(usize, usize, usize); 8] = [(1, 1, 1), (5, 17, 3), (8, 16, 2), (33, 31, 65), (70, 129, 385), (200, 96, 1000), (1, 300, 777), (47, 80, 64)];
 
 /// An operand pair from f32, stored transposed where asked, and its bf16-rounded elements.

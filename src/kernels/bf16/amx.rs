@@ -35,7 +35,7 @@ pub fn available() -> bool {
 /// None needed: it only panics.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm(_m: usize, _n: usize, _k: usize, _a: super::gemm::Src, _pb: &[u32], _c: *mut f32, _ldc: usize, _parallel: bool) {
+pub unsafe fn gemm(_m: usize, _n: usize, _k: usize, _a: super::operand::Src, _pb: &[u32], _c: *mut f32, _ldc: usize, _parallel: bool) {
     unreachable!("AMX tiles are reached on x86-64 Linux only")
 }
 
@@ -44,7 +44,7 @@ mod imp {
     use std::arch::asm;
     use std::sync::OnceLock;
 
-    use super::super::gemm::{fetch, Src};
+    use super::super::operand::{fetch, Src};
     use super::super::micro::NR;
     use super::super::round::round_slice;
     use crate::kernels::SendPtr;

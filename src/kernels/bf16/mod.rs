@@ -3,6 +3,7 @@
 //! - [`round`]: f32 -> bf16 rounding to nearest-even, as `vcvtne2ps2bf16` rounds.
 //! - [`micro`]: the microkernels: `vdpbf16ps` itself where the CPU has AVX512-BF16, exact
 //!   emulations of it in AVX-512F and in AVX2/FMA, and the scalar formula.
+//! - [`operand`]: where a product's operands are read from (f32 or bf16 bits, any strides).
 //! - [`gemm`]: the blocked product with packed operands, split over candle's thread pool.
 //! - [`ops`]: the candle ops the model's bf16 path runs (Linear layers with their backward).
 //! - [`amx`]: the product on AMX tiles, fast where the CPU has them and not reproducible.
@@ -15,6 +16,7 @@
 pub mod amx;
 pub mod gemm;
 pub mod micro;
+pub mod operand;
 pub mod ops;
 pub mod round;
 
