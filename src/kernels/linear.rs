@@ -66,25 +66,27 @@ fn rounded<'a>(cell: &'a OnceLock<Vec<u16>>, w: &[f32]) -> &'a [u16] {
 }
 
 impl Arith {
+    /// For bf16, the kernel and `w (n, k)` packed as the B of `x . w^T`: the packed copy kept
+    /// beforehand, or packed now from the weight rounded once per cell. None for f32.
+    pub(crate) fn packed_weight(&self, n: usize, k: usize, w: &[f32]) -> Option<(Kernel, std::borrow::Cow<'_, PackedB>)> {
+        match self {
+            Arith::F32 => None,
+            Arith::Bf16 { kernel, packed: Some(p), .. } => Some((*kernel, std::borrow::Cow::Borrowed(p.as_ref()))),
+            Arith::Bf16 { kernel, w_bf16, packed: None } => {
+                let wb = rounded(w_bf16, w);
+                // SAFETY: wb is (n, k), read transposed as (k, n).
+                Some((*kernel, std::borrow::Cow::Owned(unsafe { PackedB::new(Src::Bf16 { ptr: wb.as_ptr(), rs: 1, cs: k }, k, n) })))
+            }
+        }
+    }
+
     /// `y (m, n) = x (m, k) . w (n, k)^T`.
     pub(crate) fn forward(&self, m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
-        match self {
+        match self.packed_weight(n, k, w) {
             // SAFETY: x (m, k) and w (n, k) row-major; w read transposed.
-            Arith::F32 => unsafe { product(m, n, k, (x.as_ptr(), k, 1), (w.as_ptr(), 1, k)) },
-            Arith::Bf16 { kernel, w_bf16, packed } => {
-                let fresh;
-                let b = match packed {
-                    Some(p) => p.as_ref(),
-                    None => {
-                        let wb = rounded(w_bf16, w);
-                        // SAFETY: wb is (n, k), read transposed as (k, n).
-                        fresh = unsafe { PackedB::new(Src::Bf16 { ptr: wb.as_ptr(), rs: 1, cs: k }, k, n) };
-                        &fresh
-                    }
-                };
-                // SAFETY: x (m, k); the output (m, n) is written in full by the product.
-                unsafe { bf16_out(m, n, k, |c| bf16_gemm::gemm_packed(*kernel, m, Src::f32_rows(x, k), b, c, n, true)) }
-            }
+            None => unsafe { product(m, n, k, (x.as_ptr(), k, 1), (w.as_ptr(), 1, k)) },
+            // SAFETY: x (m, k); the output (m, n) is written in full by the product.
+            Some((kernel, b)) => unsafe { bf16_out(m, n, k, |c| bf16_gemm::gemm_packed(kernel, m, Src::f32_rows(x, k), &b, c, n, true)) },
         }
     }
 

@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::bf16::gemm::{self as bf16_gemm, PackedB, Src};
+use super::bf16::Kernel;
 use super::linear::{block_rows, by_rows, with_last, Arith};
 use super::{cpu_f32, f32_slice, gelu, matmul, parallel_for_ranges, written, SendPtr};
 
@@ -61,10 +63,16 @@ impl CustomOp3 for GeluMlp {
         let (f, c) = l2.shape().dims2()?;
         let (c_out, _) = l3.shape().dims2()?;
         let m = x.len() / c.max(1);
-        let f32_rows = matches!((&self.fc, &self.proj), (Arith::F32, Arith::F32)) && by_rows(m, f, c) && by_rows(m, c_out, f);
-        let (h, g, y) = if f32_rows && f > 0 && c > 0 {
+        let rows = by_rows(m, f, c) && by_rows(m, c_out, f) && f > 0 && c > 0;
+        // The bf16 weights packed once for the blocks below (none for f32, or where the products
+        // split by columns instead).
+        let bf16 = if rows { (self.fc.packed_weight(f, c, w_fc), self.proj.packed_weight(c_out, f, w_proj)) } else { (None, None) };
+        let (h, g, y) = if rows && matches!((&self.fc, &self.proj), (Arith::F32, Arith::F32)) {
             // SAFETY: x (m, c), w_fc (f, c) and w_proj (c_out, f), row-major, as the slices hold.
             unsafe { forward_by_rows(m, f, c, c_out, x, w_fc, w_proj, self.tanh) }
+        } else if let (Some((k_fc, b_fc)), Some((k_proj, b_proj))) = &bf16 {
+            // SAFETY: x (m, c); the packed weights are (c, f) and (f, c_out).
+            unsafe { forward_by_rows_bf16(m, f, c, c_out, x, (*k_fc, b_fc), (*k_proj, b_proj), self.tanh) }
         } else {
             let h = self.fc.forward(m, f, c, x, w_fc);
             let g = gelu::forward_all(&h, self.tanh);
@@ -132,6 +140,50 @@ unsafe fn forward_by_rows(m: usize, f: usize, c: usize, c_out: usize, x: &[f32],
                             matmul(size, f, c, h.get().add(start * f), (f, 1), x.as_ptr().add(start * c), (c, 1), w_fc.as_ptr(), (1, c));
                             gelu::forward_slice(h.slice(start * f, size * f), g.slice(start * f, size * f), tanh);
                             matmul(size, c_out, f, y.get().add(start * c_out), (c_out, 1), g.get().add(start * f), (f, 1), w_proj.as_ptr(), (1, f));
+                        }
+                    }
+                });
+            })
+        })
+    });
+    (h, g, y)
+}
+
+/// [`forward_by_rows`] with bf16 products: each block of rows runs its first product, GELU and
+/// second product on one thread against the weights packed once, while the block is in cache
+/// (one hand-off to the pool instead of three). The bf16 product's bits do not depend on how its
+/// rows are split, so these are the whole products' bits.
+///
+/// # Safety
+/// As [`forward_by_rows`]; `fc` packs `(c, f)` and `proj` `(f, c_out)`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_by_rows_bf16(
+    m: usize,
+    f: usize,
+    c: usize,
+    c_out: usize,
+    x: &[f32],
+    fc: (Kernel, &PackedB),
+    proj: (Kernel, &PackedB),
+    tanh: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let per = block_rows(m);
+    let (mut g, mut y) = (Vec::new(), Vec::new());
+    let h = written(m * f, |hp| {
+        g = written(m * f, |gp| {
+            y = written(m * c_out, |yp| {
+                let (h, g, y) = (SendPtr(hp), SendPtr(gp), SendPtr(yp));
+                parallel_for_ranges(m.div_ceil(per), |blocks| {
+                    for blk in blocks {
+                        let (start, size) = (blk * per, per.min(m - blk * per));
+                        // SAFETY: each block writes its own rows of h, g and y, all of which the
+                        // products and GELU write in full; the reads stay inside x.
+                        unsafe {
+                            let xs = Src::f32_rows(&x[start * c..(start + size) * c], c);
+                            bf16_gemm::gemm_packed(fc.0, size, xs, fc.1, h.get().add(start * f), f, false);
+                            gelu::forward_slice(h.slice(start * f, size * f), g.slice(start * f, size * f), tanh);
+                            let gs = Src::f32_rows(g.slice(start * f, size * f), f);
+                            bf16_gemm::gemm_packed(proj.0, size, gs, proj.1, y.get().add(start * c_out), c_out, false);
                         }
                     }
                 });
