@@ -115,6 +115,15 @@ pub(crate) fn forward_slice(x: &[f32], y: &mut [f32], tanh: bool) {
     }
 }
 
+/// dx = dy GELU'(x), elementwise, on the calling thread.
+pub(crate) fn backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32], tanh: bool) {
+    if tanh {
+        backward_tanh_chunk(x, dy, dx)
+    } else {
+        backward_chunk(x, dy, dx)
+    }
+}
+
 /// dx = dy GELU'(x), elementwise, in parallel.
 pub(crate) fn backward_all(x: &[f32], dy: &[f32], tanh: bool) -> Vec<f32> {
     if tanh {

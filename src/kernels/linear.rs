@@ -90,6 +90,19 @@ impl Arith {
         }
     }
 
+    /// The B of `dx = dy . w` for products by blocks of rows: `w (n, k)` itself for f32, or
+    /// packed once from the weight rounded once per cell for bf16.
+    pub(crate) fn input_grad_weight<'a>(&self, n: usize, k: usize, w: &'a [f32]) -> RowsB<'a> {
+        match self {
+            Arith::F32 => RowsB::F32(w),
+            Arith::Bf16 { kernel, w_bf16, .. } => {
+                let wb = rounded(w_bf16, w);
+                // SAFETY: wb is (n, k), row-major.
+                RowsB::Bf16(*kernel, unsafe { PackedB::new(Src::Bf16 { ptr: wb.as_ptr(), rs: k, cs: 1 }, n, k) })
+            }
+        }
+    }
+
     /// `dx (m, k) = dy (m, n) . w (n, k)`.
     pub(crate) fn input_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
         match self {
@@ -113,6 +126,28 @@ impl Arith {
                 // SAFETY: as above; the output is written in full.
                 unsafe { bf16_out(n, k, m, |c| bf16_gemm::gemm(*kernel, n, k, m, Src::f32_cols(dy, n), Src::f32_rows(x, k), c, k, true)) }
             }
+        }
+    }
+}
+
+/// The B operand `(k, n)` of products run block of rows by block of rows on one thread each:
+/// an f32 row-major matrix, or bf16 packed once.
+pub(crate) enum RowsB<'a> {
+    F32(&'a [f32]),
+    Bf16(Kernel, PackedB),
+}
+
+impl RowsB<'_> {
+    /// `dst (rows, n) = a (rows, k) . B` on the calling thread, `a` and `dst` row-major. In f32
+    /// the call is the one [`product`] makes for a block of rows, so the values are its bits; in
+    /// bf16 the product's bits do not depend on the blocks.
+    ///
+    /// # Safety
+    /// `a` holds rows x k values, `dst` rows x n writable ones, not aliasing.
+    pub(crate) unsafe fn block(&self, rows: usize, n: usize, k: usize, a: &[f32], dst: *mut f32) {
+        match self {
+            RowsB::F32(b) => matmul(rows, n, k, dst, (n, 1), a.as_ptr(), (k, 1), b.as_ptr(), (n, 1)),
+            RowsB::Bf16(kernel, b) => bf16_gemm::gemm_packed(*kernel, rows, Src::f32_rows(a, k), b, dst, n, false),
         }
     }
 }

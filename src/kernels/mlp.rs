@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bf16::gemm::{self as bf16_gemm, PackedB, Src};
 use super::bf16::Kernel;
-use super::linear::{block_rows, by_rows, with_last, Arith};
+use super::linear::{block_rows, by_rows, with_last, Arith, RowsB};
 use super::{cpu_f32, f32_slice, gelu, matmul, parallel_for_ranges, written, SendPtr};
 
 /// `x (..., C) -> GELU(x . w_fc^T) . w_proj^T (..., C_out)` with `w_fc (F, C)`, `w_proj (C_out,
@@ -99,12 +99,19 @@ impl CustomOp3 for GeluMlp {
             let (sdy, ldy) = dy.storage_and_layout();
             let name = self.name();
             let (x, w_fc, w_proj, dy) = (cpu_f32(&sx, lx, name)?, cpu_f32(&sfc, lfc, name)?, cpu_f32(&sproj, lproj, name)?, cpu_f32(&sdy, ldy, name)?);
-            let dg = self.proj.input_grad(m, c_out, f, dy, w_proj);
+            let (dh, dx) = if by_rows(m, f, c_out) && by_rows(m, c, f) && f > 0 && c > 0 && c_out > 0 {
+                let (b_proj, b_fc) = (self.proj.input_grad_weight(c_out, f, w_proj), self.fc.input_grad_weight(f, c, w_fc));
+                // SAFETY: dy (m, c_out), h (m, f), and the two weights' B operands, as above.
+                unsafe { backward_by_rows(m, f, c, c_out, dy, h, &b_proj, &b_fc, self.tanh) }
+            } else {
+                let dg = self.proj.input_grad(m, c_out, f, dy, w_proj);
+                let dh = gelu::backward_all(h, &dg, self.tanh);
+                drop(dg);
+                let dx = self.fc.input_grad(m, f, c, &dh, w_fc);
+                (dh, dx)
+            };
             let dw_proj = self.proj.weight_grad(m, c_out, f, dy, g);
-            let dh = gelu::backward_all(h, &dg, self.tanh);
-            drop(dg);
             let dw_fc = self.fc.weight_grad(m, f, c, &dh, x);
-            let dx = self.fc.input_grad(m, f, c, &dh, w_fc);
             (dx, dw_fc, dw_proj)
         };
         let dev = x.device();
@@ -114,6 +121,41 @@ impl CustomOp3 for GeluMlp {
             Some(Tensor::from_vec(dw_proj, (c_out, f), dev)?),
         ))
     }
+}
+
+/// The backward's row-wise chain `(dh, dx)` by blocks of rows, as the forward runs: each block's
+/// `dg = dy . W_proj`, `dh = dg GELU'(h)` and `dx = dh . W_fc` in turn on one thread, `dg` only
+/// in a per-thread scratch (one hand-off instead of three, and no `(rows, F)` buffer for `dg`).
+/// The blocks are those of the whole products (both split by rows here), so the values are their
+/// bits. The weight gradients, sums over every row, stay whole products.
+///
+/// # Safety
+/// `dy` holds (m, c_out) values, `h` (m, f); `b_proj` is (c_out, f), `b_fc` (f, c).
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_by_rows(m: usize, f: usize, c: usize, c_out: usize, dy: &[f32], h: &[f32], b_proj: &RowsB, b_fc: &RowsB, tanh: bool) -> (Vec<f32>, Vec<f32>) {
+    let per = block_rows(m);
+    let mut dx = Vec::new();
+    let dh = written(m * f, |dhp| {
+        dx = written(m * c, |dxp| {
+            let (dh, dx) = (SendPtr(dhp), SendPtr(dxp));
+            parallel_for_ranges(m.div_ceil(per), |blocks| {
+                let mut dg = vec![0f32; per * f];
+                for blk in blocks {
+                    let (start, size) = (blk * per, per.min(m - blk * per));
+                    // SAFETY: each block writes its own rows of dh and dx, in full; dg is this
+                    // thread's; the reads stay inside dy, h and the weights.
+                    unsafe {
+                        let dg = &mut dg[..size * f];
+                        b_proj.block(size, f, c_out, &dy[start * c_out..(start + size) * c_out], dg.as_mut_ptr());
+                        let dh_blk = dh.slice(start * f, size * f);
+                        gelu::backward_slice(&h[start * f..(start + size) * f], dg, dh_blk, tanh);
+                        b_fc.block(size, c, f, dh_blk, dx.get().add(start * c));
+                    }
+                }
+            });
+        })
+    });
+    (dh, dx)
 }
 
 /// The f32 forward `(h, g, y)` by blocks of rows, each block's first product, GELU and second
