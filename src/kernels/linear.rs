@@ -90,15 +90,24 @@ impl Arith {
         }
     }
 
+    /// The B of `y = x . w^T` for products by blocks of rows ([`RowsB`]): `w (n, k)` read
+    /// transposed for f32, or [`Arith::packed_weight`] for bf16.
+    pub(crate) fn forward_weight<'a>(&'a self, n: usize, k: usize, w: &'a [f32]) -> RowsB<'a> {
+        match self.packed_weight(n, k, w) {
+            None => RowsB::F32 { b: w, rs: 1, cs: k },
+            Some((kernel, b)) => RowsB::Bf16(kernel, b),
+        }
+    }
+
     /// The B of `dx = dy . w` for products by blocks of rows: `w (n, k)` itself for f32, or
     /// packed once from the weight rounded once per cell for bf16.
     pub(crate) fn input_grad_weight<'a>(&self, n: usize, k: usize, w: &'a [f32]) -> RowsB<'a> {
         match self {
-            Arith::F32 => RowsB::F32(w),
+            Arith::F32 => RowsB::F32 { b: w, rs: k, cs: 1 },
             Arith::Bf16 { kernel, w_bf16, .. } => {
                 let wb = rounded(w_bf16, w);
                 // SAFETY: wb is (n, k), row-major.
-                RowsB::Bf16(*kernel, unsafe { PackedB::new(Src::Bf16 { ptr: wb.as_ptr(), rs: k, cs: 1 }, n, k) })
+                RowsB::Bf16(*kernel, std::borrow::Cow::Owned(unsafe { PackedB::new(Src::Bf16 { ptr: wb.as_ptr(), rs: k, cs: 1 }, n, k) }))
             }
         }
     }
@@ -131,10 +140,10 @@ impl Arith {
 }
 
 /// The B operand `(k, n)` of products run block of rows by block of rows on one thread each:
-/// an f32 row-major matrix, or bf16 packed once.
+/// f32 with element (kk, j) at `b[kk * rs + j * cs]`, or bf16 packed once.
 pub(crate) enum RowsB<'a> {
-    F32(&'a [f32]),
-    Bf16(Kernel, PackedB),
+    F32 { b: &'a [f32], rs: usize, cs: usize },
+    Bf16(Kernel, std::borrow::Cow<'a, PackedB>),
 }
 
 impl RowsB<'_> {
@@ -143,10 +152,11 @@ impl RowsB<'_> {
     /// bf16 the product's bits do not depend on the blocks.
     ///
     /// # Safety
-    /// `a` holds rows x k values, `dst` rows x n writable ones, not aliasing.
+    /// `a` holds rows x k values, `dst` rows x n writable ones, not aliasing; B's strides stay
+    /// inside `b`.
     pub(crate) unsafe fn block(&self, rows: usize, n: usize, k: usize, a: &[f32], dst: *mut f32) {
         match self {
-            RowsB::F32(b) => matmul(rows, n, k, dst, (n, 1), a.as_ptr(), (k, 1), b.as_ptr(), (n, 1)),
+            RowsB::F32 { b, rs, cs } => matmul(rows, n, k, dst, (n, 1), a.as_ptr(), (k, 1), b.as_ptr(), (*rs, *cs)),
             RowsB::Bf16(kernel, b) => bf16_gemm::gemm_packed(*kernel, rows, Src::f32_rows(a, k), b, dst, n, false),
         }
     }

@@ -15,10 +15,8 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::bf16::gemm::{self as bf16_gemm, PackedB, Src};
-use super::bf16::Kernel;
 use super::linear::{block_rows, by_rows, with_last, Arith, RowsB};
-use super::{cpu_f32, f32_slice, gelu, matmul, parallel_for_ranges, written, SendPtr};
+use super::{cpu_f32, f32_slice, gelu, parallel_for_ranges, written, SendPtr};
 
 /// `x (..., C) -> GELU(x . w_fc^T) . w_proj^T (..., C_out)` with `w_fc (F, C)`, `w_proj (C_out,
 /// F)`, in f32; `tanh` picks GPT-2's approximation of GELU. Differentiable in all three.
@@ -63,16 +61,10 @@ impl CustomOp3 for GeluMlp {
         let (f, c) = l2.shape().dims2()?;
         let (c_out, _) = l3.shape().dims2()?;
         let m = x.len() / c.max(1);
-        let rows = by_rows(m, f, c) && by_rows(m, c_out, f) && f > 0 && c > 0;
-        // The bf16 weights packed once for the blocks below (none for f32, or where the products
-        // split by columns instead).
-        let bf16 = if rows { (self.fc.packed_weight(f, c, w_fc), self.proj.packed_weight(c_out, f, w_proj)) } else { (None, None) };
-        let (h, g, y) = if rows && matches!((&self.fc, &self.proj), (Arith::F32, Arith::F32)) {
-            // SAFETY: x (m, c), w_fc (f, c) and w_proj (c_out, f), row-major, as the slices hold.
-            unsafe { forward_by_rows(m, f, c, c_out, x, w_fc, w_proj, self.tanh) }
-        } else if let (Some((k_fc, b_fc)), Some((k_proj, b_proj))) = &bf16 {
-            // SAFETY: x (m, c); the packed weights are (c, f) and (f, c_out).
-            unsafe { forward_by_rows_bf16(m, f, c, c_out, x, (*k_fc, b_fc), (*k_proj, b_proj), self.tanh) }
+        let (h, g, y) = if by_rows(m, f, c) && by_rows(m, c_out, f) && f > 0 && c > 0 {
+            let (b_fc, b_proj) = (self.fc.forward_weight(f, c, w_fc), self.proj.forward_weight(c_out, f, w_proj));
+            // SAFETY: x (m, c); the weights' B operands are (c, f) and (f, c_out).
+            unsafe { forward_by_rows(m, f, c, c_out, x, &b_fc, &b_proj, self.tanh) }
         } else {
             let h = self.fc.forward(m, f, c, x, w_fc);
             let g = gelu::forward_all(&h, self.tanh);
@@ -158,15 +150,17 @@ unsafe fn backward_by_rows(m: usize, f: usize, c: usize, c_out: usize, dy: &[f32
     (dh, dx)
 }
 
-/// The f32 forward `(h, g, y)` by blocks of rows, each block's first product, GELU and second
+/// The forward `(h, g, y)` by blocks of rows, each block's first product, GELU and second
 /// product in turn on one thread, while its hidden rows are still in cache: one hand-off to the
-/// pool instead of three. The blocks and gemm calls are those of [`super::linear`]'s products
-/// (both split by rows here), so the values are the same bits.
+/// pool instead of three. In f32 the blocks and gemm calls are those of [`super::linear`]'s
+/// products (both split by rows here), and the bf16 product's bits do not depend on how its rows
+/// are split, so the values are the whole products' bits.
 ///
 /// # Safety
-/// `x` holds (m, c), `w_fc` (f, c) and `w_proj` (c_out, f) values, row-major; f and c are not 0.
+/// `x` holds (m, c) values, row-major; `b_fc` is (c, f) and `b_proj` (f, c_out); f and c are
+/// not 0.
 #[allow(clippy::too_many_arguments)]
-unsafe fn forward_by_rows(m: usize, f: usize, c: usize, c_out: usize, x: &[f32], w_fc: &[f32], w_proj: &[f32], tanh: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+unsafe fn forward_by_rows(m: usize, f: usize, c: usize, c_out: usize, x: &[f32], b_fc: &RowsB, b_proj: &RowsB, tanh: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let per = block_rows(m);
     let (mut g, mut y) = (Vec::new(), Vec::new());
     let h = written(m * f, |hp| {
@@ -179,53 +173,10 @@ unsafe fn forward_by_rows(m: usize, f: usize, c: usize, c_out: usize, x: &[f32],
                         // SAFETY: each block writes its own rows of h, g and y, all of which it
                         // writes in full; the reads stay inside x and the weights.
                         unsafe {
-                            matmul(size, f, c, h.get().add(start * f), (f, 1), x.as_ptr().add(start * c), (c, 1), w_fc.as_ptr(), (1, c));
-                            gelu::forward_slice(h.slice(start * f, size * f), g.slice(start * f, size * f), tanh);
-                            matmul(size, c_out, f, y.get().add(start * c_out), (c_out, 1), g.get().add(start * f), (f, 1), w_proj.as_ptr(), (1, f));
-                        }
-                    }
-                });
-            })
-        })
-    });
-    (h, g, y)
-}
-
-/// [`forward_by_rows`] with bf16 products: each block of rows runs its first product, GELU and
-/// second product on one thread against the weights packed once, while the block is in cache
-/// (one hand-off to the pool instead of three). The bf16 product's bits do not depend on how its
-/// rows are split, so these are the whole products' bits.
-///
-/// # Safety
-/// As [`forward_by_rows`]; `fc` packs `(c, f)` and `proj` `(f, c_out)`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn forward_by_rows_bf16(
-    m: usize,
-    f: usize,
-    c: usize,
-    c_out: usize,
-    x: &[f32],
-    fc: (Kernel, &PackedB),
-    proj: (Kernel, &PackedB),
-    tanh: bool,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let per = block_rows(m);
-    let (mut g, mut y) = (Vec::new(), Vec::new());
-    let h = written(m * f, |hp| {
-        g = written(m * f, |gp| {
-            y = written(m * c_out, |yp| {
-                let (h, g, y) = (SendPtr(hp), SendPtr(gp), SendPtr(yp));
-                parallel_for_ranges(m.div_ceil(per), |blocks| {
-                    for blk in blocks {
-                        let (start, size) = (blk * per, per.min(m - blk * per));
-                        // SAFETY: each block writes its own rows of h, g and y, all of which the
-                        // products and GELU write in full; the reads stay inside x.
-                        unsafe {
-                            let xs = Src::f32_rows(&x[start * c..(start + size) * c], c);
-                            bf16_gemm::gemm_packed(fc.0, size, xs, fc.1, h.get().add(start * f), f, false);
-                            gelu::forward_slice(h.slice(start * f, size * f), g.slice(start * f, size * f), tanh);
-                            let gs = Src::f32_rows(g.slice(start * f, size * f), f);
-                            bf16_gemm::gemm_packed(proj.0, size, gs, proj.1, y.get().add(start * c_out), c_out, false);
+                            b_fc.block(size, f, c, &x[start * c..(start + size) * c], h.get().add(start * f));
+                            let g_blk = g.slice(start * f, size * f);
+                            gelu::forward_slice(h.slice(start * f, size * f), g_blk, tanh);
+                            b_proj.block(size, c_out, f, g_blk, y.get().add(start * c_out));
                         }
                     }
                 });

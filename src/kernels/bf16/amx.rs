@@ -77,7 +77,7 @@ mod imp {
     }
 
     /// A packed row-major, `kpa` pairs (a multiple of 16) per row, rows up to a multiple of 16.
-    pub struct PackedA {
+    struct PackedA {
         kpa: usize,
         data: Vec<u32>,
     }
