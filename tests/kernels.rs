@@ -380,3 +380,22 @@ fn par_map_f64_puts_each_value_at_its_index() {
         }
     }
 }
+
+#[test]
+fn a_forward_only_model_gives_the_trainable_models_bits() {
+    // A model whose weights are plain tensors runs each block's norm, MLP and residual add as one
+    // pass (nothing kept for a backward); the trainable model runs them as the ops that training
+    // differentiates. Both give the same logits, bit for bit, in f32 and in bf16; rows enough for
+    // several blocks, and a width that is not a multiple of 16.
+    let cfg = ModelConfig { context: 40, n_layer: 2, n_head: 3, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
+    let tensors = weights(&cfg);
+    let ids = common::random_ids(9, cfg.context, cfg.vocab_size - 1, cfg.vocab_size as u32 - 1, 5);
+    for precision in [thermoformer::config::Precision::F32, thermoformer::config::Precision::Bf16] {
+        let (params, mut trainable) = Params::from_tensors(&cfg, tensors.clone(), &Device::Cpu).unwrap();
+        let mut forward_only = params.detached_model(&cfg).unwrap();
+        trainable.set_precision(precision);
+        forward_only.set_precision(precision);
+        let (a, b) = (common::flat(&trainable.forward(&ids).unwrap()), common::flat(&forward_only.forward(&ids).unwrap()));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{precision:?}: the forward-only logits differ");
+    }
+}

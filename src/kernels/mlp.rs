@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::linear::{block_rows, by_rows, with_last, Arith, RowsB};
-use super::{cpu_f32, f32_slice, gelu, parallel_for_ranges, written, SendPtr};
+use super::{cpu_f32, f32_slice, gelu, layer_norm, parallel_for_ranges, scratch, written, SendPtr};
 
 /// `x (..., C) -> GELU(x . w_fc^T) . w_proj^T (..., C_out)` with `w_fc (F, C)`, `w_proj (C_out,
 /// F)`, in f32; `tanh` picks GPT-2's approximation of GELU. Differentiable in all three.
@@ -184,4 +184,111 @@ unsafe fn forward_by_rows(m: usize, f: usize, c: usize, c_out: usize, x: &[f32],
         })
     });
     (h, g, y)
+}
+
+/// The norm in front of an MLP, as the fused norm op computes it ([`layer_norm`]): bias-free,
+/// with gain `w`, `eps`, centred (LayerNorm) or not (RMSNorm).
+pub(crate) struct RowNorm<'a> {
+    pub w: &'a Tensor,
+    pub eps: f32,
+    pub centred: bool,
+}
+
+/// Rows per block of [`residual_forward`] in bf16, whose product's bits do not depend on the
+/// blocks: a block's hidden rows and their GELU (2 x 64 x d_ff floats) stay in L2.
+const BF16_BLOCK_ROWS: usize = 64;
+
+/// Forward only: `x + GELU(norm(x) . W_fc^T) . W_proj^T`, the pre-norm block's MLP with its
+/// residual, by blocks of rows, each block's normed rows, hidden rows and GELU in per-thread
+/// scratch. Nothing `(rows, d_ff)` is written to memory (the op for training keeps both hidden
+/// tensors for its backward), and the norm, the MLP and the add are one hand-off to the pool
+/// instead of three. Each value is computed as the norm op, [`apply`] by rows and candle's add
+/// compute it (in f32 over [`apply`]'s own blocks), so the result is their bits.
+///
+/// None where [`apply`] would not run by rows, or the shapes do not fit (the caller composes).
+pub(crate) fn residual_forward(x: &Tensor, norm: RowNorm, w_fc: &Tensor, w_proj: &Tensor, tanh: bool, fc: Arith, proj: Arith) -> Result<Option<Tensor>> {
+    let c = x.dims().last().copied().unwrap_or(0);
+    let (f, c_fc) = w_fc.dims2()?;
+    let (c_out, f_proj) = w_proj.dims2()?;
+    let m = x.elem_count() / c.max(1);
+    if x.rank() == 0 || c == 0 || f == 0 || c_fc != c || f_proj != f || c_out != c || norm.w.dims1()? != c || !by_rows(m, f, c) || !by_rows(m, c, f) {
+        return Ok(None);
+    }
+    let per = match fc {
+        Arith::F32 => block_rows(m),
+        Arith::Bf16 { .. } => BF16_BLOCK_ROWS,
+    };
+    let name = "mlp-residual";
+    let (x, w_fc, w_proj, nw) = (x.contiguous()?, w_fc.contiguous()?, w_proj.contiguous()?, norm.w.contiguous()?);
+    let y = {
+        let (sx, lx) = x.storage_and_layout();
+        let (sfc, lfc) = w_fc.storage_and_layout();
+        let (sproj, lproj) = w_proj.storage_and_layout();
+        let (sn, ln) = nw.storage_and_layout();
+        let (xs, wf, wp, nws) = (cpu_f32(&sx, lx, name)?, cpu_f32(&sfc, lfc, name)?, cpu_f32(&sproj, lproj, name)?, cpu_f32(&sn, ln, name)?);
+        let (b_fc, b_proj) = (fc.forward_weight(f, c, wf), proj.forward_weight(c, f, wp));
+        let fill = |yp: *mut f32| {
+            let out = SendPtr(yp);
+            parallel_for_ranges(m.div_ceil(per), |blocks| {
+                // SAFETY: each block writes its part of the scratch before reading it (the norm its
+                // rows, the first product every value of h, the GELU every value of g).
+                let (mut normed, mut h, mut g) = unsafe { (scratch(per * c), scratch(per * f), scratch(per * f)) };
+                for blk in blocks {
+                    let (start, size) = (blk * per, per.min(m - blk * per));
+                    let rows = &xs[start * c..(start + size) * c];
+                    let (normed, h, g) = (&mut normed[..size * c], &mut h[..size * f], &mut g[..size * f]);
+                    layer_norm::forward_rows(rows, nws, normed, norm.eps, norm.centred);
+                    // SAFETY: each block writes its own rows of y, in full (the second product
+                    // writes every value, then the add reads and rewrites it); the scratch is
+                    // this thread's; B operands are (c, f) and (f, c).
+                    unsafe {
+                        b_fc.block(size, f, c, normed, h.as_mut_ptr());
+                        gelu::forward_slice(h, g, tanh);
+                        let dst = out.slice(start * c, size * c);
+                        b_proj.block(size, c, f, g, dst.as_mut_ptr());
+                        for (o, &r) in dst.iter_mut().zip(rows) {
+                            *o += r; // candle's x + y: an IEEE sum, the same bits either way round
+                        }
+                    }
+                }
+            });
+        };
+        // SAFETY: the blocks cover every row of y and write each in full.
+        unsafe { written(m * c, fill) }
+    };
+    Tensor::from_vec(y, x.shape(), x.device()).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn values(shape: &[usize], seed: u32) -> Tensor {
+        let n: usize = shape.iter().product();
+        // A cheap deterministic spread of signs and sizes.
+        let v: Vec<f32> = (0..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 2001) as f32 / 1000.0 - 1.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn the_residual_pass_gives_the_bits_of_norm_mlp_and_add() {
+        // Against the ops a training forward runs (the norm op, the MLP op, candle's add): rows
+        // enough for several blocks in both precisions with a short last one, an odd width, both
+        // norms and both GELUs.
+        let kernel = crate::kernels::bf16::ops::kernel().unwrap();
+        for (rows, c, f, centred, tanh) in [(203, 37, 150, true, false), (203, 37, 150, false, true), (700, 64, 256, true, false)] {
+            let x = values(&[1, rows, c], 1);
+            let (w_fc, w_proj, nw) = ((values(&[f, c], 2) * 0.3).unwrap(), (values(&[c, f], 3) * 0.3).unwrap(), (values(&[c], 4) + 1.0).unwrap());
+            let normed = if centred { layer_norm::layer_norm(&x, &nw, 1e-5) } else { layer_norm::rms_norm(&x, &nw, 1e-5) }.unwrap();
+            let bf16 = || Arith::Bf16 { kernel, w_bf16: Default::default(), packed: None };
+            for (arith, name) in [(Arith::F32, "f32"), (bf16(), "bf16")] {
+                let composed = (&x + apply(&normed, &w_fc, &w_proj, tanh, arith.clone(), arith.clone()).unwrap()).unwrap();
+                let norm = RowNorm { w: &nw, eps: 1e-5, centred };
+                let fused = residual_forward(&x, norm, &w_fc, &w_proj, tanh, arith.clone(), arith).unwrap().expect("runs by rows");
+                let (a, b) = (fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), composed.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{rows} x {c} -> {f}, centred {centred}, tanh {tanh}, {name}");
+            }
+        }
+    }
 }

@@ -143,6 +143,14 @@ impl<T> SendPtr<T> {
     }
 }
 
+/// `len` values of scratch, not zeroed (as [`written`]'s buffer before its fill).
+///
+/// # Safety
+/// The caller writes each value before it reads it.
+unsafe fn scratch(len: usize) -> Vec<f32> {
+    written(len, |_| {})
+}
+
 /// A vector of `len` f32 that `fill` writes in full, without zeroing it first (the products
 /// overwrite their outputs; zeroing them was a memset per op).
 ///

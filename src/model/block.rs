@@ -33,29 +33,35 @@ impl Block {
     }
 
     /// The residual update around the attention output `a` of `x`, with `mlp` the MLP's
-    /// forward (cached or not).
-    fn residual(&self, x: &Tensor, a: Tensor, mlp: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    /// forward (cached or not); `whole`: a whole-sequence pass, where a forward-only MLP runs
+    /// with its norm and residual in one pass ([`Mlp::forward_residual`], the same values).
+    fn residual(&self, x: &Tensor, a: Tensor, whole: bool, mlp: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         if self.parallel {
             // Both branches read the block's input.
             return x + (a + mlp(&self.ln2.forward(x)?)?)?;
         }
         // Attention is the only layer that mixes information across positions.
         let x = (x + a)?;
+        if whole {
+            if let Some(y) = self.mlp.forward_residual(&self.ln2, &x)? {
+                return Ok(y);
+            }
+        }
         &x + mlp(&self.ln2.forward(&x)?)?
     }
 
     pub(crate) fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let a = self.attn.forward(&self.ln1.forward(x)?, mask)?;
-        self.residual(x, a, |h| self.mlp.forward(h))
+        self.residual(x, a, true, |h| self.mlp.forward(h))
     }
 
     pub(crate) fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {
         let a = self.attn.forward_cached(&self.ln1.forward(x)?, mask, cache)?;
-        self.residual(x, a, |h| self.mlp.forward_cached(h))
+        self.residual(x, a, false, |h| self.mlp.forward_cached(h))
     }
 
     pub(crate) fn forward_with_stats(&self, x: &Tensor, mask: &Tensor) -> Result<(Tensor, AttnStats)> {
         let (a, stats) = self.attn.forward_with_stats(&self.ln1.forward(x)?, mask)?;
-        Ok((self.residual(x, a, |h| self.mlp.forward(h))?, stats))
+        Ok((self.residual(x, a, true, |h| self.mlp.forward(h))?, stats))
     }
 }

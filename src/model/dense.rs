@@ -77,12 +77,28 @@ impl Dense {
         if self.lin.bias().is_some() || proj.lin.bias().is_some() {
             return Ok(None);
         }
+        kernels::mlp::apply(x, self.lin.weight(), proj.lin.weight(), tanh, self.arith(precision)?, proj.arith(precision)?).map(Some)
+    }
+
+    /// Forward only: `x + GELU(norm(x) . self^T) . proj^T`, the norm, both layers, the GELU and
+    /// the residual add as one pass by blocks of rows (the same values as composed). None where
+    /// it does not apply: a layer with a bias, a tensor that gradients would flow through, or a
+    /// shape the fused MLP does not run by rows.
+    pub(crate) fn fused_gelu_mlp_residual(&self, proj: &Dense, norm: kernels::mlp::RowNorm, x: &Tensor, tanh: bool, precision: Precision) -> Result<Option<Tensor>> {
         let (w_fc, w_proj) = (self.lin.weight(), proj.lin.weight());
-        let (fc, pr) = match precision {
-            Precision::F32 => (Arith::F32, Arith::F32),
-            Precision::Bf16 => (bf16::arith(w_fc, Some(&self.packed))?, bf16::arith(w_proj, Some(&proj.packed))?),
-        };
-        kernels::mlp::apply(x, w_fc, w_proj, tanh, fc, pr).map(Some)
+        if self.lin.bias().is_some() || proj.lin.bias().is_some() || [x, w_fc, w_proj, norm.w].iter().any(|t| t.track_op()) {
+            return Ok(None);
+        }
+        kernels::mlp::residual_forward(x, norm, w_fc, w_proj, tanh, self.arith(precision)?, proj.arith(precision)?)
+    }
+
+    /// The arithmetic of this layer's fused products in `precision` (bf16: the packed copy
+    /// where the weight is not trained).
+    fn arith(&self, precision: Precision) -> Result<Arith> {
+        match precision {
+            Precision::F32 => Ok(Arith::F32),
+            Precision::Bf16 => bf16::arith(self.lin.weight(), Some(&self.packed)),
+        }
     }
 
     /// [`Dense::forward`] for the few rows of KV-cached generation: in f32 the parallel

@@ -6,6 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::dense::Dense;
+use super::norm::Norm;
 use super::residual_std;
 use crate::config::{Activation, MlpKind, ModelConfig, Precision};
 use crate::kernels::{self, Kernels};
@@ -62,6 +63,17 @@ impl Mlp {
     pub(crate) fn forward_cached(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.activate(&self.fc.forward_only(x, self.kernels, self.precision)?)?;
         self.proj.forward_only(&h, self.kernels, self.precision)
+    }
+}
+
+impl Mlp {
+    /// Forward only, for a pre-norm block: `x + mlp(norm(x))` in one pass by blocks of rows, the
+    /// same values as composed; None where that pass does not apply (the caller composes).
+    pub(crate) fn forward_residual(&self, norm: &Norm, x: &Tensor) -> Result<Option<Tensor>> {
+        match (self.kind, norm.rows(x)) {
+            (MlpKind::Gelu, Some(rows)) if self.kernels.fused_for(x) => self.fc.fused_gelu_mlp_residual(&self.proj, rows, x, self.activation == Activation::GeluTanh, self.precision),
+            _ => Ok(None),
+        }
     }
 }
 

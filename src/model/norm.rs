@@ -34,6 +34,18 @@ impl Norm {
     }
 }
 
+impl Norm {
+    /// This norm as the fused kernels compute it row by row, where they serve `x` and the norm
+    /// has no bias.
+    pub(crate) fn rows(&self, x: &Tensor) -> Option<kernels::mlp::RowNorm<'_>> {
+        (self.kernels.fused_for(x) && self.bias.is_none()).then_some(kernels::mlp::RowNorm {
+            w: &self.weight,
+            eps: self.eps as f32,
+            centred: self.kind == NormKind::LayerNorm,
+        })
+    }
+}
+
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let fused = self.kernels.fused_for(x);
