@@ -263,10 +263,12 @@ fn fused_model_matches_composed_with_gpt2s_biases_tanh_gelu_and_untied_head() {
 /// The families' shapes on both paths, gradients included: the fused RMSNorm, SiLU-and-multiply,
 /// grouped kv heads through the fused attention, q/k norms, partial rotary and the parallel
 /// residual against their composed references.
-#[test]
-fn fused_model_matches_composed_on_every_familys_shape() {
+/// Small shapes of every family: Llama (RMSNorm, SwiGLU, rotary, grouped heads, scaled rotary
+/// frequencies, untied head), Qwen2 (q|k|v biases), Qwen3 (one key/value head, wider heads,
+/// query and key norms), Pythia (biases, partial rotary, parallel residual), GPT-Neo (biases,
+/// unscaled scores, a local window).
+fn family_configs(base: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
     use thermoformer::config::{MlpKind, Norm, Positions, RopeScaling};
-    let base = ModelConfig { context: 19, n_layer: 2, n_head: 4, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
     let llama = ModelConfig {
         positions: Positions::Rope,
         norm: Norm::RmsNorm,
@@ -281,8 +283,14 @@ fn fused_model_matches_composed_on_every_familys_shape() {
     let qwen2 = ModelConfig { qkv_bias: Some(true), tied_head: true, ..llama.clone() };
     let qwen3 = ModelConfig { n_kv_head: Some(1), d_head: Some(10), qk_norm: true, ..llama.clone() };
     let pythia = ModelConfig { positions: Positions::Rope, bias: true, rope_dims: Some(6), parallel_residual: true, tied_head: false, ..base.clone() };
-    let neo = ModelConfig { bias: true, qkv_bias: Some(false), score_scale: Some(1.0), windows: vec![None, Some(5)], ..base };
-    for (name, cfg) in [("llama", llama), ("qwen2", qwen2), ("qwen3", qwen3), ("pythia", pythia), ("gpt-neo", neo)] {
+    let neo = ModelConfig { bias: true, qkv_bias: Some(false), score_scale: Some(1.0), windows: vec![None, Some(5)], ..base.clone() };
+    vec![("llama", llama), ("qwen2", qwen2), ("qwen3", qwen3), ("pythia", pythia), ("gpt-neo", neo)]
+}
+
+#[test]
+fn fused_model_matches_composed_on_every_familys_shape() {
+    let base = ModelConfig { context: 19, n_layer: 2, n_head: 4, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
+    for (name, cfg) in family_configs(&base) {
         cfg.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         println!("{name}");
         compare_model(&cfg, 3, 0.1, 1e-5);
@@ -383,19 +391,23 @@ fn par_map_f64_puts_each_value_at_its_index() {
 
 #[test]
 fn a_forward_only_model_gives_the_trainable_models_bits() {
-    // A model whose weights are plain tensors runs each block's norm, MLP and residual add as one
-    // pass (nothing kept for a backward); the trainable model runs them as the ops that training
-    // differentiates. Both give the same logits, bit for bit, in f32 and in bf16; rows enough for
-    // several blocks, and a width that is not a multiple of 16.
-    let cfg = ModelConfig { context: 40, n_layer: 2, n_head: 3, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
-    let tensors = weights(&cfg);
-    let ids = common::random_ids(9, cfg.context, cfg.vocab_size - 1, cfg.vocab_size as u32 - 1, 5);
-    for precision in [thermoformer::config::Precision::F32, thermoformer::config::Precision::Bf16] {
-        let (params, mut trainable) = Params::from_tensors(&cfg, tensors.clone(), &Device::Cpu).unwrap();
-        let mut forward_only = params.detached_model(&cfg).unwrap();
-        trainable.set_precision(precision);
-        forward_only.set_precision(precision);
-        let (a, b) = (common::flat(&trainable.forward(&ids).unwrap()), common::flat(&forward_only.forward(&ids).unwrap()));
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{precision:?}: the forward-only logits differ");
+    // A model whose weights are plain tensors runs each block's norms inside the products after
+    // them and its residual adds inside the products before them (nothing kept for a backward);
+    // the trainable model runs the ops that training differentiates. Both give the same logits,
+    // bit for bit, in f32 and in bf16: GPT-2's shape with rows enough for several blocks and a
+    // width that is not a multiple of 16, and every family's (RMSNorm and query/key norms
+    // included; biases and the parallel residual take the composed path).
+    let base = ModelConfig { context: 40, n_layer: 2, n_head: 4, d_model: 48, learn_temperature: true, ..ModelConfig::nano_cpu(37) };
+    for (name, cfg) in [("gpt", base.clone())].into_iter().chain(family_configs(&base)) {
+        let tensors = weights(&cfg);
+        let ids = common::random_ids(9, cfg.context, cfg.vocab_size - 1, cfg.vocab_size as u32 - 1, 5);
+        for precision in [thermoformer::config::Precision::F32, thermoformer::config::Precision::Bf16] {
+            let (params, mut trainable) = Params::from_tensors(&cfg, tensors.clone(), &Device::Cpu).unwrap();
+            let mut forward_only = params.detached_model(&cfg).unwrap();
+            trainable.set_precision(precision);
+            forward_only.set_precision(precision);
+            let (a, b) = (common::flat(&trainable.forward(&ids).unwrap()), common::flat(&forward_only.forward(&ids).unwrap()));
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}, {precision:?}: the forward-only logits differ");
+        }
     }
 }

@@ -99,6 +99,14 @@ simd::dispatch! {
     }
 }
 
+/// A norm as this op computes it, for passes that norm rows on the way into a product: bias-free,
+/// with gain `w`, `eps`, centred (LayerNorm) or not (RMSNorm).
+pub(crate) struct RowNorm<'a> {
+    pub w: &'a Tensor,
+    pub eps: f32,
+    pub centred: bool,
+}
+
 /// The norm of each row of `x` into `y` (rows of `w.len()` values) on the calling thread: the
 /// op's own row function, so its bits.
 pub(crate) fn forward_rows(x: &[f32], w: &[f32], y: &mut [f32], eps: f32, centred: bool) {

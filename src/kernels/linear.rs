@@ -15,7 +15,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use super::bf16::gemm::{self as bf16_gemm, PackedB, Src};
 use super::bf16::Kernel;
 
-use super::{f32_slice, matmul, parallel_for_ranges, written, SendPtr};
+use super::layer_norm::{self, RowNorm};
+use super::{cpu_f32, f32_slice, matmul, parallel_for_ranges, scratch, written, SendPtr};
 
 /// Rows (or columns) per block of work out of `m`: about a quarter of them, a multiple of 32 from
 /// 32 to 512. It depends on the shape only, never on the thread count.
@@ -90,6 +91,17 @@ impl Arith {
         }
     }
 
+    /// Rows per block of a forward-only pass by rows over `m` rows ([`forward_rows`],
+    /// [`super::mlp::residual_forward`]): in f32 [`product`]'s own blocks, whose gemm calls then
+    /// give its bits; in bf16, whose product's bits do not depend on the blocks, 64, so that a
+    /// block's hidden rows stay in L2.
+    pub(crate) fn forward_block_rows(&self, m: usize) -> usize {
+        match self {
+            Arith::F32 => block_rows(m),
+            Arith::Bf16 { .. } => 64,
+        }
+    }
+
     /// The B of `y = x . w^T` for products by blocks of rows ([`RowsB`]): `w (n, k)` read
     /// transposed for f32, or [`Arith::packed_weight`] for bf16.
     pub(crate) fn forward_weight<'a>(&'a self, n: usize, k: usize, w: &'a [f32]) -> RowsB<'a> {
@@ -160,6 +172,77 @@ impl RowsB<'_> {
             RowsB::Bf16(kernel, b) => bf16_gemm::gemm_packed(*kernel, rows, Src::f32_rows(a, k), b, dst, n, false),
         }
     }
+}
+
+/// Forward only, by blocks of rows on one thread each: `y = norm(x) . w^T` with each block's
+/// rows normed in per-thread scratch (no normed tensor written), or `y = r + x . w^T` with the
+/// residual `r` added while the block is in cache (no separate pass over the output). Each value
+/// is computed as the norm op, [`apply`] and candle's add compute it (in f32 over [`product`]'s
+/// own blocks), so the result is their bits. None where [`product`] would not split by rows,
+/// or the shapes do not fit (the caller composes).
+pub(crate) fn forward_rows(x: &Tensor, norm: Option<RowNorm>, w: &Tensor, residual: Option<&Tensor>, arith: Arith) -> Result<Option<Tensor>> {
+    let k = x.dims().last().copied().unwrap_or(0);
+    let (n, kw) = w.dims2()?;
+    let m = x.elem_count() / k.max(1);
+    let out_shape = with_last(x.dims(), n);
+    let fits = x.rank() > 0 && k > 0 && kw == k && by_rows(m, n, k);
+    let norm_fits = norm.as_ref().is_none_or(|nm| nm.w.dims1().is_ok_and(|c| c == k));
+    if !fits || !norm_fits || residual.is_some_and(|r| r.shape() != &out_shape) {
+        return Ok(None);
+    }
+    let per = arith.forward_block_rows(m);
+    let name = "linear-rows";
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let residual = residual.map(|r| r.contiguous()).transpose()?;
+    let gain = norm.as_ref().map(|nm| nm.w.contiguous()).transpose()?;
+    let y = {
+        let (sx, lx) = x.storage_and_layout();
+        let (sw, lw) = w.storage_and_layout();
+        let (xs, ws) = (cpu_f32(&sx, lx, name)?, cpu_f32(&sw, lw, name)?);
+        let r_guard = residual.as_ref().map(|r| r.storage_and_layout());
+        let rs = match &r_guard {
+            Some((s, l)) => Some(cpu_f32(s, l, name)?),
+            None => None,
+        };
+        let g_guard = gain.as_ref().map(|g| g.storage_and_layout());
+        let gs = match &g_guard {
+            Some((s, l)) => Some(cpu_f32(s, l, name)?),
+            None => None,
+        };
+        let b = arith.forward_weight(n, k, ws);
+        let fill = |yp: *mut f32| {
+            let out = SendPtr(yp);
+            parallel_for_ranges(m.div_ceil(per), |blocks| {
+                // SAFETY: each block norms its rows into the scratch before the product reads them.
+                let mut normed = unsafe { scratch(if gs.is_some() { per * k } else { 0 }) };
+                for blk in blocks {
+                    let (start, size) = (blk * per, per.min(m - blk * per));
+                    let rows = &xs[start * k..(start + size) * k];
+                    let a = match (gs, &norm) {
+                        (Some(g), Some(nm)) => {
+                            layer_norm::forward_rows(rows, g, &mut normed[..size * k], nm.eps, nm.centred);
+                            &normed[..size * k]
+                        }
+                        _ => rows,
+                    };
+                    // SAFETY: each block writes its own rows of y, in full (the product writes
+                    // every value, then the add reads and rewrites it); b is (k, n).
+                    unsafe {
+                        let dst = out.slice(start * n, size * n);
+                        b.block(size, n, k, a, dst.as_mut_ptr());
+                        if let Some(r) = rs {
+                            for (o, &v) in dst.iter_mut().zip(&r[start * n..(start + size) * n]) {
+                                *o += v; // candle's r + y: an IEEE sum, the same bits either way round
+                            }
+                        }
+                    }
+                }
+            });
+        };
+        // SAFETY: the blocks cover every row of y and write each in full.
+        unsafe { written(m * n, fill) }
+    };
+    Tensor::from_vec(y, out_shape, x.device()).map(Some)
 }
 
 /// An (rows, cols) output of a bf16 product over `depth` that `run` writes in full (zeros when

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::layer_norm::RowNorm;
 use super::linear::{block_rows, by_rows, with_last, Arith, RowsB};
 use super::{cpu_f32, f32_slice, gelu, layer_norm, parallel_for_ranges, scratch, written, SendPtr};
 
@@ -186,18 +187,6 @@ unsafe fn forward_by_rows(m: usize, f: usize, c: usize, c_out: usize, x: &[f32],
     (h, g, y)
 }
 
-/// The norm in front of an MLP, as the fused norm op computes it ([`layer_norm`]): bias-free,
-/// with gain `w`, `eps`, centred (LayerNorm) or not (RMSNorm).
-pub(crate) struct RowNorm<'a> {
-    pub w: &'a Tensor,
-    pub eps: f32,
-    pub centred: bool,
-}
-
-/// Rows per block of [`residual_forward`] in bf16, whose product's bits do not depend on the
-/// blocks: a block's hidden rows and their GELU (2 x 64 x d_ff floats) stay in L2.
-const BF16_BLOCK_ROWS: usize = 64;
-
 /// Forward only: `x + GELU(norm(x) . W_fc^T) . W_proj^T`, the pre-norm block's MLP with its
 /// residual, by blocks of rows, each block's normed rows, hidden rows and GELU in per-thread
 /// scratch. Nothing `(rows, d_ff)` is written to memory (the op for training keeps both hidden
@@ -214,10 +203,7 @@ pub(crate) fn residual_forward(x: &Tensor, norm: RowNorm, w_fc: &Tensor, w_proj:
     if x.rank() == 0 || c == 0 || f == 0 || c_fc != c || f_proj != f || c_out != c || norm.w.dims1()? != c || !by_rows(m, f, c) || !by_rows(m, c, f) {
         return Ok(None);
     }
-    let per = match fc {
-        Arith::F32 => block_rows(m),
-        Arith::Bf16 { .. } => BF16_BLOCK_ROWS,
-    };
+    let per = fc.forward_block_rows(m);
     let name = "mlp-residual";
     let (x, w_fc, w_proj, nw) = (x.contiguous()?, w_fc.contiguous()?, w_proj.contiguous()?, norm.w.contiguous()?);
     let y = {

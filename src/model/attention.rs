@@ -376,6 +376,25 @@ impl Attention {
         self.proj.forward(&Self::merge_heads(&y)?, kern, p) // (B, T, d)
     }
 
+    /// Forward only, for a pre-norm block: `x + attention(norm(x))`, with the norm made on the
+    /// way into the q|k|v product and the residual added by the output projection's pass (the
+    /// same values as [`Attention::forward`] composed with the norm and the add). None where
+    /// that does not apply (the caller composes).
+    pub(crate) fn forward_residual(&self, norm: &Norm, x: &Tensor) -> Result<Option<Tensor>> {
+        let (p, kern) = (self.precision, self.kernels);
+        let Some(rows) = norm.rows(x) else { return Ok(None) };
+        if !kern.fused_for(x) || self.weights_patched() {
+            return Ok(None);
+        }
+        let Some(projected) = self.qkv.forward_rows(x, Some(rows), None, kern, p)? else { return Ok(None) };
+        let packed = self.scale_packed_rows(self.packed(projected)?)?;
+        let y = kernels::attention::causal_attention_in(&packed, &self.query_scale()?, self.kernel_heads(), self.bf16_kernel()?)?; // (B, T, H D)
+        match self.proj.forward_rows(&y, None, Some(x), kern, p)? {
+            Some(out) => Ok(Some(out)),
+            None => Ok(Some((x + self.proj.forward(&y, kern, p)?)?)),
+        }
+    }
+
     /// Forward pass for new positions only, appending their keys and values to `cache`
     /// (preallocated for the whole context, so appending copies only the new positions).
     pub(crate) fn forward_cached(&self, x: &Tensor, mask: Option<&Tensor>, cache: &mut candle_nn::kv_cache::KvCache) -> Result<Tensor> {

@@ -51,6 +51,15 @@ impl Block {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        if !self.parallel {
+            // A forward-only pass runs each norm inside the pass after it (same values).
+            if let Some(x) = self.attn.forward_residual(&self.ln1, x)? {
+                return match self.mlp.forward_residual(&self.ln2, &x)? {
+                    Some(y) => Ok(y),
+                    None => &x + self.mlp.forward(&self.ln2.forward(&x)?)?,
+                };
+            }
+        }
         let a = self.attn.forward(&self.ln1.forward(x)?, mask)?;
         self.residual(x, a, true, |h| self.mlp.forward(h))
     }

@@ -84,12 +84,25 @@ impl Dense {
     /// the residual add as one pass by blocks of rows (the same values as composed). None where
     /// it does not apply: a layer with a bias, a tensor that gradients would flow through, or a
     /// shape the fused MLP does not run by rows.
-    pub(crate) fn fused_gelu_mlp_residual(&self, proj: &Dense, norm: kernels::mlp::RowNorm, x: &Tensor, tanh: bool, precision: Precision) -> Result<Option<Tensor>> {
+    pub(crate) fn fused_gelu_mlp_residual(&self, proj: &Dense, norm: kernels::layer_norm::RowNorm, x: &Tensor, tanh: bool, precision: Precision) -> Result<Option<Tensor>> {
         let (w_fc, w_proj) = (self.lin.weight(), proj.lin.weight());
         if self.lin.bias().is_some() || proj.lin.bias().is_some() || [x, w_fc, w_proj, norm.w].iter().any(|t| t.track_op()) {
             return Ok(None);
         }
         kernels::mlp::residual_forward(x, norm, w_fc, w_proj, tanh, self.arith(precision)?, proj.arith(precision)?)
+    }
+
+    /// Forward only: `norm(x) . self^T` (the norm's rows made block by block on the way into the
+    /// product) and/or `residual + x . self^T` (the add in the same pass), the same values as
+    /// composed. None where it does not apply: a bias, a tensor that gradients would flow
+    /// through, or a shape the product does not split by rows.
+    pub(crate) fn forward_rows(&self, x: &Tensor, norm: Option<kernels::layer_norm::RowNorm>, residual: Option<&Tensor>, kernels: Kernels, precision: Precision) -> Result<Option<Tensor>> {
+        let w = self.lin.weight();
+        let tracked = [Some(x), Some(w), residual, norm.as_ref().map(|n| n.w)].into_iter().flatten().any(|t| t.track_op());
+        if !kernels.fused_for(x) || self.lin.bias().is_some() || tracked {
+            return Ok(None);
+        }
+        kernels::linear::forward_rows(x, norm, w, residual, self.arith(precision)?)
     }
 
     /// The arithmetic of this layer's fused products in `precision` (bf16: the packed copy

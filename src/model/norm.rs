@@ -37,8 +37,8 @@ impl Norm {
 impl Norm {
     /// This norm as the fused kernels compute it row by row, where they serve `x` and the norm
     /// has no bias.
-    pub(crate) fn rows(&self, x: &Tensor) -> Option<kernels::mlp::RowNorm<'_>> {
-        (self.kernels.fused_for(x) && self.bias.is_none()).then_some(kernels::mlp::RowNorm {
+    pub(crate) fn rows(&self, x: &Tensor) -> Option<kernels::layer_norm::RowNorm<'_>> {
+        (self.kernels.fused_for(x) && self.bias.is_none()).then_some(kernels::layer_norm::RowNorm {
             w: &self.weight,
             eps: self.eps as f32,
             centred: self.kind == NormKind::LayerNorm,
