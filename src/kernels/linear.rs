@@ -83,6 +83,9 @@ impl Arith {
 
     /// `y (m, n) = x (m, k) . w (n, k)^T`.
     pub(crate) fn forward(&self, m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+        if k > 0 && by_rows(m, n, k) {
+            return by_blocks(m, n, k, x, &self.forward_weight(n, k, w), self.forward_block_rows(m));
+        }
         match self.packed_weight(n, k, w) {
             // SAFETY: x (m, k) and w (n, k) row-major; w read transposed.
             None => unsafe { product(m, n, k, (x.as_ptr(), k, 1), (w.as_ptr(), 1, k)) },
@@ -126,6 +129,9 @@ impl Arith {
 
     /// `dx (m, k) = dy (m, n) . w (n, k)`.
     pub(crate) fn input_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        if n > 0 && by_rows(m, k, n) {
+            return by_blocks(m, k, n, dy, &self.input_grad_weight(n, k, w), self.forward_block_rows(m));
+        }
         match self {
             // SAFETY: dy (m, n), w (n, k), both row-major.
             Arith::F32 => unsafe { product(m, k, n, (dy.as_ptr(), n, 1), (w.as_ptr(), k, 1)) },
@@ -243,6 +249,25 @@ pub(crate) fn forward_rows(x: &Tensor, norm: Option<RowNorm>, w: &Tensor, residu
         unsafe { written(m * n, fill) }
     };
     Tensor::from_vec(y, out_shape, x.device()).map(Some)
+}
+
+/// `a (m, k) . B -> (m, n)` by blocks of `per` rows on the pool, each block on one thread
+/// ([`RowsB::block`]): in f32 with [`product`]'s blocks these are its gemm calls, so its bits; in
+/// bf16 the rows of A are packed a block at a time, in cache, rather than all at once.
+fn by_blocks(m: usize, n: usize, k: usize, a: &[f32], b: &RowsB, per: usize) -> Vec<f32> {
+    let fill = |dst: *mut f32| {
+        let out = SendPtr(dst);
+        parallel_for_ranges(m.div_ceil(per), |blocks| {
+            for blk in blocks {
+                let (start, size) = (blk * per, per.min(m - blk * per));
+                // SAFETY: each block writes its own rows of the output, in full; a holds m x k
+                // values and B is (k, n).
+                unsafe { b.block(size, n, k, &a[start * k..(start + size) * k], out.get().add(start * n)) };
+            }
+        });
+    };
+    // SAFETY: the blocks cover every row.
+    unsafe { written(m * n, fill) }
 }
 
 /// An (rows, cols) output of a bf16 product over `depth` that `run` writes in full (zeros when
