@@ -142,7 +142,14 @@ mod imp {
                             // The block's runs side by side, then rounded in one call: a call
                             // per run of 16 cost more than the rounding.
                             for (kk, run) in wide.iter_mut().enumerate().take(kl) {
-                                std::ptr::copy_nonoverlapping(ptr.add((k0 + kk) * cs + r0), run.as_mut_ptr(), h);
+                                let src = ptr.add((k0 + kk) * cs + r0);
+                                if h == T {
+                                    // A whole run as one fixed-size copy (inlined), not a call to
+                                    // memmove per 64 bytes.
+                                    *run = *(src as *const [f32; T]);
+                                } else {
+                                    std::ptr::copy_nonoverlapping(src, run.as_mut_ptr(), h);
+                                }
                             }
                             round_slice(&wide.as_flattened()[..kl * T], &mut block.as_flattened_mut()[..kl * T]);
                         } else {
