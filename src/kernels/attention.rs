@@ -25,7 +25,8 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::bf16::{gemm::Src, Kernel};
+use super::bf16::gemm::{gemm_packed_prefix_amx, PackedB, Src};
+use super::bf16::Kernel;
 use super::head_mm::{self, Mat};
 use super::{f32_slice, matmul, parallel_for, simd, written, SendPtr};
 
@@ -57,6 +58,11 @@ unsafe fn mm(
         }
     }
 }
+
+/// Queries per block of the causal AMX products: one row of tile pairs.
+const AMX_ROWS: usize = 32;
+/// Positions from which the forward's products run on AMX ([`Dims::amx_heads`]).
+const AMX_MIN_T: usize = 128;
 
 /// Which heads read which keys: H query heads on K key/value heads, and the local window of
 /// keys a query sees (itself and the window - 1 before it), None for every earlier key.
@@ -207,9 +213,18 @@ impl Dims {
     /// Whether the bf16 products of a call with this kernel run on [`head_mm`]'s bf16 tiles
     /// (the bf16 GEMM's bits, over the causal part only): for the AVX-512 kernels, whose
     /// emulation the tiles are (a forced AVX2 or scalar kernel keeps the GEMM), and for AMX's,
-    /// whose per-head GEMMs would pack every head's operands and compute the masked half too.
+    /// whose per-head GEMMs would pack every head's operands and compute the masked half too
+    /// (AMX's forward from [`AMX_MIN_T`] positions goes to [`Dims::amx_heads`] first).
     fn bf16_tiles(&self, bf16: Option<Kernel>) -> bool {
         matches!(bf16, Some(Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::Amx)) && head_mm::applies_bf16()
+    }
+
+    /// Whether the forward's bf16 products (q.k and alpha.v) run on AMX's tiles by blocks of
+    /// [`AMX_ROWS`] queries, each against the keys up to its last: with the AMX kernel, from
+    /// [`AMX_MIN_T`] positions (below, the per-head packing costs more than the tiles save;
+    /// the backward's products stay on [`head_mm`]'s tiles).
+    fn amx_heads(&self, bf16: Option<Kernel>) -> bool {
+        bf16 == Some(Kernel::Amx) && self.t >= AMX_MIN_T
     }
 
     /// Positions and head width rounded up to even: the padded depths of the bf16 tiles.
@@ -255,6 +270,14 @@ unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: usize, k0: 
         // Keys up to the tile's last query only; the rest of each row is zeroed below.
         head_mm::transpose(qkv[k0..].as_ptr(), rs, t, d, kt);
         head_mm::product(t, t, a.as_mut_ptr(), t, Mat { ptr: qs.as_ptr(), rs: d, cs: 1 }, kt.as_ptr(), t, |_, _| 0..d, |i1| i1);
+    } else if dims.amx_heads(bf16) {
+        // k^T (D, T) packed once; each block of queries against the keys up to its last (the
+        // softmax below zeroes the rest of each row).
+        let kt = PackedB::new(Src::F32 { ptr: qkv.as_ptr().add(k0), rs: 1, cs: rs }, d, t);
+        for r0 in (0..t).step_by(AMX_ROWS) {
+            let r1 = (r0 + AMX_ROWS).min(t);
+            gemm_packed_prefix_amx(r1 - r0, r1, d, Src::F32 { ptr: qs.as_ptr().add(r0 * d), rs: d, cs: 1 }, &kt, a.as_mut_ptr().add(r0 * t), t);
+        }
     } else if dims.bf16_tiles(bf16) {
         let (tp, dp) = (dims.tp(), dims.dp());
         let (qr, ktr) = rest.split_at_mut(tp * dp);
@@ -328,6 +351,14 @@ impl CustomOp2 for CausalAttention {
                             // Over the keys each tile's queries see.
                             let lhs = Mat { ptr: a.as_ptr(), rs: t, cs: 1 };
                             head_mm::product(t, d, y, dims.c(), lhs, qkv.as_ptr().add(v0), dims.rs(), keys, |_| d);
+                        } else if dims.amx_heads(self.bf16) {
+                            // Each block of queries over the keys up to its last (alpha is zero
+                            // beyond them).
+                            let v = PackedB::new(Src::F32 { ptr: qkv.as_ptr().add(v0), rs: dims.rs(), cs: 1 }, t, d);
+                            for r0 in (0..t).step_by(AMX_ROWS) {
+                                let r1 = (r0 + AMX_ROWS).min(t);
+                                gemm_packed_prefix_amx(r1 - r0, d, r1, Src::F32 { ptr: a.as_ptr().add(r0 * t), rs: t, cs: 1 }, &v, y.add(r0 * dims.c()), dims.c());
+                            }
                         } else if dims.bf16_tiles(self.bf16) {
                             head_mm::round_rows(a, t, t, t, t, tp, ar);
                             head_mm::round_rows(&qkv[v0..], dims.rs(), t, d, tp, dp, vr);
@@ -594,6 +625,45 @@ mod tests {
         }
         for (i, (x, y)) in ds_kept.iter().zip(&ds).enumerate() {
             assert_eq!(x.to_bits(), y.to_bits(), "d scale[{i}]: {x} from kept weights, {y} recomputed");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn amx_heads_give_the_reproducible_products_values() -> Result<()> {
+        // From AMX_MIN_T positions, the AMX kernel runs the forward's q.k and alpha.v on its
+        // tiles by blocks of queries, each over the keys up to its last; the reproducible kernel
+        // runs them on the emulated tiles. Both round the same operands, so outputs and
+        // gradients (whose backward recomputes the weights through the same path) agree to
+        // f32 round-off. Grouped heads, a local window, and T not a multiple of the blocks.
+        if !Kernel::Amx.available() {
+            println!("note: this CPU (or OS) has no AMX-BF16 tiles: the AMX heads are not tested here");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let heads = Heads { n_head: 4, n_kv_head: 2, window: Some(100) };
+        let (b, t, d) = (2, AMX_MIN_T + 35, 16);
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, (4 + 2 * 2) * d), &dev)?)?;
+        let scale = Var::from_tensor(&Tensor::new(&[0.3f32, 0.5, 0.7, 1.1], &dev)?)?;
+        let g = Tensor::randn(0f32, 1.0, (b, t, 4 * d), &dev)?;
+        let run = |kernel| -> Result<(Vec<f32>, Vec<f32>)> {
+            let op = CausalAttention { heads, keep_weights: false, bf16: Some(kernel), kept: None };
+            let y = qkv.as_tensor().apply_op2_no_bwd(scale.as_tensor(), &op)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok((y, grads(CausalAttention { heads, keep_weights: false, bf16: Some(kernel), kept: None }, &qkv, &scale, &g)?.0))
+        };
+        let f32s = {
+            let op = |kept| CausalAttention { heads, keep_weights: false, bf16: None, kept };
+            let y = qkv.as_tensor().apply_op2_no_bwd(scale.as_tensor(), &op(None))?.flatten_all()?.to_vec1::<f32>()?;
+            (y, grads(op(None), &qkv, &scale, &g)?.0)
+        };
+        let ((ya, ga), (yr, gr)) = (run(Kernel::Amx)?, run(Kernel::best())?);
+        let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        for (what, a, r, f) in [("y", &ya, &yr, &f32s.0), ("d qkv", &ga, &gr, &f32s.1)] {
+            // Both are bf16's distance from f32; the flips of a rounded weight that a different
+            // last bit of a score causes keep AMX within a fraction of that from the other.
+            let (amx, repro, between) = (dist(a, f), dist(r, f), dist(a, r));
+            println!("{what}: from f32, AMX {amx:.2e}, reproducible {repro:.2e}; between them {between:.2e}");
+            assert!(amx <= 1.5 * repro && between <= 0.5 * repro, "{what}: AMX heads {amx:.2e} from f32 (the reproducible kernel {repro:.2e}), {between:.2e} from the reproducible kernel");
         }
         Ok(())
     }

@@ -39,6 +39,16 @@ pub unsafe fn gemm(_m: usize, _n: usize, _k: usize, _a: super::operand::Src, _pb
     unreachable!("AMX tiles are reached on x86-64 Linux only")
 }
 
+/// The AMX prefix product, which needs x86-64 Linux: never reached elsewhere (see [`gemm`]).
+///
+/// # Safety
+/// None needed: it only panics.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_prefix(_m: usize, _n: usize, _k: usize, _a: super::operand::Src, _pb: &[u32], _strip_kp: usize, _c: *mut f32, _ldc: usize) {
+    unreachable!("AMX tiles are reached on x86-64 Linux only")
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
     use std::arch::asm;
@@ -198,12 +208,33 @@ mod imp {
         })
     }
 
+    /// `c (m, n) = a (m, k) . b[..k, ..n]` on the calling thread, where `b` holds strips of
+    /// `strip_kp` pairs (a packed B of `strip_kp * 2` rows or one fewer) and `k <= 2 strip_kp`:
+    /// the leading rows and columns of a packed B, as a causal product reads them.
+    ///
+    /// # Safety
+    /// As [`gemm`], with `n` within `b`'s strips.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_prefix(m: usize, n: usize, k: usize, a: Src, pb: &[u32], strip_kp: usize, c: *mut f32, ldc: usize) {
+        debug_assert!(k.div_ceil(2) <= strip_kp);
+        if m == 0 || n == 0 {
+            return;
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let kpa = pack_a(a, m, k, &mut s, false);
+            let pa = PackedA { kpa, data: std::mem::take(&mut *s) };
+            block(m, n, k.div_ceil(2), strip_kp, &pa, pb, c, ldc, 0..m.div_ceil(2 * T), 0..n.div_ceil(2 * T));
+            *s = pa.data;
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     unsafe fn multiply(m: usize, n: usize, kp: usize, pa: &PackedA, pb: &[u32], c: *mut f32, ldc: usize, parallel: bool) {
         let (row_units, col_units) = (m.div_ceil(2 * T), n.div_ceil(2 * T));
         let out = SendPtr(c);
         let threads = candle_core::utils::get_num_threads();
-        let run = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| block(m, n, kp, pa, pb, out.get(), ldc, rows, cols);
+        let run = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| block(m, n, kp, kp, pa, pb, out.get(), ldc, rows, cols);
         if !parallel || threads < 2 || m * n * kp * 2 < PARALLEL_MACS {
             return run(0..row_units, 0..col_units);
         }
@@ -230,7 +261,7 @@ mod imp {
 
     /// The 32 x 32 blocks of C in row units `rows` x column units `cols`.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block(m: usize, n: usize, kp: usize, pa: &PackedA, pb: &[u32], c: *mut f32, ldc: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+    unsafe fn block(m: usize, n: usize, kp: usize, strip_kp: usize, pa: &PackedA, pb: &[u32], c: *mut f32, ldc: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
         configure();
         let kpa = pa.kpa;
         let full = kp / T; // chunks of 16 pairs that B holds in full
@@ -245,8 +276,8 @@ mod imp {
             for cu in cols.clone() {
                 let s0 = 2 * cu;
                 let two_cols = s0 + 1 < strips;
-                let b0 = pb.as_ptr().add(s0 * kp * NR);
-                let b1 = if two_cols { b0.add(kp * NR) } else { b0 };
+                let b0 = pb.as_ptr().add(s0 * strip_kp * NR);
+                let b1 = if two_cols { b0.add(strip_kp * NR) } else { b0 };
                 if tail > 0 {
                     for (s, b) in [b0, b1].into_iter().enumerate() {
                         std::ptr::copy_nonoverlapping(b.add(full * T * NR), b_tail[s].as_mut_ptr(), tail * NR);

@@ -214,6 +214,16 @@ pub unsafe fn gemm_packed(kernel: Kernel, m: usize, a: Src, b: &PackedB, c: *mut
     })
 }
 
+/// `c (m, n) = a (m, k) . b[..k, ..n]` on AMX's tiles, on the calling thread: the leading `k`
+/// rows and `n` columns of a packed B (a causal product's keys up to a block of queries).
+///
+/// # Safety
+/// [`Kernel::Amx`] must be available; `k <= b.k()`, `n <= b.n()`; as [`gemm()`] otherwise.
+pub unsafe fn gemm_packed_prefix_amx(m: usize, n: usize, k: usize, a: Src, b: &PackedB, c: *mut f32, ldc: usize) {
+    debug_assert!(k <= b.k && n <= b.n);
+    super::amx::gemm_prefix(m, n, k, a, &b.data, b.k.div_ceil(2), c, ldc)
+}
+
 /// Multiply packed strips, split over the pool by blocks of columns (or rows when there are few
 /// columns).
 #[allow(clippy::too_many_arguments)]
