@@ -83,7 +83,7 @@ impl Arith {
 
     /// `y (m, n) = x (m, k) . w (n, k)^T`.
     pub(crate) fn forward(&self, m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
-        if k > 0 && by_rows(m, n, k) {
+        if k > 0 && by_rows(m, n, k) && self.by_row_blocks(m) {
             return by_blocks(m, n, k, x, &self.forward_weight(n, k, w), self.forward_block_rows(m));
         }
         match self.packed_weight(n, k, w) {
@@ -103,6 +103,14 @@ impl Arith {
             Arith::F32 => block_rows(m),
             Arith::Bf16 { .. } => 64,
         }
+    }
+
+    /// Whether a product over `m` rows that splits by rows runs by blocks of
+    /// [`Arith::forward_block_rows`]: always in f32 (its own blocks), and in bf16 only where
+    /// there are two blocks or more, since one block runs on one thread, while the whole bf16
+    /// product splits a few rows (a generated token's) by columns over the pool.
+    pub(crate) fn by_row_blocks(&self, m: usize) -> bool {
+        matches!(self, Arith::F32) || m > self.forward_block_rows(m)
     }
 
     /// The B of `y = x . w^T` for products by blocks of rows ([`RowsB`]): `w (n, k)` read
@@ -129,7 +137,7 @@ impl Arith {
 
     /// `dx (m, k) = dy (m, n) . w (n, k)`.
     pub(crate) fn input_grad(&self, m: usize, n: usize, k: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
-        if n > 0 && by_rows(m, k, n) {
+        if n > 0 && by_rows(m, k, n) && self.by_row_blocks(m) {
             return by_blocks(m, k, n, dy, &self.input_grad_weight(n, k, w), self.forward_block_rows(m));
         }
         match self {
@@ -191,7 +199,7 @@ pub(crate) fn forward_rows(x: &Tensor, norm: Option<RowNorm>, w: &Tensor, residu
     let (n, kw) = w.dims2()?;
     let m = x.elem_count() / k.max(1);
     let out_shape = with_last(x.dims(), n);
-    let fits = x.rank() > 0 && k > 0 && kw == k && by_rows(m, n, k);
+    let fits = x.rank() > 0 && k > 0 && kw == k && by_rows(m, n, k) && arith.by_row_blocks(m);
     let norm_fits = norm.as_ref().is_none_or(|nm| nm.w.dims1().is_ok_and(|c| c == k));
     if !fits || !norm_fits || residual.is_some_and(|r| r.shape() != &out_shape) {
         return Ok(None);

@@ -200,7 +200,7 @@ pub(crate) fn residual_forward(x: &Tensor, norm: RowNorm, w_fc: &Tensor, w_proj:
     let (f, c_fc) = w_fc.dims2()?;
     let (c_out, f_proj) = w_proj.dims2()?;
     let m = x.elem_count() / c.max(1);
-    if x.rank() == 0 || c == 0 || f == 0 || c_fc != c || f_proj != f || c_out != c || norm.w.dims1()? != c || !by_rows(m, f, c) || !by_rows(m, c, f) {
+    if x.rank() == 0 || c == 0 || f == 0 || c_fc != c || f_proj != f || c_out != c || norm.w.dims1()? != c || !by_rows(m, f, c) || !by_rows(m, c, f) || !fc.by_row_blocks(m) {
         return Ok(None);
     }
     let per = fc.forward_block_rows(m);
