@@ -39,7 +39,7 @@ pub unsafe fn gemm(_m: usize, _n: usize, _k: usize, _a: super::operand::Src, _pb
     unreachable!("AMX tiles are reached on x86-64 Linux only")
 }
 
-/// The AMX prefix product, which needs x86-64 Linux: never reached elsewhere (see [`gemm`]).
+/// The AMX prefix product, which needs x86-64 Linux: never reached elsewhere (see [`gemm()`]).
 ///
 /// # Safety
 /// None needed: it only panics.
@@ -199,11 +199,16 @@ mod imp {
         if m == 0 || n == 0 {
             return;
         }
+        with_packed_a(a, m, k, parallel, |pa| multiply(m, n, k.div_ceil(2), pa, pb, c, ldc, parallel))
+    }
+
+    /// `run` on `a (m, k)` packed in this thread's reused buffer.
+    unsafe fn with_packed_a(a: Src, m: usize, k: usize, parallel: bool, run: impl FnOnce(&PackedA)) {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let kpa = pack_a(a, m, k, &mut s, parallel);
             let pa = PackedA { kpa, data: std::mem::take(&mut *s) };
-            multiply(m, n, k.div_ceil(2), &pa, pb, c, ldc, parallel);
+            run(&pa);
             *s = pa.data;
         })
     }
@@ -213,20 +218,14 @@ mod imp {
     /// the leading rows and columns of a packed B, as a causal product reads them.
     ///
     /// # Safety
-    /// As [`gemm`], with `n` within `b`'s strips.
+    /// As [`gemm()`], with `n` within `b`'s strips.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm_prefix(m: usize, n: usize, k: usize, a: Src, pb: &[u32], strip_kp: usize, c: *mut f32, ldc: usize) {
         debug_assert!(k.div_ceil(2) <= strip_kp);
         if m == 0 || n == 0 {
             return;
         }
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let kpa = pack_a(a, m, k, &mut s, false);
-            let pa = PackedA { kpa, data: std::mem::take(&mut *s) };
-            block(m, n, k.div_ceil(2), strip_kp, &pa, pb, c, ldc, 0..m.div_ceil(2 * T), 0..n.div_ceil(2 * T));
-            *s = pa.data;
-        })
+        with_packed_a(a, m, k, false, |pa| block(m, n, k.div_ceil(2), strip_kp, pa, pb, c, ldc, 0..m.div_ceil(2 * T), 0..n.div_ceil(2 * T)))
     }
 
     #[allow(clippy::too_many_arguments)]
