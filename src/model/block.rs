@@ -41,7 +41,11 @@ impl Block {
             return x + (a + mlp(&self.ln2.forward(x)?)?)?;
         }
         // Attention is the only layer that mixes information across positions.
-        let x = (x + a)?;
+        self.mlp_half((x + a)?, whole, mlp)
+    }
+
+    /// `x + mlp(norm2(x))` for the stream `x` after attention, as [`Block::residual`] says.
+    fn mlp_half(&self, x: Tensor, whole: bool, mlp: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         if whole {
             if let Some(y) = self.mlp.forward_residual(&self.ln2, &x)? {
                 return Ok(y);
@@ -54,10 +58,7 @@ impl Block {
         if !self.parallel {
             // A forward-only pass runs each norm inside the pass after it (same values).
             if let Some(x) = self.attn.forward_residual(&self.ln1, x)? {
-                return match self.mlp.forward_residual(&self.ln2, &x)? {
-                    Some(y) => Ok(y),
-                    None => &x + self.mlp.forward(&self.ln2.forward(&x)?)?,
-                };
+                return self.mlp_half(x, true, |h| self.mlp.forward(h));
             }
         }
         let a = self.attn.forward(&self.ln1.forward(x)?, mask)?;
