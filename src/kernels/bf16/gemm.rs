@@ -70,28 +70,36 @@ unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mu
         let pack = |range: std::ops::Range<usize>| {
             // A strip's rows, rounded, then written pair by pair: the strip is written front to
             // back instead of a scattered slot per pair of each row.
-            let mut rows_of = vec![0u16; width * 2 * kp];
+            // Held as u32 so that a pair is one load: on a little-endian CPU the u32 at pair p
+            // of a row is `row[2p] | row[2p + 1] << 16`, the packed slot itself.
+            const _: () = assert!(cfg!(target_endian = "little"));
+            let mut rows_of = vec![0u32; width * kp];
             for s in range {
                 let strip = strip_at(s);
                 let w = width.min(rows - s * width);
-                for (r, row) in rows_of.chunks_exact_mut(2 * kp).take(w).enumerate() {
+                for (r, row) in rows_of.chunks_exact_mut(kp).take(w).enumerate() {
+                    // SAFETY: the kp u32 of the row are 2 kp u16, u16's alignment divides u32's.
+                    let row = std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut u16, 2 * kp);
                     row[cols..].iter_mut().for_each(|x| *x = 0);
                     fetch(src, (s * width + r) * rs, cs, &mut row[..cols]);
                 }
-                let at = |r: usize, e: usize| rows_of[r * 2 * kp + e] as u32;
+                // The strip is the transpose of its rows' pairs: w rows of kp pairs to kp slots
+                // of `width`. Reads are bounded by the loops: r < w <= width, p < kp.
+                let at = |r: usize, p: usize| *rows_of.get_unchecked(r * kp + p);
                 if wide {
                     for p in 0..kp {
                         let (even, odd) = (strip.add(2 * p * width), strip.add(2 * p * width + width));
                         for r in 0..w {
-                            *even.add(r) = at(r, 2 * p) << 16;
-                            *odd.add(r) = at(r, 2 * p + 1) << 16;
+                            let v = at(r, p);
+                            *even.add(r) = v << 16;
+                            *odd.add(r) = v & 0xFFFF_0000;
                         }
                     }
                 } else {
                     for p in 0..kp {
                         let slot = strip.add(p * width);
                         for r in 0..w {
-                            *slot.add(r) = at(r, 2 * p) | at(r, 2 * p + 1) << 16;
+                            *slot.add(r) = at(r, p);
                         }
                     }
                 }
@@ -115,11 +123,18 @@ unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mu
                 } else {
                     hi.iter_mut().for_each(|x| *x = 0);
                 }
+                // Each strip takes a run of both rows: one interleave (or two widenings) of
+                // slices, which the compiler vectorises, rather than a slot at a time.
                 for s in 0..strips {
                     let strip = strip_at(s);
                     let base = s * width;
-                    for r in 0..width.min(rows - base) {
-                        put(strip, p, r, lo[base + r], hi[base + r]);
+                    let n = width.min(rows - base);
+                    let (lo, hi) = (&lo[base..base + n], &hi[base..base + n]);
+                    if wide {
+                        widen(std::slice::from_raw_parts_mut(strip.add(2 * p * width), n), lo);
+                        widen(std::slice::from_raw_parts_mut(strip.add(2 * p * width + width), n), hi);
+                    } else {
+                        interleave(std::slice::from_raw_parts_mut(strip.add(p * width), n), lo, hi);
                     }
                 }
             }
@@ -129,6 +144,22 @@ unsafe fn pack_strips(src: Src, rows: usize, cols: usize, width: usize, out: &mu
         } else {
             pack(0..kp);
         }
+    }
+}
+
+/// One packed pair per row: `dst[r] = lo[r] | hi[r] << 16`.
+#[inline(always)]
+fn interleave(dst: &mut [u32], lo: &[u16], hi: &[u16]) {
+    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+        *d = l as u32 | (h as u32) << 16;
+    }
+}
+
+/// bf16 bits widened to the f32 they stand for: `dst[r] = src[r] << 16`.
+#[inline(always)]
+fn widen(dst: &mut [u32], src: &[u16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = (x as u32) << 16;
     }
 }
 
