@@ -80,8 +80,14 @@ pub(crate) unsafe fn product(
 /// flush-to-zero and denormals-are-zero: `vdpbf16ps` as the Intel SDM defines it, the chain that
 /// the bf16 GEMM computes ([`crate::kernels::bf16::micro::dp_pair`]), so the same bits.
 ///
+/// `hardware` runs the instruction itself (the process's bf16 kernel is `avx512bf16`, so the CPU
+/// has it): the rhs's pairs of rows are interleaved once per call into the lanes it reads, and
+/// each step is one `vdpbf16ps` instead of two FMAs. Otherwise the two FMAs, which on a CPU whose
+/// `vdpbf16ps` runs at half the FMA rate are the faster way to the same bits.
+///
 /// # Safety
-/// As [`product`], with the zeros up to the even depth in place.
+/// As [`product`], with the zeros up to the even depth in place; `hardware` only where the CPU
+/// has AVX512-BF16.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn product_bf16(
     m: usize,
@@ -93,11 +99,98 @@ pub(crate) unsafe fn product_bf16(
     ldr: usize,
     depth: impl Fn(usize, usize) -> Range<usize>,
     cols: impl Fn(usize) -> usize,
+    hardware: bool,
 ) {
     debug_assert!(avx512());
     #[cfg(target_arch = "x86_64")]
     let _mode = crate::kernels::bf16::micro::x86::FtzDaz::set();
-    tiles::<true>(m, n, dst, ldd, lhs, rhs, ldr, |i0, i1| { let k = depth(i0, i1); k.start / 2..k.end.div_ceil(2) }, cols)
+    let pairs = |i0: usize, i1: usize| {
+        let k = depth(i0, i1);
+        k.start / 2..k.end.div_ceil(2)
+    };
+    if hardware {
+        hardware_tiles(m, n, dst, ldd, lhs, rhs, ldr, pairs, cols);
+    } else {
+        tiles::<true>(m, n, dst, ldd, lhs, rhs, ldr, pairs, cols)
+    }
+}
+
+thread_local! {
+    /// [`hardware_tiles`]' interleaved rhs and one tile's lhs pairs, kept between calls.
+    static PAIRED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Two rounded values (low 16 bits zero) as one lane of bf16 pairs: the even one low.
+#[inline(always)]
+fn pair(even: f32, odd: f32) -> u32 {
+    even.to_bits() >> 16 | odd.to_bits() & 0xffff_0000
+}
+
+/// [`product_bf16`] on `vdpbf16ps`: the rhs's rows `2p` and `2p + 1` (rounded, so their low 16
+/// bits are zero) become one row of bf16 pairs, [`pair`] per column, over the pairs and columns
+/// any tile reads; each tile's lhs rows become their pairs too, pair-major, so that a row's pair
+/// is one broadcast load. Then tiles as in [`tiles`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn hardware_tiles(
+    m: usize,
+    n: usize,
+    dst: *mut f32,
+    ldd: usize,
+    lhs: Mat,
+    rhs: *const f32,
+    ldr: usize,
+    pairs: impl Fn(usize, usize) -> Range<usize>,
+    cols: impl Fn(usize) -> usize,
+) {
+    let (mut kp, mut nc) = (0, 0);
+    for_tiles(m, |i0, i1| {
+        kp = kp.max(pairs(i0, i1).end);
+        nc = nc.max(cols(i1).min(n));
+    });
+    PAIRED.with_borrow_mut(|(paired, lhs_pairs)| {
+        paired.resize(kp * nc, 0);
+        for (p, row) in paired.chunks_exact_mut(nc.max(1)).take(kp).enumerate() {
+            // SAFETY: the caller's promise: rows up to the even depth, nc <= n columns each.
+            let even = std::slice::from_raw_parts(rhs.add(2 * p * ldr), nc);
+            let odd = std::slice::from_raw_parts(rhs.add((2 * p + 1) * ldr), nc);
+            for ((slot, &e), &o) in row.iter_mut().zip(even).zip(odd) {
+                *slot = pair(e, o);
+            }
+        }
+        let paired = paired.as_ptr();
+        for_tiles(m, |i0, i1| {
+            let k = pairs(i0, i1);
+            let width = cols(i1).min(n);
+            // This tile's lhs: pair p of row r at (p - k.start) R + r.
+            lhs_pairs.resize(R * k.len(), 0);
+            for (slots, p) in lhs_pairs.chunks_exact_mut(R).zip(k.clone()) {
+                for (r, slot) in slots.iter_mut().enumerate().take(i1 - i0) {
+                    let at = lhs.ptr.add((i0 + r) * lhs.rs + 2 * p * lhs.cs);
+                    *slot = pair(*at, *at.add(lhs.cs));
+                }
+            }
+            let a = Mat { ptr: lhs_pairs.as_ptr() as *const f32, rs: 1, cs: R };
+            let mut j0 = 0;
+            while j0 < width {
+                let j1 = (j0 + S * W).min(width);
+                // SAFETY: the caller's promise, for this tile's rows and columns; the CPU has
+                // AVX512-BF16 where `hardware` was asked for.
+                #[cfg(target_arch = "x86_64")]
+                x86::tile_any::<true, true>(i1 - i0, j1 - j0, k.clone(), a, paired.add(j0) as *const f32, nc, dst.add(i0 * ldd + j0), ldd);
+                j0 = j1;
+            }
+        });
+    })
+}
+
+/// Each tile of rows `i0..i1` of `m`, in order.
+fn for_tiles(m: usize, mut f: impl FnMut(usize, usize)) {
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = (i0 + R).min(m);
+        f(i0, i1);
+        i0 = i1;
+    }
 }
 
 /// The tiles of [`product`] (`PAIRS`: of [`product_bf16`], `depth` then in pairs).
@@ -113,23 +206,20 @@ unsafe fn tiles<const PAIRS: bool>(
     depth: impl Fn(usize, usize) -> Range<usize>,
     cols: impl Fn(usize) -> usize,
 ) {
-    let mut i0 = 0;
-    while i0 < m {
-        let i1 = (i0 + R).min(m);
+    for_tiles(m, |i0, i1| {
         let k = depth(i0, i1);
         let width = cols(i1).min(n);
+        let a = Mat { ptr: lhs.ptr.add(i0 * lhs.rs), ..lhs };
         let mut j0 = 0;
         while j0 < width {
             let j1 = (j0 + S * W).min(width);
-            let a = Mat { ptr: lhs.ptr.add(i0 * lhs.rs), ..lhs };
             let (b, c) = (rhs.add(j0), dst.add(i0 * ldd + j0));
             // SAFETY: the caller's promise, for this tile's rows and columns.
             #[cfg(target_arch = "x86_64")]
-            x86::tile_any::<PAIRS>(i1 - i0, j1 - j0, k.clone(), a, b, ldr, c, ldd);
+            x86::tile_any::<PAIRS, false>(i1 - i0, j1 - j0, k.clone(), a, b, ldr, c, ldd);
             j0 = j1;
         }
-        i0 = i1;
-    }
+    });
 }
 
 /// `x` rounded to bf16 as [`crate::kernels::bf16::round::to_bf16`] rounds it, widened back to
@@ -201,19 +291,29 @@ mod x86 {
         }
     }
 
-    /// One tile of `rows` <= R rows and `cols` <= S W columns.
+    /// One tile of `rows` <= R rows and `cols` <= S W columns (`HW`: on `vdpbf16ps`, `b` then
+    /// holding interleaved pairs, see [`super::hardware_tiles`]).
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile_any<const PAIRS: bool>(rows: usize, cols: usize, k: Range<usize>, a: Mat, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+    pub(super) unsafe fn tile_any<const PAIRS: bool, const HW: bool>(rows: usize, cols: usize, k: Range<usize>, a: Mat, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
         let vectors = cols.div_ceil(W);
         let rem = cols - (vectors - 1) * W;
         let last: __mmask16 = if rem == W { 0xffff } else { (1u16 << rem) - 1 };
+        macro_rules! one {
+            ($r:literal, $s:literal) => {
+                if HW {
+                    dp_tile::<$r, $s>(k, a, b as *const u32, ldb, c, ldc, last)
+                } else {
+                    tile::<$r, $s, PAIRS>(k, a, b, ldb, c, ldc, last)
+                }
+            };
+        }
         macro_rules! go {
             ($r:literal) => {
                 match vectors {
-                    1 => tile::<$r, 1, PAIRS>(k, a, b, ldb, c, ldc, last),
-                    2 => tile::<$r, 2, PAIRS>(k, a, b, ldb, c, ldc, last),
-                    3 => tile::<$r, 3, PAIRS>(k, a, b, ldb, c, ldc, last),
-                    _ => tile::<$r, 4, PAIRS>(k, a, b, ldb, c, ldc, last),
+                    1 => one!($r, 1),
+                    2 => one!($r, 2),
+                    3 => one!($r, 3),
+                    _ => one!($r, 4),
                 }
             };
         }
@@ -260,6 +360,35 @@ mod x86 {
                 step(&mut acc, kk, a, b, ldb, last);
             }
         }
+        store(&acc, c, ldc, last);
+    }
+
+    /// [`tile`] with `PAIRS` on `vdpbf16ps`: `b`'s row `p` holds pair `p` of each column
+    /// interleaved, and `a`'s element `(r, p - k.start)` the bits of row r's pair p, broadcast
+    /// as one 32-bit lane.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dp_tile<const RR: usize, const SS: usize>(k: Range<usize>, a: Mat, b: *const u32, ldb: usize, c: *mut f32, ldc: usize, last: __mmask16) {
+        let mut acc = [[_mm512_setzero_ps(); SS]; RR];
+        for p in k.clone() {
+            let bp = b.add(p * ldb);
+            let mut bv = [_mm512_setzero_si512(); SS];
+            for (s, v) in bv.iter_mut().enumerate() {
+                *v = if s + 1 < SS { _mm512_loadu_si512(bp.add(s * W) as *const _) } else { _mm512_maskz_loadu_epi32(last, bp.add(s * W) as *const i32) };
+            }
+            let ap = (a.ptr as *const i32).add((p - k.start) * a.cs);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(r * a.rs)));
+                for (v, &bs) in row.iter_mut().zip(&bv) {
+                    *v = _mm512_dpbf16_ps(*v, av, std::mem::transmute::<__m512i, __m512bh>(bs));
+                }
+            }
+        }
+        store(&acc, c, ldc, last);
+    }
+
+    /// A tile's accumulators to `c`, the last vector of each row masked by `last`.
+    #[inline(always)]
+    unsafe fn store<const RR: usize, const SS: usize>(acc: &[[__m512; SS]; RR], c: *mut f32, ldc: usize, last: __mmask16) {
         for (r, row) in acc.iter().enumerate() {
             for (s, v) in row.iter().enumerate() {
                 let at = c.add(r * ldc + s * W);
@@ -384,6 +513,12 @@ mod tests {
             let want = crate::kernels::bf16::round::to_f32(crate::kernels::bf16::round::to_bf16(*x));
             assert_eq!(g.to_bits(), want.to_bits(), "rounding {x:e}");
         }
+        let mut hardware_ways = vec![false];
+        if crate::kernels::bf16::Kernel::Avx512Bf16.available() {
+            hardware_ways.push(true);
+        } else {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 attention tiles are compared on the emulation only");
+        }
         // Odd and even positions and widths, windows, products that underflow (1e-20 squared:
         // flushed to zero under FTZ, as vdpbf16ps flushes them).
         for (t, d, window) in [(5, 3, None), (64, 32, None), (37, 9, Some(7)), (100, 24, None), (33, 64, Some(20))] {
@@ -408,28 +543,32 @@ mod tests {
             unsafe { transpose(k.as_ptr(), rs, t, d, &mut kt) };
             let mut ktr = vec![f32::NAN; dp * tp];
             round_rows(&kt, t, d, t, dp, tp, &mut ktr);
-            // Scores over the keys each query sees.
-            let want = bf16_gemm(t, t, d, (&q, rs, 1), (&k, 1, rs));
-            let mut got = vec![f32::NAN; t * t];
-            unsafe { product_bf16(t, t, got.as_mut_ptr(), t, Mat { ptr: qr.as_ptr(), rs: dp, cs: 1 }, ktr.as_ptr(), tp, |_, _| 0..d, |i1| i1) };
-            for i in 0..t {
-                for j in first_key(i)..=i {
-                    same_bits(&format!("bf16 t {t} d {d}: score ({i}, {j})"), got[i * t + j], want[i * t + j]);
+            // Through the two-FMA emulation and, where the CPU has it, `vdpbf16ps` itself.
+            for &hardware in &hardware_ways {
+                let how = if hardware { " (vdpbf16ps)" } else { "" };
+                // Scores over the keys each query sees.
+                let want = bf16_gemm(t, t, d, (&q, rs, 1), (&k, 1, rs));
+                let mut got = vec![f32::NAN; t * t];
+                unsafe { product_bf16(t, t, got.as_mut_ptr(), t, Mat { ptr: qr.as_ptr(), rs: dp, cs: 1 }, ktr.as_ptr(), tp, |_, _| 0..d, |i1| i1, hardware) };
+                for i in 0..t {
+                    for j in first_key(i)..=i {
+                        same_bits(&format!("bf16{how} t {t} d {d}: score ({i}, {j})"), got[i * t + j], want[i * t + j]);
+                    }
                 }
-            }
-            // alpha . v from the keys each tile sees, alpha^T . q from the queries that see each
-            // tile's keys (depths starting at odd indices).
-            let want = bf16_gemm(t, d, t, (&a, t, 1), (&k, rs, 1));
-            let mut got = vec![f32::NAN; t * d];
-            unsafe { product_bf16(t, d, got.as_mut_ptr(), d, Mat { ptr: ar.as_ptr(), rs: tp, cs: 1 }, kr.as_ptr(), dp, |i0, i1| first_key(i0)..i1, |_| d) };
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                same_bits(&format!("bf16 t {t} d {d}: alpha.v ({}, {})", i / d, i % d), *g, *w);
-            }
-            let want = bf16_gemm(t, d, t, (&a, 1, t), (&q, rs, 1));
-            let mut got = vec![f32::NAN; t * d];
-            unsafe { product_bf16(t, d, got.as_mut_ptr(), d, Mat { ptr: ar.as_ptr(), rs: 1, cs: tp }, qr.as_ptr(), dp, |j0, j1| j0..query_end(j1 - 1), |_| d) };
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                same_bits(&format!("bf16 t {t} d {d}: alpha^T.q ({}, {})", i / d, i % d), *g, *w);
+                // alpha . v from the keys each tile sees, alpha^T . q from the queries that see each
+                // tile's keys (depths starting at odd indices).
+                let want = bf16_gemm(t, d, t, (&a, t, 1), (&k, rs, 1));
+                let mut got = vec![f32::NAN; t * d];
+                unsafe { product_bf16(t, d, got.as_mut_ptr(), d, Mat { ptr: ar.as_ptr(), rs: tp, cs: 1 }, kr.as_ptr(), dp, |i0, i1| first_key(i0)..i1, |_| d, hardware) };
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    same_bits(&format!("bf16{how} t {t} d {d}: alpha.v ({}, {})", i / d, i % d), *g, *w);
+                }
+                let want = bf16_gemm(t, d, t, (&a, 1, t), (&q, rs, 1));
+                let mut got = vec![f32::NAN; t * d];
+                unsafe { product_bf16(t, d, got.as_mut_ptr(), d, Mat { ptr: ar.as_ptr(), rs: 1, cs: tp }, qr.as_ptr(), dp, |j0, j1| j0..query_end(j1 - 1), |_| d, hardware) };
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    same_bits(&format!("bf16{how} t {t} d {d}: alpha^T.q ({}, {})", i / d, i % d), *g, *w);
+                }
             }
         }
     }

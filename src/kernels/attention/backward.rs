@@ -60,7 +60,7 @@ impl CustomOp3 for CausalAttentionBackward {
                     let (dyr, rest) = rest.split_at_mut(tp * dp);
                     let (vtr, rest) = rest.split_at_mut(dp * tp);
                     let (ar, dsr) = rest.split_at_mut(tp * tp);
-                    let (tiles, bf16_tiles) = (dims.by_tiles(self.bf16), dims.bf16_tiles(self.bf16));
+                    let (tiles, bf16_tiles, hardware) = (dims.by_tiles(self.bf16), dims.bf16_tiles(self.bf16), dims.bf16_hardware(self.bf16));
                     // The causal depth of a tile of rows: the keys its queries see, or the queries
                     // that see its keys.
                     let keys = |i0: usize, i1: usize| dims.first_key(i0)..i1;
@@ -107,7 +107,7 @@ impl CustomOp3 for CausalAttentionBackward {
                                 if tiles {
                                     head_mm::product(t, d, dst, ldd, lhs, rhs, ldr, depth, |_| d);
                                 } else if bf16_tiles {
-                                    head_mm::product_bf16(t, d, dst, ldd, rounded.0, rounded.1, rounded.2, depth, |_| d);
+                                    head_mm::product_bf16(t, d, dst, ldd, rounded.0, rounded.1, rounded.2, depth, |_| d, hardware);
                                 } else {
                                     mm(self.bf16, t, d, t, dst, (ldd, 1), lhs.ptr, (lhs.rs, lhs.cs), rhs, (ldr, 1));
                                 }
@@ -126,7 +126,7 @@ impl CustomOp3 for CausalAttentionBackward {
                             if tiles {
                                 head_mm::product(t, t, da.as_mut_ptr(), t, Mat { ptr: dy0, rs: c, cs: 1 }, vt.as_ptr(), t, |_, _| 0..d, |i1| i1);
                             } else if bf16_tiles {
-                                head_mm::product_bf16(t, t, da.as_mut_ptr(), t, Mat { ptr: dyr.as_ptr(), rs: dp, cs: 1 }, vtr.as_ptr(), tp, |_, _| 0..d, |i1| i1);
+                                head_mm::product_bf16(t, t, da.as_mut_ptr(), t, Mat { ptr: dyr.as_ptr(), rs: dp, cs: 1 }, vtr.as_ptr(), tp, |_, _| 0..d, |i1| i1, hardware);
                             } else {
                                 mm(self.bf16, t, t, d, da.as_mut_ptr(), (t, 1), dy0, (c, 1), qkv.as_ptr().add(v0), (1, rs));
                             }

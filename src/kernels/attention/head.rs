@@ -134,6 +134,12 @@ impl Dims {
         matches!(bf16, Some(Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::Amx)) && head_mm::applies_bf16()
     }
 
+    /// Whether those bf16 tiles run `vdpbf16ps` itself rather than its two-FMA emulation (the
+    /// same bits): with the `avx512bf16` kernel, which `auto` picks where it is the faster.
+    pub(super) fn bf16_hardware(&self, bf16: Option<Kernel>) -> bool {
+        bf16 == Some(Kernel::Avx512Bf16)
+    }
+
     /// Whether the forward's bf16 products (q.k and alpha.v) run on AMX's tiles by blocks of
     /// [`AMX_ROWS`] queries, each against the keys up to its last: with the AMX kernel, from
     /// [`AMX_MIN_T`] positions (below, the per-head packing costs more than the tiles save;
@@ -199,7 +205,7 @@ pub(super) unsafe fn weights(bf16: Option<Kernel>, qkv: &[f32], dims: Dims, q0: 
         head_mm::transpose(qkv[k0..].as_ptr(), rs, t, d, kt);
         head_mm::round_rows(qs, d, t, d, tp, dp, qr);
         head_mm::round_rows(kt, t, d, t, dp, tp, ktr);
-        head_mm::product_bf16(t, t, a.as_mut_ptr(), t, Mat { ptr: qr.as_ptr(), rs: dp, cs: 1 }, ktr.as_ptr(), tp, |_, _| 0..d, |i1| i1);
+        head_mm::product_bf16(t, t, a.as_mut_ptr(), t, Mat { ptr: qr.as_ptr(), rs: dp, cs: 1 }, ktr.as_ptr(), tp, |_, _| 0..d, |i1| i1, dims.bf16_hardware(bf16));
     } else {
         mm(bf16, t, t, d, a.as_mut_ptr(), (t, 1), qs.as_ptr(), (d, 1), qkv.as_ptr().add(k0), (1, rs));
     }

@@ -168,7 +168,7 @@ impl CustomOp2 for CausalAttention {
                         } else if dims.bf16_tiles(self.bf16) {
                             head_mm::round_rows(a, t, t, t, t, tp, ar);
                             head_mm::round_rows(&qkv[v0..], dims.rs(), t, d, tp, dp, vr);
-                            head_mm::product_bf16(t, d, y, dims.c(), Mat { ptr: ar.as_ptr(), rs: tp, cs: 1 }, vr.as_ptr(), dp, keys, |_| d);
+                            head_mm::product_bf16(t, d, y, dims.c(), Mat { ptr: ar.as_ptr(), rs: tp, cs: 1 }, vr.as_ptr(), dp, keys, |_| d, dims.bf16_hardware(self.bf16));
                         } else {
                             mm(self.bf16, t, d, t, y, (dims.c(), 1), a.as_ptr(), (t, 1), qkv.as_ptr().add(v0), (dims.rs(), 1));
                         }
