@@ -170,15 +170,12 @@ unsafe fn hardware_tiles(
                 }
             }
             let a = Mat { ptr: lhs_pairs.as_ptr() as *const f32, rs: 1, cs: R };
-            let mut j0 = 0;
-            while j0 < width {
-                let j1 = (j0 + S * W).min(width);
+            for_columns(width, |j0, j1| {
                 // SAFETY: the caller's promise, for this tile's rows and columns; the CPU has
                 // AVX512-BF16 where `hardware` was asked for.
                 #[cfg(target_arch = "x86_64")]
                 x86::tile_any::<true, true>(i1 - i0, j1 - j0, k.clone(), a, paired.add(j0) as *const f32, nc, dst.add(i0 * ldd + j0), ldd);
-                j0 = j1;
-            }
+            });
         });
     })
 }
@@ -190,6 +187,16 @@ fn for_tiles(m: usize, mut f: impl FnMut(usize, usize)) {
         let i1 = (i0 + R).min(m);
         f(i0, i1);
         i0 = i1;
+    }
+}
+
+/// Each tile's columns `j0..j1` of `width`, in order.
+fn for_columns(width: usize, mut f: impl FnMut(usize, usize)) {
+    let mut j0 = 0;
+    while j0 < width {
+        let j1 = (j0 + S * W).min(width);
+        f(j0, j1);
+        j0 = j1;
     }
 }
 
@@ -210,15 +217,12 @@ unsafe fn tiles<const PAIRS: bool>(
         let k = depth(i0, i1);
         let width = cols(i1).min(n);
         let a = Mat { ptr: lhs.ptr.add(i0 * lhs.rs), ..lhs };
-        let mut j0 = 0;
-        while j0 < width {
-            let j1 = (j0 + S * W).min(width);
+        for_columns(width, |j0, j1| {
             let (b, c) = (rhs.add(j0), dst.add(i0 * ldd + j0));
             // SAFETY: the caller's promise, for this tile's rows and columns.
             #[cfg(target_arch = "x86_64")]
             x86::tile_any::<PAIRS, false>(i1 - i0, j1 - j0, k.clone(), a, b, ldr, c, ldd);
-            j0 = j1;
-        }
+        });
     });
 }
 
